@@ -1,0 +1,213 @@
+//! `GET /openapi.json`, `GET /docs` (Swagger UI) and `GET /redoc` (ReDoc).
+//!
+//! The OpenAPI document is assembled from the route table itself: every route carries its
+//! operation object (`Route::doc`), and `routes` (registered last) walks the table. A route
+//! without a `doc` is left out on purpose — only the docs pages themselves. The docs pages load
+//! their assets from `public/vendor/` when `scripts/vendor-docs.sh` has put them there before
+//! the build, and from the jsDelivr CDN otherwise, as FastAPI does.
+//!
+//! Must never: describe a route that does not exist, or miss one that does (tests check both).
+
+use serde_json::{json, Map, Value};
+
+use super::{general, pages, VERSION};
+use crate::http::{Response, Router};
+
+/// Build the OpenAPI 3.1 document for every documented route of `r`.
+pub fn document(r: &Router) -> Value {
+    let mut paths = Map::new();
+    for route in r.routes() {
+        let Some(op) = &route.doc else { continue };
+        let mut op = op.clone();
+        add_path_parameters(route.pattern, &mut op);
+        let item = paths
+            .entry(openapi_path(route.pattern))
+            .or_insert_with(|| json!({}));
+        item[route.method.to_ascii_lowercase()] = op;
+    }
+    let mut schemas = Map::new();
+    for part in [general::schemas(), validation_schemas()] {
+        if let Value::Object(m) = part {
+            schemas.extend(m);
+        }
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Adcluster API",
+            "version": VERSION,
+            "description": "The Adcluster backend: accounts, teams, WebSocket messaging and file uploads."
+        },
+        "paths": paths,
+        "components": { "schemas": schemas }
+    })
+}
+
+/// `{file:path}` → `{file}`; plain `{name}` stays.
+fn openapi_path(pattern: &str) -> String {
+    pattern.replace(":path}", "}")
+}
+
+/// Declare each `{name}` of the pattern as a required path parameter unless the operation
+/// already does.
+fn add_path_parameters(pattern: &str, op: &mut Value) {
+    let names: Vec<&str> = pattern
+        .split('/')
+        .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+        .map(|s| s.trim_end_matches(":path"))
+        .collect();
+    if names.is_empty() {
+        return;
+    }
+    let params = op
+        .as_object_mut()
+        .expect("an operation is an object")
+        .entry("parameters")
+        .or_insert_with(|| json!([]));
+    let list = params.as_array_mut().expect("parameters is an array");
+    for name in names {
+        let present = list.iter().any(|p| p["name"] == name && p["in"] == "path");
+        if !present {
+            list.push(json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string" } }));
+        }
+    }
+}
+
+/// FastAPI's validation error schemas (the 422 shape).
+fn validation_schemas() -> Value {
+    json!({
+        "ValidationError": {
+            "type": "object", "required": ["loc", "msg", "type"],
+            "properties": {
+                "loc": { "type": "array", "items": { "anyOf": [{ "type": "string" }, { "type": "integer" }] } },
+                "msg": { "type": "string" },
+                "type": { "type": "string" }
+            }
+        },
+        "HTTPValidationError": {
+            "type": "object",
+            "properties": { "detail": { "type": "array", "items": { "$ref": "#/components/schemas/ValidationError" } } }
+        },
+        "Detail": {
+            "type": "object", "required": ["detail"],
+            "properties": { "detail": { "type": "string" } }
+        }
+    })
+}
+
+/// Where a docs asset comes from: our own `/static/vendor/...` when embedded, else the CDN.
+fn asset(vendored: &str, cdn: &str) -> String {
+    if pages::find(vendored).is_some() {
+        format!("/static/{vendored}")
+    } else {
+        cdn.to_string()
+    }
+}
+
+fn swagger_html() -> String {
+    let css = asset(
+        "vendor/swagger-ui/swagger-ui.css",
+        "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css",
+    );
+    let js = asset(
+        "vendor/swagger-ui/swagger-ui-bundle.js",
+        "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js",
+    );
+    format!(
+        r#"<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>Adcluster API - Swagger UI</title>
+<link rel="stylesheet" href="{css}">
+</head>
+<body>
+<div id="swagger-ui"></div>
+<script src="{js}"></script>
+<script>
+window.ui = SwaggerUIBundle({{
+  url: '/openapi.json',
+  dom_id: '#swagger-ui',
+  layout: 'BaseLayout',
+  deepLinking: true,
+  showExtensions: true,
+  showCommonExtensions: true,
+  persistAuthorization: false,
+  presets: [SwaggerUIBundle.presets.apis, SwaggerUIBundle.SwaggerUIStandalonePreset]
+}});
+</script>
+</body>
+</html>
+"#
+    )
+}
+
+fn redoc_html() -> String {
+    let js = asset(
+        "vendor/redoc/redoc.standalone.js",
+        "https://cdn.jsdelivr.net/npm/redoc@2/bundles/redoc.standalone.js",
+    );
+    format!(
+        r#"<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Adcluster API - ReDoc</title>
+<style>body {{ margin: 0; padding: 0; }}</style>
+</head>
+<body>
+<redoc spec-url="/openapi.json"></redoc>
+<script src="{js}"></script>
+</body>
+</html>
+"#
+    )
+}
+
+/// Register the docs routes. Call last: the document is built from the routes added before.
+pub fn routes(r: &mut Router) {
+    let doc: &'static [u8] = Box::leak(
+        serde_json::to_vec(&document(r))
+            .expect("a JSON value serialises")
+            .into_boxed_slice(),
+    );
+    r.add("GET", "/openapi.json", move |_| {
+        Ok(Response::static_bytes(200, "application/json", doc))
+    });
+    let swagger: &'static [u8] = Box::leak(swagger_html().into_bytes().into_boxed_slice());
+    r.add("GET", "/docs", move |_| {
+        Ok(Response::static_bytes(
+            200,
+            "text/html; charset=utf-8",
+            swagger,
+        ))
+    });
+    let redoc: &'static [u8] = Box::leak(redoc_html().into_bytes().into_boxed_slice());
+    r.add("GET", "/redoc", move |_| {
+        Ok(Response::static_bytes(
+            200,
+            "text/html; charset=utf-8",
+            redoc,
+        ))
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_parameters_are_declared_once() {
+        let mut op = json!({ "parameters": [{ "name": "a", "in": "path", "required": true }] });
+        add_path_parameters("/x/{a}/{b:path}", &mut op);
+        let names: Vec<&str> = op["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, vec!["a", "b"]);
+        assert_eq!(openapi_path("/static/{file:path}"), "/static/{file}");
+    }
+}

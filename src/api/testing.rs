@@ -1,0 +1,38 @@
+//! Routes for the test suite only, under `/__test/`, added when `ADCLUSTER_TEST_ROUTES=true`
+//! (never by default). They give the connection-layer tests a body to read, a handler that
+//! panics and one that takes its time, against the real binary.
+//! Must never: be enabled in production, or do anything but what their names say.
+
+use std::time::Duration;
+
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::http::{HttpError, Response, Router};
+
+pub fn routes(r: &mut Router) {
+    // Reads the whole body (within the JSON limit) and reports its length and sha256.
+    r.add("POST", "/__test/echo", |req| {
+        let body = req.body_bytes()?;
+        let digest = Sha256::digest(&body);
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        Ok(Response::json(
+            200,
+            &json!({ "length": body.len(), "sha256": hex }),
+        ))
+    });
+    r.add("GET", "/__test/panic", |_| -> Result<Response, HttpError> {
+        panic!("test panic")
+    });
+    r.add("GET", "/__test/sleep", |req| {
+        let ms: u64 = req
+            .query()?
+            .iter()
+            .find(|(k, _)| k == "ms")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(100)
+            .min(10_000);
+        std::thread::sleep(Duration::from_millis(ms));
+        Ok(Response::json(200, &json!({ "slept_ms": ms })))
+    });
+}

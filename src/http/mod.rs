@@ -1,0 +1,25 @@
+//! The connection layer: HTTP/1.x over `std::net`, on `httparse`, with our own listener, worker
+//! pool, limits and timeouts. It knows nothing of the application: it turns bytes into
+//! `Request`s, finds the route, calls the handler and writes the `Response`.
+//!
+//! Where a request goes, in order:
+//! 1. `server.rs` — the dispatcher thread accepts the socket and polls it until a complete head
+//!    has arrived (`parse.rs` decides "complete"), then queues it for a worker;
+//! 2. a worker parses the head, asks `router.rs` for the route (404, 405, 307 and 413 are
+//!    answered here), wraps the body in a `body::BodyReader`, and calls the handler;
+//! 3. the handler's `Response` (or `HttpError`) is written by `response.rs`; the connection
+//!    then waits for its next request, or leaves the layer (WebSocket upgrade).
+//!
+//! Must never: hold application state, or know any route's meaning.
+
+pub mod body;
+
+pub mod parse;
+pub mod response;
+pub mod router;
+pub mod server;
+
+pub use body::BodyError;
+pub use response::{Body, Response};
+pub use router::{HttpError, Request, Router};
+pub use server::{Server, ServerConfig, ShutdownHandle};

@@ -1,0 +1,303 @@
+//! Responses: what a handler returns, and how it goes onto the wire.
+//!
+//! A body is bytes in memory or a reader with a known length (files are streamed from disk in
+//! 64 KiB pieces, never loaded whole). Every response carries `Content-Length`; we never use
+//! chunked responses, so a client can always tell where one response ends.
+//!
+//! Must never: write a body for `HEAD`, `1xx`, `204` or `304`; write a head without
+//! `Content-Length`; or let a handler set the framing headers itself (`Content-Length`,
+//! `Transfer-Encoding`, `Connection` are the connection layer's).
+
+use std::borrow::Cow;
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+
+use serde::Serialize;
+
+/// What runs after a `101 Switching Protocols` head has been written: it receives the socket and
+/// any bytes the client sent after its request head, and owns the connection from then on.
+/// It must return quickly (start a thread if it needs one): it runs on an HTTP worker.
+pub type UpgradeFn = Box<dyn FnOnce(TcpStream, Vec<u8>) + Send>;
+
+/// A response body.
+pub enum Body {
+    Empty,
+    Bytes(Vec<u8>),
+    Static(&'static [u8]),
+    /// A reader that yields exactly `len` bytes (a file). Streamed.
+    Reader {
+        reader: Box<dyn Read + Send>,
+        len: u64,
+    },
+}
+
+impl Body {
+    pub fn len(&self) -> u64 {
+        match self {
+            Body::Empty => 0,
+            Body::Bytes(b) => b.len() as u64,
+            Body::Static(b) => b.len() as u64,
+            Body::Reader { len, .. } => *len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A response under construction.
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(Cow<'static, str>, String)>,
+    pub body: Body,
+    /// Set for `101` responses: takes over the socket once the head is written.
+    pub upgrade: Option<UpgradeFn>,
+    /// The handler asks for the connection to be closed after this response.
+    pub close: bool,
+}
+
+impl Response {
+    pub fn new(status: u16) -> Response {
+        Response {
+            status,
+            headers: Vec::new(),
+            body: Body::Empty,
+            upgrade: None,
+            close: false,
+        }
+    }
+
+    /// A JSON response from any serialisable value.
+    pub fn json<T: Serialize + ?Sized>(status: u16, value: &T) -> Response {
+        // Serialising our own types cannot fail (no maps with non-string keys, no failing
+        // `Serialize` impls); fall back to a 500 body rather than panic if that ever changes.
+        let bytes = serde_json::to_vec(value)
+            .unwrap_or_else(|_| br#"{"detail":"Internal Server Error"}"#.to_vec());
+        Response::bytes(status, "application/json", bytes)
+    }
+
+    pub fn bytes(status: u16, content_type: &str, bytes: Vec<u8>) -> Response {
+        Response::new(status)
+            .header("content-type", content_type)
+            .with_body(Body::Bytes(bytes))
+    }
+
+    pub fn static_bytes(status: u16, content_type: &str, bytes: &'static [u8]) -> Response {
+        Response::new(status)
+            .header("content-type", content_type)
+            .with_body(Body::Static(bytes))
+    }
+
+    /// `{"detail": message}` with the given status: the error shape of the contract.
+    pub fn detail(status: u16, message: &str) -> Response {
+        Response::json(status, &serde_json::json!({ "detail": message }))
+    }
+
+    pub fn header(
+        mut self,
+        name: impl Into<Cow<'static, str>>,
+        value: impl Into<String>,
+    ) -> Response {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    pub fn with_body(mut self, body: Body) -> Response {
+        self.body = body;
+        self
+    }
+
+    pub fn get_header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// A `101 Switching Protocols` response; `then` receives the socket.
+    pub fn upgrade(headers: Vec<(Cow<'static, str>, String)>, then: UpgradeFn) -> Response {
+        Response {
+            status: 101,
+            headers,
+            body: Body::Empty,
+            upgrade: Some(then),
+            close: false,
+        }
+    }
+}
+
+/// The reason phrase for the statuses we use.
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        101 => "Switching Protocols",
+        200 => "OK",
+        201 => "Created",
+        204 => "No Content",
+        206 => "Partial Content",
+        301 => "Moved Permanently",
+        304 => "Not Modified",
+        307 => "Temporary Redirect",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        413 => "Content Too Large",
+        416 => "Range Not Satisfiable",
+        422 => "Unprocessable Content",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        _ => "Unknown",
+    }
+}
+
+/// Serialise the status line and headers. `keep_alive` decides the `Connection` header;
+/// `head_only` is for `HEAD` requests (the `Content-Length` is still the body's).
+pub fn encode_head(resp: &Response, minor_version: u8, keep_alive: bool, out: &mut Vec<u8>) {
+    out.extend_from_slice(if minor_version == 0 {
+        b"HTTP/1.0 "
+    } else {
+        b"HTTP/1.1 "
+    });
+    out.extend_from_slice(resp.status.to_string().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(reason(resp.status).as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &resp.headers {
+        if is_framing_header(name) {
+            continue;
+        }
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        // Header values never carry CR or LF: a value from user input cannot split the head.
+        for &b in value.as_bytes() {
+            out.push(if b == b'\r' || b == b'\n' { b' ' } else { b });
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"date: ");
+    out.extend_from_slice(crate::util::time::http_date_now().as_bytes());
+    out.extend_from_slice(b"\r\n");
+    if resp.status == 101 {
+        out.extend_from_slice(b"connection: upgrade\r\n\r\n");
+        return;
+    }
+    if !(resp.status < 200 || resp.status == 204 || resp.status == 304) {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(resp.body.len().to_string().as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if !keep_alive {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if minor_version == 0 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn is_framing_header(name: &str) -> bool {
+    ["content-length", "transfer-encoding", "connection", "date"]
+        .iter()
+        .any(|h| name.eq_ignore_ascii_case(h))
+}
+
+/// Write a whole response. Small bodies go out in the same `write` as the head. Returns the
+/// number of body bytes written.
+pub fn write_response(
+    stream: &mut TcpStream,
+    resp: &mut Response,
+    minor_version: u8,
+    keep_alive: bool,
+    head_only: bool,
+    scratch: &mut Vec<u8>,
+) -> io::Result<u64> {
+    scratch.clear();
+    encode_head(resp, minor_version, keep_alive, scratch);
+    let no_body = head_only || resp.status < 200 || resp.status == 204 || resp.status == 304;
+    if no_body {
+        stream.write_all(scratch)?;
+        return Ok(0);
+    }
+    match &mut resp.body {
+        Body::Empty => {
+            stream.write_all(scratch)?;
+            Ok(0)
+        }
+        Body::Bytes(b) => write_small(stream, scratch, b),
+        Body::Static(b) => write_small(stream, scratch, b),
+        Body::Reader { reader, len } => {
+            stream.write_all(scratch)?;
+            let copied = io::copy(&mut reader.take(*len), stream)?;
+            if copied != *len {
+                // The file shrank under us: the client was promised `len` bytes. Closing is the
+                // only honest signal left.
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "body shorter than its length",
+                ));
+            }
+            Ok(copied)
+        }
+    }
+}
+
+fn write_small(stream: &mut TcpStream, scratch: &mut Vec<u8>, body: &[u8]) -> io::Result<u64> {
+    if body.len() <= 64 * 1024 {
+        scratch.extend_from_slice(body);
+        stream.write_all(scratch)?;
+    } else {
+        stream.write_all(scratch)?;
+        stream.write_all(body)?;
+    }
+    Ok(body.len() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head_of(resp: &Response, minor: u8, keep_alive: bool) -> String {
+        let mut out = Vec::new();
+        encode_head(resp, minor, keep_alive, &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn head_has_length_and_connection() {
+        let r = Response::detail(404, "Not Found");
+        let h = head_of(&r, 1, true);
+        assert!(h.starts_with("HTTP/1.1 404 Not Found\r\n"), "{h}");
+        assert!(h.contains("content-type: application/json\r\n"));
+        assert!(h.contains(&format!("content-length: {}\r\n", r.body.len())));
+        assert!(!h.contains("connection:"));
+        assert!(h.ends_with("\r\n\r\n"));
+        assert!(head_of(&r, 1, false).contains("connection: close\r\n"));
+        assert!(head_of(&r, 0, true).contains("connection: keep-alive\r\n"));
+    }
+
+    #[test]
+    fn handler_cannot_set_framing_or_split_the_head() {
+        let r = Response::new(200)
+            .header("Content-Length", "999")
+            .header("Transfer-Encoding", "chunked")
+            .header("x-evil", "a\r\nset-cookie: b");
+        let h = head_of(&r, 1, true);
+        assert!(!h.contains("999"));
+        assert!(!h.to_ascii_lowercase().contains("transfer-encoding"));
+        assert!(h.contains("x-evil: a  set-cookie: b\r\n"));
+        assert!(h.contains("content-length: 0\r\n"));
+    }
+
+    #[test]
+    fn not_modified_has_no_length() {
+        let h = head_of(&Response::new(304), 1, true);
+        assert!(!h.contains("content-length"));
+    }
+}

@@ -1,0 +1,12 @@
+//! The Adcluster server as a library: `main.rs` is only the command line over it.
+//!
+//! Layout (each folder knows only the ones below it):
+//! - `http/`   the connection layer: listener, worker pool, parsing, routing — knows no app;
+//! - `api/`    the application: one file per resource, and the route table (`api/mod.rs`);
+//! - `config`  settings: defaults < .env < environment < flags;
+//! - `util/`   logging, time formatting, the open-files limit.
+
+pub mod api;
+pub mod config;
+pub mod http;
+pub mod util;

@@ -1,0 +1,100 @@
+//! Logging: one line per event on standard error, `<rfc3339> <LEVEL> <message>`.
+//!
+//! The level is a process-wide atomic set once at start from `LOG_LEVEL` or `RUST_LOG`
+//! (`error`, `warn`, `info`, `debug`; `RUST_LOG=adcluster=debug` style is understood too).
+//! Each line is written with a single `write_all` on a locked stderr, so lines from different
+//! threads never interleave.
+//!
+//! Must never: log a password, a token, a `SECRET_KEY`, a database password or a query string
+//! (tokens travel in `?token=`). Callers pass paths, not targets; config is logged redacted.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Error = 1,
+    Warn = 2,
+    Info = 3,
+    Debug = 4,
+}
+
+static LEVEL: AtomicU8 = AtomicU8::new(Level::Info as u8);
+
+impl Level {
+    /// Parse `info`, `WARN`, `adcluster=debug`, `warn,adcluster=debug` (the most verbose
+    /// level named wins). `None` when nothing in it is a level.
+    pub fn parse(s: &str) -> Option<Level> {
+        s.split(',')
+            .filter_map(|part| {
+                let lvl = part.rsplit('=').next().unwrap_or(part).trim();
+                match lvl.to_ascii_lowercase().as_str() {
+                    "error" => Some(Level::Error),
+                    "warn" | "warning" => Some(Level::Warn),
+                    "info" => Some(Level::Info),
+                    "debug" | "trace" => Some(Level::Debug),
+                    _ => None,
+                }
+            })
+            .max()
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Level::Error => "ERROR",
+            Level::Warn => "WARN",
+            Level::Info => "INFO",
+            Level::Debug => "DEBUG",
+        }
+    }
+}
+
+pub fn set_level(level: Level) {
+    LEVEL.store(level as u8, Ordering::Relaxed);
+}
+
+pub fn enabled(level: Level) -> bool {
+    level as u8 <= LEVEL.load(Ordering::Relaxed)
+}
+
+/// Write one line. Use the macros instead.
+pub fn write(level: Level, args: std::fmt::Arguments<'_>) {
+    let line = format!(
+        "{} {:<5} {}\n",
+        super::time::rfc3339(std::time::SystemTime::now()),
+        level.name(),
+        args
+    );
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
+
+#[macro_export]
+macro_rules! log_at {
+    ($lvl:expr, $($arg:tt)*) => {
+        if $crate::util::log::enabled($lvl) {
+            $crate::util::log::write($lvl, format_args!($($arg)*));
+        }
+    };
+}
+#[macro_export]
+macro_rules! error { ($($arg:tt)*) => { $crate::log_at!($crate::util::log::Level::Error, $($arg)*) }; }
+#[macro_export]
+macro_rules! warn { ($($arg:tt)*) => { $crate::log_at!($crate::util::log::Level::Warn, $($arg)*) }; }
+#[macro_export]
+macro_rules! info { ($($arg:tt)*) => { $crate::log_at!($crate::util::log::Level::Info, $($arg)*) }; }
+#[macro_export]
+macro_rules! debug { ($($arg:tt)*) => { $crate::log_at!($crate::util::log::Level::Debug, $($arg)*) }; }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_levels() {
+        assert_eq!(Level::parse("info"), Some(Level::Info));
+        assert_eq!(Level::parse("WARN"), Some(Level::Warn));
+        assert_eq!(Level::parse("adcluster=debug"), Some(Level::Debug));
+        assert_eq!(Level::parse("warn,adcluster=debug"), Some(Level::Debug));
+        assert_eq!(Level::parse("nonsense"), None);
+    }
+}

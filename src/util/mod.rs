@@ -1,0 +1,6 @@
+//! Small helpers shared by several concerns, with no knowledge of any of them.
+//! Must never: grow into a grab bag. A helper that belongs to one concern lives there.
+
+pub mod log;
+pub mod rlimit;
+pub mod time;
