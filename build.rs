@@ -18,11 +18,7 @@ fn walk(dir: &Path, root: &Path, out: &mut Vec<(String, PathBuf)>) {
         if path.is_dir() {
             walk(&path, root, out);
         } else if path.is_file() {
-            let rel = path
-                .strip_prefix(root)
-                .expect("under root")
-                .to_string_lossy()
-                .replace('\\', "/");
+            let rel = path.strip_prefix(root).expect("under root").to_string_lossy().replace('\\', "/");
             out.push((rel, path.canonicalize().expect("canonical path")));
         }
     }
@@ -36,10 +32,7 @@ fn main() {
     files.sort();
     let mut code = String::from("/// Files embedded from `public/` at build time: (path relative to public/, bytes).\npub static PUBLIC_FILES: &[(&str, &[u8])] = &[\n");
     for (rel, abs) in &files {
-        code.push_str(&format!(
-            "    ({rel:?}, include_bytes!({:?})),\n",
-            abs.display().to_string()
-        ));
+        code.push_str(&format!("    ({rel:?}, include_bytes!({:?})),\n", abs.display().to_string()));
     }
     code.push_str("];\n");
     let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR")).join("public_files.rs");

@@ -19,181 +19,50 @@ pub struct Setting {
     pub secret: bool,
 }
 
-const fn s(
-    var: &'static str,
-    flag: &'static str,
-    default: &'static str,
-    help: &'static str,
-) -> Setting {
-    Setting {
-        var,
-        flag,
-        default,
-        help,
-        secret: false,
-    }
+const fn s(var: &'static str, flag: &'static str, default: &'static str, help: &'static str) -> Setting {
+    Setting { var, flag, default, help, secret: false }
 }
 
 const fn secret(var: &'static str, flag: &'static str, help: &'static str) -> Setting {
-    Setting {
-        var,
-        flag,
-        default: "",
-        help,
-        secret: true,
-    }
+    Setting { var, flag, default: "", help, secret: true }
 }
 
 /// Every setting the server reads.
 pub const SETTINGS: &[Setting] = &[
     s("HOST", "--host", "0.0.0.0", "address to listen on"),
-    s(
-        "PORT",
-        "--port",
-        "8000",
-        "port to listen on (0: any free port; the bound address is logged)",
-    ),
+    s("PORT", "--port", "8000", "port to listen on (0: any free port; the bound address is logged)"),
     s("DB_HOST", "--db-host", "localhost", "PostgreSQL host"),
     s("DB_PORT", "--db-port", "5432", "PostgreSQL port"),
-    s(
-        "DB_NAME",
-        "--db-name",
-        "adcluster_db",
-        "database name (created when missing)",
-    ),
+    s("DB_NAME", "--db-name", "adcluster_db", "database name (created when missing)"),
     s("DB_USER", "--db-user", "postgres", "database user"),
     secret("DB_PASSWORD", "--db-password", "database password"),
-    secret(
-        "DATABASE_URL",
-        "--database-url",
-        "postgres:// URL; wins over the DB_* settings",
-    ),
-    s(
-        "DB_POOL_SIZE",
-        "--db-pool-size",
-        "16",
-        "most PostgreSQL connections in the pool",
-    ),
-    s(
-        "DB_CHECKOUT_TIMEOUT_MS",
-        "--db-checkout-timeout-ms",
-        "2000",
-        "how long a request waits for a pooled connection",
-    ),
+    secret("DATABASE_URL", "--database-url", "postgres:// URL; wins over the DB_* settings"),
+    s("DB_POOL_SIZE", "--db-pool-size", "16", "most PostgreSQL connections in the pool"),
+    s("DB_CHECKOUT_TIMEOUT_MS", "--db-checkout-timeout-ms", "2000", "how long a request waits for a pooled connection"),
     secret(
         "SECRET_KEY",
         "--secret-key",
         "HS256 key for tokens, at least 32 bytes (unset: generated into DATA_DIR/secret_key)",
     ),
-    s(
-        "ACCESS_TOKEN_EXPIRE_MINUTES",
-        "--access-token-expire-minutes",
-        "30",
-        "token lifetime in minutes",
-    ),
-    s(
-        "UPLOAD_DIR",
-        "--upload-dir",
-        "uploads",
-        "root folder of uploaded files",
-    ),
-    s(
-        "BACKUP_DIR",
-        "--backup-dir",
-        "dbBackup",
-        "where backups are written and looked for",
-    ),
-    s(
-        "DATA_DIR",
-        "--data-dir",
-        "data",
-        "local state: generated secret, write-behind spool",
-    ),
-    s(
-        "MAX_UPLOAD_MB",
-        "--max-upload-mb",
-        "100",
-        "largest accepted upload, per file, in MiB",
-    ),
-    s(
-        "ALLOW_SIGNUP",
-        "--allow-signup",
-        "true",
-        "true: POST /users/ is open; false: superusers only",
-    ),
-    s(
-        "WS_AUTH",
-        "--ws-auth",
-        "optional",
-        "optional or required: whether a WebSocket connect needs a token",
-    ),
-    s(
-        "WS_MAX_CLIENTS",
-        "--ws-max-clients",
-        "10000",
-        "most WebSocket sessions at once (over it: 503)",
-    ),
-    s(
-        "ALERT_COMMAND",
-        "--alert-command",
-        "",
-        "shell command run with each database alert as JSON on stdin",
-    ),
+    s("ACCESS_TOKEN_EXPIRE_MINUTES", "--access-token-expire-minutes", "30", "token lifetime in minutes"),
+    s("UPLOAD_DIR", "--upload-dir", "uploads", "root folder of uploaded files"),
+    s("BACKUP_DIR", "--backup-dir", "dbBackup", "where backups are written and looked for"),
+    s("DATA_DIR", "--data-dir", "data", "local state: generated secret, write-behind spool"),
+    s("MAX_UPLOAD_MB", "--max-upload-mb", "100", "largest accepted upload, per file, in MiB"),
+    s("ALLOW_SIGNUP", "--allow-signup", "true", "true: POST /users/ is open; false: superusers only"),
+    s("WS_AUTH", "--ws-auth", "optional", "optional or required: whether a WebSocket connect needs a token"),
+    s("WS_MAX_CLIENTS", "--ws-max-clients", "10000", "most WebSocket sessions at once (over it: 503)"),
+    s("ALERT_COMMAND", "--alert-command", "", "shell command run with each database alert as JSON on stdin"),
     s("WORKERS", "--workers", "64", "HTTP worker threads"),
-    s(
-        "MAX_CONNECTIONS",
-        "--max-connections",
-        "10000",
-        "most open HTTP connections (over it: 503 and close)",
-    ),
-    s(
-        "MAX_HEADER_BYTES",
-        "--max-header-bytes",
-        "16384",
-        "largest request head in bytes (over it: 431)",
-    ),
-    s(
-        "MAX_HEADERS",
-        "--max-headers",
-        "100",
-        "most header fields in a request (over it: 431)",
-    ),
-    s(
-        "MAX_JSON_BYTES",
-        "--max-json-bytes",
-        "1048576",
-        "largest JSON or form request body in bytes (over it: 413)",
-    ),
-    s(
-        "HEAD_TIMEOUT_SECS",
-        "--head-timeout-secs",
-        "10",
-        "time for a request head to arrive (then 408)",
-    ),
-    s(
-        "BODY_TIMEOUT_SECS",
-        "--body-timeout-secs",
-        "30",
-        "longest silence while a request body arrives (then 408)",
-    ),
-    s(
-        "KEEPALIVE_TIMEOUT_SECS",
-        "--keepalive-timeout-secs",
-        "30",
-        "idle keep-alive connections are closed after this",
-    ),
-    s(
-        "SHUTDOWN_GRACE_SECS",
-        "--shutdown-grace-secs",
-        "30",
-        "on SIGTERM, how long requests in flight may take",
-    ),
-    s(
-        "LOG_LEVEL",
-        "--log-level",
-        "info",
-        "error, warn, info or debug (RUST_LOG is read too)",
-    ),
+    s("MAX_CONNECTIONS", "--max-connections", "10000", "most open HTTP connections (over it: 503 and close)"),
+    s("MAX_HEADER_BYTES", "--max-header-bytes", "16384", "largest request head in bytes (over it: 431)"),
+    s("MAX_HEADERS", "--max-headers", "100", "most header fields in a request (over it: 431)"),
+    s("MAX_JSON_BYTES", "--max-json-bytes", "1048576", "largest JSON or form request body in bytes (over it: 413)"),
+    s("HEAD_TIMEOUT_SECS", "--head-timeout-secs", "10", "time for a request head to arrive (then 408)"),
+    s("BODY_TIMEOUT_SECS", "--body-timeout-secs", "30", "longest silence while a request body arrives (then 408)"),
+    s("KEEPALIVE_TIMEOUT_SECS", "--keepalive-timeout-secs", "30", "idle keep-alive connections are closed after this"),
+    s("SHUTDOWN_GRACE_SECS", "--shutdown-grace-secs", "30", "on SIGTERM, how long requests in flight may take"),
+    s("LOG_LEVEL", "--log-level", "info", "error, warn, info or debug (RUST_LOG is read too)"),
     s(
         "ADCLUSTER_TEST_ROUTES",
         "--test-routes",
@@ -227,10 +96,8 @@ impl RawConfig {
         env: &dyn Fn(&str) -> Option<String>,
         flags: &[String],
     ) -> Result<(RawConfig, Vec<String>), ConfigError> {
-        let mut values: HashMap<&'static str, String> = SETTINGS
-            .iter()
-            .map(|s| (s.var, s.default.to_string()))
-            .collect();
+        let mut values: HashMap<&'static str, String> =
+            SETTINGS.iter().map(|s| (s.var, s.default.to_string())).collect();
         if let Some(text) = dotenv {
             for (k, v) in parse_dotenv(text) {
                 if let Some(setting) = SETTINGS.iter().find(|s| s.var == k) {
@@ -262,9 +129,10 @@ impl RawConfig {
                         Some(v) => v,
                         None => {
                             i += 1;
-                            flags.get(i).cloned().ok_or_else(|| {
-                                ConfigError(format!("{name} needs a value (see --help)"))
-                            })?
+                            flags
+                                .get(i)
+                                .cloned()
+                                .ok_or_else(|| ConfigError(format!("{name} needs a value (see --help)")))?
                         }
                     };
                     values.insert(setting.var, value);
@@ -290,13 +158,9 @@ impl RawConfig {
         T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
     {
         let raw = self.get(var).trim();
-        let n: T = raw
-            .parse()
-            .map_err(|_| ConfigError(format!("{var}={raw:?} is not a valid number")))?;
+        let n: T = raw.parse().map_err(|_| ConfigError(format!("{var}={raw:?} is not a valid number")))?;
         if n < min {
-            return Err(ConfigError(format!(
-                "{var}={raw} is too small (at least {min})"
-            )));
+            return Err(ConfigError(format!("{var}={raw} is too small (at least {min})")));
         }
         Ok(n)
     }
@@ -305,9 +169,7 @@ impl RawConfig {
         match self.get(var).trim().to_ascii_lowercase().as_str() {
             "1" | "true" | "yes" | "on" => Ok(true),
             "0" | "false" | "no" | "off" | "" => Ok(false),
-            other => Err(ConfigError(format!(
-                "{var}={other:?}: expected true or false"
-            ))),
+            other => Err(ConfigError(format!("{var}={other:?}: expected true or false"))),
         }
     }
 }
@@ -363,23 +225,14 @@ impl std::fmt::Debug for Config {
 
 impl Config {
     pub fn from_raw(raw: &RawConfig) -> Result<Config, ConfigError> {
-        let secs = |var: &str| -> Result<Duration, ConfigError> {
-            Ok(Duration::from_secs(raw.num::<u64>(var, 1)?))
-        };
+        let secs = |var: &str| -> Result<Duration, ConfigError> { Ok(Duration::from_secs(raw.num::<u64>(var, 1)?)) };
         let ws_auth = match raw.get("WS_AUTH").trim().to_ascii_lowercase().as_str() {
             "optional" | "" => WsAuth::Optional,
             "required" => WsAuth::Required,
-            other => {
-                return Err(ConfigError(format!(
-                    "WS_AUTH={other:?}: expected optional or required"
-                )))
-            }
+            other => return Err(ConfigError(format!("WS_AUTH={other:?}: expected optional or required"))),
         };
         let log_level = crate::util::log::Level::parse(raw.get("LOG_LEVEL")).ok_or_else(|| {
-            ConfigError(format!(
-                "LOG_LEVEL={:?}: expected error, warn, info or debug",
-                raw.get("LOG_LEVEL")
-            ))
+            ConfigError(format!("LOG_LEVEL={:?}: expected error, warn, info or debug", raw.get("LOG_LEVEL")))
         })?;
         Ok(Config {
             host: raw.get("HOST").trim().to_string(),
@@ -391,19 +244,13 @@ impl Config {
             db_password: raw.get("DB_PASSWORD").to_string(),
             database_url: raw.opt("DATABASE_URL"),
             db_pool_size: raw.num::<u32>("DB_POOL_SIZE", 1)?,
-            db_checkout_timeout: Duration::from_millis(
-                raw.num::<u64>("DB_CHECKOUT_TIMEOUT_MS", 1)?,
-            ),
+            db_checkout_timeout: Duration::from_millis(raw.num::<u64>("DB_CHECKOUT_TIMEOUT_MS", 1)?),
             secret_key: raw.opt("SECRET_KEY"),
-            access_token_expire: Duration::from_secs(
-                60 * raw.num::<u64>("ACCESS_TOKEN_EXPIRE_MINUTES", 1)?,
-            ),
+            access_token_expire: Duration::from_secs(60 * raw.num::<u64>("ACCESS_TOKEN_EXPIRE_MINUTES", 1)?),
             upload_dir: PathBuf::from(raw.get("UPLOAD_DIR")),
             backup_dir: PathBuf::from(raw.get("BACKUP_DIR")),
             data_dir: PathBuf::from(raw.get("DATA_DIR")),
-            max_upload_bytes: raw
-                .num::<u64>("MAX_UPLOAD_MB", 1)?
-                .saturating_mul(1024 * 1024),
+            max_upload_bytes: raw.num::<u64>("MAX_UPLOAD_MB", 1)?.saturating_mul(1024 * 1024),
             allow_signup: raw.boolean("ALLOW_SIGNUP")?,
             ws_auth,
             ws_max_clients: raw.num::<usize>("WS_MAX_CLIENTS", 1)?,
@@ -434,10 +281,7 @@ impl Config {
     pub fn redacted_summary(&self) -> String {
         let db = match &self.database_url {
             Some(url) => redact_url(url),
-            None => format!(
-                "{}@{}:{}/{}",
-                self.db_user, self.db_host, self.db_port, self.db_name
-            ),
+            None => format!("{}@{}:{}/{}", self.db_user, self.db_host, self.db_port, self.db_name),
         };
         format!(
             "listen={}:{} db={} pool={} workers={} max_connections={} upload_dir={} data_dir={} secret_key={}",
@@ -479,8 +323,7 @@ pub fn parse_dotenv(text: &str) -> Vec<(String, String)> {
             let (k, v) = line.split_once('=')?;
             let v = v.trim();
             let v = if v.len() >= 2
-                && ((v.starts_with('"') && v.ends_with('"'))
-                    || (v.starts_with('\'') && v.ends_with('\'')))
+                && ((v.starts_with('"') && v.ends_with('"')) || (v.starts_with('\'') && v.ends_with('\'')))
             {
                 &v[1..v.len() - 1]
             } else {
@@ -501,11 +344,7 @@ pub fn help_text() -> String {
          SETTINGS (flag, environment variable, default). Later wins: defaults < .env < environment < flags.\n",
     );
     for s in SETTINGS {
-        let default = if s.secret || s.default.is_empty() {
-            "(unset)".to_string()
-        } else {
-            s.default.to_string()
-        };
+        let default = if s.secret || s.default.is_empty() { "(unset)".to_string() } else { s.default.to_string() };
         out.push_str(&format!(
             "    {:<34} {:<28} {}\n        {}\n",
             format!("{} <value>", s.flag),
@@ -522,15 +361,8 @@ pub fn help_text() -> String {
 mod tests {
     use super::*;
 
-    fn layer(
-        dotenv: Option<&str>,
-        env: &[(&str, &str)],
-        flags: &[&str],
-    ) -> Result<(Config, Vec<String>), ConfigError> {
-        let env: HashMap<String, String> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+    fn layer(dotenv: Option<&str>, env: &[(&str, &str)], flags: &[&str]) -> Result<(Config, Vec<String>), ConfigError> {
+        let env: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let lookup = move |k: &str| env.get(k).cloned();
         let flags: Vec<String> = flags.iter().map(|s| s.to_string()).collect();
         let (raw, rest) = RawConfig::layer(dotenv, &lookup, &flags)?;
@@ -543,12 +375,7 @@ mod tests {
         assert!(rest.is_empty());
         assert_eq!((c.host.as_str(), c.port), ("0.0.0.0", 8000));
         assert_eq!(
-            (
-                c.db_host.as_str(),
-                c.db_port,
-                c.db_name.as_str(),
-                c.db_user.as_str()
-            ),
+            (c.db_host.as_str(), c.db_port, c.db_name.as_str(), c.db_user.as_str()),
             ("localhost", 5432, "adcluster_db", "postgres")
         );
         assert_eq!(c.access_token_expire, Duration::from_secs(30 * 60));
@@ -564,18 +391,10 @@ mod tests {
     fn later_sources_win() {
         let dotenv = "# comment\nPORT=1000\nexport DB_NAME='from_env_file'\nWORKERS=3 # inline\n";
         let (c, _) = layer(Some(dotenv), &[], &[]).unwrap();
-        assert_eq!(
-            (c.port, c.db_name.as_str(), c.workers),
-            (1000, "from_env_file", 3)
-        );
+        assert_eq!((c.port, c.db_name.as_str(), c.workers), (1000, "from_env_file", 3));
         let (c, _) = layer(Some(dotenv), &[("PORT", "2000")], &[]).unwrap();
         assert_eq!(c.port, 2000);
-        let (c, rest) = layer(
-            Some(dotenv),
-            &[("PORT", "2000")],
-            &["--port", "3000", "--workers=5", "extra"],
-        )
-        .unwrap();
+        let (c, rest) = layer(Some(dotenv), &[("PORT", "2000")], &["--port", "3000", "--workers=5", "extra"]).unwrap();
         assert_eq!((c.port, c.workers), (3000, 5));
         assert_eq!(rest, vec!["extra".to_string()]);
     }
@@ -585,14 +404,8 @@ mod tests {
         let err = layer(None, &[("PORT", "eighty")], &[]).unwrap_err().0;
         assert!(err.contains("PORT"), "{err}");
         let err = layer(None, &[], &["--workers", "0"]).unwrap_err().0;
-        assert!(
-            err.contains("WORKERS") && err.contains("at least 1"),
-            "{err}"
-        );
-        assert!(layer(None, &[], &["--port"])
-            .unwrap_err()
-            .0
-            .contains("--port needs a value"));
+        assert!(err.contains("WORKERS") && err.contains("at least 1"), "{err}");
+        assert!(layer(None, &[], &["--port"]).unwrap_err().0.contains("--port needs a value"));
         assert!(layer(None, &[("WS_AUTH", "maybe")], &[]).is_err());
         assert!(layer(None, &[("ALLOW_SIGNUP", "perhaps")], &[]).is_err());
     }
@@ -607,15 +420,9 @@ mod tests {
 
     #[test]
     fn secrets_never_show() {
-        let (c, _) = layer(
-            None,
-            &[
-                ("DATABASE_URL", "postgres://u:hunter2@h/db"),
-                ("SECRET_KEY", "k".repeat(40).as_str()),
-            ],
-            &[],
-        )
-        .unwrap();
+        let (c, _) =
+            layer(None, &[("DATABASE_URL", "postgres://u:hunter2@h/db"), ("SECRET_KEY", "k".repeat(40).as_str())], &[])
+                .unwrap();
         let shown = format!("{c:?} {}", c.redacted_summary());
         assert!(!shown.contains("hunter2"));
         assert!(!shown.contains(&"k".repeat(40)));

@@ -19,17 +19,11 @@ struct Failure {
 }
 
 fn usage(message: impl Into<String>) -> Failure {
-    Failure {
-        code: 2,
-        message: message.into(),
-    }
+    Failure { code: 2, message: message.into() }
 }
 
 fn failed(message: impl Into<String>) -> Failure {
-    Failure {
-        code: 1,
-        message: message.into(),
-    }
+    Failure { code: 1, message: message.into() }
 }
 
 fn main() -> ExitCode {
@@ -62,18 +56,14 @@ fn run(args: Vec<String>) -> Result<(), Failure> {
             print!("{}", config::help_text());
             Ok(())
         }
-        other => Err(usage(format!(
-            "unknown command {other:?}; run `adcluster --help` for the list"
-        ))),
+        other => Err(usage(format!("unknown command {other:?}; run `adcluster --help` for the list"))),
     }
 }
 
 fn load_config(args: &[String]) -> Result<Config, Failure> {
     let (cfg, rest) = Config::load(args).map_err(|e| usage(e.to_string()))?;
     if let Some(extra) = rest.first() {
-        return Err(usage(format!(
-            "unexpected argument {extra:?}; run `adcluster --help` for the flags"
-        )));
+        return Err(usage(format!("unexpected argument {extra:?}; run `adcluster --help` for the flags")));
     }
     util::log::set_level(cfg.log_level);
     Ok(cfg)
@@ -83,14 +73,9 @@ fn serve(args: &[String]) -> Result<(), Failure> {
     let cfg = load_config(args)?;
     // Block SIGINT/SIGTERM in this thread before any other starts, so every thread inherits the
     // mask and only the signal thread receives them (via sigwait).
-    let signals =
-        signals::block().map_err(|e| failed(format!("cannot set up signal handling: {e}")))?;
+    let signals = signals::block().map_err(|e| failed(format!("cannot set up signal handling: {e}")))?;
     util::rlimit::raise_nofile(cfg.max_connections);
-    info!(
-        "starting adcluster {}: {}",
-        api::VERSION,
-        cfg.redacted_summary()
-    );
+    info!("starting adcluster {}: {}", api::VERSION, cfg.redacted_summary());
 
     let http_cfg = http::ServerConfig {
         workers: cfg.workers,
@@ -99,24 +84,18 @@ fn serve(args: &[String]) -> Result<(), Failure> {
         body_timeout: cfg.body_timeout,
         idle_timeout: cfg.keepalive_timeout,
         shutdown_grace: cfg.shutdown_grace,
-        head_limits: http::parse::HeadLimits {
-            max_head_bytes: cfg.max_header_bytes,
-            max_headers: cfg.max_headers,
-        },
+        head_limits: http::parse::HeadLimits { max_head_bytes: cfg.max_header_bytes, max_headers: cfg.max_headers },
         ..http::ServerConfig::default()
     };
     let addr = format!("{}:{}", cfg.host, cfg.port);
-    let app = Arc::new(api::App {
-        config: cfg,
-        started: Instant::now(),
-    });
+    let app = Arc::new(api::App { config: cfg, started: Instant::now() });
     let router = Arc::new(api::build_router(app.clone()));
     let server = http::Server::bind(&addr, http_cfg, router).map_err(|e| {
-        failed(format!("cannot listen on {addr}: {e} (is another server using the port? choose one with --port or PORT)"))
+        failed(format!(
+            "cannot listen on {addr}: {e} (is another server using the port? choose one with --port or PORT)"
+        ))
     })?;
-    let bound = server
-        .local_addr()
-        .map_err(|e| failed(format!("cannot read the bound address: {e}")))?;
+    let bound = server.local_addr().map_err(|e| failed(format!("cannot read the bound address: {e}")))?;
     info!("listening on http://{bound}");
 
     let handle = server.shutdown_handle();
@@ -130,9 +109,7 @@ fn serve(args: &[String]) -> Result<(), Failure> {
     })
     .map_err(|e| failed(format!("cannot start the signal thread: {e}")))?;
 
-    server
-        .run()
-        .map_err(|e| failed(format!("server failed: {e}")))?;
+    server.run().map_err(|e| failed(format!("server failed: {e}")))?;
     info!("stopped");
     Ok(())
 }
@@ -160,25 +137,15 @@ mod signals {
         }
     }
 
-    pub fn spawn_waiter<F: Fn(&'static str) + Send + 'static>(
-        blocked: Blocked,
-        on_signal: F,
-    ) -> io::Result<()> {
+    pub fn spawn_waiter<F: Fn(&'static str) + Send + 'static>(blocked: Blocked, on_signal: F) -> io::Result<()> {
         let set = blocked.0;
-        std::thread::Builder::new()
-            .name("signals".into())
-            .stack_size(64 * 1024)
-            .spawn(move || loop {
-                let mut sig: libc::c_int = 0;
-                // SAFETY: `set` is an initialised sigset; `sig` is a valid out pointer.
-                if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
-                    on_signal(if sig == libc::SIGINT {
-                        "SIGINT"
-                    } else {
-                        "SIGTERM"
-                    });
-                }
-            })?;
+        std::thread::Builder::new().name("signals".into()).stack_size(64 * 1024).spawn(move || loop {
+            let mut sig: libc::c_int = 0;
+            // SAFETY: `set` is an initialised sigset; `sig` is a valid out pointer.
+            if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
+                on_signal(if sig == libc::SIGINT { "SIGINT" } else { "SIGTERM" });
+            }
+        })?;
         Ok(())
     }
 }

@@ -20,9 +20,7 @@ pub fn document(r: &Router) -> Value {
         let Some(op) = &route.doc else { continue };
         let mut op = op.clone();
         add_path_parameters(route.pattern, &mut op);
-        let item = paths
-            .entry(openapi_path(route.pattern))
-            .or_insert_with(|| json!({}));
+        let item = paths.entry(openapi_path(route.pattern)).or_insert_with(|| json!({}));
         item[route.method.to_ascii_lowercase()] = op;
     }
     let mut schemas = Map::new();
@@ -59,11 +57,8 @@ fn add_path_parameters(pattern: &str, op: &mut Value) {
     if names.is_empty() {
         return;
     }
-    let params = op
-        .as_object_mut()
-        .expect("an operation is an object")
-        .entry("parameters")
-        .or_insert_with(|| json!([]));
+    let params =
+        op.as_object_mut().expect("an operation is an object").entry("parameters").or_insert_with(|| json!([]));
     let list = params.as_array_mut().expect("parameters is an array");
     for name in names {
         let present = list.iter().any(|p| p["name"] == name && p["in"] == "path");
@@ -105,10 +100,8 @@ fn asset(vendored: &str, cdn: &str) -> String {
 }
 
 fn swagger_html() -> String {
-    let css = asset(
-        "vendor/swagger-ui/swagger-ui.css",
-        "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css",
-    );
+    let css =
+        asset("vendor/swagger-ui/swagger-ui.css", "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css");
     let js = asset(
         "vendor/swagger-ui/swagger-ui-bundle.js",
         "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js",
@@ -143,10 +136,8 @@ window.ui = SwaggerUIBundle({{
 }
 
 fn redoc_html() -> String {
-    let js = asset(
-        "vendor/redoc/redoc.standalone.js",
-        "https://cdn.jsdelivr.net/npm/redoc@2/bundles/redoc.standalone.js",
-    );
+    let js =
+        asset("vendor/redoc/redoc.standalone.js", "https://cdn.jsdelivr.net/npm/redoc@2/bundles/redoc.standalone.js");
     format!(
         r#"<!DOCTYPE html>
 <html lang="en">
@@ -167,30 +158,13 @@ fn redoc_html() -> String {
 
 /// Register the docs routes. Call last: the document is built from the routes added before.
 pub fn routes(r: &mut Router) {
-    let doc: &'static [u8] = Box::leak(
-        serde_json::to_vec(&document(r))
-            .expect("a JSON value serialises")
-            .into_boxed_slice(),
-    );
-    r.add("GET", "/openapi.json", move |_| {
-        Ok(Response::static_bytes(200, "application/json", doc))
-    });
+    let doc: &'static [u8] =
+        Box::leak(serde_json::to_vec(&document(r)).expect("a JSON value serialises").into_boxed_slice());
+    r.add("GET", "/openapi.json", move |_| Ok(Response::static_bytes(200, "application/json", doc)));
     let swagger: &'static [u8] = Box::leak(swagger_html().into_bytes().into_boxed_slice());
-    r.add("GET", "/docs", move |_| {
-        Ok(Response::static_bytes(
-            200,
-            "text/html; charset=utf-8",
-            swagger,
-        ))
-    });
+    r.add("GET", "/docs", move |_| Ok(Response::static_bytes(200, "text/html; charset=utf-8", swagger)));
     let redoc: &'static [u8] = Box::leak(redoc_html().into_bytes().into_boxed_slice());
-    r.add("GET", "/redoc", move |_| {
-        Ok(Response::static_bytes(
-            200,
-            "text/html; charset=utf-8",
-            redoc,
-        ))
-    });
+    r.add("GET", "/redoc", move |_| Ok(Response::static_bytes(200, "text/html; charset=utf-8", redoc)));
 }
 
 #[cfg(test)]
@@ -201,12 +175,8 @@ mod tests {
     fn path_parameters_are_declared_once() {
         let mut op = json!({ "parameters": [{ "name": "a", "in": "path", "required": true }] });
         add_path_parameters("/x/{a}/{b:path}", &mut op);
-        let names: Vec<&str> = op["parameters"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p["name"].as_str().unwrap())
-            .collect();
+        let names: Vec<&str> =
+            op["parameters"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
         assert_eq!(names, vec!["a", "b"]);
         assert_eq!(openapi_path("/static/{file:path}"), "/static/{file}");
     }

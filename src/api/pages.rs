@@ -8,18 +8,12 @@ include!(concat!(env!("OUT_DIR"), "/public_files.rs"));
 
 /// The embedded file at `path` (relative to `public/`).
 pub fn find(path: &str) -> Option<&'static [u8]> {
-    PUBLIC_FILES
-        .iter()
-        .find(|(p, _)| *p == path)
-        .map(|(_, b)| *b)
+    PUBLIC_FILES.iter().find(|(p, _)| *p == path).map(|(_, b)| *b)
 }
 
 /// `Content-Type` by file extension (case-insensitive); `application/octet-stream` otherwise.
 pub fn content_type_for(name: &str) -> &'static str {
-    let ext = name
-        .rsplit_once('.')
-        .map(|(_, e)| e.to_ascii_lowercase())
-        .unwrap_or_default();
+    let ext = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default();
     match ext.as_str() {
         "html" | "htm" => "text/html; charset=utf-8",
         "css" => "text/css; charset=utf-8",
@@ -56,16 +50,12 @@ pub fn content_type_for(name: &str) -> &'static str {
 
 fn serve(path: &str) -> Result<Response, HttpError> {
     let bytes = find(path).ok_or_else(|| HttpError::new(404, "Not Found"))?;
-    Ok(Response::static_bytes(200, content_type_for(path), bytes)
-        .header("cache-control", "no-cache"))
+    Ok(Response::static_bytes(200, content_type_for(path), bytes).header("cache-control", "no-cache"))
 }
 
 pub fn routes(r: &mut Router) {
     // Top-level HTML pages get their own routes, so an unknown path stays a plain 404/405.
-    for (path, _) in PUBLIC_FILES
-        .iter()
-        .filter(|(p, _)| !p.contains('/') && p.ends_with(".html"))
-    {
+    for (path, _) in PUBLIC_FILES.iter().filter(|(p, _)| !p.contains('/') && p.ends_with(".html")) {
         let pattern: &'static str = Box::leak(format!("/{path}").into_boxed_str());
         r.add("GET", pattern, move |_| serve(path)).doc(serde_json::json!({
             "tags": ["pages"], "summary": format!("The {path} page"),

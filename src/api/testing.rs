@@ -16,22 +16,12 @@ pub fn routes(r: &mut Router) {
         let body = req.body_bytes()?;
         let digest = Sha256::digest(&body);
         let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-        Ok(Response::json(
-            200,
-            &json!({ "length": body.len(), "sha256": hex }),
-        ))
+        Ok(Response::json(200, &json!({ "length": body.len(), "sha256": hex })))
     });
-    r.add("GET", "/__test/panic", |_| -> Result<Response, HttpError> {
-        panic!("test panic")
-    });
+    r.add("GET", "/__test/panic", |_| -> Result<Response, HttpError> { panic!("test panic") });
     r.add("GET", "/__test/sleep", |req| {
-        let ms: u64 = req
-            .query()?
-            .iter()
-            .find(|(k, _)| k == "ms")
-            .and_then(|(_, v)| v.parse().ok())
-            .unwrap_or(100)
-            .min(10_000);
+        let ms: u64 =
+            req.query()?.iter().find(|(k, _)| k == "ms").and_then(|(_, v)| v.parse().ok()).unwrap_or(100).min(10_000);
         std::thread::sleep(Duration::from_millis(ms));
         Ok(Response::json(200, &json!({ "slept_ms": ms })))
     });

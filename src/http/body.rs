@@ -117,14 +117,7 @@ impl Default for ChunkedDecoder {
 
 impl ChunkedDecoder {
     pub fn new() -> Self {
-        ChunkedDecoder {
-            state: State::Size {
-                value: 0,
-                digits: 0,
-            },
-            line_bytes: 0,
-            trailer_bytes: 0,
-        }
+        ChunkedDecoder { state: State::Size { value: 0, digits: 0 }, line_bytes: 0, trailer_bytes: 0 }
     }
 
     /// True once the terminating zero chunk and trailers have been consumed.
@@ -143,11 +136,7 @@ impl ChunkedDecoder {
                 State::Data { left } => {
                     let n = (input.len() - i).min(usize::try_from(left).unwrap_or(usize::MAX));
                     let left = left - n as u64;
-                    self.state = if left == 0 {
-                        State::DataCr
-                    } else {
-                        State::Data { left }
-                    };
+                    self.state = if left == 0 { State::DataCr } else { State::Data { left } };
                     return Ok((i + n, &input[i..i + n]));
                 }
                 State::Done => break,
@@ -167,10 +156,7 @@ impl ChunkedDecoder {
                     if digits >= 15 {
                         return Err(BodyError::BadChunk("chunk size too large"));
                     }
-                    State::Size {
-                        value: value * 16 + u64::from(d),
-                        digits: digits + 1,
-                    }
+                    State::Size { value: value * 16 + u64::from(d), digits: digits + 1 }
                 } else if digits == 0 {
                     return Err(BodyError::BadChunk("expected a hex chunk size"));
                 } else {
@@ -201,20 +187,14 @@ impl ChunkedDecoder {
             }
             State::DataCr => match b {
                 b'\r' => State::DataLf,
-                b'\n' => State::Size {
-                    value: 0,
-                    digits: 0,
-                },
+                b'\n' => State::Size { value: 0, digits: 0 },
                 _ => return Err(BodyError::BadChunk("expected CRLF after chunk data")),
             },
             State::DataLf => {
                 if b != b'\n' {
                     return Err(BodyError::BadChunk("expected CRLF after chunk data"));
                 }
-                State::Size {
-                    value: 0,
-                    digits: 0,
-                }
+                State::Size { value: 0, digits: 0 }
             }
             State::Trailer { at_line_start } => {
                 self.trailer_bytes += 1;
@@ -224,12 +204,8 @@ impl ChunkedDecoder {
                 match b {
                     b'\r' => State::TrailerLf { at_line_start },
                     b'\n' if at_line_start => State::Done,
-                    b'\n' => State::Trailer {
-                        at_line_start: true,
-                    },
-                    _ => State::Trailer {
-                        at_line_start: false,
-                    },
+                    b'\n' => State::Trailer { at_line_start: true },
+                    _ => State::Trailer { at_line_start: false },
                 }
             }
             State::TrailerLf { at_line_start } => {
@@ -239,9 +215,7 @@ impl ChunkedDecoder {
                 if at_line_start {
                     State::Done
                 } else {
-                    State::Trailer {
-                        at_line_start: true,
-                    }
+                    State::Trailer { at_line_start: true }
                 }
             }
             State::Data { .. } | State::Done => unreachable!("handled in feed"),
@@ -251,9 +225,7 @@ impl ChunkedDecoder {
     fn end_size_line(&mut self, value: u64) -> State {
         self.line_bytes = 0;
         if value == 0 {
-            State::Trailer {
-                at_line_start: true,
-            }
+            State::Trailer { at_line_start: true }
         } else {
             State::Data { left: value }
         }
@@ -285,12 +257,7 @@ impl Wire<'_> {
                 match self.stream.read(&mut self.buf[..]) {
                     Ok(n) => break n,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                        ) =>
-                    {
+                    Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
                         self.buf.clear();
                         return Err(BodyError::Stalled.into_io());
                     }
@@ -371,11 +338,10 @@ impl<'c> BodyReader<'c> {
     /// Read the whole body into memory (for JSON and form bodies; the limit still applies).
     pub fn read_all(&mut self) -> Result<Vec<u8>, BodyError> {
         let mut out = Vec::new();
-        self.read_to_end(&mut out)
-            .map_err(|e| match BodyError::of(&e) {
-                Some(b) => b.clone(),
-                None => BodyError::Truncated,
-            })?;
+        self.read_to_end(&mut out).map_err(|e| match BodyError::of(&e) {
+            Some(b) => b.clone(),
+            None => BodyError::Truncated,
+        })?;
         Ok(out)
     }
 
@@ -402,9 +368,7 @@ impl<'c> BodyReader<'c> {
     fn send_continue(&mut self) -> io::Result<()> {
         if self.pending_continue {
             self.pending_continue = false;
-            self.wire
-                .stream
-                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+            self.wire.stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
         }
         Ok(())
     }
@@ -451,10 +415,7 @@ impl BodyReader<'_> {
             match self.framing {
                 Framing::None => unreachable!("done is set for bodiless requests"),
                 Framing::Length(_) => {
-                    let n = avail
-                        .len()
-                        .min(out.len())
-                        .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+                    let n = avail.len().min(out.len()).min(usize::try_from(self.left).unwrap_or(usize::MAX));
                     out[..n].copy_from_slice(&avail[..n]);
                     *self.wire.pos += n;
                     self.left -= n as u64;
@@ -543,10 +504,7 @@ mod tests {
             }
             assert!(dec.is_done(), "cut {cut}");
             assert_eq!(out, data, "cut {cut}");
-            assert_eq!(
-                used_total, end,
-                "decoder must stop at the end of the body (cut {cut})"
-            );
+            assert_eq!(used_total, end, "decoder must stop at the end of the body (cut {cut})");
         }
     }
 
@@ -573,13 +531,7 @@ mod tests {
 
     #[test]
     fn bad_framing() {
-        for bad in [
-            b"x\r\n".as_slice(),
-            b"3\r\nabcX",
-            b"3\rX",
-            b"1234567890abcdef0\r\n",
-            b"3\r\nabc\r\n0\r\nX: y\rZ",
-        ] {
+        for bad in [b"x\r\n".as_slice(), b"3\r\nabcX", b"3\rX", b"1234567890abcdef0\r\n", b"3\r\nabc\r\n0\r\nX: y\rZ"] {
             let mut dec = ChunkedDecoder::new();
             let mut slice = bad;
             let mut failed = false;

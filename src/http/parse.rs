@@ -23,10 +23,7 @@ pub struct HeadLimits {
 
 impl Default for HeadLimits {
     fn default() -> Self {
-        HeadLimits {
-            max_head_bytes: 16 * 1024,
-            max_headers: 100,
-        }
+        HeadLimits { max_head_bytes: 16 * 1024, max_headers: 100 }
     }
 }
 
@@ -64,17 +61,13 @@ pub struct RequestHead {
 impl RequestHead {
     /// The first value of a header, by lower-case name.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 
     /// Whether the client asked for a protocol upgrade to `proto` (e.g. `websocket`).
     pub fn wants_upgrade(&self, proto: &str) -> bool {
-        let upgrade = self
-            .header("upgrade")
-            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(proto)));
+        let upgrade =
+            self.header("upgrade").is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(proto)));
         upgrade && connection_has(self, "upgrade")
     }
 }
@@ -126,19 +119,11 @@ pub fn parse_head(buf: &[u8], limits: &HeadLimits) -> Result<Parsed, HeadError> 
     let used = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
-            return if buf.len() >= limits.max_head_bytes {
-                Err(HeadError::TooLarge)
-            } else {
-                Ok(Parsed::Partial)
-            };
+            return if buf.len() >= limits.max_head_bytes { Err(HeadError::TooLarge) } else { Ok(Parsed::Partial) };
         }
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
-        Err(httparse::Error::Version) => {
-            return Err(HeadError::Malformed("unsupported HTTP version"))
-        }
-        Err(httparse::Error::Token) => {
-            return Err(HeadError::Malformed("invalid method or header name"))
-        }
+        Err(httparse::Error::Version) => return Err(HeadError::Malformed("unsupported HTTP version")),
+        Err(httparse::Error::Token) => return Err(HeadError::Malformed("invalid method or header name")),
         Err(_) => return Err(HeadError::Malformed("invalid request line or header")),
     };
     if used > limits.max_head_bytes {
@@ -150,12 +135,7 @@ pub fn parse_head(buf: &[u8], limits: &HeadLimits) -> Result<Parsed, HeadError> 
     let headers: Vec<(String, String)> = req
         .headers
         .iter()
-        .map(|h| {
-            (
-                h.name.to_ascii_lowercase(),
-                String::from_utf8_lossy(h.value).into_owned(),
-            )
-        })
+        .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).into_owned()))
         .collect();
     let mut head = RequestHead {
         method,
@@ -168,15 +148,10 @@ pub fn parse_head(buf: &[u8], limits: &HeadLimits) -> Result<Parsed, HeadError> 
         expect_continue: false,
     };
     head.framing = framing(&head)?;
-    head.keep_alive = if minor_version == 0 {
-        connection_has(&head, "keep-alive")
-    } else {
-        !connection_has(&head, "close")
-    };
-    head.expect_continue = minor_version == 1
-        && head
-            .header("expect")
-            .is_some_and(|v| v.trim().eq_ignore_ascii_case("100-continue"));
+    head.keep_alive =
+        if minor_version == 0 { connection_has(&head, "keep-alive") } else { !connection_has(&head, "close") };
+    head.expect_continue =
+        minor_version == 1 && head.header("expect").is_some_and(|v| v.trim().eq_ignore_ascii_case("100-continue"));
     Ok(Parsed::Complete(head, used))
 }
 
@@ -185,10 +160,7 @@ pub fn parse_head(buf: &[u8], limits: &HeadLimits) -> Result<Parsed, HeadError> 
 fn split_target(target: &str) -> Result<(String, String), HeadError> {
     let rest = if target.starts_with('/') || target == "*" {
         target
-    } else if let Some(after) = target
-        .strip_prefix("http://")
-        .or_else(|| target.strip_prefix("https://"))
-    {
+    } else if let Some(after) = target.strip_prefix("http://").or_else(|| target.strip_prefix("https://")) {
         match after.find('/') {
             Some(i) => &after[i..],
             None => "/",
@@ -221,15 +193,10 @@ fn framing(head: &RequestHead) -> Result<Framing, HeadError> {
                 // differing values are not.
                 for part in value.split(',') {
                     let part = part.trim();
-                    if part.is_empty()
-                        || part.len() > 19
-                        || !part.bytes().all(|b| b.is_ascii_digit())
-                    {
+                    if part.is_empty() || part.len() > 19 || !part.bytes().all(|b| b.is_ascii_digit()) {
                         return Err(HeadError::Malformed("invalid Content-Length"));
                     }
-                    let n: u64 = part
-                        .parse()
-                        .map_err(|_| HeadError::Malformed("invalid Content-Length"))?;
+                    let n: u64 = part.parse().map_err(|_| HeadError::Malformed("invalid Content-Length"))?;
                     if cl.is_some_and(|prev| prev != n) {
                         return Err(HeadError::Malformed("conflicting Content-Length values"));
                     }
@@ -240,9 +207,7 @@ fn framing(head: &RequestHead) -> Result<Framing, HeadError> {
         }
     }
     match (te, cl) {
-        (Some(_), Some(_)) => Err(HeadError::Malformed(
-            "both Transfer-Encoding and Content-Length",
-        )),
+        (Some(_), Some(_)) => Err(HeadError::Malformed("both Transfer-Encoding and Content-Length")),
         (Some(te), None) => {
             if te.trim().eq_ignore_ascii_case("chunked") {
                 Ok(Framing::Chunked)
@@ -342,8 +307,7 @@ mod tests {
 
     #[test]
     fn every_split_offset_is_partial_until_the_end() {
-        let raw =
-            b"POST /a/b HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n";
+        let raw = b"POST /a/b HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n";
         for cut in 0..raw.len() {
             match parse_head(&raw[..cut], &HeadLimits::default()) {
                 Ok(Parsed::Partial) => {}
@@ -370,54 +334,26 @@ mod tests {
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
         ];
         for raw in bad {
-            assert_eq!(
-                parse_head(raw, &HeadLimits::default())
-                    .unwrap_err()
-                    .status(),
-                400,
-                "{raw:?}"
-            );
+            assert_eq!(parse_head(raw, &HeadLimits::default()).unwrap_err().status(), 400, "{raw:?}");
         }
         let gz = b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n";
-        assert_eq!(
-            parse_head(gz, &HeadLimits::default()).unwrap_err(),
-            HeadError::UnsupportedEncoding
-        );
+        assert_eq!(parse_head(gz, &HeadLimits::default()).unwrap_err(), HeadError::UnsupportedEncoding);
     }
 
     #[test]
     fn limits_give_431() {
-        let limits = HeadLimits {
-            max_head_bytes: 64,
-            max_headers: 3,
-        };
+        let limits = HeadLimits { max_head_bytes: 64, max_headers: 3 };
         let long = [b"GET / HTTP/1.1\r\nX: ".as_slice(), &[b'a'; 100]].concat();
         assert_eq!(parse_head(&long, &limits).unwrap_err(), HeadError::TooLarge);
         let many = b"GET / HTTP/1.1\r\na: 1\r\nb: 2\r\nc: 3\r\nd: 4\r\n\r\n";
         assert_eq!(parse_head(many, &limits).unwrap_err(), HeadError::TooLarge);
         let three = b"GET / HTTP/1.1\r\na: 1\r\nb: 2\r\nc: 3\r\n\r\n";
-        assert!(matches!(
-            parse_head(three, &limits),
-            Ok(Parsed::Complete(..))
-        ));
+        assert!(matches!(parse_head(three, &limits), Ok(Parsed::Complete(..))));
         // Exactly at the byte limit is fine; one more is not.
         let base = b"GET / HTTP/1.1\r\nX: \r\n\r\n".len();
-        let fill = |n: usize| {
-            [
-                b"GET / HTTP/1.1\r\nX: ".as_slice(),
-                &vec![b'a'; n],
-                b"\r\n\r\n",
-            ]
-            .concat()
-        };
-        assert!(matches!(
-            parse_head(&fill(64 - base), &limits),
-            Ok(Parsed::Complete(..))
-        ));
-        assert_eq!(
-            parse_head(&fill(65 - base), &limits).unwrap_err(),
-            HeadError::TooLarge
-        );
+        let fill = |n: usize| [b"GET / HTTP/1.1\r\nX: ".as_slice(), &vec![b'a'; n], b"\r\n\r\n"].concat();
+        assert!(matches!(parse_head(&fill(64 - base), &limits), Ok(Parsed::Complete(..))));
+        assert_eq!(parse_head(&fill(65 - base), &limits).unwrap_err(), HeadError::TooLarge);
     }
 
     #[test]
@@ -429,19 +365,15 @@ mod tests {
             b"G(T / HTTP/1.1\r\n\r\n",
             b"GET / HTTP/1.1\r\nBad Header: x\r\n\r\n",
         ] {
-            assert_eq!(
-                parse_head(raw, &HeadLimits::default())
-                    .unwrap_err()
-                    .status(),
-                400,
-                "{raw:?}"
-            );
+            assert_eq!(parse_head(raw, &HeadLimits::default()).unwrap_err().status(), 400, "{raw:?}");
         }
     }
 
     #[test]
     fn absolute_form_and_upgrade() {
-        let (h, _) = complete(b"GET http://h:1/ws/a?token=t HTTP/1.1\r\nUpgrade: WebSocket\r\nConnection: keep-alive, Upgrade\r\n\r\n");
+        let (h, _) = complete(
+            b"GET http://h:1/ws/a?token=t HTTP/1.1\r\nUpgrade: WebSocket\r\nConnection: keep-alive, Upgrade\r\n\r\n",
+        );
         assert_eq!(h.path, "/ws/a");
         assert_eq!(h.query, "token=t");
         assert!(h.wants_upgrade("websocket"));

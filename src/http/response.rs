@@ -59,34 +59,23 @@ pub struct Response {
 
 impl Response {
     pub fn new(status: u16) -> Response {
-        Response {
-            status,
-            headers: Vec::new(),
-            body: Body::Empty,
-            upgrade: None,
-            close: false,
-        }
+        Response { status, headers: Vec::new(), body: Body::Empty, upgrade: None, close: false }
     }
 
     /// A JSON response from any serialisable value.
     pub fn json<T: Serialize + ?Sized>(status: u16, value: &T) -> Response {
         // Serialising our own types cannot fail (no maps with non-string keys, no failing
         // `Serialize` impls); fall back to a 500 body rather than panic if that ever changes.
-        let bytes = serde_json::to_vec(value)
-            .unwrap_or_else(|_| br#"{"detail":"Internal Server Error"}"#.to_vec());
+        let bytes = serde_json::to_vec(value).unwrap_or_else(|_| br#"{"detail":"Internal Server Error"}"#.to_vec());
         Response::bytes(status, "application/json", bytes)
     }
 
     pub fn bytes(status: u16, content_type: &str, bytes: Vec<u8>) -> Response {
-        Response::new(status)
-            .header("content-type", content_type)
-            .with_body(Body::Bytes(bytes))
+        Response::new(status).header("content-type", content_type).with_body(Body::Bytes(bytes))
     }
 
     pub fn static_bytes(status: u16, content_type: &str, bytes: &'static [u8]) -> Response {
-        Response::new(status)
-            .header("content-type", content_type)
-            .with_body(Body::Static(bytes))
+        Response::new(status).header("content-type", content_type).with_body(Body::Static(bytes))
     }
 
     /// `{"detail": message}` with the given status: the error shape of the contract.
@@ -94,11 +83,7 @@ impl Response {
         Response::json(status, &serde_json::json!({ "detail": message }))
     }
 
-    pub fn header(
-        mut self,
-        name: impl Into<Cow<'static, str>>,
-        value: impl Into<String>,
-    ) -> Response {
+    pub fn header(mut self, name: impl Into<Cow<'static, str>>, value: impl Into<String>) -> Response {
         self.headers.push((name.into(), value.into()));
         self
     }
@@ -109,21 +94,12 @@ impl Response {
     }
 
     pub fn get_header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     /// A `101 Switching Protocols` response; `then` receives the socket.
     pub fn upgrade(headers: Vec<(Cow<'static, str>, String)>, then: UpgradeFn) -> Response {
-        Response {
-            status: 101,
-            headers,
-            body: Body::Empty,
-            upgrade: Some(then),
-            close: false,
-        }
+        Response { status: 101, headers, body: Body::Empty, upgrade: Some(then), close: false }
     }
 }
 
@@ -161,11 +137,7 @@ pub fn reason(status: u16) -> &'static str {
 /// Serialise the status line and headers. `keep_alive` decides the `Connection` header;
 /// `head_only` is for `HEAD` requests (the `Content-Length` is still the body's).
 pub fn encode_head(resp: &Response, minor_version: u8, keep_alive: bool, out: &mut Vec<u8>) {
-    out.extend_from_slice(if minor_version == 0 {
-        b"HTTP/1.0 "
-    } else {
-        b"HTTP/1.1 "
-    });
+    out.extend_from_slice(if minor_version == 0 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
     out.extend_from_slice(resp.status.to_string().as_bytes());
     out.push(b' ');
     out.extend_from_slice(reason(resp.status).as_bytes());
@@ -203,9 +175,7 @@ pub fn encode_head(resp: &Response, minor_version: u8, keep_alive: bool, out: &m
 }
 
 fn is_framing_header(name: &str) -> bool {
-    ["content-length", "transfer-encoding", "connection", "date"]
-        .iter()
-        .any(|h| name.eq_ignore_ascii_case(h))
+    ["content-length", "transfer-encoding", "connection", "date"].iter().any(|h| name.eq_ignore_ascii_case(h))
 }
 
 /// Write a whole response. Small bodies go out in the same `write` as the head. Returns the
@@ -238,10 +208,7 @@ pub fn write_response(
             if copied != *len {
                 // The file shrank under us: the client was promised `len` bytes. Closing is the
                 // only honest signal left.
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "body shorter than its length",
-                ));
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "body shorter than its length"));
             }
             Ok(copied)
         }

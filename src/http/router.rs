@@ -48,11 +48,7 @@ pub struct HttpError {
 
 impl HttpError {
     pub fn new(status: u16, message: impl Into<String>) -> HttpError {
-        HttpError {
-            status,
-            detail: Detail::Message(message.into()),
-            headers: Vec::new(),
-        }
+        HttpError { status, detail: Detail::Message(message.into()), headers: Vec::new() }
     }
 
     /// A 422 with one issue. `loc` is e.g. `["body", "email"]`.
@@ -61,18 +57,10 @@ impl HttpError {
     }
 
     pub fn validation_list(issues: Vec<ValidationIssue>) -> HttpError {
-        HttpError {
-            status: 422,
-            detail: Detail::Validation(issues),
-            headers: Vec::new(),
-        }
+        HttpError { status: 422, detail: Detail::Validation(issues), headers: Vec::new() }
     }
 
-    pub fn header(
-        mut self,
-        name: impl Into<Cow<'static, str>>,
-        value: impl Into<String>,
-    ) -> HttpError {
+    pub fn header(mut self, name: impl Into<Cow<'static, str>>, value: impl Into<String>) -> HttpError {
         self.headers.push((name.into(), value.into()));
         self
     }
@@ -140,13 +128,8 @@ impl Request<'_> {
 
     /// Decoded query pairs; a bad percent-escape is a 422 on `query`.
     pub fn query(&self) -> Result<Vec<(String, String)>, HttpError> {
-        parse::parse_query(&self.head.query).ok_or_else(|| {
-            HttpError::validation(
-                &["query"],
-                "Invalid percent-encoding in query string",
-                "value_error",
-            )
-        })
+        parse::parse_query(&self.head.query)
+            .ok_or_else(|| HttpError::validation(&["query"], "Invalid percent-encoding in query string", "value_error"))
     }
 
     /// The whole body, within the route's limit (413 over it, 408 on a stall, 400 on bad framing).
@@ -215,10 +198,7 @@ pub struct Router {
 
 impl Router {
     pub fn new(default_body_limit: u64) -> Router {
-        Router {
-            routes: Vec::new(),
-            default_body_limit,
-        }
+        Router { routes: Vec::new(), default_body_limit }
     }
 
     /// Add a route. `method` is upper-case (`GET`, `POST`, ...).
@@ -279,11 +259,7 @@ impl Router {
             None => format!("{raw_path}/"),
         };
         if let Some(alt_segments) = split_path(&alt) {
-            if self
-                .routes
-                .iter()
-                .any(|r| r.method == method && match_segs(&r.segs, &alt_segments).is_some())
-            {
+            if self.routes.iter().any(|r| r.method == method && match_segs(&r.segs, &alt_segments).is_some()) {
                 return Match::Redirect(alt);
             }
         }
@@ -292,10 +268,7 @@ impl Router {
 }
 
 fn compile(pattern: &str) -> Vec<Seg> {
-    assert!(
-        pattern.starts_with('/'),
-        "pattern must start with '/': {pattern}"
-    );
+    assert!(pattern.starts_with('/'), "pattern must start with '/': {pattern}");
     pattern[1..]
         .split('/')
         .map(|s| {
@@ -314,9 +287,7 @@ fn compile(pattern: &str) -> Vec<Seg> {
 /// Split and decode a request path. `None` when a segment has a bad escape or is not UTF-8.
 fn split_path(raw: &str) -> Option<Vec<String>> {
     let body = raw.strip_prefix('/')?;
-    body.split('/')
-        .map(|s| parse::percent_decode(s, false))
-        .collect()
+    body.split('/').map(|s| parse::percent_decode(s, false)).collect()
 }
 
 fn match_segs(segs: &[Seg], path: &[String]) -> Option<Vec<(String, String)>> {
@@ -412,14 +383,10 @@ mod tests {
     fn errors_render_the_contract_shapes() {
         let resp = HttpError::new(404, "User not found").into_response();
         assert_eq!(resp.status, 404);
-        let crate::http::response::Body::Bytes(b) = &resp.body else {
-            panic!()
-        };
+        let crate::http::response::Body::Bytes(b) = &resp.body else { panic!() };
         assert_eq!(b.as_slice(), br#"{"detail":"User not found"}"#);
         let resp = HttpError::validation(&["query", "limit"], "bad", "int_parsing").into_response();
-        let crate::http::response::Body::Bytes(b) = &resp.body else {
-            panic!()
-        };
+        let crate::http::response::Body::Bytes(b) = &resp.body else { panic!() };
         let v: serde_json::Value = serde_json::from_slice(b).unwrap();
         assert_eq!(v["detail"][0]["loc"], serde_json::json!(["query", "limit"]));
         assert_eq!(v["detail"][0]["type"], "int_parsing");

@@ -152,10 +152,7 @@ impl WakePipe {
         if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(WakePipe {
-            read_fd: fds[0],
-            write_fd: fds[1],
-        })
+        Ok(WakePipe { read_fd: fds[0], write_fd: fds[1] })
     }
 
     fn wake(&self) {
@@ -231,9 +228,7 @@ impl Server {
     }
 
     pub fn shutdown_handle(&self) -> ShutdownHandle {
-        ShutdownHandle {
-            shared: self.shared.clone(),
-        }
+        ShutdownHandle { shared: self.shared.clone() }
     }
 
     /// Serve until shut down. Returns once the dispatcher has stopped and the workers have
@@ -244,44 +239,31 @@ impl Server {
         for i in 0..shared.cfg.workers {
             let shared = shared.clone();
             let alive = alive.clone();
-            thread::Builder::new()
-                .name(format!("http-worker-{i}"))
-                .spawn(move || {
-                    worker_loop(&shared);
-                    let (count, cv) = &*alive;
-                    *lock(count) -= 1;
-                    cv.notify_all();
-                })?;
+            thread::Builder::new().name(format!("http-worker-{i}")).spawn(move || {
+                worker_loop(&shared);
+                let (count, cv) = &*alive;
+                *lock(count) -= 1;
+                cv.notify_all();
+            })?;
         }
         let dispatcher = {
             let shared = shared.clone();
-            thread::Builder::new()
-                .name("http-dispatch".into())
-                .spawn(move || dispatcher_loop(listener, &shared))?
+            thread::Builder::new().name("http-dispatch".into()).spawn(move || dispatcher_loop(listener, &shared))?
         };
         if dispatcher.join().is_err() {
             error!("the dispatcher thread panicked; shutting down");
         }
-        ShutdownHandle {
-            shared: shared.clone(),
-        }
-        .trigger();
+        ShutdownHandle { shared: shared.clone() }.trigger();
         let deadline = Instant::now() + shared.cfg.shutdown_grace;
         let (count, cv) = &*alive;
         let mut left = lock(count);
         while *left > 0 {
             let now = Instant::now();
             if now >= deadline {
-                warn!(
-                    "shutdown grace period over with {} worker(s) still busy; exiting anyway",
-                    *left
-                );
+                warn!("shutdown grace period over with {} worker(s) still busy; exiting anyway", *left);
                 break;
             }
-            left = cv
-                .wait_timeout(left, deadline - now)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            left = cv.wait_timeout(left, deadline - now).unwrap_or_else(|p| p.into_inner()).0;
         }
         Ok(())
     }
@@ -373,11 +355,7 @@ fn dispatcher_loop(listener: TcpListener, shared: &Shared) {
 }
 
 fn pollfd(fd: RawFd) -> libc::pollfd {
-    libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    }
+    libc::pollfd { fd, events: libc::POLLIN, revents: 0 }
 }
 
 /// Close connections past their deadline: idle ones silently, half-sent heads with a 408.
@@ -392,9 +370,7 @@ fn expire(waiting: &mut Vec<Conn>, now: Instant, shared: &Shared) {
         }
         false
     });
-    shared
-        .open
-        .fetch_sub(before - waiting.len(), Ordering::SeqCst);
+    shared.open.fetch_sub(before - waiting.len(), Ordering::SeqCst);
 }
 
 enum Progress {
@@ -407,20 +383,11 @@ enum Progress {
 /// Read what a readable waiting connection has sent and see whether a head is complete.
 fn read_waiting(conn: &mut Conn, read_buf: &mut [u8], cfg: &ServerConfig) -> Progress {
     let was_idle = conn.unconsumed().is_empty();
-    let room = (cfg.head_limits.max_head_bytes + 1)
-        .saturating_sub(conn.buf.len())
-        .clamp(1, read_buf.len());
+    let room = (cfg.head_limits.max_head_bytes + 1).saturating_sub(conn.buf.len()).clamp(1, read_buf.len());
     match conn.stream.read(&mut read_buf[..room]) {
         Ok(0) => return Progress::Close,
         Ok(n) => conn.buf.extend_from_slice(&read_buf[..n]),
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-            ) =>
-        {
-            return Progress::Wait
-        }
+        Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => return Progress::Wait,
         Err(_) => return Progress::Close,
     }
     if was_idle {
@@ -434,22 +401,14 @@ fn read_waiting(conn: &mut Conn, read_buf: &mut [u8], cfg: &ServerConfig) -> Pro
     }
 }
 
-fn accept_some(
-    listener: &TcpListener,
-    shared: &Shared,
-    waiting: &mut Vec<Conn>,
-    paused: &mut Option<Instant>,
-) {
+fn accept_some(listener: &TcpListener, shared: &Shared, waiting: &mut Vec<Conn>, paused: &mut Option<Instant>) {
     let cfg = &shared.cfg;
     // Bounded so a flood of connects cannot starve the connections already waiting.
     for _ in 0..256 {
         match listener.accept() {
             Ok((stream, peer)) => {
                 if shared.open.load(Ordering::SeqCst) >= cfg.max_connections {
-                    warn!(
-                        "connection limit ({}) reached; refusing {peer}",
-                        cfg.max_connections
-                    );
+                    warn!("connection limit ({}) reached; refusing {peer}", cfg.max_connections);
                     let mut conn = new_conn(stream, peer, cfg);
                     reject(&mut conn, 503, "Server busy: too many connections");
                     continue;
@@ -458,11 +417,7 @@ fn accept_some(
                 waiting.push(new_conn(stream, peer, cfg));
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
-                ) => {}
+            Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted) => {}
             Err(e) => {
                 // EMFILE, ENFILE, ENOBUFS, ENOMEM: out of a resource. Pausing lets in-flight
                 // connections finish and free it; the listener itself is fine.
@@ -482,20 +437,12 @@ fn new_conn(stream: TcpStream, peer: SocketAddr, cfg: &ServerConfig) -> Conn {
     // workers use blocking reads with timeouts; the dispatcher only reads when poll says so.
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_nodelay(true);
-    Conn {
-        stream,
-        peer,
-        buf: Vec::new(),
-        pos: 0,
-        deadline: Instant::now() + cfg.head_timeout,
-    }
+    Conn { stream, peer, buf: Vec::new(), pos: 0, deadline: Instant::now() + cfg.head_timeout }
 }
 
 /// Answer an error on a connection we are about to close, without waiting on the client.
 fn reject(conn: &mut Conn, status: u16, detail: &str) {
-    let _ = conn
-        .stream
-        .set_write_timeout(Some(Duration::from_millis(200)));
+    let _ = conn.stream.set_write_timeout(Some(Duration::from_millis(200)));
     let mut resp = Response::detail(status, detail);
     let mut scratch = Vec::new();
     let _ = write_response(&mut conn.stream, &mut resp, 1, false, false, &mut scratch);
@@ -582,10 +529,7 @@ fn wait_for_next_request(shared: &Shared, mut conn: Conn) -> Option<Conn> {
     let until = Instant::now() + cfg.keepalive_linger;
     let mut tmp = [0u8; 8192];
     loop {
-        if !matches!(
-            parse_head(conn.unconsumed(), &cfg.head_limits),
-            Ok(Parsed::Partial)
-        ) {
+        if !matches!(parse_head(conn.unconsumed(), &cfg.head_limits), Ok(Parsed::Partial)) {
             return Some(conn);
         }
         let now = Instant::now();
@@ -619,12 +563,8 @@ fn give_back(shared: &Shared, mut conn: Conn) {
         return close(shared, conn);
     }
     conn.compact();
-    conn.deadline = Instant::now()
-        + if conn.buf.is_empty() {
-            shared.cfg.idle_timeout
-        } else {
-            shared.cfg.head_timeout
-        };
+    conn.deadline =
+        Instant::now() + if conn.buf.is_empty() { shared.cfg.idle_timeout } else { shared.cfg.head_timeout };
     lock(&shared.returns).push(conn);
     shared.wake.wake();
 }
@@ -652,18 +592,9 @@ fn serve_one(shared: &Shared, conn: &mut Conn, head: RequestHead, scratch: &mut 
     let query = head.query.clone();
     let framing = head.framing;
     let expect_continue = head.expect_continue;
-    let wire = Wire {
-        stream: &mut conn.stream,
-        buf: &mut conn.buf,
-        pos: &mut conn.pos,
-    };
+    let wire = Wire { stream: &mut conn.stream, buf: &mut conn.buf, pos: &mut conn.pos };
     let body = BodyReader::new(wire, framing, limit, expect_continue);
-    let mut req = Request {
-        head,
-        peer: conn.peer,
-        params: Vec::new(),
-        body,
-    };
+    let mut req = Request { head, peer: conn.peer, params: Vec::new(), body };
 
     let mut resp = match found {
         Match::Found(route, params) => {
@@ -671,10 +602,7 @@ fn serve_one(shared: &Shared, conn: &mut Conn, head: RequestHead, scratch: &mut 
                 // Refused on its declared length, before reading a byte of it (and before any
                 // `100 Continue`).
                 keep_alive = false;
-                HttpError::from(BodyError::TooLarge {
-                    limit: route.body_limit,
-                })
-                .into_response()
+                HttpError::from(BodyError::TooLarge { limit: route.body_limit }).into_response()
             } else {
                 req.params = params;
                 match catch_unwind(AssertUnwindSafe(|| route.call(&mut req))) {
@@ -693,15 +621,9 @@ fn serve_one(shared: &Shared, conn: &mut Conn, head: RequestHead, scratch: &mut 
                 }
             }
         }
-        Match::MethodNotAllowed(allow) => {
-            Response::detail(405, "Method Not Allowed").header("allow", allow.join(", "))
-        }
+        Match::MethodNotAllowed(allow) => Response::detail(405, "Method Not Allowed").header("allow", allow.join(", ")),
         Match::Redirect(to) => {
-            let location = if query.is_empty() {
-                to
-            } else {
-                format!("{to}?{query}")
-            };
+            let location = if query.is_empty() { to } else { format!("{to}?{query}") };
             Response::new(307).header("location", location)
         }
         Match::NotFound => Response::detail(404, "Not Found"),
@@ -722,22 +644,8 @@ fn serve_one(shared: &Shared, conn: &mut Conn, head: RequestHead, scratch: &mut 
     }
 
     let upgrade = resp.upgrade.take();
-    let result = write_response(
-        &mut conn.stream,
-        &mut resp,
-        minor,
-        keep_alive,
-        head_only,
-        scratch,
-    );
-    log_request(
-        &method,
-        &path,
-        resp.status,
-        result.as_ref().ok().copied(),
-        started,
-        conn.peer,
-    );
+    let result = write_response(&mut conn.stream, &mut resp, minor, keep_alive, head_only, scratch);
+    log_request(&method, &path, resp.status, result.as_ref().ok().copied(), started, conn.peer);
     if let Err(e) = result {
         debug!("write to {} failed: {e}", conn.peer);
         return After::Close;
@@ -785,20 +693,10 @@ fn linger_close(stream: &mut TcpStream) {
     }
 }
 
-fn log_request(
-    method: &str,
-    path: &str,
-    status: u16,
-    bytes: Option<u64>,
-    started: Instant,
-    peer: SocketAddr,
-) {
+fn log_request(method: &str, path: &str, status: u16, bytes: Option<u64>, started: Instant, peer: SocketAddr) {
     // The path only: a query string may hold a token.
     let bytes = bytes.map_or_else(|| "-".to_string(), |b| b.to_string());
-    info!(
-        "{method} {path} {status} {bytes} {}us {peer}",
-        started.elapsed().as_micros()
-    );
+    info!("{method} {path} {status} {bytes} {}us {peer}", started.elapsed().as_micros());
 }
 
 #[cfg(test)]
@@ -810,13 +708,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let stream = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let peer = stream.local_addr().unwrap();
-        let mut conn = Conn {
-            stream,
-            peer,
-            buf: b"abcdef".to_vec(),
-            pos: 4,
-            deadline: Instant::now(),
-        };
+        let mut conn = Conn { stream, peer, buf: b"abcdef".to_vec(), pos: 4, deadline: Instant::now() };
         conn.compact();
         assert_eq!(conn.buf, b"ef");
         conn.buf = Vec::with_capacity(100_000);

@@ -59,12 +59,7 @@ pub fn enabled(level: Level) -> bool {
 
 /// Write one line. Use the macros instead.
 pub fn write(level: Level, args: std::fmt::Arguments<'_>) {
-    let line = format!(
-        "{} {:<5} {}\n",
-        super::time::rfc3339(std::time::SystemTime::now()),
-        level.name(),
-        args
-    );
+    let line = format!("{} {:<5} {}\n", super::time::rfc3339(std::time::SystemTime::now()), level.name(), args);
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 

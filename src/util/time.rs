@@ -26,15 +26,7 @@ fn split(t: SystemTime) -> (i64, u32, u32, u64, u64, u64, u32) {
     let secs = d.as_secs();
     let (y, m, day) = civil_from_days((secs / 86_400) as i64);
     let rem = secs % 86_400;
-    (
-        y,
-        m,
-        day,
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_micros(),
-    )
+    (y, m, day, rem / 3600, rem % 3600 / 60, rem % 60, d.subsec_micros())
 }
 
 /// `2026-11-26T07:37:33.123456Z`
@@ -46,19 +38,11 @@ pub fn rfc3339(t: SystemTime) -> String {
 /// `Thu, 26 Nov 2026 07:37:33 GMT`
 pub fn http_date(t: SystemTime) -> String {
     const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let secs = t
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_secs();
+    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let secs = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs();
     let (y, mo, d, h, mi, s, _) = split(t);
     let wd = DAYS[((secs / 86_400) % 7) as usize];
-    format!(
-        "{wd}, {d:02} {} {y:04} {h:02}:{mi:02}:{s:02} GMT",
-        MONTHS[(mo - 1) as usize]
-    )
+    format!("{wd}, {d:02} {} {y:04} {h:02}:{mi:02}:{s:02} GMT", MONTHS[(mo - 1) as usize])
 }
 
 thread_local! {
@@ -70,10 +54,7 @@ thread_local! {
 /// The HTTP date for now, cached per second.
 pub fn http_date_now() -> String {
     let now = SystemTime::now();
-    let secs = now
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_secs();
+    let secs = now.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs();
     DATE_CACHE.with(|c| {
         let mut c = c.borrow_mut();
         if c.0 != secs {
@@ -85,10 +66,7 @@ pub fn http_date_now() -> String {
 
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_secs()
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs()
 }
 
 #[cfg(test)]

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it (.ci/run calls this):
+#   1. make sure PostgreSQL is reachable (start the local cluster if it is stopped; install
+#      Debian's postgresql when absent and we are root; otherwise stop with a clear message);
+#   2. cargo fmt --check, cargo clippy --all-targets -D warnings;
+#   3. every test (cargo nextest when installed, cargo test otherwise).
+# Tests create and drop their own databases; they need a role that may CREATE DATABASE.
+# Override the connection with TEST_PG_URL (default postgres://postgres@127.0.0.1:5432/postgres).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '==> %s\n' "$*"; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+export TEST_PG_URL="${TEST_PG_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+
+pg_reachable() {
+  if command -v psql >/dev/null 2>&1; then
+    psql "$TEST_PG_URL" -Atqc 'select 1' >/dev/null 2>&1
+  else
+    (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null
+  fi
+}
+
+start_clusters() {
+  command -v pg_lsclusters >/dev/null 2>&1 || return 1
+  local started=1
+  while read -r ver name _; do
+    [ -n "$ver" ] || continue
+    say "starting PostgreSQL cluster $ver/$name"
+    pg_ctlcluster --skip-systemctl-redirect "$ver" "$name" start 2>/dev/null && started=0 || true
+  done < <(pg_lsclusters --no-header 2>/dev/null | awk '$4 != "online" {print $1, $2}')
+  return $started
+}
+
+wait_for_pg() {
+  for _ in $(seq 1 60); do
+    pg_reachable && return 0
+    sleep 0.5
+  done
+  return 1
+}
+
+ensure_postgres() {
+  pg_reachable && return 0
+  start_clusters || true
+  wait_for_pg && return 0
+  if ! command -v pg_ctlcluster >/dev/null 2>&1; then
+    [ "$(id -u)" = 0 ] || die "PostgreSQL is not installed and we are not root to install it. Install Debian's 'postgresql' package, or point TEST_PG_URL at a server whose role may CREATE DATABASE."
+    command -v apt-get >/dev/null 2>&1 || die "PostgreSQL is not installed and apt-get is not available; install PostgreSQL or set TEST_PG_URL."
+    say "installing PostgreSQL with apt-get"
+    apt-get update -qq || die "apt-get update failed; cannot install PostgreSQL"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null || die "apt-get install postgresql failed"
+    start_clusters || true
+    if wait_for_pg; then return 0; fi
+    # A fresh Debian cluster asks TCP clients for a password: give the postgres role one for the
+    # tests (this cluster was installed by this script, so nobody else relies on it).
+    say "setting a password for the postgres role of the cluster installed for the tests"
+    su postgres -c "psql -qc \"ALTER ROLE postgres PASSWORD 'postgres'\"" || die "cannot set the postgres role's password"
+    export TEST_PG_URL="postgres://postgres:postgres@127.0.0.1:5432/postgres"
+    wait_for_pg && return 0
+  fi
+  die "PostgreSQL is not reachable at $TEST_PG_URL. Start it (pg_ctlcluster --skip-systemctl-redirect <version> main start) or set TEST_PG_URL."
+}
+
+say "checking PostgreSQL"
+ensure_postgres
+say "PostgreSQL is reachable"
+
+say "cargo fmt --check"
+cargo fmt --all -- --check || die "code is not formatted: run 'cargo fmt'"
+
+say "cargo clippy"
+cargo clippy --all-targets --quiet -- -D warnings || die "clippy found problems (see above)"
+
+say "tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace "$@"
+else
+  cargo test --workspace "$@"
+fi
