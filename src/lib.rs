@@ -3,10 +3,14 @@
 //! Layout (each folder knows only the ones below it):
 //! - `http/`   the connection layer: listener, worker pool, parsing, routing — knows no app;
 //! - `api/`    the application: one file per resource, and the route table (`api/mod.rs`);
+//! - `auth/`   passwords (Argon2id), tokens (HS256 JWT), login rate limit, the bearer check;
+//! - `db/`     the PostgreSQL pool, migrations, queries, the monitor thread;
 //! - `config`  settings: defaults < .env < environment < flags;
 //! - `util/`   logging, time formatting, the open-files limit.
 
 pub mod api;
+pub mod auth;
 pub mod config;
+pub mod db;
 pub mod http;
 pub mod util;

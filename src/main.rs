@@ -9,7 +9,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
+use adcluster::auth::{self, password, token};
 use adcluster::config::{self, Config};
+use adcluster::db::{self, Db, DbConfig};
 use adcluster::{api, http, info, util, warn};
 
 /// A failure with the exit code it maps to.
@@ -52,6 +54,8 @@ fn run(args: Vec<String>) -> Result<(), Failure> {
     };
     match command {
         "serve" => serve(rest),
+        "migrate" => migrate(rest),
+        "user" => user(rest),
         "help" => {
             print!("{}", config::help_text());
             Ok(())
@@ -88,7 +92,15 @@ fn serve(args: &[String]) -> Result<(), Failure> {
         ..http::ServerConfig::default()
     };
     let addr = format!("{}:{}", cfg.host, cfg.port);
-    let app = Arc::new(api::App { config: cfg, started: Instant::now() });
+    let auth = build_auth(&cfg)?;
+    let db = Arc::new(Db::new(db_config(&cfg)).map_err(|e| failed(e.to_string()))?);
+    // One check before listening, so a healthy database is migrated before the first request;
+    // a dead one only costs this check (the monitor keeps trying).
+    if !db.check(None) {
+        warn!("database {} is not reachable; serving in degraded mode until it is", db.config().describe());
+    }
+    db.start_monitor(None).map_err(|e| failed(format!("cannot start the database monitor: {e}")))?;
+    let app = Arc::new(api::App { config: cfg, started: Instant::now(), db, auth });
     let router = Arc::new(api::build_router(app.clone()));
     let server = http::Server::bind(&addr, http_cfg, router).map_err(|e| {
         failed(format!(
@@ -112,6 +124,113 @@ fn serve(args: &[String]) -> Result<(), Failure> {
     server.run().map_err(|e| failed(format!("server failed: {e}")))?;
     info!("stopped");
     Ok(())
+}
+
+/// The database settings of the configuration.
+fn db_config(cfg: &Config) -> DbConfig {
+    DbConfig {
+        host: cfg.db_host.clone(),
+        port: cfg.db_port,
+        dbname: cfg.db_name.clone(),
+        user: cfg.db_user.clone(),
+        password: cfg.db_password.clone(),
+        url: cfg.database_url.clone(),
+        pool_size: cfg.db_pool_size,
+        checkout_timeout: cfg.db_checkout_timeout,
+        ..DbConfig::default()
+    }
+}
+
+/// Token keys (from `SECRET_KEY` or `DATA_DIR/secret_key`), the login limiter, the hashing gate.
+fn build_auth(cfg: &Config) -> Result<auth::Auth, Failure> {
+    let (secret, source) =
+        token::load_or_create_secret(cfg.secret_key.as_deref(), &cfg.data_dir).map_err(|e| failed(format!("{e}")))?;
+    match source {
+        token::SecretSource::Generated => warn!(
+            "SECRET_KEY is not set: generated one into {} (keep that file; tokens die with it)",
+            cfg.data_dir.join(token::SECRET_FILE_NAME).display()
+        ),
+        token::SecretSource::File => {
+            info!("SECRET_KEY read from {}", cfg.data_dir.join(token::SECRET_FILE_NAME).display())
+        }
+        token::SecretSource::Configured => {}
+    }
+    // Pay for the dummy hash used for unknown emails now, not on the first login.
+    password::burn_verify("");
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    Ok(auth::Auth {
+        keys: token::TokenKeys::new(&secret),
+        token_ttl: cfg.access_token_expire,
+        limiter: auth::ratelimit::LoginLimiter::default(),
+        gate: auth::HashGate::new(cores, (cfg.workers / 4).max(1)),
+    })
+}
+
+/// A direct connection for one-shot commands: create the database if missing, migrate.
+fn command_db(cfg: &Config) -> Result<postgres::Client, Failure> {
+    let dbc = db_config(cfg);
+    db::pool::ensure_database(&dbc).map_err(|e| failed(format!("{e} ({})", dbc.describe())))?;
+    let pg = dbc.pg_config().map_err(|e| failed(e.to_string()))?;
+    let mut client =
+        pg.connect(postgres::NoTls).map_err(|e| failed(format!("{} ({})", db::DbError::from(e), dbc.describe())))?;
+    let applied = db::migrate::migrate(&mut client).map_err(|e| failed(e.to_string()))?;
+    if !applied.is_empty() {
+        info!("applied migrations {applied:?}");
+    }
+    Ok(client)
+}
+
+fn migrate(args: &[String]) -> Result<(), Failure> {
+    let cfg = load_config(args)?;
+    command_db(&cfg)?;
+    println!("database {} is up to date", db_config(&cfg).describe());
+    Ok(())
+}
+
+/// `adcluster user create --email E --password P [--superuser] [--full-name N]`
+fn user(args: &[String]) -> Result<(), Failure> {
+    const USAGE: &str = "usage: adcluster user create --email E --password P [--superuser] [--full-name N]";
+    if args.first().map(String::as_str) != Some("create") {
+        return Err(usage(USAGE));
+    }
+    let mut email = None;
+    let mut pass = None;
+    let mut full_name = None;
+    let mut superuser = false;
+    let mut rest = Vec::new();
+    let mut it = args[1..].iter();
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| it.next().cloned().ok_or_else(|| usage(format!("{name} needs a value; {USAGE}")));
+        match a.as_str() {
+            "--email" => email = Some(value("--email")?),
+            "--password" => pass = Some(value("--password")?),
+            "--full-name" => full_name = Some(value("--full-name")?),
+            "--superuser" => superuser = true,
+            _ => rest.push(a.clone()),
+        }
+    }
+    let cfg = load_config(&rest)?;
+    let email = email.ok_or_else(|| usage(format!("--email is required; {USAGE}")))?;
+    let pass = pass.ok_or_else(|| usage(format!("--password is required; {USAGE}")))?;
+    let email = api::extract::normalize_email(&email).map_err(|why| usage(format!("invalid email: {why}")))?;
+    let n = pass.chars().count();
+    if !(api::users::PASSWORD_MIN..=api::users::PASSWORD_MAX).contains(&n) {
+        return Err(usage(format!(
+            "the password must have {} to {} characters",
+            api::users::PASSWORD_MIN,
+            api::users::PASSWORD_MAX
+        )));
+    }
+    let hash = password::hash_password(&pass).map_err(|e| failed(format!("cannot hash the password: {e}")))?;
+    let mut client = command_db(&cfg)?;
+    match db::users::insert(&mut client, &email, &hash, full_name.as_deref(), superuser) {
+        Ok(u) => {
+            println!("created user {} <{}>{}", u.id, u.email, if u.is_superuser { " (superuser)" } else { "" });
+            Ok(())
+        }
+        Err(e) if e.is_unique_violation() => Err(failed(format!("a user with email {email} already exists"))),
+        Err(e) => Err(failed(e.to_string())),
+    }
 }
 
 /// SIGINT/SIGTERM handling with `sigwait` on a dedicated thread: no async-signal-safety

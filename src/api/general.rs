@@ -19,8 +19,7 @@ pub fn routes(r: &mut Router, app: &Arc<App>) {
 
     let app = app.clone();
     r.add("GET", "/health", move |_| {
-        // The database part is wired by the accounts work; until then there is none to ask.
-        let db_up = false;
+        let db_up = app.db.is_up();
         Ok(Response::json(
             200,
             &json!({

@@ -10,10 +10,15 @@ use std::time::Instant;
 use crate::config::Config;
 use crate::http::Router;
 
+pub mod auth;
 pub mod docs;
+pub mod extract;
 pub mod general;
+pub mod openapi;
 pub mod pages;
+pub mod teams;
 pub mod testing;
+pub mod users;
 
 /// Version reported by `/`, `/health` and the OpenAPI document.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -22,6 +27,8 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub struct App {
     pub config: Config,
     pub started: Instant,
+    pub db: Arc<crate::db::Db>,
+    pub auth: crate::auth::Auth,
 }
 
 /// Build the route table. Order matters only where a literal and a parameter overlap
@@ -29,6 +36,9 @@ pub struct App {
 pub fn build_router(app: Arc<App>) -> Router {
     let mut r = Router::new(app.config.max_json_bytes);
     general::routes(&mut r, &app);
+    auth::routes(&mut r, &app);
+    users::routes(&mut r, &app);
+    teams::routes(&mut r, &app);
     pages::routes(&mut r);
     if app.config.test_routes {
         testing::routes(&mut r);

@@ -1,0 +1,106 @@
+//! `POST /auth/login`: the contract's "Authentication" section. JSON `{"email","password"}` or an
+//! OAuth2 password form (`username`, `password`), as Swagger UI's Authorize button sends it.
+//! Must never: answer an unknown email differently from a wrong password (same 401 body, and
+//! one Argon2 verification spent either way), or log what was typed.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::json;
+
+use super::extract::{is_form, Fields};
+use super::openapi::{schema_ref, Op};
+use super::App;
+use crate::auth::{db_error, password};
+use crate::db::users;
+use crate::http::{HttpError, Request, Response, Router};
+
+pub fn routes(r: &mut Router, app: &Arc<App>) {
+    let app = app.clone();
+    r.add("POST", "/auth/login", move |req| login(&app, req)).doc(
+        Op::new("auth", "Log in and get an access token", "login")
+            .body(&[
+                ("application/json", schema_ref("LoginRequest")),
+                ("application/x-www-form-urlencoded", schema_ref("OAuth2PasswordForm")),
+            ])
+            .json(200, "An access token", schema_ref("Token"))
+            .errors(&[401, 403, 422, 429, 503])
+            .build(),
+    );
+}
+
+fn login(app: &App, req: &mut Request<'_>) -> Result<Response, HttpError> {
+    // A form by its content type — unless the body is plainly a JSON object, which is what
+    // `curl -d '{...}'` sends under the form content type.
+    let body = req.body_bytes()?;
+    let looks_like_json = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    let (email_field, mut fields) = if is_form(req) && !looks_like_json {
+        ("username", Fields::parse_form(&body)?)
+    } else {
+        ("email", Fields::parse_json(&body)?)
+    };
+    let email = fields.required_str(email_field);
+    let password = fields.required_str("password");
+    fields.finish()?;
+    let (email, password) = (email.unwrap_or_default(), password.unwrap_or_default());
+
+    let ip = req.peer.ip();
+    if let Err(retry) = app.auth.limiter.check(&email, ip, Instant::now()) {
+        return Err(HttpError::new(429, "Too many failed login attempts; try again later")
+            .header("retry-after", retry.as_secs().to_string()));
+    }
+    let db = &app.db;
+    let user = {
+        let mut c = db.conn().map_err(|e| db_error(db, e))?;
+        users::by_email(&mut c, email.trim()).map_err(|e| db_error(db, e))?
+    };
+    let verified = app.auth.gate.run(|| match &user {
+        Some(u) => password::verify_password(&password, &u.hashed_password),
+        None => {
+            password::burn_verify(&password);
+            false
+        }
+    })?;
+    let user = match user {
+        Some(u) if verified => u,
+        _ => {
+            app.auth.limiter.record_failure(&email, ip, Instant::now());
+            return Err(HttpError::new(401, "Incorrect email or password").header("www-authenticate", "Bearer"));
+        }
+    };
+    if !user.is_active {
+        return Err(HttpError::new(403, "Inactive user"));
+    }
+    app.auth.limiter.reset(&email, ip);
+    let ttl = app.auth.token_ttl.as_secs();
+    let token = app.auth.keys.issue(user.id, &user.email, ttl, crate::util::time::unix_now());
+    Ok(Response::json(200, &json!({ "access_token": token, "token_type": "bearer", "expires_in": ttl })))
+}
+
+pub fn schemas() -> serde_json::Value {
+    json!({
+        "LoginRequest": {
+            "type": "object", "required": ["email", "password"],
+            "properties": { "email": { "type": "string" }, "password": { "type": "string" } }
+        },
+        "OAuth2PasswordForm": {
+            "type": "object", "required": ["username", "password"],
+            "properties": {
+                "grant_type": { "type": "string" },
+                "username": { "type": "string", "description": "the account's email" },
+                "password": { "type": "string", "format": "password" },
+                "scope": { "type": "string" },
+                "client_id": { "type": "string" },
+                "client_secret": { "type": "string" }
+            }
+        },
+        "Token": {
+            "type": "object", "required": ["access_token", "token_type", "expires_in"],
+            "properties": {
+                "access_token": { "type": "string" },
+                "token_type": { "type": "string", "enum": ["bearer"] },
+                "expires_in": { "type": "integer" }
+            }
+        }
+    })
+}

@@ -1,0 +1,156 @@
+//! `/teams/...`: the contract's "Teams" section.
+//! Must never: let a non-member (who is not a superuser) add members to a team.
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use super::extract::{path_i64, query_i64, Fields};
+use super::openapi::{schema_ref, Op};
+use super::App;
+use crate::auth::db_error;
+use crate::db::{teams, users};
+use crate::http::{HttpError, Request, Response, Router};
+
+/// Team name length bounds, in characters.
+pub const NAME_MAX: usize = 100;
+pub const DESCRIPTION_MAX: usize = 2000;
+
+pub fn routes(r: &mut Router, app: &Arc<App>) {
+    let a = app.clone();
+    r.add("POST", "/teams/", move |req| create(&a, req)).doc(
+        Op::new("teams", "Create a team (the caller is its first member)", "create_team")
+            .body(&[("application/json", schema_ref("TeamCreate"))])
+            .secured()
+            .json(201, "The new team", schema_ref("Team"))
+            .errors(&[401, 409, 422, 503])
+            .build(),
+    );
+    let a = app.clone();
+    r.add("GET", "/teams/", move |req| list(&a, req)).doc(
+        Op::new("teams", "List teams, ordered by id", "list_teams")
+            .param("query", "skip", false, json!({ "type": "integer", "minimum": 0, "default": 0 }))
+            .param("query", "limit", false, json!({ "type": "integer", "minimum": 1, "maximum": 1000, "default": 100 }))
+            .secured()
+            .json(200, "Teams", json!({ "type": "array", "items": schema_ref("Team") }))
+            .errors(&[401, 422, 503])
+            .build(),
+    );
+    let a = app.clone();
+    r.add("GET", "/teams/{team_id}", move |req| get(&a, req)).doc(
+        Op::new("teams", "A team by id", "read_team")
+            .param("path", "team_id", true, json!({ "type": "integer" }))
+            .secured()
+            .json(200, "The team", schema_ref("Team"))
+            .errors(&[401, 404, 422, 503])
+            .build(),
+    );
+    let a = app.clone();
+    r.add("POST", "/teams/{team_id}/members", move |req| add_member(&a, req)).doc(
+        Op::new("teams", "Add a member (members of the team and superusers only)", "add_team_member")
+            .param("path", "team_id", true, json!({ "type": "integer" }))
+            .body(&[("application/json", schema_ref("TeamMemberAdd"))])
+            .secured()
+            .json(200, "The team", schema_ref("Team"))
+            .errors(&[401, 403, 404, 422, 503])
+            .build(),
+    );
+}
+
+fn create(app: &App, req: &mut Request<'_>) -> Result<Response, HttpError> {
+    let caller = app.auth.current_user(&app.db, req)?;
+    let mut f = Fields::from_json(req)?;
+    let name = f.required_str("name").map(|n| n.trim().to_string());
+    let description = f.optional_str("description");
+    if let Some(n) = &name {
+        f.check_len("name", n, 1, NAME_MAX);
+    }
+    if let Some(d) = &description {
+        f.check_len("description", d, 0, DESCRIPTION_MAX);
+    }
+    f.finish()?;
+    let db = &app.db;
+    let mut c = db.conn().map_err(|e| db_error(db, e))?;
+    match teams::create(&mut c, &name.unwrap_or_default(), description.as_deref(), caller.id) {
+        Ok(team) => Ok(Response::json(201, &team.to_json())),
+        Err(e) if e.is_unique_violation() => Err(HttpError::new(409, "Team name already exists")),
+        Err(e) => Err(db_error(db, e)),
+    }
+}
+
+fn list(app: &App, req: &mut Request<'_>) -> Result<Response, HttpError> {
+    let pairs = req.query()?;
+    let mut issues = Vec::new();
+    let skip = query_i64(&pairs, "skip", 0, Some(0), None, &mut issues);
+    let limit = query_i64(&pairs, "limit", 100, Some(1), Some(1000), &mut issues);
+    if !issues.is_empty() {
+        return Err(HttpError::validation_list(issues));
+    }
+    app.auth.current_user(&app.db, req)?;
+    let db = &app.db;
+    let mut c = db.conn().map_err(|e| db_error(db, e))?;
+    let all = teams::list(&mut c, skip, limit).map_err(|e| db_error(db, e))?;
+    Ok(Response::json(200, &Value::Array(all.iter().map(teams::Team::to_json).collect())))
+}
+
+fn get(app: &App, req: &mut Request<'_>) -> Result<Response, HttpError> {
+    let id = path_i64(req, "team_id")?;
+    app.auth.current_user(&app.db, req)?;
+    let db = &app.db;
+    let mut c = db.conn().map_err(|e| db_error(db, e))?;
+    match teams::get(&mut c, id).map_err(|e| db_error(db, e))? {
+        Some(t) => Ok(Response::json(200, &t.to_json())),
+        None => Err(HttpError::new(404, "Team not found")),
+    }
+}
+
+fn add_member(app: &App, req: &mut Request<'_>) -> Result<Response, HttpError> {
+    let team_id = path_i64(req, "team_id")?;
+    let caller = app.auth.current_user(&app.db, req)?;
+    let mut f = Fields::from_json(req)?;
+    let user_id = f.required_i64("user_id");
+    f.finish()?;
+    let user_id = user_id.unwrap_or_default();
+    let db = &app.db;
+    let mut c = db.conn().map_err(|e| db_error(db, e))?;
+    let team = teams::get(&mut c, team_id)
+        .map_err(|e| db_error(db, e))?
+        .ok_or_else(|| HttpError::new(404, "Team not found"))?;
+    if !caller.is_superuser && !team.members.iter().any(|m| m.id == caller.id) {
+        return Err(HttpError::new(403, "Only members of this team can add members"));
+    }
+    if users::by_id(&mut c, user_id).map_err(|e| db_error(db, e))?.is_none() {
+        return Err(HttpError::new(404, "User not found"));
+    }
+    teams::add_member(&mut c, team_id, user_id).map_err(|e| db_error(db, e))?;
+    let team = teams::get(&mut c, team_id)
+        .map_err(|e| db_error(db, e))?
+        .ok_or_else(|| HttpError::new(404, "Team not found"))?;
+    Ok(Response::json(200, &team.to_json()))
+}
+
+pub fn schemas() -> Value {
+    json!({
+        "Team": {
+            "type": "object", "required": ["id", "name", "description", "created_at", "members"],
+            "properties": {
+                "id": { "type": "integer" },
+                "name": { "type": "string" },
+                "description": { "anyOf": [{ "type": "string" }, { "type": "null" }] },
+                "created_at": { "type": "string", "format": "date-time" },
+                "members": { "type": "array", "items": schema_ref("User") }
+            }
+        },
+        "TeamCreate": {
+            "type": "object", "required": ["name"],
+            "properties": {
+                "name": { "type": "string", "minLength": 1, "maxLength": NAME_MAX },
+                "description": { "anyOf": [{ "type": "string", "maxLength": DESCRIPTION_MAX }, { "type": "null" }] }
+            }
+        },
+        "TeamMemberAdd": {
+            "type": "object", "required": ["user_id"],
+            "properties": { "user_id": { "type": "integer" } }
+        }
+    })
+}

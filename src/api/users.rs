@@ -1,0 +1,154 @@
+//! `/users/...`: the contract's "Users" section.
+//! Must never: return a password hash, or create a user when sign-up is closed and the caller
+//! is not a superuser.
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use super::extract::{normalize_email, path_i64, query_i64, Fields};
+use super::openapi::{schema_ref, Op};
+use super::App;
+use crate::auth::{bearer_token, db_error, password, unauthorized};
+use crate::db::users::{self, User};
+use crate::http::{HttpError, Request, Response, Router};
+
+/// Password length bounds, in characters.
+pub const PASSWORD_MIN: usize = 8;
+pub const PASSWORD_MAX: usize = 1024;
+/// Full name length bound, in characters.
+pub const FULL_NAME_MAX: usize = 200;
+
+pub fn routes(r: &mut Router, app: &Arc<App>) {
+    let a = app.clone();
+    r.add("POST", "/users/", move |req| create(&a, req)).doc(
+        Op::new("users", "Create a user (sign up)", "create_user")
+            .body(&[("application/json", schema_ref("UserCreate"))])
+            .json(201, "The new user", schema_ref("User"))
+            .errors(&[401, 403, 409, 422, 503])
+            .build(),
+    );
+    let a = app.clone();
+    r.add("GET", "/users/", move |req| list(&a, req)).doc(
+        Op::new("users", "List users, ordered by id", "list_users")
+            .param("query", "skip", false, json!({ "type": "integer", "minimum": 0, "default": 0 }))
+            .param("query", "limit", false, json!({ "type": "integer", "minimum": 1, "maximum": 1000, "default": 100 }))
+            .secured()
+            .json(200, "A page of users", json!({ "type": "array", "items": schema_ref("User") }))
+            .errors(&[401, 422, 503])
+            .build(),
+    );
+    let a = app.clone();
+    r.add("GET", "/users/me", move |req| Ok(Response::json(200, &a.auth.current_user(&a.db, req)?.to_json()))).doc(
+        Op::new("users", "The caller", "read_users_me")
+            .secured()
+            .json(200, "The caller", schema_ref("User"))
+            .errors(&[401, 503])
+            .build(),
+    );
+    let a = app.clone();
+    r.add("GET", "/users/{user_id}", move |req| get(&a, req)).doc(
+        Op::new("users", "A user by id", "read_user")
+            .param("path", "user_id", true, json!({ "type": "integer" }))
+            .secured()
+            .json(200, "The user", schema_ref("User"))
+            .errors(&[401, 404, 422, 503])
+            .build(),
+    );
+}
+
+fn create(app: &App, req: &mut Request<'_>) -> Result<Response, HttpError> {
+    if !app.config.allow_signup {
+        let caller = app.auth.current_user(&app.db, req)?;
+        if !caller.is_superuser {
+            return Err(HttpError::new(403, "Sign-up is closed; ask an administrator to create your account"));
+        }
+    }
+    let mut f = Fields::from_json(req)?;
+    let email = f.required_str("email");
+    let password = f.required_str("password");
+    let full_name = f.optional_str("full_name");
+    let email = email.and_then(|e| match normalize_email(&e) {
+        Ok(e) => Some(e),
+        Err(why) => {
+            f.problem("email", format!("value is not a valid email address: {why}"), "value_error");
+            None
+        }
+    });
+    if let Some(p) = &password {
+        f.check_len("password", p, PASSWORD_MIN, PASSWORD_MAX);
+    }
+    if let Some(n) = &full_name {
+        f.check_len("full_name", n, 0, FULL_NAME_MAX);
+    }
+    f.finish()?;
+    let (email, password) = (email.unwrap_or_default(), password.unwrap_or_default());
+
+    let hash = app.auth.gate.run(|| password::hash_password(&password))?.map_err(|e| {
+        crate::error!("password hashing failed: {e}");
+        HttpError::new(500, "Internal Server Error")
+    })?;
+    let db = &app.db;
+    let mut c = db.conn().map_err(|e| db_error(db, e))?;
+    match users::insert(&mut c, &email, &hash, full_name.as_deref(), false) {
+        Ok(user) => Ok(Response::json(201, &user.to_json())),
+        Err(e) if e.is_unique_violation() => Err(HttpError::new(409, "Email already registered")),
+        Err(e) => Err(db_error(db, e)),
+    }
+}
+
+fn list(app: &App, req: &mut Request<'_>) -> Result<Response, HttpError> {
+    let pairs = req.query()?;
+    let mut issues = Vec::new();
+    let skip = query_i64(&pairs, "skip", 0, Some(0), None, &mut issues);
+    let limit = query_i64(&pairs, "limit", 100, Some(1), Some(1000), &mut issues);
+    if !issues.is_empty() {
+        return Err(HttpError::validation_list(issues));
+    }
+    app.auth.current_user(&app.db, req)?;
+    let db = &app.db;
+    let mut c = db.conn().map_err(|e| db_error(db, e))?;
+    let page = users::list(&mut c, skip, limit).map_err(|e| db_error(db, e))?;
+    Ok(Response::json(200, &Value::Array(page.iter().map(User::to_json).collect())))
+}
+
+fn get(app: &App, req: &mut Request<'_>) -> Result<Response, HttpError> {
+    let target = path_i64(req, "user_id")?;
+    // The caller and the target in one round trip.
+    let caller = bearer_token(req).and_then(|t| app.auth.token_user_id(t)).ok_or_else(unauthorized)?;
+    let db = &app.db;
+    let mut c = db.conn().map_err(|e| db_error(db, e))?;
+    let found = users::by_ids(&mut c, &[caller, target]).map_err(|e| db_error(db, e))?;
+    if !found.iter().any(|u| u.id == caller && u.is_active) {
+        return Err(unauthorized());
+    }
+    match found.into_iter().find(|u| u.id == target) {
+        Some(u) => Ok(Response::json(200, &u.to_json())),
+        None => Err(HttpError::new(404, "User not found")),
+    }
+}
+
+pub fn schemas() -> Value {
+    json!({
+        "User": {
+            "type": "object",
+            "required": ["id", "email", "full_name", "is_active", "is_superuser", "created_at"],
+            "properties": {
+                "id": { "type": "integer" },
+                "email": { "type": "string" },
+                "full_name": { "anyOf": [{ "type": "string" }, { "type": "null" }] },
+                "is_active": { "type": "boolean" },
+                "is_superuser": { "type": "boolean" },
+                "created_at": { "type": "string", "format": "date-time" }
+            }
+        },
+        "UserCreate": {
+            "type": "object", "required": ["email", "password"],
+            "properties": {
+                "email": { "type": "string", "format": "email" },
+                "password": { "type": "string", "minLength": PASSWORD_MIN, "maxLength": PASSWORD_MAX },
+                "full_name": { "anyOf": [{ "type": "string", "maxLength": FULL_NAME_MAX }, { "type": "null" }] }
+            }
+        }
+    })
+}
