@@ -47,3 +47,97 @@ pub fn build_router(app: Arc<App>) -> Router {
     docs::routes(&mut r);
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    /// An app whose database is never reached (the pool connects lazily).
+    pub(crate) fn offline_app(test_routes: bool) -> Arc<App> {
+        let env = |k: &str| match k {
+            "ADCLUSTER_TEST_ROUTES" if test_routes => Some("true".to_string()),
+            _ => None,
+        };
+        let (raw, _) = crate::config::RawConfig::layer(None, &env, &[]).unwrap();
+        let config = Config::from_raw(&raw).unwrap();
+        let db = Arc::new(crate::db::Db::new(crate::db::DbConfig::default()).unwrap());
+        let auth = crate::auth::Auth {
+            keys: crate::auth::token::TokenKeys::new(&[7u8; 32]),
+            token_ttl: config.access_token_expire,
+            limiter: crate::auth::ratelimit::LoginLimiter::default(),
+            gate: crate::auth::HashGate::new(1, 1),
+        };
+        Arc::new(App { config, started: Instant::now(), db, auth })
+    }
+
+    /// Routes deliberately left out of the OpenAPI document.
+    fn undocumented(method: &str, pattern: &str) -> bool {
+        matches!(pattern, "/openapi.json" | "/docs" | "/redoc" | "/static/{file:path}")
+            || pattern.starts_with("/__test/")
+            || (method == "GET" && (pattern == "/ws" || pattern.starts_with("/ws/")))
+    }
+
+    #[test]
+    fn the_document_and_the_router_list_the_same_routes() {
+        let router = build_router(offline_app(true));
+        let doc = docs::document(&router);
+        let mut in_doc = BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for method in item.as_object().unwrap().keys() {
+                in_doc.insert((method.to_uppercase(), path.clone()));
+            }
+        }
+        let mut in_router = BTreeSet::new();
+        for route in router.routes() {
+            if undocumented(route.method, route.pattern) {
+                assert!(route.doc.is_none(), "{} {} is documented but listed as hidden", route.method, route.pattern);
+                continue;
+            }
+            assert!(route.doc.is_some(), "{} {} has no OpenAPI operation", route.method, route.pattern);
+            in_router.insert((route.method.to_string(), route.pattern.replace(":path}", "}")));
+        }
+        assert_eq!(in_doc, in_router);
+    }
+
+    #[test]
+    fn every_contract_route_exists() {
+        let router = build_router(offline_app(false));
+        // The HTTP routes of API.md that exist so far.
+        let contract = [
+            ("GET", "/"),
+            ("GET", "/health"),
+            ("GET", "/openapi.json"),
+            ("GET", "/docs"),
+            ("GET", "/redoc"),
+            ("POST", "/auth/login"),
+            ("POST", "/users/"),
+            ("GET", "/users/"),
+            ("GET", "/users/me"),
+            ("GET", "/users/{user_id}"),
+            ("POST", "/teams/"),
+            ("GET", "/teams/"),
+            ("GET", "/teams/{team_id}"),
+            ("POST", "/teams/{team_id}/members"),
+        ];
+        for (method, pattern) in contract {
+            assert!(
+                router.routes().iter().any(|r| r.method == method && r.pattern == pattern),
+                "contract route {method} {pattern} is missing"
+            );
+        }
+        // No test routes unless asked for.
+        assert!(!router.routes().iter().any(|r| r.pattern.starts_with("/__test/")));
+    }
+
+    #[test]
+    fn every_reference_in_the_document_resolves() {
+        let doc = docs::document(&build_router(offline_app(true)));
+        let text = doc.to_string();
+        let schemas = doc["components"]["schemas"].as_object().unwrap();
+        for part in text.split("\"$ref\":\"#/components/schemas/").skip(1) {
+            let name = part.split('"').next().unwrap();
+            assert!(schemas.contains_key(name), "dangling $ref to {name}");
+        }
+    }
+}

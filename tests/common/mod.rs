@@ -88,6 +88,53 @@ pub struct TestServer {
     log: Arc<Mutex<String>>,
     pub db: TestDb,
     pub dir: TempDir,
+    /// The environment the server was started with (reused by `cli` and `restart`).
+    pub env: Vec<(String, String)>,
+    args: Vec<String>,
+}
+
+/// Start `adcluster serve` on an ephemeral port and wait for its address.
+fn spawn_server(env: &[(String, String)], args: &[String], dir: &Path) -> (Child, SocketAddr, Arc<Mutex<String>>) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_adcluster"));
+    cmd.arg("serve")
+        .args(["--host", "127.0.0.1", "--port", "0"])
+        .args(args)
+        .current_dir(dir)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn adcluster");
+    let stderr = child.stderr.take().expect("stderr");
+    let log = Arc::new(Mutex::new(String::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(rest.trim().to_string());
+                    }
+                }
+                let mut l = log.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+    }
+    let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(a) => a.parse().expect("bound address"),
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("server did not report its address; log:\n{}", log.lock().unwrap());
+        }
+    };
+    (child, addr, log)
 }
 
 /// Options for `TestServer::start_with`.
@@ -124,62 +171,53 @@ impl TestServer {
             _ => "127.0.0.1".into(),
         };
         let port = admin.get_ports().first().copied().unwrap_or(5432);
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_adcluster"));
-        cmd.arg("serve")
-            .args(["--host", "127.0.0.1", "--port", "0"])
-            .args(&opts.args)
-            .current_dir(dir.path())
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("DB_HOST", host)
-            .env("DB_PORT", port.to_string())
-            .env("DB_USER", admin.get_user().unwrap_or("postgres"))
-            .env(
-                "DB_PASSWORD",
+        let mut env: Vec<(String, String)> = vec![
+            ("PATH".into(), std::env::var("PATH").unwrap_or_default()),
+            ("DB_HOST".into(), host),
+            ("DB_PORT".into(), port.to_string()),
+            ("DB_USER".into(), admin.get_user().unwrap_or("postgres").to_string()),
+            (
+                "DB_PASSWORD".into(),
                 admin.get_password().map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default(),
-            )
-            .env("DB_NAME", &db.name)
-            .env("DATA_DIR", dir.path().join("data"))
-            .env("UPLOAD_DIR", dir.path().join("uploads"))
-            .env("BACKUP_DIR", dir.path().join("backups"))
-            .env("ADCLUSTER_TEST_ROUTES", "true")
-            .env("WORKERS", "8")
-            .env("LOG_LEVEL", "info")
+            ),
+            ("DB_NAME".into(), db.name.clone()),
+            ("DATA_DIR".into(), dir.path().join("data").display().to_string()),
+            ("UPLOAD_DIR".into(), dir.path().join("uploads").display().to_string()),
+            ("BACKUP_DIR".into(), dir.path().join("backups").display().to_string()),
+            ("ADCLUSTER_TEST_ROUTES".into(), "true".into()),
+            ("WORKERS".into(), "8".into()),
+            ("LOG_LEVEL".into(), "info".into()),
+        ];
+        env.extend(opts.env.iter().cloned());
+        let args = opts.args.clone();
+        let (child, addr, log) = spawn_server(&env, &args, dir.path());
+        TestServer { addr, child: Some(child), log, db, dir, env, args }
+    }
+
+    /// Stop the server (SIGKILL) and start it again with the same database, directories and
+    /// settings; the new process may get another port.
+    pub fn restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let (child, addr, log) = spawn_server(&self.env, &self.args, self.dir.path());
+        self.child = Some(child);
+        self.addr = addr;
+        self.log = log;
+    }
+
+    /// Run the binary with another command (`user create ...`, `migrate`) against this server's
+    /// database and directories.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_adcluster"))
+            .args(args)
+            .current_dir(self.dir.path())
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (k, v) in &opts.env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("spawn adcluster");
-        let stderr = child.stderr.take().expect("stderr");
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                let mut tx = Some(tx);
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    if let Some(rest) = line.split("listening on http://").nth(1) {
-                        if let Some(tx) = tx.take() {
-                            let _ = tx.send(rest.trim().to_string());
-                        }
-                    }
-                    let mut l = log.lock().unwrap();
-                    l.push_str(&line);
-                    l.push('\n');
-                }
-            });
-        }
-        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(a) => a.parse().expect("bound address"),
-            Err(_) => {
-                let _ = child.kill();
-                panic!("server did not report its address; log:\n{}", log.lock().unwrap());
-            }
-        };
-        TestServer { addr, child: Some(child), log, db, dir }
+            .output()
+            .expect("run adcluster")
     }
 
     pub fn log(&self) -> String {
