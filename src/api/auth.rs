@@ -54,8 +54,9 @@ fn login(app: &App, req: &mut Request<'_>) -> Result<Response, HttpError> {
         let mut c = db.conn().map_err(|e| db_error(db, e))?;
         users::by_email(&mut c, email.trim()).map_err(|e| db_error(db, e))?
     };
-    let verified = app.auth.gate.run(|| match &user {
-        Some(u) => password::verify_password(&password, &u.hashed_password),
+    let stored = user.as_ref().map(|u| u.hashed_password.clone());
+    let verified = app.auth.hasher.run(move || match stored {
+        Some(hash) => password::verify_password(&password, &hash),
         None => {
             password::burn_verify(&password);
             false

@@ -84,7 +84,7 @@ fn create(app: &App, req: &mut Request<'_>) -> Result<Response, HttpError> {
     f.finish()?;
     let (email, password) = (email.unwrap_or_default(), password.unwrap_or_default());
 
-    let hash = app.auth.gate.run(|| password::hash_password(&password))?.map_err(|e| {
+    let hash = app.auth.hasher.run(move || password::hash_password(&password))?.map_err(|e| {
         crate::error!("password hashing failed: {e}");
         HttpError::new(500, "Internal Server Error")
     })?;
