@@ -4,7 +4,9 @@
 //! operation object (`Route::doc`), and `routes` (registered last) walks the table. A route
 //! without a `doc` is left out on purpose — only the docs pages themselves. The docs pages load
 //! their assets from `public/vendor/` when `scripts/vendor-docs.sh` has put them there before
-//! the build, and from the jsDelivr CDN otherwise, as FastAPI does.
+//! the build, and from the jsDelivr CDN otherwise, as FastAPI does. Vendored, they make no
+//! request off this server (tests/browser checks it in Chromium): ReDoc's sidebar always loads
+//! the Redocly logo from Redocly's CDN, so the vendored `/redoc` forbids off-site images.
 //!
 //! Must never: describe a route that does not exist, or miss one that does (tests check both).
 
@@ -114,7 +116,24 @@ fn asset(vendored: &str, cdn: &str) -> String {
     }
 }
 
+/// The tab icon of both docs pages (Swagger UI's), so browsers do not ask for `/favicon.ico`.
+fn favicon() -> String {
+    asset("vendor/swagger-ui/favicon-32x32.png", "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/favicon-32x32.png")
+}
+
+/// The ReDoc bundle is embedded: the page is meant to work offline.
+fn redoc_vendored() -> bool {
+    pages::find(REDOC_JS).is_some()
+}
+
+const REDOC_JS: &str = "vendor/redoc/redoc.standalone.js";
+
+/// For the vendored `/redoc`: no images from elsewhere (ReDoc's bundle hard-codes the Redocly
+/// logo's CDN address; blocked, the logo hides itself and the link text stays).
+const REDOC_OFFLINE_CSP: &str = "img-src 'self' data: blob:";
+
 fn swagger_html() -> String {
+    let icon = favicon();
     let css =
         asset("vendor/swagger-ui/swagger-ui.css", "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css");
     let js = asset(
@@ -127,6 +146,7 @@ fn swagger_html() -> String {
 <head>
 <meta charset="utf-8">
 <title>Adcluster API - Swagger UI</title>
+<link rel="icon" type="image/png" href="{icon}">
 <link rel="stylesheet" href="{css}">
 </head>
 <body>
@@ -151,8 +171,8 @@ window.ui = SwaggerUIBundle({{
 }
 
 fn redoc_html() -> String {
-    let js =
-        asset("vendor/redoc/redoc.standalone.js", "https://cdn.jsdelivr.net/npm/redoc@2/bundles/redoc.standalone.js");
+    let icon = favicon();
+    let js = asset(REDOC_JS, "https://cdn.jsdelivr.net/npm/redoc@2/bundles/redoc.standalone.js");
     format!(
         r#"<!DOCTYPE html>
 <html lang="en">
@@ -160,6 +180,7 @@ fn redoc_html() -> String {
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>Adcluster API - ReDoc</title>
+<link rel="icon" type="image/png" href="{icon}">
 <style>body {{ margin: 0; padding: 0; }}</style>
 </head>
 <body>
@@ -179,7 +200,11 @@ pub fn routes(r: &mut Router) {
     let swagger: &'static [u8] = Box::leak(swagger_html().into_bytes().into_boxed_slice());
     r.add("GET", "/docs", move |_| Ok(Response::static_bytes(200, "text/html; charset=utf-8", swagger)));
     let redoc: &'static [u8] = Box::leak(redoc_html().into_bytes().into_boxed_slice());
-    r.add("GET", "/redoc", move |_| Ok(Response::static_bytes(200, "text/html; charset=utf-8", redoc)));
+    let offline = redoc_vendored();
+    r.add("GET", "/redoc", move |_| {
+        let page = Response::static_bytes(200, "text/html; charset=utf-8", redoc);
+        Ok(if offline { page.header("content-security-policy", REDOC_OFFLINE_CSP) } else { page })
+    });
 }
 
 #[cfg(test)]
@@ -194,5 +219,35 @@ mod tests {
             op["parameters"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
         assert_eq!(names, vec!["a", "b"]);
         assert_eq!(openapi_path("/static/{file:path}"), "/static/{file}");
+    }
+
+    /// The `href="..."` and `src="..."` values of a page.
+    fn asset_refs(html: &str) -> Vec<&str> {
+        let mut refs = Vec::new();
+        for attr in ["href=\"", "src=\""] {
+            for (i, _) in html.match_indices(attr) {
+                let rest = &html[i + attr.len()..];
+                refs.push(&rest[..rest.find('"').expect("closing quote")]);
+            }
+        }
+        refs
+    }
+
+    /// Each page loads either everything from this binary (vendored before the build) or
+    /// everything from the CDN, never a mix, and every local asset is really embedded.
+    #[test]
+    fn docs_assets_are_all_embedded_or_all_cdn() {
+        for (page, html) in [("/docs", swagger_html()), ("/redoc", redoc_html())] {
+            let refs = asset_refs(&html);
+            assert!(refs.len() >= 2, "{page}: expected an icon and the bundle, got {refs:?}");
+            let local: Vec<&str> = refs.iter().filter_map(|r| r.strip_prefix("/static/")).collect();
+            for path in &local {
+                assert!(pages::find(path).is_some(), "{page} refers to /static/{path}, which is not embedded");
+            }
+            let cdn = refs.iter().filter(|r| r.starts_with("https://cdn.jsdelivr.net/npm/")).count();
+            assert_eq!(local.len() + cdn, refs.len(), "{page}: unexpected asset address in {refs:?}");
+            assert!(local.is_empty() || cdn == 0, "{page} mixes embedded and CDN assets: {refs:?}");
+        }
+        assert_eq!(redoc_vendored(), asset_refs(&redoc_html()).iter().all(|r| r.starts_with("/static/")));
     }
 }
