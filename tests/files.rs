@@ -127,6 +127,14 @@ fn awkward_sizes_come_back_byte_for_byte() {
         assert_eq!(got.status, 200);
         assert_eq!(got.body.len(), size);
         assert_eq!(sha256_hex(&got.body), sha256_hex(&data), "size {size}");
+        let stored: String = env
+            .srv
+            .db
+            .client()
+            .query_one("SELECT sha256 FROM uploads WHERE filename = $1", &[&rec["filename"].as_str().unwrap()])
+            .unwrap()
+            .get(0);
+        assert_eq!(stored, sha256_hex(&data), "recorded sha256, size {size}");
         assert_eq!(got.header("x-content-type-options"), Some("nosniff"));
         assert_eq!(got.header("content-security-policy"), Some("sandbox"));
     }
