@@ -2,13 +2,19 @@
 //! OAuth2 password forms, integer path and query parameters. Every problem found is collected,
 //! so one 422 lists all of them (`loc`, `msg`, `type` as pydantic v2 words them).
 //!
-//! Must never: accept a body it could not parse as "empty", or coerce types silently (a JSON
-//! number where a string is expected is a 422, as in pydantic's strict-for-strings mode).
+//! Must never: accept a body it could not parse as "empty", coerce types silently (a JSON
+//! number where a string is expected is a 422, as in pydantic's strict-for-strings mode), or
+//! hand a handler a string holding U+0000 (PostgreSQL `text` cannot store it: that was a 500).
 
 use serde_json::{Map, Value};
 
 use crate::http::router::{issue, ValidationIssue};
 use crate::http::{HttpError, Request};
+
+/// The pattern every string field of a request body must match: no U+0000, which PostgreSQL
+/// `text` cannot hold. The OpenAPI schemas declare it (`"pattern"`), and `Fields` answers a 422
+/// `string_pattern_mismatch` naming the field, as pydantic does for a field with a pattern.
+pub const NO_NUL_PATTERN: &str = "^[^\\x00]*$";
 
 /// The fields of a JSON object body (or of a form, as strings), with the issues found so far.
 pub struct Fields {
@@ -69,7 +75,7 @@ impl Fields {
                 self.issues.push(issue(&["body", name], "Field required", "missing"));
                 None
             }
-            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::String(s)) => no_nul(&mut self.issues, name, s),
             _ => {
                 self.issues.push(issue(&["body", name], "Input should be a valid string", "string_type"));
                 None
@@ -81,7 +87,7 @@ impl Fields {
     pub fn optional_str(&mut self, name: &str) -> Option<String> {
         match self.map.get(name) {
             None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::String(s)) => no_nul(&mut self.issues, name, s),
             Some(_) => {
                 self.issues.push(issue(&["body", name], "Input should be a valid string", "string_type"));
                 None
@@ -140,6 +146,19 @@ impl Fields {
             Err(HttpError::validation_list(std::mem::take(&mut self.issues)))
         }
     }
+}
+
+/// `Some(s)`, or `None` with a `string_pattern_mismatch` issue when `s` holds a NUL.
+fn no_nul(issues: &mut Vec<ValidationIssue>, name: &str, s: &str) -> Option<String> {
+    if s.contains('\0') {
+        issues.push(issue(
+            &["body", name],
+            format!("String should match pattern '{NO_NUL_PATTERN}'"),
+            "string_pattern_mismatch",
+        ));
+        return None;
+    }
+    Some(s.to_string())
 }
 
 /// Whether the request's content type is a URL-encoded form.
@@ -253,6 +272,20 @@ mod tests {
         assert_eq!(issues.len(), 2);
         assert_eq!((issues[0].kind.as_str(), issues[1].kind.as_str()), ("string_type", "missing"));
         assert_eq!(issues[1].loc, vec![serde_json::json!("body"), serde_json::json!("password")]);
+    }
+
+    #[test]
+    fn nul_is_refused_in_every_string_field() {
+        let mut f = Fields::parse_json(br#"{"a": "x\u0000", "b": "\u0000"}"#).unwrap();
+        assert_eq!(f.required_str("a"), None);
+        assert_eq!(f.optional_str("b"), None);
+        let issues = detail(f.finish().unwrap_err());
+        assert_eq!(issues.len(), 2);
+        assert!(issues.iter().all(|i| i.kind == "string_pattern_mismatch"));
+        assert_eq!(issues[0].msg, r"String should match pattern '^[^\x00]*$'");
+        let mut f = Fields::parse_form(b"username=a%00&password=ok").unwrap();
+        assert_eq!(f.required_str("username"), None);
+        assert_eq!(f.required_str("password").as_deref(), Some("ok"));
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use super::extract::{path_i64, query_i64, Fields};
+use super::extract::{path_i64, query_i64, Fields, NO_NUL_PATTERN};
 use super::openapi::{schema_ref, Op};
 use super::App;
 use crate::auth::db_error;
@@ -144,8 +144,10 @@ pub fn schemas() -> Value {
         "TeamCreate": {
             "type": "object", "required": ["name"],
             "properties": {
-                "name": { "type": "string", "minLength": 1, "maxLength": NAME_MAX },
-                "description": { "anyOf": [{ "type": "string", "maxLength": DESCRIPTION_MAX }, { "type": "null" }] }
+                "name": { "type": "string", "minLength": 1, "maxLength": NAME_MAX, "pattern": NO_NUL_PATTERN },
+                "description": {
+                    "anyOf": [{ "type": "string", "maxLength": DESCRIPTION_MAX, "pattern": NO_NUL_PATTERN }, { "type": "null" }]
+                }
             }
         },
         "TeamMemberAdd": {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use super::extract::{normalize_email, path_i64, query_i64, Fields};
+use super::extract::{normalize_email, path_i64, query_i64, Fields, NO_NUL_PATTERN};
 use super::openapi::{schema_ref, Op};
 use super::App;
 use crate::auth::{bearer_token, db_error, password, unauthorized};
@@ -145,9 +145,13 @@ pub fn schemas() -> Value {
         "UserCreate": {
             "type": "object", "required": ["email", "password"],
             "properties": {
-                "email": { "type": "string", "format": "email" },
-                "password": { "type": "string", "minLength": PASSWORD_MIN, "maxLength": PASSWORD_MAX },
-                "full_name": { "anyOf": [{ "type": "string", "maxLength": FULL_NAME_MAX }, { "type": "null" }] }
+                "email": { "type": "string", "format": "email", "pattern": NO_NUL_PATTERN },
+                "password": {
+                    "type": "string", "minLength": PASSWORD_MIN, "maxLength": PASSWORD_MAX, "pattern": NO_NUL_PATTERN
+                },
+                "full_name": {
+                    "anyOf": [{ "type": "string", "maxLength": FULL_NAME_MAX, "pattern": NO_NUL_PATTERN }, { "type": "null" }]
+                }
             }
         }
     })
