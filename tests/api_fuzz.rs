@@ -72,3 +72,77 @@ fn nul_characters_in_text_fields_are_422_not_500() {
     assert_eq!(post_json(&srv, "/teams/", Some(&token), &json!({ "name": "t" })).status, 201);
     assert!(!srv.log().contains("database error"), "{}", srv.log());
 }
+
+/// The fields of `OAuth2PasswordForm` that the server does not read (Swagger UI sends them).
+const UNREAD_FIELDS: &[&str] = &["grant_type", "scope", "client_id", "client_secret"];
+
+/// Schemathesis sent `GET /teams/?skip=7172280818586944551156608663552`: a valid integer by the
+/// document, a 422 by the server, which reads ids and offsets as i64. The document now bounds
+/// every integer input, and every string the server reads carries the no-NUL pattern (see
+/// `nul_characters_in_text_fields_are_422_not_500`). This walks the whole document, so a new
+/// route that forgets either fails here; the server's side is checked at the boundaries.
+#[test]
+fn the_document_states_the_input_bounds_the_server_enforces() {
+    let srv = TestServer::start();
+    let doc = srv.get("/openapi.json").json();
+    let resolve = |s: &Value| match s["$ref"].as_str() {
+        Some(r) => doc.pointer(r.trim_start_matches('#')).unwrap_or_else(|| panic!("dangling {r}")).clone(),
+        None => s.clone(),
+    };
+    // A schema and the alternatives of its `anyOf`.
+    let variants = |s: &Value| -> Vec<Value> {
+        let s = resolve(s);
+        match s["anyOf"].as_array() {
+            Some(alts) => alts.iter().map(resolve).collect(),
+            None => vec![s],
+        }
+    };
+    let (mut integers, mut strings) = (0, 0);
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            // (where, in a body?, schema)
+            let mut inputs: Vec<(String, bool, Value)> = Vec::new();
+            for p in op["parameters"].as_array().into_iter().flatten() {
+                inputs.push((format!("{} parameter {}", p["in"], p["name"]), false, p["schema"].clone()));
+            }
+            for (ct, media) in op["requestBody"]["content"].as_object().into_iter().flatten() {
+                let body = resolve(&media["schema"]);
+                for (name, prop) in body["properties"].as_object().into_iter().flatten() {
+                    if !UNREAD_FIELDS.contains(&name.as_str()) {
+                        inputs.push((format!("{ct} field {name}"), true, prop.clone()));
+                    }
+                }
+            }
+            for (what, in_body, schema) in inputs {
+                for v in variants(&schema) {
+                    let at = format!("{method} {path}: {what}: {v}");
+                    match v["type"].as_str() {
+                        Some("integer") => {
+                            integers += 1;
+                            assert!(v["minimum"].as_i64().is_some(), "no i64 minimum: {at}");
+                            assert!(v["maximum"].as_i64().is_some(), "no i64 maximum: {at}");
+                        }
+                        Some("string") if in_body => {
+                            strings += 1;
+                            assert_eq!(v["pattern"], r"^[^\x00]*$", "no NUL pattern: {at}");
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    assert!(integers >= 6 && strings >= 9, "walked {integers} integers and {strings} strings: is the walk broken?");
+
+    // The server's side of the bounds: the largest i64 is taken, one more is a 422.
+    let token = user_token(&srv, "c@example.com");
+    let auth = format!("Bearer {token}");
+    let get = |p: &str| srv.request("GET", p, &[("Authorization", &auth)], b"");
+    assert_eq!(get("/users/?skip=9223372036854775807").json(), json!([]));
+    assert_eq!(get("/teams/?skip=9223372036854775807").json(), json!([]));
+    assert_eq!(get("/users/?skip=9223372036854775808").status, 422);
+    assert_eq!(get("/users/9223372036854775807").status, 404);
+    assert_eq!(get("/users/-9223372036854775808").status, 404);
+    assert_eq!(get("/users/9223372036854775808").status, 422);
+    assert_eq!(get("/teams/9223372036854775807").status, 404);
+}

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::extract::{path_i64, query_i64, Fields, NO_NUL_PATTERN};
-use super::openapi::{schema_ref, Op};
+use super::openapi::{int64, schema_ref, skip, Op};
 use super::App;
 use crate::auth::db_error;
 use crate::db::{teams, users};
@@ -29,7 +29,7 @@ pub fn routes(r: &mut Router, app: &Arc<App>) {
     let a = app.clone();
     r.add("GET", "/teams/", move |req| list(&a, req)).doc(
         Op::new("teams", "List teams, ordered by id", "list_teams")
-            .param("query", "skip", false, json!({ "type": "integer", "minimum": 0, "default": 0 }))
+            .param("query", "skip", false, skip())
             .param("query", "limit", false, json!({ "type": "integer", "minimum": 1, "maximum": 1000, "default": 100 }))
             .secured()
             .json(200, "Teams", json!({ "type": "array", "items": schema_ref("Team") }))
@@ -39,7 +39,7 @@ pub fn routes(r: &mut Router, app: &Arc<App>) {
     let a = app.clone();
     r.add("GET", "/teams/{team_id}", move |req| get(&a, req)).doc(
         Op::new("teams", "A team by id", "read_team")
-            .param("path", "team_id", true, json!({ "type": "integer" }))
+            .param("path", "team_id", true, int64(i64::MIN))
             .secured()
             .json(200, "The team", schema_ref("Team"))
             .errors(&[401, 404, 422, 503])
@@ -48,7 +48,7 @@ pub fn routes(r: &mut Router, app: &Arc<App>) {
     let a = app.clone();
     r.add("POST", "/teams/{team_id}/members", move |req| add_member(&a, req)).doc(
         Op::new("teams", "Add a member (members of the team and superusers only)", "add_team_member")
-            .param("path", "team_id", true, json!({ "type": "integer" }))
+            .param("path", "team_id", true, int64(i64::MIN))
             .body(&[("application/json", schema_ref("TeamMemberAdd"))])
             .secured()
             .json(200, "The team", schema_ref("Team"))
@@ -152,7 +152,7 @@ pub fn schemas() -> Value {
         },
         "TeamMemberAdd": {
             "type": "object", "required": ["user_id"],
-            "properties": { "user_id": { "type": "integer" } }
+            "properties": { "user_id": int64(i64::MIN) }
         }
     })
 }
