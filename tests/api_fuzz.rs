@@ -146,3 +146,35 @@ fn the_document_states_the_input_bounds_the_server_enforces() {
     assert_eq!(get("/users/9223372036854775808").status, 422);
     assert_eq!(get("/teams/9223372036854775807").status, 404);
 }
+
+/// Schemathesis sent `POST /teams/{id}/members` with `{"user_id": -129.0}`: an integer by JSON
+/// Schema (no fractional part) and by pydantic, but the server answered 422 `int_type`. Now
+/// `2.0` and `2e0` are the user 2, and only a real fraction is refused (`int_from_float`).
+#[test]
+fn an_integer_written_with_a_zero_fraction_is_an_integer() {
+    let srv = TestServer::start();
+    let token = user_token(&srv, "owner@example.com");
+    let member_auth = format!("Bearer {}", user_token(&srv, "member@example.com"));
+    let me = srv.request("GET", "/users/me", &[("Authorization", &member_auth)], b"");
+    let member_id = me.json()["id"].as_i64().unwrap();
+    let team = post_json(&srv, "/teams/", Some(&token), &json!({ "name": "t" }));
+    assert_eq!(team.status, 201, "{}", team.text());
+    let path = format!("/teams/{}/members", team.json()["id"]);
+    let add = |body: String| {
+        let auth = format!("Bearer {token}");
+        let headers = [("Content-Type", "application/json"), ("Authorization", auth.as_str())];
+        srv.request("POST", &path, &headers, body.as_bytes())
+    };
+    for body in [format!(r#"{{"user_id": {member_id}.0}}"#), format!(r#"{{"user_id": {member_id}e0}}"#)] {
+        let r = add(body.clone());
+        assert_eq!(r.status, 200, "{body}: {}", r.text());
+        let ids: Vec<i64> = r.json()["members"].as_array().unwrap().iter().map(|m| m["id"].as_i64().unwrap()).collect();
+        assert!(ids.contains(&member_id), "{body}: {ids:?}");
+    }
+    let r = add(format!(r#"{{"user_id": {member_id}.5}}"#));
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert_eq!(r.json()["detail"][0]["type"], "int_from_float");
+    let r = add(r#"{"user_id": 9223372036854775808}"#.to_string());
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert_eq!(r.json()["detail"][0]["type"], "less_than_equal");
+}

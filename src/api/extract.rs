@@ -95,19 +95,16 @@ impl Fields {
         }
     }
 
-    /// A required integer field (JSON integers only; `"3"` is not an integer here).
+    /// A required integer field that must fit an `i64`. A JSON number is an integer when it has
+    /// no fractional part, as JSON Schema and pydantic say: `3`, `3.0` and `3e0` are all 3, while
+    /// `3.5` is `int_from_float`. A string (`"3"`) is not an integer here.
     pub fn required_i64(&mut self, name: &str) -> Option<i64> {
-        match self.map.get(name) {
-            None => {
-                self.issues.push(issue(&["body", name], "Field required", "missing"));
-                None
-            }
-            Some(Value::Number(n)) if n.as_i64().is_some() => n.as_i64(),
-            Some(_) => {
-                self.issues.push(issue(&["body", name], "Input should be a valid integer", "int_type"));
-                None
-            }
-        }
+        let found = match self.map.get(name) {
+            None => Err(("Field required".to_string(), "missing")),
+            Some(Value::Number(n)) => number_to_i64(n),
+            Some(_) => Err(("Input should be a valid integer".to_string(), "int_type")),
+        };
+        found.map_err(|(msg, kind)| self.issues.push(issue(&["body", name], msg, kind))).ok()
     }
 
     /// Check a string's length in characters; records pydantic's messages.
@@ -146,6 +143,30 @@ impl Fields {
             Err(HttpError::validation_list(std::mem::take(&mut self.issues)))
         }
     }
+}
+
+/// A JSON number as an `i64`, or pydantic's message and type for why it is not one.
+fn number_to_i64(n: &serde_json::Number) -> Result<i64, (String, &'static str)> {
+    // 2^63 as an f64 (exact): the first value above i64::MAX.
+    const TWO_63: f64 = 9_223_372_036_854_775_808.0;
+    let too_big = || (format!("Input should be less than or equal to {}", i64::MAX), "less_than_equal");
+    if let Some(i) = n.as_i64() {
+        return Ok(i);
+    }
+    if n.as_u64().is_some() {
+        return Err(too_big());
+    }
+    let f = n.as_f64().unwrap_or(f64::NAN);
+    if !f.is_finite() || f.fract() != 0.0 {
+        return Err(("Input should be a valid integer, got a number with a fractional part".into(), "int_from_float"));
+    }
+    if f >= TWO_63 {
+        return Err(too_big());
+    }
+    if f < -TWO_63 {
+        return Err((format!("Input should be greater than or equal to {}", i64::MIN), "greater_than_equal"));
+    }
+    Ok(f as i64)
 }
 
 /// `Some(s)`, or `None` with a `string_pattern_mismatch` issue when `s` holds a NUL.
@@ -272,6 +293,20 @@ mod tests {
         assert_eq!(issues.len(), 2);
         assert_eq!((issues[0].kind.as_str(), issues[1].kind.as_str()), ("string_type", "missing"));
         assert_eq!(issues[1].loc, vec![serde_json::json!("body"), serde_json::json!("password")]);
+    }
+
+    #[test]
+    fn integers_are_numbers_without_a_fraction_that_fit_an_i64() {
+        let body = br#"{"a": 3, "b": -129.0, "c": 3e0, "d": 2.5, "e": 9223372036854775808, "f": -1e19,
+                        "g": "3", "h": 1e19, "i": -9223372036854775808}"#;
+        let mut f = Fields::parse_json(body).unwrap();
+        let got: Vec<Option<i64>> =
+            ["a", "b", "c", "d", "e", "f", "g", "h", "i", "absent"].iter().map(|n| f.required_i64(n)).collect();
+        assert_eq!(got, vec![Some(3), Some(-129), Some(3), None, None, None, None, None, Some(i64::MIN), None]);
+        let kinds: Vec<String> = f.issues.iter().map(|i| i.kind.clone()).collect();
+        let want =
+            ["int_from_float", "less_than_equal", "greater_than_equal", "int_type", "less_than_equal", "missing"];
+        assert_eq!(kinds, want);
     }
 
     #[test]
