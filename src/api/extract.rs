@@ -230,12 +230,15 @@ pub fn query_i64(
     n
 }
 
+/// The longest email address, in characters (the document's `maxLength`).
+pub const EMAIL_MAX: usize = 254;
+
 /// Validate an email address the way a user expects: one `@`, a non-empty local part of at most
 /// 64 characters, a domain with a dot, no spaces or control characters, at most 254 in all.
 /// Returns the address with its domain lower-cased, or the reason it is not valid.
 pub fn normalize_email(raw: &str) -> Result<String, &'static str> {
     let s = raw.trim();
-    if s.len() > 254 {
+    if s.chars().count() > EMAIL_MAX {
         return Err("The email address is too long");
     }
     let Some((local, domain)) = s.rsplit_once('@') else { return Err("An email address must have an @-sign.") };
@@ -346,5 +349,10 @@ mod tests {
         }
         assert!(normalize_email("user.name+tag@sub.example.co.kr").is_ok());
         assert!(normalize_email("사용자@예시.한국").is_ok());
+        // At most 254 characters (not bytes: the document's maxLength counts characters).
+        let at = |n: usize, c: &str| format!("{}@{}.kr", "u", c.repeat(n - 5));
+        assert_eq!(at(254, "예").chars().count(), 254);
+        assert!(normalize_email(&at(254, "예")).is_ok());
+        assert!(normalize_email(&at(255, "예")).is_err());
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use super::extract::{normalize_email, path_i64, query_i64, Fields, NO_NUL_PATTERN};
+use super::extract::{normalize_email, path_i64, query_i64, Fields, EMAIL_MAX, NO_NUL_PATTERN};
 use super::openapi::{int64, schema_ref, skip, Op};
 use super::App;
 use crate::auth::{bearer_token, db_error, password, unauthorized};
@@ -145,7 +145,7 @@ pub fn schemas() -> Value {
         "UserCreate": {
             "type": "object", "required": ["email", "password"],
             "properties": {
-                "email": { "type": "string", "format": "email", "pattern": NO_NUL_PATTERN },
+                "email": { "type": "string", "format": "email", "maxLength": EMAIL_MAX, "pattern": NO_NUL_PATTERN },
                 "password": {
                     "type": "string", "minLength": PASSWORD_MIN, "maxLength": PASSWORD_MAX, "pattern": NO_NUL_PATTERN
                 },
