@@ -189,9 +189,22 @@ pub fn is_form(req: &Request<'_>) -> bool {
         .unwrap_or(false)
 }
 
+/// Read an integer from text (a path or query parameter) as pydantic does: surrounding
+/// whitespace is ignored, and so is a fraction made only of zeros (`"2.0"`, `"2."` are 2: JSON
+/// Schema and FastAPI both call that an integer). `None` for anything else, or past the i64 range.
+pub fn parse_int_text(raw: &str) -> Option<i64> {
+    let s = raw.trim();
+    let digits = match s.split_once('.') {
+        Some((int, frac)) if frac.bytes().all(|b| b == b'0') => int,
+        Some(_) => return None,
+        None => s,
+    };
+    digits.parse::<i64>().ok()
+}
+
 /// An integer path parameter: 422 `int_parsing` when it is not one.
 pub fn path_i64(req: &Request<'_>, name: &str) -> Result<i64, HttpError> {
-    req.param(name).parse::<i64>().map_err(|_| {
+    parse_int_text(req.param(name)).ok_or_else(|| {
         HttpError::validation(
             &["path", name],
             "Input should be a valid integer, unable to parse string as an integer",
@@ -210,7 +223,7 @@ pub fn query_i64(
     issues: &mut Vec<ValidationIssue>,
 ) -> i64 {
     let Some((_, raw)) = pairs.iter().find(|(k, _)| k == name) else { return default };
-    let Ok(n) = raw.trim().parse::<i64>() else {
+    let Some(n) = parse_int_text(raw) else {
         issues.push(issue(
             &["query", name],
             "Input should be a valid integer, unable to parse string as an integer",
@@ -310,6 +323,18 @@ mod tests {
         let want =
             ["int_from_float", "less_than_equal", "greater_than_equal", "int_type", "less_than_equal", "missing"];
         assert_eq!(kinds, want);
+    }
+
+    #[test]
+    fn integer_text_may_end_in_zeros_after_the_point() {
+        let ok = [("7", 7), (" 7 ", 7), ("7.0", 7), ("7.", 7), ("-7.000", -7), ("+7", 7), ("-0.0", 0)];
+        for (text, n) in ok {
+            assert_eq!(parse_int_text(text), Some(n), "{text:?}");
+        }
+        assert_eq!(parse_int_text("9223372036854775807.0"), Some(i64::MAX));
+        for text in ["", ".0", "7.5", "7.0.0", "7.0a", "1e3", "0x10", "9223372036854775808", "7 .0", "٧"] {
+            assert_eq!(parse_int_text(text), None, "{text:?}");
+        }
     }
 
     #[test]
