@@ -19,7 +19,7 @@
 # scripts/test.sh.
 #
 # Settings (environment):
-#   FUZZ_EXAMPLES  test cases per operation and phase (default 100)
+#   FUZZ_EXAMPLES  schemathesis --max-examples: test cases per operation (default 100)
 #   FUZZ_SEED      schemathesis seed (default 20261126), so a run can be repeated
 #   FUZZ_WORKERS   schemathesis workers (default 1: the same seed then gives the same run, and
 #                  CPython 3.11's `ast` is not thread-safe — hypothesis parses lambdas with it,
@@ -73,7 +73,9 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 command -v createdb >/dev/null 2>&1 || die "createdb not found: install PostgreSQL's client tools (Debian: postgresql-client)"
-command -v curl >/dev/null 2>&1 || die "curl not found"
+for tool in curl jq openssl python3; do
+  command -v "$tool" >/dev/null 2>&1 || die "$tool not found: install it (Debian: apt-get install $tool)"
+done
 
 # --- 1. schemathesis -------------------------------------------------------------------------
 if ! "$VENV/bin/schemathesis" --version 2>/dev/null | grep -qF "$SCHEMATHESIS_VERSION"; then
