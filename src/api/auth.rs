@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use super::extract::{is_form, Fields};
+use super::extract::{is_form, Fields, NO_NUL_PATTERN};
 use super::openapi::{schema_ref, Op};
 use super::App;
 use crate::auth::{db_error, password};
@@ -82,14 +82,17 @@ pub fn schemas() -> serde_json::Value {
     json!({
         "LoginRequest": {
             "type": "object", "required": ["email", "password"],
-            "properties": { "email": { "type": "string" }, "password": { "type": "string" } }
+            "properties": {
+                "email": { "type": "string", "pattern": NO_NUL_PATTERN },
+                "password": { "type": "string", "pattern": NO_NUL_PATTERN }
+            }
         },
         "OAuth2PasswordForm": {
             "type": "object", "required": ["username", "password"],
             "properties": {
                 "grant_type": { "type": "string" },
-                "username": { "type": "string", "description": "the account's email" },
-                "password": { "type": "string", "format": "password" },
+                "username": { "type": "string", "description": "the account's email", "pattern": NO_NUL_PATTERN },
+                "password": { "type": "string", "format": "password", "pattern": NO_NUL_PATTERN },
                 "scope": { "type": "string" },
                 "client_id": { "type": "string" },
                 "client_secret": { "type": "string" }

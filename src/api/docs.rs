@@ -12,8 +12,18 @@
 
 use serde_json::{json, Map, Value};
 
+use super::openapi::schema_ref;
 use super::{auth, files, general, pages, teams, users, VERSION};
 use crate::http::{Response, Router};
+
+/// What the connection layer (`http::body`) answers, for any route, while it reads a request
+/// body and before the handler sees it. Added to every operation that takes a body, here in one
+/// place rather than in each route's `Op`.
+const BODY_ERRORS: [(u16, &str); 3] = [
+    (400, "Malformed request body (bad chunked framing, or the body ended early)"),
+    (408, "The request body stalled"),
+    (413, "The request body is over this route's limit"),
+];
 
 /// Build the OpenAPI 3.1 document for every documented route of `r`.
 pub fn document(r: &Router) -> Value {
@@ -22,6 +32,7 @@ pub fn document(r: &Router) -> Value {
         let Some(op) = &route.doc else { continue };
         let mut op = op.clone();
         add_path_parameters(route.pattern, &mut op);
+        add_body_errors(&mut op);
         let item = paths.entry(openapi_path(route.pattern)).or_insert_with(|| json!({}));
         item[route.method.to_ascii_lowercase()] = op;
     }
@@ -82,6 +93,20 @@ fn add_path_parameters(pattern: &str, op: &mut Value) {
         if !present {
             list.push(json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string" } }));
         }
+    }
+}
+
+/// Give an operation with a request body the connection layer's body errors, unless it
+/// documents those statuses itself.
+fn add_body_errors(op: &mut Value) {
+    if op.get("requestBody").is_none() {
+        return;
+    }
+    let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) else { return };
+    for (status, description) in BODY_ERRORS {
+        responses.entry(status.to_string()).or_insert_with(|| {
+            json!({ "description": description, "content": { "application/json": { "schema": schema_ref("Detail") } } })
+        });
     }
 }
 
@@ -249,5 +274,20 @@ mod tests {
             assert!(local.is_empty() || cdn == 0, "{page} mixes embedded and CDN assets: {refs:?}");
         }
         assert_eq!(redoc_vendored(), asset_refs(&redoc_html()).iter().all(|r| r.starts_with("/static/")));
+    }
+
+    #[test]
+    fn operations_with_a_body_document_the_body_errors_of_the_http_layer() {
+        let mut r = Router::new(1024);
+        let with_body = json!({ "requestBody": {}, "responses": { "400": { "description": "mine" } } });
+        r.add("POST", "/a", |_| Ok(Response::new(200))).doc(with_body);
+        r.add("GET", "/b", |_| Ok(Response::new(200))).doc(json!({ "responses": {} }));
+        let doc = document(&r);
+        let a = &doc["paths"]["/a"]["post"]["responses"];
+        assert_eq!(a["400"]["description"], "mine", "a route's own wording wins");
+        for s in ["408", "413"] {
+            assert_eq!(a[s]["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/Detail", "{s}");
+        }
+        assert_eq!(doc["paths"]["/b"]["get"]["responses"], json!({}), "no body, no body errors");
     }
 }

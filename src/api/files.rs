@@ -146,7 +146,10 @@ fn receive(
                 let file = File::options().write(true).create_new(true).open(&tmp).map_err(MultipartError::Io)?;
                 let content_type = head
                     .content_type
-                    .filter(|ct| ct.len() <= 255 && !ct.trim().is_empty())
+                    .map(|ct| ct.trim().to_string())
+                    .filter(|ct| {
+                        !ct.is_empty() && ct.len() <= 255 && ct.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+                    })
                     .unwrap_or_else(|| content_type_for(&original).to_string());
                 current = Some(Staged {
                     tmp,
