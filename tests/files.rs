@@ -219,6 +219,16 @@ fn categories_listing_and_multiple() {
     let names: Vec<&str> =
         all["files"].as_array().unwrap().iter().map(|f| f["original_filename"].as_str().unwrap()).collect();
     assert_eq!(names[2..], ["noext", "report.HWPX", "Photo.JPG"], "newest first");
+    // More files than MAX_UPLOAD_FILES (20): a 422 on body.files, and nothing stored.
+    let many: Vec<(&str, Option<&str>, &[u8])> = (0..21).map(|_| ("files", Some("n.txt"), b"n".as_slice())).collect();
+    let r = upload(&env, "/api/upload/multiple", &form(&many));
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert_eq!(r.json()["detail"][0]["type"], "too_long");
+    let twenty: Vec<(&str, Option<&str>, &[u8])> = many[..20].to_vec();
+    let r = upload(&env, "/api/upload/multiple", &form(&twenty));
+    assert_eq!(r.json()["count"], 20);
+    let r = env.srv.request("DELETE", "/api/files/x", &[], b"");
+    assert_eq!(r.status, 401);
     let images = env.srv.request("GET", "/api/files?category=images", &[("Authorization", &auth)], b"").json();
     assert_eq!(images["count"], 2);
     let r = env.srv.request("GET", "/api/files?category=videos", &[("Authorization", &auth)], b"");

@@ -138,7 +138,7 @@ fn receive(
                     return Ok(());
                 };
                 if done.len() >= max_files {
-                    return Err(MultipartError::TooManyParts);
+                    return Err(MultipartError::Sink(Box::new(TooManyFiles)));
                 }
                 let original = client_basename(&filename);
                 let name = stored_name(&original).map_err(MultipartError::Io)?;
@@ -193,12 +193,29 @@ fn receive(
     match result {
         Ok(()) if done.is_empty() => Err(missing()),
         Ok(()) => Ok(done),
-        Err(e) => Err(multipart_error(e)),
+        Err(e) => Err(multipart_error(e, field, max_files)),
     }
 }
 
-fn multipart_error(e: MultipartError) -> HttpError {
+/// More file parts than `MAX_UPLOAD_FILES`: a validation error, as FastAPI words a too-long list.
+#[derive(Debug)]
+struct TooManyFiles;
+
+impl std::fmt::Display for TooManyFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("too many files")
+    }
+}
+
+impl std::error::Error for TooManyFiles {}
+
+fn multipart_error(e: MultipartError, field: &str, max_files: usize) -> HttpError {
     match e {
+        MultipartError::Sink(inner) if inner.is::<TooManyFiles>() => HttpError::validation(
+            &["body", field],
+            format!("List should have at most {max_files} items after validation"),
+            "too_long",
+        ),
         MultipartError::Io(io) => match BodyError::of(&io) {
             Some(b) => HttpError::from(b.clone()),
             None => storage_error("write the upload", &io),
@@ -294,7 +311,17 @@ pub fn routes(r: &mut Router, app: &Arc<App>) {
     .limit(max.saturating_mul(max_files as u64).saturating_add(FORM_OVERHEAD))
     .doc(
         Op::new("files", "Upload several files (repeated multipart field `files`), all or nothing", "upload_files")
-            .body(&[("multipart/form-data", schema_ref("UploadMany"))])
+            .body(&[(
+                "multipart/form-data",
+                // Inline, so the document states this server's MAX_UPLOAD_FILES.
+                json!({
+                    "type": "object", "required": ["files"],
+                    "properties": { "files": {
+                        "type": "array", "minItems": 1, "maxItems": max_files,
+                        "items": { "type": "string", "format": "binary" }
+                    } }
+                }),
+            )])
             .secured()
             .json(201, "The stored files", schema_ref("FileList"))
             .errors(&[400, 401, 413, 422, 503])
@@ -422,10 +449,6 @@ pub fn schemas() -> Value {
         "UploadOne": {
             "type": "object", "required": ["file"],
             "properties": { "file": { "type": "string", "format": "binary" } }
-        },
-        "UploadMany": {
-            "type": "object", "required": ["files"],
-            "properties": { "files": { "type": "array", "items": { "type": "string", "format": "binary" } } }
         }
     })
 }

@@ -54,7 +54,8 @@ impl Op {
         let content = if status == 304 {
             json!({})
         } else {
-            json!({ "application/octet-stream": { "schema": { "type": "string", "format": "binary" } } })
+            // Any media type: files are served with the type of their extension.
+            json!({ "*/*": { "schema": { "type": "string", "format": "binary" } } })
         };
         self.responses().insert(status.to_string(), json!({ "description": description, "content": content }));
         self

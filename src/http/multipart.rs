@@ -676,13 +676,20 @@ fn parse_params(mut rest: &str) -> Result<Vec<(String, String)>, String> {
 }
 
 /// `s` follows an opening quote. Returns the unescaped value and what follows the closing
-/// quote. Only `\"` and `\\` are escapes; a lone backslash is kept.
+/// quote. Only `\"` and `\\` are escapes; a lone backslash is kept. A `\"` that ends the
+/// parameter (only white space, `;` or nothing follows) is a backslash and the closing quote:
+/// browsers send names and paths ending in a backslash raw (WHATWG escapes `"` as `%22` and
+/// leaves backslashes alone).
 fn parse_quoted(s: &str) -> Option<(String, &str)> {
     let mut out = String::new();
     let mut chars = s.char_indices();
     while let Some((i, c)) = chars.next() {
         match c {
             '"' => return Some((out, &s[i + 1..])),
+            '\\' if s[i + 1..].starts_with('"') && ends_parameter(&s[i + 2..]) => {
+                out.push('\\');
+                return Some((out, &s[i + 2..]));
+            }
             '\\' => match s[i + 1..].chars().next() {
                 Some(next @ ('"' | '\\')) => {
                     out.push(next);
@@ -694,6 +701,13 @@ fn parse_quoted(s: &str) -> Option<(String, &str)> {
         }
     }
     None
+}
+
+/// Whether `rest` (what follows a quote) is the end of a parameter: white space, then `;` or
+/// nothing.
+fn ends_parameter(rest: &str) -> bool {
+    let rest = rest.trim_start_matches(is_ows_char);
+    rest.is_empty() || rest.starts_with(';')
 }
 
 fn is_ows_char(c: char) -> bool {
@@ -1299,6 +1313,10 @@ hello\r\nworld\r\n\r\n--X--\r\n";
         let h = head_of(r#"Content-Disposition: form-data; name="a\"b\\c"; filename="C:\dir\x.txt""#).unwrap();
         assert_eq!(h.name, "a\"b\\c");
         assert_eq!(h.filename.as_deref(), Some("C:\\dir\\x.txt"));
+        // A value ending in a backslash, as browsers send it (found by schemathesis).
+        let h = head_of(r#"Content-Disposition: form-data; name="x`%22\"; filename="C:\dir\""#).unwrap();
+        assert_eq!(h.name, "x`%22\\");
+        assert_eq!(h.filename.as_deref(), Some("C:\\dir\\"));
 
         // raw UTF-8 kept exactly, ';' inside quotes, unknown params and headers ignored
         let h =
