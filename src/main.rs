@@ -3,7 +3,8 @@
 //! success, 1 when the operation failed, 2 for bad usage.
 //!
 //! Threads started here: the signal thread (`signals`, waits for SIGINT/SIGTERM and triggers
-//! the shutdown); the HTTP layer's own threads are listed in `http/server.rs`.
+//! the shutdown); the HTTP layer's own threads are listed in `http/server.rs`, the WebSocket
+//! sessions' in `ws/mod.rs`.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -100,7 +101,8 @@ fn serve(args: &[String]) -> Result<(), Failure> {
         warn!("database {} is not reachable; serving in degraded mode until it is", db.config().describe());
     }
     db.start_monitor(None).map_err(|e| failed(format!("cannot start the database monitor: {e}")))?;
-    let app = Arc::new(api::App { config: cfg, started: Instant::now(), db, auth });
+    let ws = Arc::new(adcluster::ws::Ws::new(adcluster::ws::WsSettings::from_config(&cfg)));
+    let app = Arc::new(api::App { config: cfg, started: Instant::now(), db, auth, ws: ws.clone() });
     let router = Arc::new(api::build_router(app.clone()));
     let server = http::Server::bind(&addr, http_cfg, router).map_err(|e| {
         failed(format!(
@@ -111,6 +113,7 @@ fn serve(args: &[String]) -> Result<(), Failure> {
     info!("listening on http://{bound}");
 
     let handle = server.shutdown_handle();
+    let ws_on_signal = ws.clone();
     signals::spawn_waiter(signals, move |sig| {
         if handle.is_triggered() {
             warn!("second {sig}: exiting now");
@@ -118,10 +121,16 @@ fn serve(args: &[String]) -> Result<(), Failure> {
         }
         info!("received {sig}");
         handle.trigger();
+        // WebSocket clients get a close 1001 now, while HTTP requests in flight finish.
+        ws_on_signal.shutdown();
     })
     .map_err(|e| failed(format!("cannot start the signal thread: {e}")))?;
 
     server.run().map_err(|e| failed(format!("server failed: {e}")))?;
+    ws.shutdown();
+    if !ws.wait_idle(std::time::Duration::from_secs(2)) {
+        warn!("{} WebSocket session(s) still closing; exiting anyway", ws.sessions());
+    }
     info!("stopped");
     Ok(())
 }

@@ -10,7 +10,7 @@
 
 use serde_json::{json, Map, Value};
 
-use super::{auth, general, pages, teams, users, VERSION};
+use super::{auth, general, pages, teams, users, ws_api, VERSION};
 use crate::http::{Response, Router};
 
 /// Build the OpenAPI 3.1 document for every documented route of `r`.
@@ -24,7 +24,14 @@ pub fn document(r: &Router) -> Value {
         item[route.method.to_ascii_lowercase()] = op;
     }
     let mut schemas = Map::new();
-    for part in [general::schemas(), auth::schemas(), users::schemas(), teams::schemas(), validation_schemas()] {
+    for part in [
+        general::schemas(),
+        auth::schemas(),
+        users::schemas(),
+        teams::schemas(),
+        ws_api::schemas(),
+        validation_schemas(),
+    ] {
         if let Value::Object(m) = part {
             schemas.extend(m);
         }
