@@ -79,7 +79,8 @@ fn serve(args: &[String]) -> Result<(), Failure> {
     // Block SIGINT/SIGTERM in this thread before any other starts, so every thread inherits the
     // mask and only the signal thread receives them (via sigwait).
     let signals = signals::block().map_err(|e| failed(format!("cannot set up signal handling: {e}")))?;
-    util::rlimit::raise_nofile(cfg.max_connections);
+    // One descriptor per HTTP connection and one per WebSocket session.
+    util::rlimit::raise_nofile(cfg.max_connections + cfg.ws_max_clients);
     info!("starting adcluster {}: {}", api::VERSION, cfg.redacted_summary());
 
     let http_cfg = http::ServerConfig {

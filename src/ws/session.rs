@@ -103,8 +103,9 @@ struct OutState {
 /// evicts the client with 1008). Control frames (pong, ping, close) go through the same queue,
 /// so frames never interleave.
 pub struct Outbound {
-    /// A clone of the session's socket, used for writing and for shutting it down.
-    stream: TcpStream,
+    /// The session's socket (shared with its reader: one descriptor per session), used here
+    /// for writing and for shutting it down.
+    stream: Arc<TcpStream>,
     fd: RawFd,
     state: Mutex<OutState>,
     max_frames: usize,
@@ -115,7 +116,7 @@ pub struct Outbound {
 }
 
 impl Outbound {
-    pub fn new(stream: TcpStream, settings: &WsSettings, flusher: Arc<Flusher>) -> Arc<Outbound> {
+    pub fn new(stream: Arc<TcpStream>, settings: &WsSettings, flusher: Arc<Flusher>) -> Arc<Outbound> {
         let fd = stream.as_raw_fd();
         Arc::new_cyclic(|me| Outbound {
             stream,
@@ -388,6 +389,8 @@ impl Flusher {
                     !lock(&out.state).dead
                 }
             });
+            // Killed meanwhile (their token no longer matters).
+            writing.retain(|out| !lock(&out.state).dead);
             fds.clear();
             fds.push(libc::pollfd { fd: wake_rx.as_raw_fd(), events: libc::POLLIN, revents: 0 });
             fds.extend(writing.iter().map(|o| libc::pollfd { fd: o.fd, events: libc::POLLOUT, revents: 0 }));
@@ -455,14 +458,8 @@ pub fn run(
     group: Option<String>,
     peer: SocketAddr,
 ) {
-    let write_half = match stream.try_clone() {
-        Ok(s) => s,
-        Err(e) => {
-            warn!("ws session from {peer}: cannot clone the socket: {e}");
-            return;
-        }
-    };
-    let out = Outbound::new(write_half, &ws.settings, flusher);
+    let stream = Arc::new(stream);
+    let out = Outbound::new(stream.clone(), &ws.settings, flusher);
     let member = ws.hub.connect(id.as_deref(), group.as_deref(), out.clone());
     debug!("ws {} connected from {peer}", member.id);
     let end = read_loop(ws, &stream, leftover, &member, &out);
@@ -644,7 +641,7 @@ mod tests {
     fn frames_arrive_in_order_and_only_after_start() {
         let flusher = Flusher::start().unwrap();
         let (server, mut client) = pair();
-        let out = Outbound::new(server, &settings(1000, 1 << 20), flusher);
+        let out = Outbound::new(Arc::new(server), &settings(1000, 1 << 20), flusher);
         for i in 0..10 {
             assert_eq!(out.push(&protocol::encode_text(format!("m{i}"))), Pushed::Queued);
         }
@@ -664,7 +661,7 @@ mod tests {
     fn a_full_socket_never_blocks_the_sender_and_the_flusher_finishes_the_job() {
         let flusher = Flusher::start().unwrap();
         let (server, mut client) = pair();
-        let out = Outbound::new(server, &settings(100_000, 256 << 20), flusher);
+        let out = Outbound::new(Arc::new(server), &settings(100_000, 256 << 20), flusher);
         out.start();
         // 32 MiB: far more than the socket buffers hold while the client reads nothing.
         let frame = protocol::encode_text("x".repeat(32 * 1024));
@@ -681,7 +678,7 @@ mod tests {
     fn bounds_and_close() {
         let flusher = Flusher::start().unwrap();
         let (server, mut client) = pair();
-        let out = Outbound::new(server, &settings(3, 1 << 20), flusher);
+        let out = Outbound::new(Arc::new(server), &settings(3, 1 << 20), flusher);
         for _ in 0..3 {
             assert_eq!(out.push(&protocol::encode_text("a".into())), Pushed::Queued);
         }
@@ -697,7 +694,7 @@ mod tests {
         assert_eq!(client.read(&mut [0u8; 8]).unwrap(), 0);
         // A byte cap as well as a frame cap.
         let (server, _client) = pair();
-        let out = Outbound::new(server, &settings(100, 100), Flusher::start().unwrap());
+        let out = Outbound::new(Arc::new(server), &settings(100, 100), Flusher::start().unwrap());
         assert_eq!(out.push(&protocol::encode_text("y".repeat(90))), Pushed::Queued);
         assert_eq!(out.push(&protocol::encode_text("y".repeat(20))), Pushed::Full);
     }
