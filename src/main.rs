@@ -102,6 +102,7 @@ fn serve(args: &[String]) -> Result<(), Failure> {
         warn!("database {} is not reachable; serving in degraded mode until it is", db.config().describe());
     }
     db.start_monitor(None).map_err(|e| failed(format!("cannot start the database monitor: {e}")))?;
+    api::files::sweep_temp(&cfg.upload_dir);
     let ws = Arc::new(adcluster::ws::Ws::new(adcluster::ws::WsSettings::from_config(&cfg)));
     let app = Arc::new(api::App { config: cfg, started: Instant::now(), db, auth, ws: ws.clone() });
     let router = Arc::new(api::build_router(app.clone()));

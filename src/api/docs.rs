@@ -10,7 +10,7 @@
 
 use serde_json::{json, Map, Value};
 
-use super::{auth, general, pages, teams, users, ws_api, VERSION};
+use super::{auth, files, general, pages, teams, users, ws_api, VERSION};
 use crate::http::{Response, Router};
 
 /// Build the OpenAPI 3.1 document for every documented route of `r`.
@@ -29,6 +29,7 @@ pub fn document(r: &Router) -> Value {
         auth::schemas(),
         users::schemas(),
         teams::schemas(),
+        files::schemas(),
         ws_api::schemas(),
         validation_schemas(),
     ] {

@@ -13,6 +13,7 @@ use crate::http::Router;
 pub mod auth;
 pub mod docs;
 pub mod extract;
+pub mod files;
 pub mod general;
 pub mod openapi;
 pub mod pages;
@@ -42,6 +43,7 @@ pub fn build_router(app: Arc<App>) -> Router {
     auth::routes(&mut r, &app);
     users::routes(&mut r, &app);
     teams::routes(&mut r, &app);
+    files::routes(&mut r, &app);
     ws_api::routes(&mut r, &app);
     pages::routes(&mut r);
     if app.config.test_routes {
@@ -124,6 +126,11 @@ mod tests {
             ("GET", "/teams/"),
             ("GET", "/teams/{team_id}"),
             ("POST", "/teams/{team_id}/members"),
+            ("POST", "/api/upload"),
+            ("POST", "/api/upload/multiple"),
+            ("GET", "/api/files"),
+            ("DELETE", "/api/files/{filename}"),
+            ("GET", "/uploads/{category}/{name}"),
             ("GET", "/ws"),
             ("GET", "/ws/{client_id}"),
             ("GET", "/ws/{client_id}/{group}"),

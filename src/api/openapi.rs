@@ -35,6 +35,17 @@ impl Op {
         self
     }
 
+    /// A response whose body is raw bytes (a file), or empty.
+    pub fn bytes(mut self, status: u16, description: &str) -> Op {
+        let content = if status == 304 {
+            json!({})
+        } else {
+            json!({ "application/octet-stream": { "schema": { "type": "string", "format": "binary" } } })
+        };
+        self.responses().insert(status.to_string(), json!({ "description": description, "content": content }));
+        self
+    }
+
     /// A response with headers (e.g. `Retry-After`).
     fn with_header(mut self, status: u16, header: &str) -> Op {
         if let Some(r) = self.responses().get_mut(&status.to_string()) {

@@ -14,7 +14,10 @@ use super::pool::DbError;
 
 /// Every migration, in the order they are applied: `(version, name, sql)`. Versions are unique
 /// and increasing; the file `sql/NNNN_name.sql` has version `NNNN`.
-pub const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "accounts", include_str!("../../sql/0001_accounts.sql"))];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "accounts", include_str!("../../sql/0001_accounts.sql")),
+    (2, "uploads", include_str!("../../sql/0002_uploads.sql")),
+];
 
 /// Key of the advisory lock that serialises migrators across processes ("adcmigr" in ASCII).
 /// Any fixed number works, as long as nothing else in the database uses it.

@@ -13,11 +13,13 @@
 //! Must never: hold application state, or know any route's meaning.
 
 pub mod body;
+pub mod multipart;
 
 pub mod parse;
 pub mod response;
 pub mod router;
 pub mod server;
+pub mod static_file;
 
 pub use body::BodyError;
 pub use response::{Body, Response};

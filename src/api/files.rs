@@ -1,0 +1,460 @@
+//! Files: the contract's "Files" section — uploads (`POST /api/upload`, `/api/upload/multiple`),
+//! the listing, deletion, and `GET`/`HEAD /uploads/{category}/{name}`.
+//!
+//! An upload streams: multipart parser (`http::multipart`) → a temp file in `UPLOAD_DIR/.tmp/`
+//! (hashed and counted as it is written) → `fsync` → atomic `rename` into the category folder →
+//! the record in the database. Nothing of a file is held in memory. A part that crosses
+//! `MAX_UPLOAD_MB` stops the upload at once (413); a client that goes away, a bad part, or a
+//! database failure removes every file of the request (all or nothing).
+//! Must never: serve or delete anything outside `UPLOAD_DIR/<category>/`, derive a stored name
+//! from the client's file name, or leave a temp file behind.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use super::openapi::{schema_ref, Op};
+use super::pages::content_type_for;
+use super::App;
+use crate::auth::db_error;
+use crate::db::files::{self as records, FileRecord};
+use crate::http::multipart::{self, Event, MultipartError};
+use crate::http::router::issue;
+use crate::http::{static_file, BodyError, HttpError, Request, Response, Router};
+use crate::{error, warn};
+
+/// The categories of the contract, and the extensions of the first two.
+pub const CATEGORIES: [&str; 3] = ["images", "documents", "files"];
+const IMAGES: &[&str] = &["jpg", "jpeg", "png", "gif", "bmp", "webp", "tiff", "svg"];
+const DOCUMENTS: &[&str] =
+    &["txt", "doc", "docx", "xls", "xlsx", "ppt", "pptx", "hwp", "hwpx", "pdf", "rtf", "odt", "ods", "odp"];
+
+/// Headers on every answer from `/uploads/`: never sniff, never run as a page.
+const SERVE_HEADERS: &[(&str, &str)] = &[("x-content-type-options", "nosniff"), ("content-security-policy", "sandbox")];
+
+/// Extra body bytes allowed beyond the files themselves (part heads, boundaries, small fields).
+const FORM_OVERHEAD: u64 = 1024 * 1024;
+
+/// The lower-cased extension of a file name, if it has a plain one (letters and digits, at most
+/// 16); `None` for names without one (`README`, `.bashrc`, `a.`).
+pub fn extension(name: &str) -> Option<String> {
+    let (stem, ext) = name.rsplit_once('.')?;
+    if stem.is_empty() || ext.is_empty() || ext.len() > 16 || !ext.chars().all(|c| c.is_ascii_alphanumeric()) {
+        return None;
+    }
+    Some(ext.to_ascii_lowercase())
+}
+
+/// The category of a file name, by extension, case-insensitively.
+pub fn category_for(name: &str) -> &'static str {
+    match extension(name) {
+        Some(e) if IMAGES.contains(&e.as_str()) => "images",
+        Some(e) if DOCUMENTS.contains(&e.as_str()) => "documents",
+        _ => "files",
+    }
+}
+
+/// The last path component of a client's file name (browsers on Windows used to send the full
+/// path), trimmed, at most 255 characters; "upload" when nothing is left.
+pub fn client_basename(name: &str) -> String {
+    let base = name.rsplit(['/', '\\']).next().unwrap_or("").trim();
+    let base: String = base.chars().filter(|c| !c.is_control()).take(255).collect();
+    if base.is_empty() || base == "." || base == ".." {
+        "upload".to_string()
+    } else {
+        base
+    }
+}
+
+/// A fresh stored name: 128 random bits in hex, plus the lower-cased extension.
+fn stored_name(original: &str) -> io::Result<String> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| io::Error::other(format!("no randomness: {e}")))?;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(match extension(original) {
+        Some(ext) => format!("{hex}.{ext}"),
+        None => hex,
+    })
+}
+
+/// Whether a name may be a stored file name: one path component, no `..`, not hidden.
+fn is_plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 300
+        && !name.contains(['/', '\\', '\0'])
+        && !name.contains("..")
+        && !name.starts_with('.')
+}
+
+/// A file being received or received: its temp path is removed on drop unless it was moved.
+struct Staged {
+    tmp: PathBuf,
+    file: Option<File>,
+    hasher: Sha256,
+    record: FileRecord,
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.tmp);
+    }
+}
+
+fn too_large(limit: u64) -> MultipartError {
+    MultipartError::Io(io::Error::other(BodyError::TooLarge { limit }))
+}
+
+/// Receive the file parts named `field` of a multipart body into temp files.
+fn receive(
+    app: &App,
+    req: &mut Request<'_>,
+    field: &str,
+    max_files: usize,
+    uploader: i64,
+) -> Result<Vec<Staged>, HttpError> {
+    let missing = || HttpError::validation_list(vec![issue(&["body", field], "Field required", "missing")]);
+    let Some(boundary) = req.header("content-type").and_then(multipart::boundary_from_content_type) else {
+        return Err(missing());
+    };
+    let upload_dir = &app.config.upload_dir;
+    let tmp_dir = upload_dir.join(".tmp");
+    fs::create_dir_all(&tmp_dir).map_err(|e| storage_error("create the upload temp folder", &e))?;
+    let limit = app.config.max_upload_bytes;
+    let limits = multipart::Limits { max_parts: max_files + 32, ..multipart::Limits::default() };
+
+    let mut done: Vec<Staged> = Vec::new();
+    let mut current: Option<Staged> = None;
+    let result = multipart::parse_reader(&mut req.body, &boundary, limits, |event| {
+        match event {
+            Event::Part(head) => {
+                current = None;
+                // A browser sends `filename=""` when no file was chosen: not a file.
+                let Some(filename) = head.filename.filter(|f| head.name == field && !f.is_empty()) else {
+                    return Ok(());
+                };
+                if done.len() >= max_files {
+                    return Err(MultipartError::TooManyParts);
+                }
+                let original = client_basename(&filename);
+                let name = stored_name(&original).map_err(MultipartError::Io)?;
+                let tmp = tmp_dir.join(&name);
+                let file = File::options().write(true).create_new(true).open(&tmp).map_err(MultipartError::Io)?;
+                let content_type = head
+                    .content_type
+                    .filter(|ct| ct.len() <= 255 && !ct.trim().is_empty())
+                    .unwrap_or_else(|| content_type_for(&original).to_string());
+                current = Some(Staged {
+                    tmp,
+                    file: Some(file),
+                    hasher: Sha256::new(),
+                    record: FileRecord {
+                        category: category_for(&original).to_string(),
+                        filename: name,
+                        original_filename: original,
+                        size: 0,
+                        content_type,
+                        sha256: String::new(),
+                        uploader_id: Some(uploader),
+                        uploaded_at: SystemTime::now(),
+                    },
+                });
+            }
+            Event::Data(bytes) => {
+                if let Some(s) = current.as_mut() {
+                    s.record.size += bytes.len() as i64;
+                    if s.record.size as u64 > limit {
+                        return Err(too_large(limit));
+                    }
+                    s.file.as_mut().expect("open while receiving").write_all(bytes).map_err(MultipartError::Io)?;
+                    s.hasher.update(bytes);
+                }
+            }
+            Event::PartEnd => {
+                if let Some(mut s) = current.take() {
+                    let file = s.file.take().expect("open while receiving");
+                    file.sync_all().map_err(MultipartError::Io)?;
+                    s.record.sha256 = s.hasher.finalize_reset().iter().map(|b| format!("{b:02x}")).collect();
+                    done.push(s);
+                }
+            }
+        }
+        Ok(())
+    });
+    drop(current);
+    match result {
+        Ok(()) if done.is_empty() => Err(missing()),
+        Ok(()) => Ok(done),
+        Err(e) => Err(multipart_error(e)),
+    }
+}
+
+fn multipart_error(e: MultipartError) -> HttpError {
+    match e {
+        MultipartError::Io(io) => match BodyError::of(&io) {
+            Some(b) => HttpError::from(b.clone()),
+            None => storage_error("write the upload", &io),
+        },
+        MultipartError::TooManyParts => HttpError::new(413, "Too many parts in the form"),
+        other => HttpError::new(400, capitalize(&other.to_string())),
+    }
+}
+
+fn capitalize(s: &str) -> String {
+    let mut c = s.chars();
+    c.next().map(|f| f.to_uppercase().chain(c).collect()).unwrap_or_default()
+}
+
+fn storage_error(what: &str, e: &io::Error) -> HttpError {
+    error!("cannot {what}: {e}");
+    HttpError::new(500, "Could not store the file")
+}
+
+/// Move staged files into their category folders and record them, all or nothing.
+fn commit(app: &App, staged: Vec<Staged>) -> Result<Vec<FileRecord>, HttpError> {
+    let root = &app.config.upload_dir;
+    let mut placed: Vec<PathBuf> = Vec::new();
+    let undo = |placed: &[PathBuf]| {
+        for p in placed {
+            let _ = fs::remove_file(p);
+        }
+    };
+    for s in &staged {
+        let dir = root.join(&s.record.category);
+        let target = dir.join(&s.record.filename);
+        let moved = fs::create_dir_all(&dir).and_then(|_| fs::rename(&s.tmp, &target)).and_then(|_| sync_dir(&dir));
+        if let Err(e) = moved {
+            undo(&placed);
+            return Err(storage_error("move the upload into place", &e));
+        }
+        placed.push(target);
+    }
+    let records: Vec<FileRecord> = staged.iter().map(|s| s.record.clone()).collect();
+    let db = &app.db;
+    let saved = db.conn().and_then(|mut c| records::insert_all(&mut c, &records));
+    if let Err(e) = saved {
+        undo(&placed);
+        return Err(db_error(db, e));
+    }
+    Ok(records)
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Remove temp files older than an hour (left by a crash mid-upload). Called at start-up.
+pub fn sweep_temp(upload_dir: &Path) {
+    let Ok(entries) = fs::read_dir(upload_dir.join(".tmp")) else { return };
+    let cutoff = SystemTime::now() - Duration::from_secs(3600);
+    for e in entries.flatten() {
+        if e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t < cutoff) {
+            if let Err(err) = fs::remove_file(e.path()) {
+                warn!("cannot remove stale upload temp file: {err}");
+            }
+        }
+    }
+}
+
+pub fn routes(r: &mut Router, app: &Arc<App>) {
+    let max = app.config.max_upload_bytes;
+    let max_files = app.config.max_upload_files;
+    let a = app.clone();
+    r.add("POST", "/api/upload", move |req| {
+        let user = a.auth.current_user(&a.db, req)?;
+        let staged = receive(&a, req, "file", 1, user.id)?;
+        let mut saved = commit(&a, staged)?;
+        Ok(Response::json(201, &saved.remove(0).to_json()))
+    })
+    .limit(max.saturating_add(FORM_OVERHEAD))
+    .doc(
+        Op::new("files", "Upload one file (multipart field `file`)", "upload_file")
+            .body(&[("multipart/form-data", schema_ref("UploadOne"))])
+            .secured()
+            .json(201, "The stored file", schema_ref("FileRecord"))
+            .errors(&[400, 401, 413, 422, 503])
+            .build(),
+    );
+    let a = app.clone();
+    r.add("POST", "/api/upload/multiple", move |req| {
+        let user = a.auth.current_user(&a.db, req)?;
+        let staged = receive(&a, req, "files", max_files, user.id)?;
+        let saved = commit(&a, staged)?;
+        let files: Vec<Value> = saved.iter().map(FileRecord::to_json).collect();
+        Ok(Response::json(201, &json!({ "count": files.len(), "files": files })))
+    })
+    .limit(max.saturating_mul(max_files as u64).saturating_add(FORM_OVERHEAD))
+    .doc(
+        Op::new("files", "Upload several files (repeated multipart field `files`), all or nothing", "upload_files")
+            .body(&[("multipart/form-data", schema_ref("UploadMany"))])
+            .secured()
+            .json(201, "The stored files", schema_ref("FileList"))
+            .errors(&[400, 401, 413, 422, 503])
+            .build(),
+    );
+    let a = app.clone();
+    r.add("GET", "/api/files", move |req| list(&a, req)).doc(
+        Op::new("files", "List uploaded files, newest first", "list_files")
+            .param("query", "category", false, json!({ "type": "string", "enum": CATEGORIES }))
+            .secured()
+            .json(200, "Files", schema_ref("FileList"))
+            .errors(&[401, 422, 503])
+            .build(),
+    );
+    let a = app.clone();
+    r.add("DELETE", "/api/files/{filename}", move |req| delete(&a, req)).doc(
+        Op::new("files", "Delete a file (its uploader or a superuser)", "delete_file")
+            .secured()
+            .json(200, "Deleted", schema_ref("FileDeleted"))
+            .errors(&[400, 401, 403, 404, 503])
+            .build(),
+    );
+    let a = app.clone();
+    r.add("GET", "/uploads/{category}/{name}", move |req| serve(&a, req)).doc(
+        Op::new("files", "Download an uploaded file (Range, ETag and HEAD supported)", "get_upload")
+            .param("path", "category", true, json!({ "type": "string", "enum": CATEGORIES }))
+            .bytes(200, "The file's bytes")
+            .bytes(206, "The requested range")
+            .bytes(304, "Not modified")
+            .errors(&[404, 416])
+            .build(),
+    );
+}
+
+fn list(app: &App, req: &mut Request<'_>) -> Result<Response, HttpError> {
+    let pairs = req.query()?;
+    let category = pairs.iter().find(|(k, _)| k == "category").map(|(_, v)| v.as_str());
+    if let Some(c) = category {
+        if !CATEGORIES.contains(&c) {
+            return Err(HttpError::validation(
+                &["query", "category"],
+                "Input should be 'images', 'documents' or 'files'",
+                "enum",
+            ));
+        }
+    }
+    app.auth.current_user(&app.db, req)?;
+    let db = &app.db;
+    let mut c = db.conn().map_err(|e| db_error(db, e))?;
+    let found = records::list(&mut c, category).map_err(|e| db_error(db, e))?;
+    let files: Vec<Value> = found.iter().map(FileRecord::to_json).collect();
+    Ok(Response::json(200, &json!({ "count": files.len(), "files": files })))
+}
+
+fn delete(app: &App, req: &mut Request<'_>) -> Result<Response, HttpError> {
+    let name = req.param("filename").to_string();
+    let caller = app.auth.current_user(&app.db, req)?;
+    if name.contains(['/', '\\']) || name.contains("..") {
+        return Err(HttpError::new(400, "Invalid filename"));
+    }
+    let db = &app.db;
+    let mut c = db.conn().map_err(|e| db_error(db, e))?;
+    let record = records::by_filename(&mut c, &name).map_err(|e| db_error(db, e))?;
+    let Some(record) = record else { return Err(HttpError::new(404, "File not found")) };
+    if !caller.is_superuser && record.uploader_id != Some(caller.id) {
+        return Err(HttpError::new(403, "Only the uploader or a superuser may delete this file"));
+    }
+    records::delete(&mut c, &name).map_err(|e| db_error(db, e))?;
+    let path = app.config.upload_dir.join(&record.category).join(&record.filename);
+    if let Err(e) = fs::remove_file(&path) {
+        if e.kind() != io::ErrorKind::NotFound {
+            warn!("record of {} deleted but the file could not be: {e}", record.filename);
+        }
+    }
+    Ok(Response::json(200, &json!({ "status": "deleted", "filename": name })))
+}
+
+fn serve(app: &App, req: &mut Request<'_>) -> Result<Response, HttpError> {
+    let not_found = || HttpError::new(404, "Not Found").header("x-content-type-options", "nosniff");
+    let category = req.param("category");
+    let name = req.param("name");
+    if !CATEGORIES.contains(&category) || !is_plain_name(name) {
+        return Err(not_found());
+    }
+    let root = &app.config.upload_dir;
+    let path = root.join(category).join(name);
+    // The category folder itself must be the real one, not a symlink planted to lead elsewhere.
+    let inside = match (fs::canonicalize(root), fs::canonicalize(root.join(category))) {
+        (Ok(r), Ok(dir)) => dir == r.join(category),
+        _ => false,
+    };
+    if !inside {
+        return Err(not_found());
+    }
+    match static_file::serve(req, &path, content_type_for(name), SERVE_HEADERS) {
+        Ok(Some(resp)) => Ok(resp),
+        Ok(None) => Err(not_found()),
+        Err(e) => Err(storage_error("read an upload", &e)),
+    }
+}
+
+pub fn schemas() -> Value {
+    json!({
+        "FileRecord": {
+            "type": "object",
+            "required": ["filename", "original_filename", "category", "size", "content_type", "url", "uploaded_at"],
+            "properties": {
+                "filename": { "type": "string" },
+                "original_filename": { "type": "string" },
+                "category": { "type": "string", "enum": CATEGORIES },
+                "size": { "type": "integer", "minimum": 0 },
+                "content_type": { "type": "string" },
+                "url": { "type": "string" },
+                "uploaded_at": { "type": "string", "format": "date-time" }
+            }
+        },
+        "FileList": {
+            "type": "object", "required": ["files", "count"],
+            "properties": { "files": { "type": "array", "items": schema_ref("FileRecord") }, "count": { "type": "integer" } }
+        },
+        "FileDeleted": {
+            "type": "object", "required": ["status", "filename"],
+            "properties": { "status": { "type": "string", "enum": ["deleted"] }, "filename": { "type": "string" } }
+        },
+        "UploadOne": {
+            "type": "object", "required": ["file"],
+            "properties": { "file": { "type": "string", "format": "binary" } }
+        },
+        "UploadMany": {
+            "type": "object", "required": ["files"],
+            "properties": { "files": { "type": "array", "items": { "type": "string", "format": "binary" } } }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn categories_by_extension() {
+        assert_eq!(category_for("a.JPG"), "images");
+        assert_eq!(category_for("x.tar.Svg"), "images");
+        assert_eq!(category_for("report.HWPX"), "documents");
+        assert_eq!(category_for("notes.txt"), "documents");
+        assert_eq!(category_for("archive.zip"), "files");
+        assert_eq!(category_for("README"), "files");
+        assert_eq!(category_for(".bashrc"), "files");
+        assert_eq!(category_for("trailing."), "files");
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(client_basename("C:\\Users\\me\\photo.PNG"), "photo.PNG");
+        assert_eq!(client_basename("../../etc/passwd"), "passwd");
+        assert_eq!(client_basename("   "), "upload");
+        assert_eq!(client_basename("dir/.."), "upload");
+        let n = stored_name("Photo.JPEG").unwrap();
+        assert!(n.ends_with(".jpeg") && n.len() == 32 + 5, "{n}");
+        assert_ne!(stored_name("a.png").unwrap(), stored_name("a.png").unwrap());
+        assert_eq!(stored_name("noext").unwrap().len(), 32);
+        assert!(is_plain_name("abc.png"));
+        for bad in ["", "..", "../x", "a/b", "a\\b", ".hidden", "a..b"] {
+            assert!(!is_plain_name(bad), "{bad:?}");
+        }
+    }
+}

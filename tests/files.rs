@@ -1,0 +1,417 @@
+//! The contract's "Files" section against the running binary: byte-exact uploads of awkward
+//! sizes (also in tiny irregular writes), categories, listing, deletion, Range/HEAD/304, and the
+//! ways an upload can fail (413 mid-stream, client gone, one bad part) leaving nothing behind,
+//! and traversal attempts that must never escape `UPLOAD_DIR`.
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use common::{sha256_hex, Opts, Resp, TestServer};
+use serde_json::{json, Value};
+
+const BOUNDARY: &str = "----adcTestBoundary7MA4YWxkTrZu0gW";
+
+fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// A multipart body with the given (field, filename, bytes) parts.
+fn form(parts: &[(&str, Option<&str>, &[u8])]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (field, filename, bytes) in parts {
+        body.extend_from_slice(format!("--{BOUNDARY}\r\n").as_bytes());
+        match filename {
+            Some(f) => body.extend_from_slice(
+                format!("Content-Disposition: form-data; name=\"{field}\"; filename=\"{f}\"\r\nContent-Type: application/octet-stream\r\n\r\n")
+                    .as_bytes(),
+            ),
+            None => body.extend_from_slice(format!("Content-Disposition: form-data; name=\"{field}\"\r\n\r\n").as_bytes()),
+        }
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
+    body
+}
+
+struct Env {
+    srv: TestServer,
+    token: String,
+}
+
+fn setup(opts: Opts) -> Env {
+    let srv = TestServer::start_with(opts.env("SECRET_KEY", "files-test-secret-0123456789abcdefghijklmn"));
+    let token = user(&srv, "up@example.com");
+    Env { srv, token }
+}
+
+fn user(srv: &TestServer, email: &str) -> String {
+    let body = json!({ "email": email, "password": "password1" }).to_string();
+    let r = srv.request("POST", "/users/", &[("Content-Type", "application/json")], body.as_bytes());
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = srv.request("POST", "/auth/login", &[("Content-Type", "application/json")], body.as_bytes());
+    r.json()["access_token"].as_str().unwrap().to_string()
+}
+
+fn upload_head(path: &str, token: &str, len: usize) -> String {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\nContent-Type: multipart/form-data; boundary={BOUNDARY}\r\nContent-Length: {len}\r\n\r\n"
+    )
+}
+
+fn upload(env: &Env, path: &str, body: &[u8]) -> Resp {
+    let mut c = env.srv.connect();
+    c.write(upload_head(path, &env.token, body.len()).as_bytes());
+    c.write(body);
+    c.read_response(false)
+}
+
+fn upload_one(env: &Env, name: &str, bytes: &[u8]) -> Value {
+    let r = upload(env, "/api/upload", &form(&[("file", Some(name), bytes)]));
+    assert_eq!(r.status, 201, "{}", r.text());
+    r.json()
+}
+
+fn download(srv: &TestServer, url: &str) -> Resp {
+    srv.get(url)
+}
+
+/// Files under UPLOAD_DIR (temp folder included), as relative paths.
+fn stored_files(srv: &TestServer) -> Vec<String> {
+    fn walk(dir: &Path, root: &Path, out: &mut Vec<String>) {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, root, out);
+                } else {
+                    out.push(p.strip_prefix(root).unwrap().display().to_string());
+                }
+            }
+        }
+    }
+    let root = srv.dir.path().join("uploads");
+    let mut out = Vec::new();
+    walk(&root, &root, &mut out);
+    out.sort();
+    out
+}
+
+fn record_count(srv: &TestServer) -> i64 {
+    srv.db.client().query_one("SELECT count(*) FROM uploads", &[]).unwrap().get(0)
+}
+
+#[test]
+fn awkward_sizes_come_back_byte_for_byte() {
+    let env = setup(Opts::default());
+    for (i, size) in [0usize, 1, 8191, 8192, 8193, 1024 * 1024].into_iter().enumerate() {
+        let data = random_bytes(size, i as u64 + 1);
+        let rec = upload_one(&env, &format!("blob{size}.bin"), &data);
+        assert_eq!(rec["size"], size);
+        assert_eq!(rec["category"], "files");
+        assert_eq!(rec["original_filename"], format!("blob{size}.bin"));
+        let url = rec["url"].as_str().unwrap();
+        assert_eq!(url, format!("/uploads/files/{}", rec["filename"].as_str().unwrap()));
+        let got = download(&env.srv, url);
+        assert_eq!(got.status, 200);
+        assert_eq!(got.body.len(), size);
+        assert_eq!(sha256_hex(&got.body), sha256_hex(&data), "size {size}");
+        assert_eq!(got.header("x-content-type-options"), Some("nosniff"));
+        assert_eq!(got.header("content-security-policy"), Some("sandbox"));
+    }
+}
+
+#[test]
+fn tiny_irregular_writes_change_nothing() {
+    let env = setup(Opts::default());
+    for (i, size) in [8191usize, 8192, 8193, 70_001].into_iter().enumerate() {
+        // The payload is full of CR, LF and dashes, and of the boundary's own prefix.
+        let mut data = Vec::new();
+        let mut k = 0;
+        while data.len() < size {
+            match k % 5 {
+                0 => data.extend_from_slice(b"\r\n--"),
+                1 => data.extend_from_slice(&BOUNDARY.as_bytes()[..(k % BOUNDARY.len()).max(1)]),
+                2 => data.push(b'\r'),
+                3 => data.extend_from_slice(&random_bytes(k % 17 + 1, k as u64)),
+                _ => data.extend_from_slice(b"\n-"),
+            }
+            k += 1;
+        }
+        data.truncate(size);
+        let body = form(&[("file", Some("tricky.dat"), &data)]);
+        let mut c = env.srv.connect();
+        c.write(upload_head("/api/upload", &env.token, body.len()).as_bytes());
+        let sizes = [1usize, 2, 3, 5, 7, 11, 13, 64, 1, 1, 1000];
+        let mut pos = 0;
+        let mut j = i;
+        while pos < body.len() {
+            let n = sizes[j % sizes.len()].min(body.len() - pos);
+            c.stream.write_all(&body[pos..pos + n]).unwrap();
+            c.stream.flush().unwrap();
+            pos += n;
+            j += 1;
+        }
+        let r = c.read_response(false);
+        assert_eq!(r.status, 201, "{}", r.text());
+        let got = download(&env.srv, r.json()["url"].as_str().unwrap());
+        assert_eq!(sha256_hex(&got.body), sha256_hex(&data), "size {size}");
+    }
+}
+
+#[test]
+fn two_hundred_mib_upload_roundtrip() {
+    let env = setup(Opts::default().env("MAX_UPLOAD_MB", "256"));
+    let data = random_bytes(200 * 1024 * 1024, 99);
+    let rec = upload_one(&env, "big.iso", &data);
+    assert_eq!(rec["size"], data.len());
+    let got = download(&env.srv, rec["url"].as_str().unwrap());
+    assert_eq!(got.body.len(), data.len());
+    assert_eq!(sha256_hex(&got.body), sha256_hex(&data));
+}
+
+#[test]
+fn categories_listing_and_multiple() {
+    let env = setup(Opts::default());
+    let a = upload_one(&env, "Photo.JPG", b"jpeg bytes");
+    let b = upload_one(&env, "report.HWPX", b"hwpx bytes");
+    let c = upload_one(&env, "noext", b"plain");
+    assert_eq!(
+        (a["category"].as_str(), b["category"].as_str(), c["category"].as_str()),
+        (Some("images"), Some("documents"), Some("files"))
+    );
+    assert!(a["filename"].as_str().unwrap().ends_with(".jpg"), "lower-cased extension");
+    assert_ne!(a["filename"], "Photo.JPG");
+
+    let body =
+        form(&[("files", Some("one.png"), b"1"), ("note", None, b"a plain field"), ("files", Some("two.pdf"), b"22")]);
+    let r = upload(&env, "/api/upload/multiple", &body);
+    assert_eq!(r.status, 201, "{}", r.text());
+    let many = r.json();
+    assert_eq!(many["count"], 2);
+    assert_eq!(many["files"][0]["original_filename"], "one.png");
+    assert_eq!(many["files"][1]["category"], "documents");
+
+    let auth = format!("Bearer {}", env.token);
+    let all = env.srv.request("GET", "/api/files", &[("Authorization", &auth)], b"").json();
+    assert_eq!(all["count"], 5);
+    let names: Vec<&str> =
+        all["files"].as_array().unwrap().iter().map(|f| f["original_filename"].as_str().unwrap()).collect();
+    assert_eq!(names[2..], ["noext", "report.HWPX", "Photo.JPG"], "newest first");
+    let images = env.srv.request("GET", "/api/files?category=images", &[("Authorization", &auth)], b"").json();
+    assert_eq!(images["count"], 2);
+    let r = env.srv.request("GET", "/api/files?category=videos", &[("Authorization", &auth)], b"");
+    assert_eq!(r.status, 422);
+    assert_eq!(r.json()["detail"][0]["loc"], json!(["query", "category"]));
+    assert_eq!(env.srv.get("/api/files").status, 401);
+}
+
+#[test]
+fn missing_part_and_bad_forms() {
+    let env = setup(Opts::default());
+    let r = upload(&env, "/api/upload", &form(&[("other", Some("x.txt"), b"x")]));
+    assert_eq!(r.status, 422);
+    assert_eq!(r.json()["detail"][0]["loc"], json!(["body", "file"]));
+    let r = upload(&env, "/api/upload/multiple", &form(&[("file", Some("x.txt"), b"x")]));
+    assert_eq!(r.json()["detail"][0]["loc"], json!(["body", "files"]));
+    let auth = format!("Bearer {}", env.token);
+    let r = env.srv.request(
+        "POST",
+        "/api/upload",
+        &[("Authorization", &auth), ("Content-Type", "application/json")],
+        b"{}",
+    );
+    assert_eq!(r.status, 422);
+    // A body that never closes its boundary is refused and leaves nothing.
+    let mut body = form(&[("file", Some("x.txt"), b"data")]);
+    body.truncate(body.len() - 10);
+    let r = upload(&env, "/api/upload", &body);
+    assert!(r.status == 400, "{} {}", r.status, r.text());
+    assert_eq!(stored_files(&env.srv), Vec::<String>::new());
+    assert_eq!(record_count(&env.srv), 0);
+    let r = env.srv.request("POST", "/api/upload", &[], b"");
+    assert_eq!(r.status, 401);
+}
+
+#[test]
+fn over_the_limit_is_cut_off_and_leaves_nothing() {
+    let env = setup(Opts::default().env("MAX_UPLOAD_MB", "1"));
+    // Exactly at the limit is fine.
+    upload_one(&env, "edge.bin", &random_bytes(1024 * 1024, 5));
+    let before = stored_files(&env.srv);
+    // One byte over, declared up front: 413.
+    let r = upload(&env, "/api/upload", &form(&[("file", Some("over.bin"), &random_bytes(1024 * 1024 + 1, 6))]));
+    assert_eq!(r.status, 413, "{}", r.text());
+    // Streamed in chunked encoding (no length up front): cut off once it crosses the limit.
+    let body = form(&[("file", Some("stream.bin"), &random_bytes(5 * 1024 * 1024, 7))]);
+    let mut c = env.srv.connect();
+    c.write(
+        format!(
+            "POST /api/upload HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\nContent-Type: multipart/form-data; boundary={BOUNDARY}\r\nTransfer-Encoding: chunked\r\n\r\n",
+            env.token
+        )
+        .as_bytes(),
+    );
+    let mut sent = 0;
+    for chunk in body.chunks(64 * 1024) {
+        if c.stream.write_all(format!("{:x}\r\n", chunk.len()).as_bytes()).is_err()
+            || c.stream.write_all(chunk).is_err()
+            || c.stream.write_all(b"\r\n").is_err()
+        {
+            break;
+        }
+        sent += chunk.len();
+    }
+    let r = c.read_response(false);
+    assert_eq!(r.status, 413);
+    assert!(sent < body.len() || r.status == 413);
+    // In `multiple`, one part over the limit sinks the whole request.
+    let body =
+        form(&[("files", Some("ok.txt"), b"fine"), ("files", Some("big.bin"), &random_bytes(1024 * 1024 + 10, 8))]);
+    let r = upload(&env, "/api/upload/multiple", &body);
+    assert_eq!(r.status, 413);
+    assert_eq!(stored_files(&env.srv), before, "nothing new on disk");
+    assert_eq!(record_count(&env.srv), 1);
+}
+
+#[test]
+fn an_aborted_upload_leaves_nothing() {
+    let env = setup(Opts::default());
+    let body = form(&[("file", Some("half.bin"), &random_bytes(2 * 1024 * 1024, 9))]);
+    {
+        let mut c = env.srv.connect();
+        c.write(upload_head("/api/upload", &env.token, body.len()).as_bytes());
+        c.write(&body[..body.len() / 2]);
+        std::thread::sleep(Duration::from_millis(200));
+    } // dropped: the client went away mid-body.
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while !stored_files(&env.srv).is_empty() && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(stored_files(&env.srv), Vec::<String>::new());
+    assert_eq!(record_count(&env.srv), 0);
+    // And the server is fine.
+    upload_one(&env, "after.txt", b"still works");
+}
+
+#[test]
+fn ranges_head_and_conditional_requests() {
+    let env = setup(Opts::default());
+    let data = random_bytes(10_000, 3);
+    let rec = upload_one(&env, "r.bin", &data);
+    let url = rec["url"].as_str().unwrap();
+    let full = env.srv.get(url);
+    let etag = full.header("etag").unwrap().to_string();
+    assert!(full.header("last-modified").is_some());
+    assert_eq!(full.header("content-type"), Some("application/octet-stream"));
+
+    let mut c = env.srv.connect();
+    let head = c.send("HEAD", url, &[], b"");
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("content-length"), Some("10000"));
+    assert!(head.body.is_empty());
+    let r = c.send("GET", url, &[("Range", "bytes=100-199")], b"");
+    assert_eq!(r.status, 206);
+    assert_eq!(r.header("content-range"), Some("bytes 100-199/10000"));
+    assert_eq!(r.body, data[100..200]);
+    let r = c.send("GET", url, &[("Range", "bytes=-10")], b"");
+    assert_eq!(r.body, data[9990..]);
+    let r = c.send("GET", url, &[("Range", "bytes=10000-")], b"");
+    assert_eq!(r.status, 416);
+    assert_eq!(r.header("content-range"), Some("bytes */10000"));
+    let r = c.send("GET", url, &[("If-None-Match", &etag)], b"");
+    assert_eq!(r.status, 304);
+    assert!(r.body.is_empty());
+    assert_eq!(c.send("GET", url, &[("If-None-Match", "\"other\"")], b"").status, 200);
+    let img = upload_one(&env, "x.svg", b"<svg xmlns='http://www.w3.org/2000/svg'><script>alert(1)</script></svg>");
+    let r = env.srv.get(img["url"].as_str().unwrap());
+    assert_eq!(r.header("content-type"), Some("image/svg+xml"));
+    assert_eq!(r.header("content-security-policy"), Some("sandbox"));
+}
+
+#[test]
+fn nothing_outside_the_upload_dir_is_ever_served() {
+    let env = setup(Opts::default());
+    let rec = upload_one(&env, "inside.txt", b"inside");
+    let name = rec["filename"].as_str().unwrap();
+    // A secret next to the upload dir, and a symlink planted inside it pointing there.
+    let secret = env.srv.dir.path().join("secret.txt");
+    std::fs::write(&secret, b"TOP SECRET").unwrap();
+    let docs = env.srv.dir.path().join("uploads/documents");
+    std::os::unix::fs::symlink(&secret, docs.join("link.txt")).unwrap();
+    std::os::unix::fs::symlink(env.srv.dir.path(), env.srv.dir.path().join("uploads/files")).ok();
+    for path in [
+        "/uploads/documents/link.txt".to_string(),
+        "/uploads/documents/../../secret.txt".to_string(),
+        "/uploads/documents/%2e%2e/%2e%2e/secret.txt".to_string(),
+        "/uploads/documents/..%2f..%2fsecret.txt".to_string(),
+        "/uploads/documents/..%5c..%5csecret.txt".to_string(),
+        "/uploads/documents/%2Fetc%2Fpasswd".to_string(),
+        "/uploads//etc/passwd".to_string(),
+        "/uploads/../secret.txt".to_string(),
+        "/uploads/%2e%2e/secret.txt".to_string(),
+        "/uploads/documents/.".to_string(),
+        "/uploads/documents/".to_string(),
+        format!("/uploads/images/{name}"),
+        "/uploads/files/secret.txt".to_string(),
+    ] {
+        let r = env.srv.get(&path);
+        assert!(r.status == 404 || r.status == 400 || r.status == 307, "{path}: {}", r.status);
+        assert!(!r.text().contains("TOP SECRET"), "{path} leaked");
+    }
+    assert_eq!(env.srv.get(&format!("/uploads/documents/{name}")).text(), "inside");
+}
+
+#[test]
+fn deletion_rules() {
+    let env = setup(Opts::default());
+    let other = user(&env.srv, "other@example.com");
+    let rec = upload_one(&env, "mine.txt", b"mine");
+    let name = rec["filename"].as_str().unwrap();
+    let del = |token: &str, name: &str| {
+        env.srv.request("DELETE", &format!("/api/files/{name}"), &[("Authorization", &format!("Bearer {token}"))], b"")
+    };
+    assert_eq!(del(&other, name).status, 403);
+    for bad in ["..", "a..b", "a%2Fb", "a%5Cb"] {
+        assert_eq!(del(&env.token, bad).status, 400, "{bad}");
+    }
+    assert_eq!(del(&env.token, "nope.txt").status, 404);
+    let r = del(&env.token, name);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json(), json!({ "status": "deleted", "filename": name }));
+    assert_eq!(env.srv.get(rec["url"].as_str().unwrap()).status, 404);
+    assert_eq!(del(&env.token, name).status, 404);
+    // A superuser may delete anyone's file.
+    let out = env.srv.cli(&["user", "create", "--email", "root@example.com", "--password", "rootpass1", "--superuser"]);
+    assert!(out.status.success());
+    let body = json!({ "email": "root@example.com", "password": "rootpass1" }).to_string();
+    let root = env.srv.request("POST", "/auth/login", &[("Content-Type", "application/json")], body.as_bytes()).json()
+        ["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let rec = upload_one(&env, "theirs.txt", b"theirs");
+    assert_eq!(del(&root, rec["filename"].as_str().unwrap()).status, 200);
+}
+
+#[test]
+fn records_survive_a_restart() {
+    let mut env = setup(Opts::default());
+    let rec = upload_one(&env, "keep.pdf", b"%PDF-1.4 keep");
+    env.srv.restart();
+    let auth = format!("Bearer {}", env.token);
+    let all = env.srv.request("GET", "/api/files", &[("Authorization", &auth)], b"").json();
+    assert_eq!(all["files"][0], rec);
+    assert_eq!(env.srv.get(rec["url"].as_str().unwrap()).body, b"%PDF-1.4 keep");
+}
