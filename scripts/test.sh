@@ -3,7 +3,8 @@
 #   1. make sure PostgreSQL is reachable (start the local cluster if it is stopped; install
 #      Debian's postgresql when absent and we are root; otherwise stop with a clear message);
 #   2. cargo fmt --check, cargo clippy --all-targets -D warnings;
-#   3. every test (cargo nextest when installed, cargo test otherwise).
+#   3. every test (cargo nextest when installed, cargo test otherwise);
+#   4. the browser tests of the WebSocket pages (scripts/browser-ws-test.sh).
 # Tests create and drop their own databases; they need a role that may CREATE DATABASE.
 # Override the connection with TEST_PG_URL (default postgres://postgres@127.0.0.1:5432/postgres).
 set -euo pipefail
@@ -79,3 +80,6 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace "$@"
 fi
+
+say "browser tests (WebSocket pages)"
+bash scripts/browser-ws-test.sh
