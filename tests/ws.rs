@@ -604,3 +604,23 @@ fn leftover_bytes_after_the_handshake_are_not_lost() {
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     assert!(s.read(&mut buf).unwrap() > 0);
 }
+
+#[test]
+fn the_test_pages_are_served_from_the_binary_without_external_assets() {
+    let srv = server();
+    for (path, content_type, needle) in [
+        ("/socket_test.html", "text/html; charset=utf-8", "<title>WebSocket test"),
+        ("/group_messaging_test.html", "text/html; charset=utf-8", "<title>Group messaging test"),
+        ("/static/ws-tools.js", "text/javascript; charset=utf-8", "const WsTools"),
+        ("/static/ws-tools.css", "text/css; charset=utf-8", ".badge"),
+    ] {
+        let r = srv.get(path);
+        assert_eq!(r.status, 200, "{path}");
+        assert_eq!(r.header("content-type"), Some(content_type), "{path}");
+        let text = r.text();
+        assert!(text.contains(needle), "{path}");
+        for external in ["src=\"http", "href=\"http", "src=\"//", "href=\"//", "@import", "url(http"] {
+            assert!(!text.contains(external), "{path} loads an external asset ({external})");
+        }
+    }
+}
