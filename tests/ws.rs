@@ -624,3 +624,51 @@ fn the_test_pages_are_served_from_the_binary_without_external_assets() {
         }
     }
 }
+
+/// An HS256 token for user `sub`, signed with the test key, valid for ten minutes.
+fn signed_token(sub: i64) -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let claims = json!({ "sub": sub.to_string(), "email": "x@example.com", "iat": now, "exp": now + 600 });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_token_of_a_user_that_does_not_exist_is_refused_while_the_database_is_up() {
+    let srv = TestServer::start_with(Opts::default().env("SECRET_KEY", SECRET).env("WS_AUTH", "required"));
+    let ghost = signed_token(999_999);
+    let r = upgrade_response(&srv, &format!("/ws/a?token={ghost}"), &[]);
+    assert_eq!(r.status, 401, "{}", r.text());
+    let (_a, _) = WsClient::join(&srv, &format!("/ws/a?token={}", token(&srv, "real@example.com")));
+    let r = post_json(&srv, "/api/ws/send_to/a", Some(&ghost), r#"{"message": "x"}"#);
+    assert_eq!(r.status, 401, "{}", r.text());
+}
+
+#[test]
+fn messaging_and_the_rest_api_keep_working_without_the_database() {
+    // DB_PORT points at nothing: the server runs in degraded mode from the start.
+    let srv = TestServer::start_with(
+        Opts::default().env("SECRET_KEY", SECRET).env("WS_AUTH", "required").env("DB_PORT", "9"),
+    );
+    assert_eq!(get_json(&srv, "/health")["database"], "down");
+    // A well-signed, unexpired token is enough while the database cannot be asked.
+    let t = signed_token(1);
+    let (mut a, _) = WsClient::join(&srv, &format!("/ws/a/g?token={t}"));
+    let (mut b, _) = WsClient::join(&srv, &format!("/ws/b/g?token={t}"));
+    assert_eq!(a.recv()["type"], "join");
+    a.send("/group still here");
+    assert_eq!(b.recv()["message"], "still here");
+    assert_eq!(a.recv()["message"], "still here");
+    let r = post_json(&srv, "/api/ws/broadcast_to_group/g", Some(&t), r#"{"message": "from REST"}"#);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["recipients"], 2);
+    assert_eq!(b.recv()["from"], "server");
+    assert_eq!(get_json(&srv, "/api/ws/groups/g")["member_count"], 2);
+    // A bad token is still refused.
+    assert_eq!(upgrade_response(&srv, "/ws/c?token=forged", &[]).status, 401);
+    assert_eq!(post_json(&srv, "/api/ws/send_to/a", Some("forged"), r#"{"message": "x"}"#).status, 401);
+}
