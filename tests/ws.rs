@@ -156,7 +156,8 @@ fn ws_auth_required_wants_a_valid_token_before_the_upgrade() {
     assert_eq!(c.recv()["type"], "welcome");
     // The token never reaches the log.
     assert!(!srv.log().contains(&t), "the log shows a token");
-    assert!(srv.log().contains("GET /ws/alice 101"), "{}", srv.log());
+    // (The request line is logged once the 101 is written, maybe after the welcome arrived.)
+    assert!(eventually(Duration::from_secs(5), || srv.log().contains("GET /ws/alice 101")), "{}", srv.log());
 }
 
 #[test]
@@ -671,4 +672,19 @@ fn messaging_and_the_rest_api_keep_working_without_the_database() {
     // A bad token is still refused.
     assert_eq!(upgrade_response(&srv, "/ws/c?token=forged", &[]).status, 401);
     assert_eq!(post_json(&srv, "/api/ws/send_to/a", Some("forged"), r#"{"message": "x"}"#).status, 401);
+}
+
+#[test]
+fn a_client_can_be_reached_as_soon_as_it_has_read_its_101() {
+    // The client is registered before the 101 is written, and its welcome comes first.
+    let srv = server();
+    let (mut a, _) = WsClient::join(&srv, "/ws/a");
+    for i in 0..20 {
+        let raw = raw_handshake(&srv, &format!("/ws/r{i}"));
+        a.send(&format!("/send_to r{i} hi {i}"));
+        assert_eq!(a.recv()["type"], "sent", "r{i} was not reachable right after its 101");
+        let mut c = WsClient::from_raw(raw);
+        assert_eq!(c.recv()["type"], "welcome");
+        assert_eq!(c.recv()["message"], format!("hi {i}"));
+    }
 }

@@ -37,8 +37,9 @@ pub enum Pushed {
 pub trait Outbox: Send + Sync {
     /// Queue one encoded frame. Never blocks.
     fn push(&self, frame: &Encoded) -> Pushed;
-    /// Until this is called, `push` only queues in memory (the hub queues the welcome frame
-    /// under its lock, before anyone else can see the client). Called once, after the lock.
+    /// Until this is called, `push` only queues in memory: the hub queues the welcome frame
+    /// under its lock, before anyone else can see the client, and the session registers the
+    /// client before its `101` is written. The session calls it once its socket is there.
     fn start(&self);
     /// Queue a close frame after what is queued — or, with `discard_queued`, in place of it
     /// (slow consumers) — and close the connection once it is written. Never blocks.
@@ -168,7 +169,8 @@ impl Hub {
 
     /// Register a client: with its requested id (taking it over from an older connection,
     /// which is closed with 4000 `replaced`) or a fresh `anon-` id, and in `group` if given.
-    /// The client gets `welcome` first; the other members of its group get `join`.
+    /// The client gets `welcome` first (queued in `out`, which the caller starts); the other
+    /// members of its group get `join`.
     pub fn connect(&self, requested_id: Option<&str>, group: Option<&str>, out: Arc<dyn Outbox>) -> Member {
         let serial = self.next_serial.fetch_add(1, Ordering::Relaxed);
         let group: Option<Arc<str>> = group.map(Arc::from);
@@ -207,7 +209,6 @@ impl Hub {
         if let Some(old) = old {
             old.out.close(4000, "replaced", false);
         }
-        out.start();
         self.deliver(outgoing);
         Member { id, serial }
     }
@@ -463,7 +464,6 @@ mod tests {
     struct Fake {
         frames: Mutex<Vec<Value>>,
         closed: Mutex<Option<(u16, String, bool)>>,
-        started: Mutex<bool>,
         capacity: usize,
     }
 
@@ -472,7 +472,7 @@ mod tests {
             Fake::with_capacity(usize::MAX)
         }
         fn with_capacity(capacity: usize) -> Arc<Fake> {
-            Arc::new(Fake { frames: Mutex::default(), closed: Mutex::default(), started: Mutex::default(), capacity })
+            Arc::new(Fake { frames: Mutex::default(), closed: Mutex::default(), capacity })
         }
         /// Take the frames received so far.
         fn take(&self) -> Vec<Value> {
@@ -500,9 +500,7 @@ mod tests {
             frames.push(serde_json::from_slice(&payload).unwrap());
             Pushed::Queued
         }
-        fn start(&self) {
-            *self.started.lock().unwrap() = true;
-        }
+        fn start(&self) {}
         fn close(&self, code: u16, reason: &str, discard_queued: bool) {
             self.closed.lock().unwrap().get_or_insert((code, reason.to_string(), discard_queued));
         }
@@ -528,7 +526,6 @@ mod tests {
             (w[0]["type"].as_str(), w[0]["client_id"].as_str(), w[0]["group"].as_str()),
             (Some("welcome"), Some("alice"), Some("g"))
         );
-        assert!(*out_a.started.lock().unwrap());
         let (_, out_b) = connect(&hub, Some("bob"), Some("g"));
         assert_eq!(out_b.types(), ["welcome"]);
         let j = out_a.take();

@@ -10,7 +10,8 @@
 //!
 //! - **One reader thread per session** (`ws-session`, stack `WS_THREAD_STACK_KB`). Started by
 //!   the HTTP worker that answers the upgrade (before the `101`, so a failed spawn is still a
-//!   `503`), it owns the read half of the socket: it parses frames (tungstenite's
+//!   `503`; the worker also registers the client in the hub before the `101`, so a client that
+//!   has read its `101` can be found), it reads the socket: it parses frames (tungstenite's
 //!   `WebSocketContext`, 64 KiB limit), runs commands against the hub, answers pings, sends a
 //!   ping every `WS_PING_INTERVAL_SECS` and drops a client silent for `WS_PING_TIMEOUT_SECS`.
 //!   At most `WS_MAX_CLIENTS` sessions exist (a counter reserved before the `101`; over it the
@@ -142,6 +143,14 @@ pub struct Ws {
     flusher: Mutex<Option<Arc<session::Flusher>>>,
 }
 
+/// What the HTTP side hands a session's reader thread, in this order.
+enum Handover {
+    /// The client is in the hub (its welcome queued).
+    Registered(hub::Member),
+    /// The `101` is written: the socket, and any bytes the client sent after its request head.
+    Socket(TcpStream, Vec<u8>),
+}
+
 /// A reserved session: gives its place back when dropped (when the reader thread ends).
 struct Slot(Arc<Ws>);
 
@@ -183,9 +192,11 @@ impl Ws {
         Ok(started)
     }
 
-    /// Prepare a session for a validated upgrade: reserve its place, start its reader thread
-    /// (waiting for the socket). Returns what `Response::upgrade` runs after the `101`. If the
-    /// `101` is never written, the thread sees its channel closed and ends.
+    /// Open a session for a validated upgrade, before its `101` is written: reserve its place,
+    /// start its reader thread (waiting for the socket), and register the client in the hub —
+    /// so by the time the client reads the `101` it can be found, and its welcome is queued.
+    /// Returns what `Response::upgrade` runs after the `101`. If the `101` is never written,
+    /// the thread sees its channel closed, unregisters the client and ends.
     pub fn open_session(
         self: &Arc<Self>,
         id: Option<String>,
@@ -200,24 +211,38 @@ impl Ws {
             crate::error!("cannot start the ws flusher thread: {e}");
             Refused("Cannot start a WebSocket session now".into())
         })?;
-        let (tx, rx) = std::sync::mpsc::sync_channel::<(TcpStream, Vec<u8>)>(1);
+        let out = session::Outbound::new(&self.settings, flusher);
+        // Two messages: the registration (right below), then the socket (after the 101).
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Handover>(2);
         let ws = self.clone();
+        let thread_out = out.clone();
         std::thread::Builder::new()
             .name("ws-session".into())
             .stack_size(self.settings.stack_size)
             .spawn(move || {
                 let _slot = slot;
-                if let Ok((stream, leftover)) = rx.recv() {
-                    session::run(&ws, flusher, stream, leftover, id, group, peer);
+                let Ok(Handover::Registered(member)) = rx.recv() else { return };
+                match rx.recv() {
+                    Ok(Handover::Socket(stream, leftover)) => {
+                        session::run(&ws, &member, &thread_out, stream, leftover, peer)
+                    }
+                    _ => {
+                        // The 101 was never written: the client never connected.
+                        ws.hub.disconnect(&member);
+                        thread_out.kill();
+                    }
                 }
             })
             .map_err(|e| {
                 crate::warn!("cannot start a ws session thread: {e}");
                 Refused("Cannot start a WebSocket session now".into())
             })?;
+        // Nothing can fail from here on: register (a takeover closes the older connection now).
+        let member = self.hub.connect(id.as_deref(), group.as_deref(), out);
+        let _ = tx.send(Handover::Registered(member));
         Ok(Box::new(move |stream, leftover| {
             // The thread is waiting; if it is gone the socket is simply dropped.
-            let _ = tx.send((stream, leftover));
+            let _ = tx.send(Handover::Socket(stream, leftover));
         }))
     }
 

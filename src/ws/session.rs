@@ -12,7 +12,7 @@ use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use tungstenite::error::{Error as WsError, ProtocolError};
@@ -104,9 +104,9 @@ struct OutState {
 /// so frames never interleave.
 pub struct Outbound {
     /// The session's socket (shared with its reader: one descriptor per session), used here
-    /// for writing and for shutting it down.
-    stream: Arc<TcpStream>,
-    fd: RawFd,
+    /// for writing and for shutting it down. Attached once the `101` is written; the queue is
+    /// registered in the hub (and may receive frames) a moment before that.
+    stream: OnceLock<Arc<TcpStream>>,
     state: Mutex<OutState>,
     max_frames: usize,
     max_bytes: usize,
@@ -116,11 +116,10 @@ pub struct Outbound {
 }
 
 impl Outbound {
-    pub fn new(stream: Arc<TcpStream>, settings: &WsSettings, flusher: Arc<Flusher>) -> Arc<Outbound> {
-        let fd = stream.as_raw_fd();
+    /// A queue without a socket yet: `push` only queues until `attach` and `start`.
+    pub fn new(settings: &WsSettings, flusher: Arc<Flusher>) -> Arc<Outbound> {
         Arc::new_cyclic(|me| Outbound {
-            stream,
-            fd,
+            stream: OnceLock::new(),
             state: Mutex::new(OutState {
                 queue: VecDeque::new(),
                 front_written: 0,
@@ -137,6 +136,22 @@ impl Outbound {
             flusher,
             me: me.clone(),
         })
+    }
+
+    /// Give the queue its socket (once, before `start`).
+    pub fn attach(&self, stream: Arc<TcpStream>) {
+        let _ = self.stream.set(stream);
+    }
+
+    fn fd(&self) -> RawFd {
+        // poll(2) ignores negative descriptors.
+        self.stream.get().map_or(-1, |s| s.as_raw_fd())
+    }
+
+    fn shutdown(&self, how: Shutdown) {
+        if let Some(s) = self.stream.get() {
+            let _ = s.shutdown(how);
+        }
     }
 
     fn arc(&self) -> Arc<Outbound> {
@@ -169,7 +184,7 @@ impl Outbound {
                     drop(st);
                     if fin {
                         // The close frame is out: end our side (FIN after the data).
-                        let _ = self.stream.shutdown(Shutdown::Write);
+                        self.shutdown(Shutdown::Write);
                     }
                     return Turn::Idle;
                 }
@@ -187,7 +202,7 @@ impl Outbound {
                 .enumerate()
                 .map(|(i, f)| IoSlice::new(if i == 0 { &f[offset..] } else { &f[..] }))
                 .collect();
-            match send_nonblocking(self.fd, &slices) {
+            match send_nonblocking(self.fd(), &slices) {
                 Ok(n) => self.advance(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if who == Writer::Sender {
@@ -237,7 +252,7 @@ impl Outbound {
             st.bytes = 0;
             st.front_written = 0;
         }
-        let _ = self.stream.shutdown(Shutdown::Both);
+        self.shutdown(Shutdown::Both);
     }
 
     /// The reader has finished. An abrupt end kills the socket; a closing one is left to finish
@@ -393,7 +408,7 @@ impl Flusher {
             writing.retain(|out| !lock(&out.state).dead);
             fds.clear();
             fds.push(libc::pollfd { fd: wake_rx.as_raw_fd(), events: libc::POLLIN, revents: 0 });
-            fds.extend(writing.iter().map(|o| libc::pollfd { fd: o.fd, events: libc::POLLOUT, revents: 0 }));
+            fds.extend(writing.iter().map(|o| libc::pollfd { fd: o.fd(), events: libc::POLLOUT, revents: 0 }));
             let timeout_ms = match watching.iter().map(|(_, d)| *d).min() {
                 Some(d) => d.saturating_duration_since(now).as_millis().clamp(1, 60_000) as libc::c_int,
                 None => -1,
@@ -447,25 +462,18 @@ impl Write for ReadSide<'_> {
 }
 
 /// The body of a session's reader thread, from the socket handed over by the HTTP layer to the
-/// end of the connection. Registers the client, reads frames and runs them, pings, times out,
-/// and leaves the hub on any kind of end.
-pub fn run(
-    ws: &Ws,
-    flusher: Arc<Flusher>,
-    stream: TcpStream,
-    leftover: Vec<u8>,
-    id: Option<String>,
-    group: Option<String>,
-    peer: SocketAddr,
-) {
+/// end of the connection. The client is already registered (`member`, with `out` as its queue,
+/// holding at least the welcome frame): attach the socket and start writing, then read frames
+/// and run them, ping, time out, and leave the hub on any kind of end.
+pub fn run(ws: &Ws, member: &Member, out: &Arc<Outbound>, stream: TcpStream, leftover: Vec<u8>, peer: SocketAddr) {
     let stream = Arc::new(stream);
-    let out = Outbound::new(stream.clone(), &ws.settings, flusher);
-    let member = ws.hub.connect(id.as_deref(), group.as_deref(), out.clone());
+    out.attach(stream.clone());
+    out.start();
     debug!("ws {} connected from {peer}", member.id);
-    let end = read_loop(ws, &stream, leftover, &member, &out);
+    let end = read_loop(ws, &stream, leftover, member, out);
     // Whatever ended it, the client is gone from the registry and its group hears `leave`
     // (unless it was replaced or evicted: then its entry is already someone else's or gone).
-    ws.hub.disconnect(&member);
+    ws.hub.disconnect(member);
     match end {
         End::Closed => {
             drain(&stream, ws.settings.close_grace);
@@ -641,7 +649,8 @@ mod tests {
     fn frames_arrive_in_order_and_only_after_start() {
         let flusher = Flusher::start().unwrap();
         let (server, mut client) = pair();
-        let out = Outbound::new(Arc::new(server), &settings(1000, 1 << 20), flusher);
+        let out = Outbound::new(&settings(1000, 1 << 20), flusher);
+        out.attach(Arc::new(server));
         for i in 0..10 {
             assert_eq!(out.push(&protocol::encode_text(format!("m{i}"))), Pushed::Queued);
         }
@@ -661,7 +670,8 @@ mod tests {
     fn a_full_socket_never_blocks_the_sender_and_the_flusher_finishes_the_job() {
         let flusher = Flusher::start().unwrap();
         let (server, mut client) = pair();
-        let out = Outbound::new(Arc::new(server), &settings(100_000, 256 << 20), flusher);
+        let out = Outbound::new(&settings(100_000, 256 << 20), flusher);
+        out.attach(Arc::new(server));
         out.start();
         // 32 MiB: far more than the socket buffers hold while the client reads nothing.
         let frame = protocol::encode_text("x".repeat(32 * 1024));
@@ -678,7 +688,8 @@ mod tests {
     fn bounds_and_close() {
         let flusher = Flusher::start().unwrap();
         let (server, mut client) = pair();
-        let out = Outbound::new(Arc::new(server), &settings(3, 1 << 20), flusher);
+        let out = Outbound::new(&settings(3, 1 << 20), flusher);
+        out.attach(Arc::new(server));
         for _ in 0..3 {
             assert_eq!(out.push(&protocol::encode_text("a".into())), Pushed::Queued);
         }
@@ -694,7 +705,8 @@ mod tests {
         assert_eq!(client.read(&mut [0u8; 8]).unwrap(), 0);
         // A byte cap as well as a frame cap.
         let (server, _client) = pair();
-        let out = Outbound::new(Arc::new(server), &settings(100, 100), Flusher::start().unwrap());
+        let out = Outbound::new(&settings(100, 100), Flusher::start().unwrap());
+        out.attach(Arc::new(server));
         assert_eq!(out.push(&protocol::encode_text("y".repeat(90))), Pushed::Queued);
         assert_eq!(out.push(&protocol::encode_text("y".repeat(20))), Pushed::Full);
     }
