@@ -93,6 +93,23 @@ struct OutState {
     fin: bool,
     /// The socket is shut down; everything queued was dropped.
     dead: bool,
+    /// A close frame to send in place of the queue (slow consumer), waiting for the writer that
+    /// holds the token: only it knows which queued bytes are already on their way.
+    pending_close: Option<Encoded>,
+}
+
+impl OutState {
+    /// Drop every queued frame but one already half written (the stream must stay well formed).
+    /// Only while nobody is in the middle of writing from the queue.
+    fn discard_unstarted(&mut self) {
+        let keep = if self.front_written > 0 { self.queue.pop_front() } else { None };
+        self.queue.clear();
+        self.bytes = 0;
+        if let Some(front) = keep {
+            self.bytes = front.len() - self.front_written;
+            self.queue.push_back(front);
+        }
+    }
 }
 
 /// One client's outbound side: a bounded queue of encoded frames and the rules for writing it.
@@ -129,6 +146,7 @@ impl Outbound {
                 closing: false,
                 fin: false,
                 dead: false,
+                pending_close: None,
             }),
             max_frames: settings.queue_frames.max(1),
             max_bytes: settings.queue_bytes.max(1),
@@ -176,6 +194,11 @@ impl Outbound {
                 if st.dead {
                     st.writing = false;
                     return Turn::Dead;
+                }
+                if let Some(close) = st.pending_close.take() {
+                    st.discard_unstarted();
+                    st.bytes += close.len();
+                    st.queue.push_back(close);
                 }
                 if st.queue.is_empty() {
                     st.writing = false;
@@ -310,19 +333,17 @@ impl Outbox for Outbound {
                 return;
             }
             st.closing = true;
-            if discard_queued {
-                // Keep only a frame already half written (the stream must stay well formed).
-                let keep = if st.front_written > 0 { st.queue.pop_front() } else { None };
-                st.queue.clear();
-                st.bytes = 0;
-                if let Some(front) = keep {
-                    st.bytes = front.len() - st.front_written;
-                    st.queue.push_back(front);
-                }
-            }
             let frame = protocol::encode_close(code, reason);
-            st.bytes += frame.len();
-            st.queue.push_back(frame);
+            if discard_queued && st.writing {
+                // A writer may be sending queued frames right now: it does the discarding.
+                st.pending_close = Some(frame);
+            } else {
+                if discard_queued {
+                    st.discard_unstarted();
+                }
+                st.bytes += frame.len();
+                st.queue.push_back(frame);
+            }
             let take = st.started && !st.writing;
             st.writing |= take;
             take
@@ -682,6 +703,71 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(5), "pushing must not wait for the reader");
         let frames = read_frames(&mut client, 1024);
         assert!(frames.iter().all(|(op, p)| *op == 1 && p.len() == 32 * 1024));
+    }
+
+    #[test]
+    fn a_slow_consumer_close_mid_write_keeps_the_stream_well_formed() {
+        // The close comes while frames are being written (by the pusher or the flusher); the
+        // bytes on the wire must still be whole frames, then the close frame, then the end.
+        let flusher = Flusher::start().unwrap();
+        let mut discarded_some = false;
+        for round in 0..150usize {
+            let (server, mut client) = pair();
+            let out = Outbound::new(&settings(1_000_000, 1 << 30), flusher.clone());
+            out.attach(Arc::new(server));
+            out.start();
+            let reader = std::thread::spawn(move || {
+                client.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                let mut all = Vec::new();
+                let mut tmp = [0u8; 65536];
+                loop {
+                    match client.read(&mut tmp) {
+                        Ok(0) => return all,
+                        Ok(n) => all.extend_from_slice(&tmp[..n]),
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            });
+            let frame = protocol::encode_text("z".repeat(3000 + round * 37));
+            let n = 400;
+            let pusher = {
+                let (out, frame) = (out.clone(), frame.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..n {
+                        out.push(&frame);
+                    }
+                })
+            };
+            // Close at a moment that moves from round to round.
+            let spin = Instant::now() + Duration::from_micros((round as u64 * 53) % 3000);
+            while Instant::now() < spin {}
+            out.close(1008, "slow", true);
+            pusher.join().unwrap();
+            let all = reader.join().unwrap();
+            let mut pos = 0;
+            let mut texts = 0;
+            loop {
+                let (op, payload) = protocol::decode_frame(&all[pos..])
+                    .unwrap_or_else(|| panic!("round {round}: a broken frame after {texts} frames"));
+                let hdr = if payload.len() < 126 {
+                    2
+                } else if payload.len() < 65536 {
+                    4
+                } else {
+                    10
+                };
+                pos += hdr + payload.len();
+                if op == 0x8 {
+                    assert_eq!(&payload[..2], &1008u16.to_be_bytes(), "round {round}");
+                    break;
+                }
+                assert_eq!((op, hdr + payload.len()), (1, frame.len()), "round {round}: frame {texts}");
+                texts += 1;
+            }
+            assert_eq!(pos, all.len(), "round {round}: bytes after the close frame");
+            discarded_some |= texts < n;
+        }
+        assert!(discarded_some, "the close never came before the last frame");
     }
 
     #[test]
