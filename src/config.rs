@@ -248,6 +248,13 @@ impl Config {
             "required" => WsAuth::Required,
             other => return Err(ConfigError(format!("WS_AUTH={other:?}: expected optional or required"))),
         };
+        if raw.num::<u64>("WS_PING_TIMEOUT_SECS", 1)? <= raw.num::<u64>("WS_PING_INTERVAL_SECS", 1)? {
+            return Err(ConfigError(format!(
+                "WS_PING_TIMEOUT_SECS={} must be longer than WS_PING_INTERVAL_SECS={} (a client needs a ping to answer)",
+                raw.get("WS_PING_TIMEOUT_SECS"),
+                raw.get("WS_PING_INTERVAL_SECS")
+            )));
+        }
         let log_level = crate::util::log::Level::parse(raw.get("LOG_LEVEL")).ok_or_else(|| {
             ConfigError(format!("LOG_LEVEL={:?}: expected error, warn, info or debug", raw.get("LOG_LEVEL")))
         })?;
@@ -433,6 +440,8 @@ mod tests {
         assert!(layer(None, &[], &["--port"]).unwrap_err().0.contains("--port needs a value"));
         assert!(layer(None, &[("WS_AUTH", "maybe")], &[]).is_err());
         assert!(layer(None, &[("ALLOW_SIGNUP", "perhaps")], &[]).is_err());
+        let err = layer(None, &[("WS_PING_INTERVAL_SECS", "30"), ("WS_PING_TIMEOUT_SECS", "30")], &[]).unwrap_err().0;
+        assert!(err.contains("WS_PING_TIMEOUT_SECS"), "{err}");
     }
 
     #[test]
