@@ -4,7 +4,9 @@
 #      Debian's postgresql when absent and we are root; otherwise stop with a clear message);
 #   2. cargo fmt --check, cargo clippy --all-targets -D warnings;
 #   3. every test (cargo nextest when installed, cargo test otherwise);
-#   4. the browser tests of the WebSocket pages (scripts/browser-ws-test.sh).
+#   4. the API docs in headless Chromium (scripts/browser-test.sh: vendors the docs assets,
+#      rebuilds so they are embedded, installs Chromium with apt-get when missing and root);
+#   5. the WebSocket pages in headless Chromium (scripts/browser-ws-test.sh).
 # Tests create and drop their own databases; they need a role that may CREATE DATABASE.
 # Override the connection with TEST_PG_URL (default postgres://postgres@127.0.0.1:5432/postgres).
 set -euo pipefail
@@ -74,12 +76,33 @@ cargo fmt --all -- --check || die "code is not formatted: run 'cargo fmt'"
 say "cargo clippy"
 cargo clippy --all-targets --quiet -- -D warnings || die "clippy found problems (see above)"
 
+# Each suite's output is kept so the last line can total them: "tests: N passed, N failed".
+logs=$(mktemp -d)
+trap 'rm -rf "$logs"' EXIT
+
 say "tests"
+status=0
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace "$@"
+  cargo nextest run --workspace "$@" 2>&1 | tee "$logs/cargo.log" || status=1
 else
-  cargo test --workspace "$@"
+  cargo test --workspace "$@" 2>&1 | tee "$logs/cargo.log" || status=1
 fi
 
+say "browser tests"
+scripts/browser-test.sh 2>&1 | tee "$logs/browser.log" || status=1
+
 say "browser tests (WebSocket pages)"
-bash scripts/browser-ws-test.sh
+scripts/browser-ws-test.sh 2>&1 | tee "$logs/browser-ws.log" || status=1
+
+# Totals: nextest's "N tests run: P passed, F failed", cargo test's "test result: ok. P passed;
+# F failed", node's "# pass P" / "# fail F".
+passed=0
+failed=0
+add() { passed=$((passed + ${1:-0})); failed=$((failed + ${2:-0})); }
+while read -r p f; do add "$p" "$f"; done < <(
+  sed -n -E 's/.*tests run: ([0-9]+) passed(, ([0-9]+) failed)?.*/\1 \3/p; s/^test result: [a-zA-Z]+\. ([0-9]+) passed; ([0-9]+) failed.*/\1 \2/p' "$logs/cargo.log")
+add "$(awk '/^# pass [0-9]+$/ {s += $3} END {print s + 0}' "$logs"/browser*.log)" \
+    "$(awk '/^# fail [0-9]+$/ {s += $3} END {print s + 0}' "$logs"/browser*.log)"
+[ "$status" = 0 ] || [ "$failed" != 0 ] || failed=1
+echo "tests: $passed passed, $failed failed"
+exit "$status"

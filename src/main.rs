@@ -173,7 +173,8 @@ fn build_auth(cfg: &Config) -> Result<auth::Auth, Failure> {
         keys: token::TokenKeys::new(&secret),
         token_ttl: cfg.access_token_expire,
         limiter: auth::ratelimit::LoginLimiter::default(),
-        gate: auth::HashGate::new(cores, (cfg.workers / 4).max(1)),
+        hasher: auth::HashPool::start(cores, (cfg.workers / 4).max(1))
+            .map_err(|e| failed(format!("cannot start the hashing threads: {e}")))?,
     })
 }
 

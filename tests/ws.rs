@@ -540,7 +540,7 @@ fn rest_send_to_and_broadcast_to_group() {
     assert_eq!((r.status, r.json()["detail"].as_str()), (404, Some("Client not connected")));
     let r = post_json(&srv, "/api/ws/broadcast_to_group/nope", Some(&t), r#"{"message": "x"}"#);
     assert_eq!((r.status, r.json()["detail"].as_str()), (404, Some("Group not found")));
-    for body in ["{}", r#"{"message": 5}"#, "not json", ""] {
+    for body in ["{}", r#"{"message": 5}"#, "not json", "", r#"{"message": "a\u0000b"}"#] {
         let r = post_json(&srv, "/api/ws/send_to/a", Some(&t), body);
         assert_eq!(r.status, 422, "{body}: {}", r.text());
         assert!(r.json()["detail"].is_array());

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use super::extract::{is_form, Fields};
+use super::extract::{is_form, Fields, NO_NUL_PATTERN};
 use super::openapi::{schema_ref, Op};
 use super::App;
 use crate::auth::{db_error, password};
@@ -54,8 +54,9 @@ fn login(app: &App, req: &mut Request<'_>) -> Result<Response, HttpError> {
         let mut c = db.conn().map_err(|e| db_error(db, e))?;
         users::by_email(&mut c, email.trim()).map_err(|e| db_error(db, e))?
     };
-    let verified = app.auth.gate.run(|| match &user {
-        Some(u) => password::verify_password(&password, &u.hashed_password),
+    let stored = user.as_ref().map(|u| u.hashed_password.clone());
+    let verified = app.auth.hasher.run(move || match stored {
+        Some(hash) => password::verify_password(&password, &hash),
         None => {
             password::burn_verify(&password);
             false
@@ -81,14 +82,17 @@ pub fn schemas() -> serde_json::Value {
     json!({
         "LoginRequest": {
             "type": "object", "required": ["email", "password"],
-            "properties": { "email": { "type": "string" }, "password": { "type": "string" } }
+            "properties": {
+                "email": { "type": "string", "pattern": NO_NUL_PATTERN },
+                "password": { "type": "string", "pattern": NO_NUL_PATTERN }
+            }
         },
         "OAuth2PasswordForm": {
             "type": "object", "required": ["username", "password"],
             "properties": {
                 "grant_type": { "type": "string" },
-                "username": { "type": "string", "description": "the account's email" },
-                "password": { "type": "string", "format": "password" },
+                "username": { "type": "string", "description": "the account's email", "pattern": NO_NUL_PATTERN },
+                "password": { "type": "string", "format": "password", "pattern": NO_NUL_PATTERN },
                 "scope": { "type": "string" },
                 "client_id": { "type": "string" },
                 "client_secret": { "type": "string" }

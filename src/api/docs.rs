@@ -4,14 +4,26 @@
 //! operation object (`Route::doc`), and `routes` (registered last) walks the table. A route
 //! without a `doc` is left out on purpose — only the docs pages themselves. The docs pages load
 //! their assets from `public/vendor/` when `scripts/vendor-docs.sh` has put them there before
-//! the build, and from the jsDelivr CDN otherwise, as FastAPI does.
+//! the build, and from the jsDelivr CDN otherwise, as FastAPI does. Vendored, they make no
+//! request off this server (tests/browser checks it in Chromium): ReDoc's sidebar always loads
+//! the Redocly logo from Redocly's CDN, so the vendored `/redoc` forbids off-site images.
 //!
 //! Must never: describe a route that does not exist, or miss one that does (tests check both).
 
 use serde_json::{json, Map, Value};
 
+use super::openapi::schema_ref;
 use super::{auth, files, general, pages, teams, users, ws_api, VERSION};
 use crate::http::{Response, Router};
+
+/// What the connection layer (`http::body`) answers, for any route, while it reads a request
+/// body and before the handler sees it. Added to every operation that takes a body, here in one
+/// place rather than in each route's `Op`.
+const BODY_ERRORS: [(u16, &str); 3] = [
+    (400, "Malformed request body (bad chunked framing, or the body ended early)"),
+    (408, "The request body stalled"),
+    (413, "The request body is over this route's limit"),
+];
 
 /// Build the OpenAPI 3.1 document for every documented route of `r`.
 pub fn document(r: &Router) -> Value {
@@ -20,6 +32,7 @@ pub fn document(r: &Router) -> Value {
         let Some(op) = &route.doc else { continue };
         let mut op = op.clone();
         add_path_parameters(route.pattern, &mut op);
+        add_body_errors(&mut op);
         let item = paths.entry(openapi_path(route.pattern)).or_insert_with(|| json!({}));
         item[route.method.to_ascii_lowercase()] = op;
     }
@@ -84,6 +97,20 @@ fn add_path_parameters(pattern: &str, op: &mut Value) {
     }
 }
 
+/// Give an operation with a request body the connection layer's body errors, unless it
+/// documents those statuses itself.
+fn add_body_errors(op: &mut Value) {
+    if op.get("requestBody").is_none() {
+        return;
+    }
+    let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) else { return };
+    for (status, description) in BODY_ERRORS {
+        responses.entry(status.to_string()).or_insert_with(|| {
+            json!({ "description": description, "content": { "application/json": { "schema": schema_ref("Detail") } } })
+        });
+    }
+}
+
 /// FastAPI's validation error schemas (the 422 shape).
 fn validation_schemas() -> Value {
     json!({
@@ -115,7 +142,24 @@ fn asset(vendored: &str, cdn: &str) -> String {
     }
 }
 
+/// The tab icon of both docs pages (Swagger UI's), so browsers do not ask for `/favicon.ico`.
+fn favicon() -> String {
+    asset("vendor/swagger-ui/favicon-32x32.png", "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/favicon-32x32.png")
+}
+
+/// The ReDoc bundle is embedded: the page is meant to work offline.
+fn redoc_vendored() -> bool {
+    pages::find(REDOC_JS).is_some()
+}
+
+const REDOC_JS: &str = "vendor/redoc/redoc.standalone.js";
+
+/// For the vendored `/redoc`: no images from elsewhere (ReDoc's bundle hard-codes the Redocly
+/// logo's CDN address; blocked, the logo hides itself and the link text stays).
+const REDOC_OFFLINE_CSP: &str = "img-src 'self' data: blob:";
+
 fn swagger_html() -> String {
+    let icon = favicon();
     let css =
         asset("vendor/swagger-ui/swagger-ui.css", "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css");
     let js = asset(
@@ -128,6 +172,7 @@ fn swagger_html() -> String {
 <head>
 <meta charset="utf-8">
 <title>Adcluster API - Swagger UI</title>
+<link rel="icon" type="image/png" href="{icon}">
 <link rel="stylesheet" href="{css}">
 </head>
 <body>
@@ -152,8 +197,8 @@ window.ui = SwaggerUIBundle({{
 }
 
 fn redoc_html() -> String {
-    let js =
-        asset("vendor/redoc/redoc.standalone.js", "https://cdn.jsdelivr.net/npm/redoc@2/bundles/redoc.standalone.js");
+    let icon = favicon();
+    let js = asset(REDOC_JS, "https://cdn.jsdelivr.net/npm/redoc@2/bundles/redoc.standalone.js");
     format!(
         r#"<!DOCTYPE html>
 <html lang="en">
@@ -161,6 +206,7 @@ fn redoc_html() -> String {
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>Adcluster API - ReDoc</title>
+<link rel="icon" type="image/png" href="{icon}">
 <style>body {{ margin: 0; padding: 0; }}</style>
 </head>
 <body>
@@ -180,7 +226,11 @@ pub fn routes(r: &mut Router) {
     let swagger: &'static [u8] = Box::leak(swagger_html().into_bytes().into_boxed_slice());
     r.add("GET", "/docs", move |_| Ok(Response::static_bytes(200, "text/html; charset=utf-8", swagger)));
     let redoc: &'static [u8] = Box::leak(redoc_html().into_bytes().into_boxed_slice());
-    r.add("GET", "/redoc", move |_| Ok(Response::static_bytes(200, "text/html; charset=utf-8", redoc)));
+    let offline = redoc_vendored();
+    r.add("GET", "/redoc", move |_| {
+        let page = Response::static_bytes(200, "text/html; charset=utf-8", redoc);
+        Ok(if offline { page.header("content-security-policy", REDOC_OFFLINE_CSP) } else { page })
+    });
 }
 
 #[cfg(test)]
@@ -195,5 +245,50 @@ mod tests {
             op["parameters"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
         assert_eq!(names, vec!["a", "b"]);
         assert_eq!(openapi_path("/static/{file:path}"), "/static/{file}");
+    }
+
+    /// The `href="..."` and `src="..."` values of a page.
+    fn asset_refs(html: &str) -> Vec<&str> {
+        let mut refs = Vec::new();
+        for attr in ["href=\"", "src=\""] {
+            for (i, _) in html.match_indices(attr) {
+                let rest = &html[i + attr.len()..];
+                refs.push(&rest[..rest.find('"').expect("closing quote")]);
+            }
+        }
+        refs
+    }
+
+    /// Each page loads either everything from this binary (vendored before the build) or
+    /// everything from the CDN, never a mix, and every local asset is really embedded.
+    #[test]
+    fn docs_assets_are_all_embedded_or_all_cdn() {
+        for (page, html) in [("/docs", swagger_html()), ("/redoc", redoc_html())] {
+            let refs = asset_refs(&html);
+            assert!(refs.len() >= 2, "{page}: expected an icon and the bundle, got {refs:?}");
+            let local: Vec<&str> = refs.iter().filter_map(|r| r.strip_prefix("/static/")).collect();
+            for path in &local {
+                assert!(pages::find(path).is_some(), "{page} refers to /static/{path}, which is not embedded");
+            }
+            let cdn = refs.iter().filter(|r| r.starts_with("https://cdn.jsdelivr.net/npm/")).count();
+            assert_eq!(local.len() + cdn, refs.len(), "{page}: unexpected asset address in {refs:?}");
+            assert!(local.is_empty() || cdn == 0, "{page} mixes embedded and CDN assets: {refs:?}");
+        }
+        assert_eq!(redoc_vendored(), asset_refs(&redoc_html()).iter().all(|r| r.starts_with("/static/")));
+    }
+
+    #[test]
+    fn operations_with_a_body_document_the_body_errors_of_the_http_layer() {
+        let mut r = Router::new(1024);
+        let with_body = json!({ "requestBody": {}, "responses": { "400": { "description": "mine" } } });
+        r.add("POST", "/a", |_| Ok(Response::new(200))).doc(with_body);
+        r.add("GET", "/b", |_| Ok(Response::new(200))).doc(json!({ "responses": {} }));
+        let doc = document(&r);
+        let a = &doc["paths"]["/a"]["post"]["responses"];
+        assert_eq!(a["400"]["description"], "mine", "a route's own wording wins");
+        for s in ["408", "413"] {
+            assert_eq!(a[s]["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/Detail", "{s}");
+        }
+        assert_eq!(doc["paths"]["/b"]["get"]["responses"], json!({}), "no body, no body errors");
     }
 }

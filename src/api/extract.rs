@@ -2,13 +2,19 @@
 //! OAuth2 password forms, integer path and query parameters. Every problem found is collected,
 //! so one 422 lists all of them (`loc`, `msg`, `type` as pydantic v2 words them).
 //!
-//! Must never: accept a body it could not parse as "empty", or coerce types silently (a JSON
-//! number where a string is expected is a 422, as in pydantic's strict-for-strings mode).
+//! Must never: accept a body it could not parse as "empty", coerce types silently (a JSON
+//! number where a string is expected is a 422, as in pydantic's strict-for-strings mode), or
+//! hand a handler a string holding U+0000 (PostgreSQL `text` cannot store it: that was a 500).
 
 use serde_json::{Map, Value};
 
 use crate::http::router::{issue, ValidationIssue};
 use crate::http::{HttpError, Request};
+
+/// The pattern every string field of a request body must match: no U+0000, which PostgreSQL
+/// `text` cannot hold. The OpenAPI schemas declare it (`"pattern"`), and `Fields` answers a 422
+/// `string_pattern_mismatch` naming the field, as pydantic does for a field with a pattern.
+pub const NO_NUL_PATTERN: &str = "^[^\\x00]*$";
 
 /// The fields of a JSON object body (or of a form, as strings), with the issues found so far.
 pub struct Fields {
@@ -69,7 +75,7 @@ impl Fields {
                 self.issues.push(issue(&["body", name], "Field required", "missing"));
                 None
             }
-            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::String(s)) => no_nul(&mut self.issues, name, s),
             _ => {
                 self.issues.push(issue(&["body", name], "Input should be a valid string", "string_type"));
                 None
@@ -81,7 +87,7 @@ impl Fields {
     pub fn optional_str(&mut self, name: &str) -> Option<String> {
         match self.map.get(name) {
             None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::String(s)) => no_nul(&mut self.issues, name, s),
             Some(_) => {
                 self.issues.push(issue(&["body", name], "Input should be a valid string", "string_type"));
                 None
@@ -89,19 +95,16 @@ impl Fields {
         }
     }
 
-    /// A required integer field (JSON integers only; `"3"` is not an integer here).
+    /// A required integer field that must fit an `i64`. A JSON number is an integer when it has
+    /// no fractional part, as JSON Schema and pydantic say: `3`, `3.0` and `3e0` are all 3, while
+    /// `3.5` is `int_from_float`. A string (`"3"`) is not an integer here.
     pub fn required_i64(&mut self, name: &str) -> Option<i64> {
-        match self.map.get(name) {
-            None => {
-                self.issues.push(issue(&["body", name], "Field required", "missing"));
-                None
-            }
-            Some(Value::Number(n)) if n.as_i64().is_some() => n.as_i64(),
-            Some(_) => {
-                self.issues.push(issue(&["body", name], "Input should be a valid integer", "int_type"));
-                None
-            }
-        }
+        let found = match self.map.get(name) {
+            None => Err(("Field required".to_string(), "missing")),
+            Some(Value::Number(n)) => number_to_i64(n),
+            Some(_) => Err(("Input should be a valid integer".to_string(), "int_type")),
+        };
+        found.map_err(|(msg, kind)| self.issues.push(issue(&["body", name], msg, kind))).ok()
     }
 
     /// Check a string's length in characters; records pydantic's messages.
@@ -142,6 +145,43 @@ impl Fields {
     }
 }
 
+/// A JSON number as an `i64`, or pydantic's message and type for why it is not one.
+fn number_to_i64(n: &serde_json::Number) -> Result<i64, (String, &'static str)> {
+    // 2^63 as an f64 (exact): the first value above i64::MAX.
+    const TWO_63: f64 = 9_223_372_036_854_775_808.0;
+    let too_big = || (format!("Input should be less than or equal to {}", i64::MAX), "less_than_equal");
+    if let Some(i) = n.as_i64() {
+        return Ok(i);
+    }
+    if n.as_u64().is_some() {
+        return Err(too_big());
+    }
+    let f = n.as_f64().unwrap_or(f64::NAN);
+    if !f.is_finite() || f.fract() != 0.0 {
+        return Err(("Input should be a valid integer, got a number with a fractional part".into(), "int_from_float"));
+    }
+    if f >= TWO_63 {
+        return Err(too_big());
+    }
+    if f < -TWO_63 {
+        return Err((format!("Input should be greater than or equal to {}", i64::MIN), "greater_than_equal"));
+    }
+    Ok(f as i64)
+}
+
+/// `Some(s)`, or `None` with a `string_pattern_mismatch` issue when `s` holds a NUL.
+fn no_nul(issues: &mut Vec<ValidationIssue>, name: &str, s: &str) -> Option<String> {
+    if s.contains('\0') {
+        issues.push(issue(
+            &["body", name],
+            format!("String should match pattern '{NO_NUL_PATTERN}'"),
+            "string_pattern_mismatch",
+        ));
+        return None;
+    }
+    Some(s.to_string())
+}
+
 /// Whether the request's content type is a URL-encoded form.
 pub fn is_form(req: &Request<'_>) -> bool {
     req.header("content-type")
@@ -149,9 +189,22 @@ pub fn is_form(req: &Request<'_>) -> bool {
         .unwrap_or(false)
 }
 
+/// Read an integer from text (a path or query parameter) as pydantic does: surrounding
+/// whitespace is ignored, and so is a fraction made only of zeros (`"2.0"`, `"2."` are 2: JSON
+/// Schema and FastAPI both call that an integer). `None` for anything else, or past the i64 range.
+pub fn parse_int_text(raw: &str) -> Option<i64> {
+    let s = raw.trim();
+    let digits = match s.split_once('.') {
+        Some((int, frac)) if frac.bytes().all(|b| b == b'0') => int,
+        Some(_) => return None,
+        None => s,
+    };
+    digits.parse::<i64>().ok()
+}
+
 /// An integer path parameter: 422 `int_parsing` when it is not one.
 pub fn path_i64(req: &Request<'_>, name: &str) -> Result<i64, HttpError> {
-    req.param(name).parse::<i64>().map_err(|_| {
+    parse_int_text(req.param(name)).ok_or_else(|| {
         HttpError::validation(
             &["path", name],
             "Input should be a valid integer, unable to parse string as an integer",
@@ -170,7 +223,7 @@ pub fn query_i64(
     issues: &mut Vec<ValidationIssue>,
 ) -> i64 {
     let Some((_, raw)) = pairs.iter().find(|(k, _)| k == name) else { return default };
-    let Ok(n) = raw.trim().parse::<i64>() else {
+    let Some(n) = parse_int_text(raw) else {
         issues.push(issue(
             &["query", name],
             "Input should be a valid integer, unable to parse string as an integer",
@@ -190,12 +243,15 @@ pub fn query_i64(
     n
 }
 
+/// The longest email address, in characters (the document's `maxLength`).
+pub const EMAIL_MAX: usize = 254;
+
 /// Validate an email address the way a user expects: one `@`, a non-empty local part of at most
 /// 64 characters, a domain with a dot, no spaces or control characters, at most 254 in all.
 /// Returns the address with its domain lower-cased, or the reason it is not valid.
 pub fn normalize_email(raw: &str) -> Result<String, &'static str> {
     let s = raw.trim();
-    if s.len() > 254 {
+    if s.chars().count() > EMAIL_MAX {
         return Err("The email address is too long");
     }
     let Some((local, domain)) = s.rsplit_once('@') else { return Err("An email address must have an @-sign.") };
@@ -256,6 +312,46 @@ mod tests {
     }
 
     #[test]
+    fn integers_are_numbers_without_a_fraction_that_fit_an_i64() {
+        let body = br#"{"a": 3, "b": -129.0, "c": 3e0, "d": 2.5, "e": 9223372036854775808, "f": -1e19,
+                        "g": "3", "h": 1e19, "i": -9223372036854775808}"#;
+        let mut f = Fields::parse_json(body).unwrap();
+        let got: Vec<Option<i64>> =
+            ["a", "b", "c", "d", "e", "f", "g", "h", "i", "absent"].iter().map(|n| f.required_i64(n)).collect();
+        assert_eq!(got, vec![Some(3), Some(-129), Some(3), None, None, None, None, None, Some(i64::MIN), None]);
+        let kinds: Vec<String> = f.issues.iter().map(|i| i.kind.clone()).collect();
+        let want =
+            ["int_from_float", "less_than_equal", "greater_than_equal", "int_type", "less_than_equal", "missing"];
+        assert_eq!(kinds, want);
+    }
+
+    #[test]
+    fn integer_text_may_end_in_zeros_after_the_point() {
+        let ok = [("7", 7), (" 7 ", 7), ("7.0", 7), ("7.", 7), ("-7.000", -7), ("+7", 7), ("-0.0", 0)];
+        for (text, n) in ok {
+            assert_eq!(parse_int_text(text), Some(n), "{text:?}");
+        }
+        assert_eq!(parse_int_text("9223372036854775807.0"), Some(i64::MAX));
+        for text in ["", ".0", "7.5", "7.0.0", "7.0a", "1e3", "0x10", "9223372036854775808", "7 .0", "٧"] {
+            assert_eq!(parse_int_text(text), None, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn nul_is_refused_in_every_string_field() {
+        let mut f = Fields::parse_json(br#"{"a": "x\u0000", "b": "\u0000"}"#).unwrap();
+        assert_eq!(f.required_str("a"), None);
+        assert_eq!(f.optional_str("b"), None);
+        let issues = detail(f.finish().unwrap_err());
+        assert_eq!(issues.len(), 2);
+        assert!(issues.iter().all(|i| i.kind == "string_pattern_mismatch"));
+        assert_eq!(issues[0].msg, r"String should match pattern '^[^\x00]*$'");
+        let mut f = Fields::parse_form(b"username=a%00&password=ok").unwrap();
+        assert_eq!(f.required_str("username"), None);
+        assert_eq!(f.required_str("password").as_deref(), Some("ok"));
+    }
+
+    #[test]
     fn lengths_and_query_bounds() {
         let mut f = Fields::parse_json(b"{}").unwrap();
         assert!(!f.check_len("password", "1234567", 8, 100));
@@ -278,5 +374,10 @@ mod tests {
         }
         assert!(normalize_email("user.name+tag@sub.example.co.kr").is_ok());
         assert!(normalize_email("사용자@예시.한국").is_ok());
+        // At most 254 characters (not bytes: the document's maxLength counts characters).
+        let at = |n: usize, c: &str| format!("{}@{}.kr", "u", c.repeat(n - 5));
+        assert_eq!(at(254, "예").chars().count(), 254);
+        assert!(normalize_email(&at(254, "예")).is_ok());
+        assert!(normalize_email(&at(255, "예")).is_err());
     }
 }

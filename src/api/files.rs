@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 use super::openapi::{schema_ref, Op};
 use super::pages::content_type_for;
@@ -26,6 +25,7 @@ use crate::db::files::{self as records, FileRecord};
 use crate::http::multipart::{self, Event, MultipartError};
 use crate::http::router::issue;
 use crate::http::{static_file, BodyError, HttpError, Request, Response, Router};
+use crate::util::hash_pipe::HashPipe;
 use crate::{error, warn};
 
 /// The categories of the contract, and the extensions of the first two.
@@ -95,7 +95,7 @@ fn is_plain_name(name: &str) -> bool {
 struct Staged {
     tmp: PathBuf,
     file: Option<File>,
-    hasher: Sha256,
+    hasher: Option<HashPipe>,
     record: FileRecord,
 }
 
@@ -146,12 +146,15 @@ fn receive(
                 let file = File::options().write(true).create_new(true).open(&tmp).map_err(MultipartError::Io)?;
                 let content_type = head
                     .content_type
-                    .filter(|ct| ct.len() <= 255 && !ct.trim().is_empty())
+                    .map(|ct| ct.trim().to_string())
+                    .filter(|ct| {
+                        !ct.is_empty() && ct.len() <= 255 && ct.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+                    })
                     .unwrap_or_else(|| content_type_for(&original).to_string());
                 current = Some(Staged {
                     tmp,
                     file: Some(file),
-                    hasher: Sha256::new(),
+                    hasher: Some(HashPipe::new().map_err(MultipartError::Io)?),
                     record: FileRecord {
                         category: category_for(&original).to_string(),
                         filename: name,
@@ -171,14 +174,15 @@ fn receive(
                         return Err(too_large(limit));
                     }
                     s.file.as_mut().expect("open while receiving").write_all(bytes).map_err(MultipartError::Io)?;
-                    s.hasher.update(bytes);
+                    s.hasher.as_mut().expect("hashing while receiving").update(bytes);
                 }
             }
             Event::PartEnd => {
                 if let Some(mut s) = current.take() {
                     let file = s.file.take().expect("open while receiving");
                     file.sync_all().map_err(MultipartError::Io)?;
-                    s.record.sha256 = s.hasher.finalize_reset().iter().map(|b| format!("{b:02x}")).collect();
+                    let hasher = s.hasher.take().expect("hashing while receiving");
+                    s.record.sha256 = hasher.finish().map_err(MultipartError::Io)?;
                     done.push(s);
                 }
             }

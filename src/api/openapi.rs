@@ -9,6 +9,20 @@ pub fn schema_ref(name: &str) -> Value {
     json!({ "$ref": format!("#/components/schemas/{name}") })
 }
 
+/// An integer the handler reads into an `i64` (ids, offsets), at least `minimum`. The bounds
+/// belong to the type: without a maximum, 2^63 is a valid id by the document and a 422 by the
+/// server.
+pub fn int64(minimum: i64) -> Value {
+    json!({ "type": "integer", "format": "int64", "minimum": minimum, "maximum": i64::MAX })
+}
+
+/// The `skip` query parameter's schema: an offset, 0 by default.
+pub fn skip() -> Value {
+    let mut s = int64(0);
+    s["default"] = json!(0);
+    s
+}
+
 /// An operation object under construction.
 pub struct Op(Map<String, Value>);
 

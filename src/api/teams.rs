@@ -5,15 +5,47 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use super::extract::{path_i64, query_i64, Fields};
-use super::openapi::{schema_ref, Op};
+use super::extract::{path_i64, query_i64, Fields, NO_NUL_PATTERN};
+use super::openapi::{int64, schema_ref, skip, Op};
 use super::App;
 use crate::auth::db_error;
 use crate::db::{teams, users};
 use crate::http::{HttpError, Request, Response, Router};
 
-/// Team name length bounds, in characters.
+/// Team name length bounds, in characters, of the name as sent (before trimming).
 pub const NAME_MAX: usize = 100;
+
+/// The characters `str::trim` removes (Unicode `White_Space`, what `char::is_whitespace` says),
+/// as regex class ranges. Spelled out because `\s` differs between the regex engines that read
+/// the document (Python's counts U+001C..U+001F, ECMAScript's counts U+FEFF; Rust's neither).
+const WHITESPACE: &[(char, char)] = &[
+    ('\t', '\r'),
+    (' ', ' '),
+    ('\u{85}', '\u{85}'),
+    ('\u{a0}', '\u{a0}'),
+    ('\u{1680}', '\u{1680}'),
+    ('\u{2000}', '\u{200a}'),
+    ('\u{2028}', '\u{2029}'),
+    ('\u{202f}', '\u{202f}'),
+    ('\u{205f}', '\u{205f}'),
+    ('\u{3000}', '\u{3000}'),
+];
+
+/// A team name's pattern: no NUL, and something left after trimming.
+pub fn name_pattern() -> String {
+    let class: String =
+        WHITESPACE
+            .iter()
+            .map(|&(a, b)| {
+                if a == b {
+                    format!("\\u{:04X}", a as u32)
+                } else {
+                    format!("\\u{:04X}-\\u{:04X}", a as u32, b as u32)
+                }
+            })
+            .collect();
+    format!("^[^\\x00]*[^\\x00{class}][^\\x00]*$")
+}
 pub const DESCRIPTION_MAX: usize = 2000;
 
 pub fn routes(r: &mut Router, app: &Arc<App>) {
@@ -29,7 +61,7 @@ pub fn routes(r: &mut Router, app: &Arc<App>) {
     let a = app.clone();
     r.add("GET", "/teams/", move |req| list(&a, req)).doc(
         Op::new("teams", "List teams, ordered by id", "list_teams")
-            .param("query", "skip", false, json!({ "type": "integer", "minimum": 0, "default": 0 }))
+            .param("query", "skip", false, skip())
             .param("query", "limit", false, json!({ "type": "integer", "minimum": 1, "maximum": 1000, "default": 100 }))
             .secured()
             .json(200, "Teams", json!({ "type": "array", "items": schema_ref("Team") }))
@@ -39,7 +71,7 @@ pub fn routes(r: &mut Router, app: &Arc<App>) {
     let a = app.clone();
     r.add("GET", "/teams/{team_id}", move |req| get(&a, req)).doc(
         Op::new("teams", "A team by id", "read_team")
-            .param("path", "team_id", true, json!({ "type": "integer" }))
+            .param("path", "team_id", true, int64(i64::MIN))
             .secured()
             .json(200, "The team", schema_ref("Team"))
             .errors(&[401, 404, 422, 503])
@@ -48,7 +80,7 @@ pub fn routes(r: &mut Router, app: &Arc<App>) {
     let a = app.clone();
     r.add("POST", "/teams/{team_id}/members", move |req| add_member(&a, req)).doc(
         Op::new("teams", "Add a member (members of the team and superusers only)", "add_team_member")
-            .param("path", "team_id", true, json!({ "type": "integer" }))
+            .param("path", "team_id", true, int64(i64::MIN))
             .body(&[("application/json", schema_ref("TeamMemberAdd"))])
             .secured()
             .json(200, "The team", schema_ref("Team"))
@@ -60,11 +92,16 @@ pub fn routes(r: &mut Router, app: &Arc<App>) {
 fn create(app: &App, req: &mut Request<'_>) -> Result<Response, HttpError> {
     let caller = app.auth.current_user(&app.db, req)?;
     let mut f = Fields::from_json(req)?;
-    let name = f.required_str("name").map(|n| n.trim().to_string());
+    // Limits apply to the name as sent, as the document says; then it is stored trimmed, so
+    // "Sales" and "Sales " are one team.
+    let name = f.required_str("name");
     let description = f.optional_str("description");
     if let Some(n) = &name {
-        f.check_len("name", n, 1, NAME_MAX);
+        if f.check_len("name", n, 1, NAME_MAX) && n.trim().is_empty() {
+            f.problem("name", format!("String should match pattern '{}'", name_pattern()), "string_pattern_mismatch");
+        }
     }
+    let name = name.map(|n| n.trim().to_string());
     if let Some(d) = &description {
         f.check_len("description", d, 0, DESCRIPTION_MAX);
     }
@@ -144,13 +181,31 @@ pub fn schemas() -> Value {
         "TeamCreate": {
             "type": "object", "required": ["name"],
             "properties": {
-                "name": { "type": "string", "minLength": 1, "maxLength": NAME_MAX },
-                "description": { "anyOf": [{ "type": "string", "maxLength": DESCRIPTION_MAX }, { "type": "null" }] }
+                "name": { "type": "string", "minLength": 1, "maxLength": NAME_MAX, "pattern": name_pattern() },
+                "description": {
+                    "anyOf": [{ "type": "string", "maxLength": DESCRIPTION_MAX, "pattern": NO_NUL_PATTERN }, { "type": "null" }]
+                }
             }
         },
         "TeamMemberAdd": {
             "type": "object", "required": ["user_id"],
-            "properties": { "user_id": { "type": "integer" } }
+            "properties": { "user_id": int64(i64::MIN) }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_name_pattern_spells_out_what_trim_removes() {
+        let listed = |c: char| WHITESPACE.iter().any(|&(a, b)| (a..=b).contains(&c));
+        for c in (0..=0x10FFFF).filter_map(char::from_u32) {
+            assert_eq!(listed(c), c.is_whitespace(), "U+{:04X}", c as u32);
+        }
+        let p = name_pattern();
+        assert!(p.starts_with(r"^[^\x00]*[^\x00\u0009-\u000D\u0020\u0085"), "{p}");
+        assert!(p.ends_with(r"\u3000][^\x00]*$"), "{p}");
+    }
 }

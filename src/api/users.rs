@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use super::extract::{normalize_email, path_i64, query_i64, Fields};
-use super::openapi::{schema_ref, Op};
+use super::extract::{normalize_email, path_i64, query_i64, Fields, EMAIL_MAX, NO_NUL_PATTERN};
+use super::openapi::{int64, schema_ref, skip, Op};
 use super::App;
 use crate::auth::{bearer_token, db_error, password, unauthorized};
 use crate::db::users::{self, User};
@@ -31,7 +31,7 @@ pub fn routes(r: &mut Router, app: &Arc<App>) {
     let a = app.clone();
     r.add("GET", "/users/", move |req| list(&a, req)).doc(
         Op::new("users", "List users, ordered by id", "list_users")
-            .param("query", "skip", false, json!({ "type": "integer", "minimum": 0, "default": 0 }))
+            .param("query", "skip", false, skip())
             .param("query", "limit", false, json!({ "type": "integer", "minimum": 1, "maximum": 1000, "default": 100 }))
             .secured()
             .json(200, "A page of users", json!({ "type": "array", "items": schema_ref("User") }))
@@ -49,7 +49,7 @@ pub fn routes(r: &mut Router, app: &Arc<App>) {
     let a = app.clone();
     r.add("GET", "/users/{user_id}", move |req| get(&a, req)).doc(
         Op::new("users", "A user by id", "read_user")
-            .param("path", "user_id", true, json!({ "type": "integer" }))
+            .param("path", "user_id", true, int64(i64::MIN))
             .secured()
             .json(200, "The user", schema_ref("User"))
             .errors(&[401, 404, 422, 503])
@@ -84,7 +84,7 @@ fn create(app: &App, req: &mut Request<'_>) -> Result<Response, HttpError> {
     f.finish()?;
     let (email, password) = (email.unwrap_or_default(), password.unwrap_or_default());
 
-    let hash = app.auth.gate.run(|| password::hash_password(&password))?.map_err(|e| {
+    let hash = app.auth.hasher.run(move || password::hash_password(&password))?.map_err(|e| {
         crate::error!("password hashing failed: {e}");
         HttpError::new(500, "Internal Server Error")
     })?;
@@ -145,9 +145,13 @@ pub fn schemas() -> Value {
         "UserCreate": {
             "type": "object", "required": ["email", "password"],
             "properties": {
-                "email": { "type": "string", "format": "email" },
-                "password": { "type": "string", "minLength": PASSWORD_MIN, "maxLength": PASSWORD_MAX },
-                "full_name": { "anyOf": [{ "type": "string", "maxLength": FULL_NAME_MAX }, { "type": "null" }] }
+                "email": { "type": "string", "format": "email", "maxLength": EMAIL_MAX, "pattern": NO_NUL_PATTERN },
+                "password": {
+                    "type": "string", "minLength": PASSWORD_MIN, "maxLength": PASSWORD_MAX, "pattern": NO_NUL_PATTERN
+                },
+                "full_name": {
+                    "anyOf": [{ "type": "string", "maxLength": FULL_NAME_MAX, "pattern": NO_NUL_PATTERN }, { "type": "null" }]
+                }
             }
         }
     })

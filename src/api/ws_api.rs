@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use super::extract::Fields;
+use super::extract::{Fields, NO_NUL_PATTERN};
 use super::openapi::{schema_ref, Op};
 use super::App;
 use crate::auth::{bearer_token, unauthorized};
@@ -258,7 +258,7 @@ pub fn schemas() -> Value {
         },
         "WsMessage": {
             "type": "object", "required": ["message"],
-            "properties": { "message": { "type": "string" } }
+            "properties": { "message": { "type": "string", "pattern": NO_NUL_PATTERN } }
         },
         "WsSent": {
             "type": "object", "required": ["status", "client_id"],

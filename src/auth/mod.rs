@@ -1,14 +1,16 @@
 //! Authentication: password hashing (`password.rs`, Argon2id), tokens (`token.rs`, HS256 JWT),
 //! the login rate limit (`ratelimit.rs`), the hashing gate, and the bearer check handlers use.
 //!
-//! The hashing gate bounds CPU-heavy Argon2 work: at most `running` hashes at once (one per
-//! core by default) and at most `waiting` requests queued behind them; beyond that a login or
-//! sign-up answers 503 at once. So a login flood can occupy at most `running + waiting` HTTP
-//! workers, and the rest keep serving everything else.
+//! Argon2 work runs on its own small pool of threads (`HashPool`, one per core, named
+//! `argon2-N`) at the lowest CPU priority (nice 19), so a login flood slows logins, not the rest
+//! of the server: a worker serving `/health` always wins the CPU over a hash. A worker that needs
+//! a hash queues the job and waits; at most `max_waiting` jobs wait, beyond that the request is
+//! answered 503 at once. So a login flood can hold at most `threads + max_waiting` HTTP workers.
 //! Must never: log or echo a password or a token; tell an unknown email apart from a wrong
 //! password (same status, same body, one hash spent either way).
 
-use std::sync::{Condvar, Mutex};
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 pub mod password;
@@ -19,56 +21,83 @@ use crate::db::users::{self, User};
 use crate::db::Db;
 use crate::http::{HttpError, Request};
 
-/// Too many hashes queued: answer 503.
+/// Too many hashes queued (answer 503), or the hash job failed.
 #[derive(Debug)]
-pub struct Busy;
+pub enum HashError {
+    Busy,
+    Failed,
+}
 
-/// A counting gate with a bounded queue. State: (running, waiting).
-pub struct HashGate {
-    state: Mutex<(usize, usize)>,
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The Argon2 thread pool. The queue (`jobs`) is owned by the pool, holds at most `max_waiting`
+/// jobs, and refuses more (`HashError::Busy`) rather than block the caller.
+pub struct HashPool {
+    jobs: Mutex<VecDeque<Job>>,
     cv: Condvar,
-    pub running: usize,
-    pub waiting: usize,
+    pub threads: usize,
+    pub max_waiting: usize,
 }
 
-impl HashGate {
-    pub fn new(running: usize, waiting: usize) -> HashGate {
-        HashGate { state: Mutex::new((0, 0)), cv: Condvar::new(), running: running.max(1), waiting }
+impl HashPool {
+    /// Start `threads` hashing threads at nice 19.
+    pub fn start(threads: usize, max_waiting: usize) -> std::io::Result<Arc<HashPool>> {
+        let pool = Arc::new(HashPool {
+            jobs: Mutex::new(VecDeque::new()),
+            cv: Condvar::new(),
+            threads: threads.max(1),
+            max_waiting,
+        });
+        for i in 0..pool.threads {
+            let p = pool.clone();
+            std::thread::Builder::new().name(format!("argon2-{i}")).spawn(move || {
+                // SAFETY: setpriority on this thread's own id (Linux threads have their own nice
+                // value); lowering priority needs no privilege. Failure only means normal priority.
+                unsafe {
+                    let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+                    libc::setpriority(libc::PRIO_PROCESS, tid, 19);
+                }
+                loop {
+                    let job = {
+                        let mut q = p.jobs.lock().unwrap_or_else(|e| e.into_inner());
+                        loop {
+                            if let Some(j) = q.pop_front() {
+                                break j;
+                            }
+                            q = p.cv.wait(q).unwrap_or_else(|e| e.into_inner());
+                        }
+                    };
+                    // A panicking job drops its reply channel; the caller sees `Failed`.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                }
+            })?;
+        }
+        Ok(pool)
     }
 
-    /// Run `f` when a slot is free; `Err(Busy)` when the queue is full.
-    pub fn run<T>(&self, f: impl FnOnce() -> T) -> Result<T, Busy> {
+    /// Run `f` on a hashing thread and wait for its result.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, HashError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
         {
-            let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            if s.0 >= self.running {
-                if s.1 >= self.waiting {
-                    return Err(Busy);
-                }
-                s.1 += 1;
-                while s.0 >= self.running {
-                    s = self.cv.wait(s).unwrap_or_else(|p| p.into_inner());
-                }
-                s.1 -= 1;
+            let mut q = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+            if q.len() >= self.max_waiting {
+                return Err(HashError::Busy);
             }
-            s.0 += 1;
+            q.push_back(Box::new(move || {
+                let _ = tx.send(f());
+            }));
         }
-        // Release the slot even if `f` panics.
-        struct Release<'a>(&'a HashGate);
-        impl Drop for Release<'_> {
-            fn drop(&mut self) {
-                let mut s = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
-                s.0 -= 1;
-                self.0.cv.notify_one();
-            }
-        }
-        let _release = Release(self);
-        Ok(f())
+        self.cv.notify_one();
+        rx.recv().map_err(|_| HashError::Failed)
     }
 }
 
-impl From<Busy> for HttpError {
-    fn from(_: Busy) -> HttpError {
-        HttpError::new(503, "Server busy; try again shortly").header("retry-after", "1")
+impl From<HashError> for HttpError {
+    fn from(e: HashError) -> HttpError {
+        match e {
+            HashError::Busy => HttpError::new(503, "Server busy; try again shortly").header("retry-after", "1"),
+            HashError::Failed => HttpError::new(500, "Internal Server Error"),
+        }
     }
 }
 
@@ -77,7 +106,7 @@ pub struct Auth {
     pub keys: token::TokenKeys,
     pub token_ttl: Duration,
     pub limiter: ratelimit::LoginLimiter,
-    pub gate: HashGate,
+    pub hasher: Arc<HashPool>,
 }
 
 /// The 401 of the contract for any bad or missing token.
@@ -128,27 +157,34 @@ impl Auth {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     #[test]
-    fn gate_bounds_running_and_waiting() {
-        let gate = Arc::new(HashGate::new(1, 1));
-        let (tx, rx) = std::sync::mpsc::channel::<()>();
-        let g = gate.clone();
-        let holder = std::thread::spawn(move || g.run(|| rx.recv().unwrap()).unwrap());
-        while gate.state.lock().unwrap().0 == 0 {
+    fn hash_pool_runs_jobs_and_refuses_beyond_its_queue() {
+        let pool = HashPool::start(1, 1).unwrap();
+        assert_eq!(pool.run(|| 6 * 7).unwrap(), 42);
+        // Block the only thread, fill the one queue slot, and the next job is refused at once.
+        let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let p = pool.clone();
+        let blocker = std::thread::spawn(move || {
+            p.run(move || {
+                started_tx.send(()).unwrap();
+                release_rx.recv().unwrap()
+            })
+            .unwrap()
+        });
+        started_rx.recv().unwrap();
+        let p = pool.clone();
+        let queued = std::thread::spawn(move || p.run(|| 7).unwrap());
+        while pool.jobs.lock().unwrap().is_empty() {
             std::thread::yield_now();
         }
-        let g = gate.clone();
-        let waiter = std::thread::spawn(move || g.run(|| 7).unwrap());
-        while gate.state.lock().unwrap().1 == 0 {
-            std::thread::yield_now();
-        }
-        // One running, one waiting: a third is refused at once.
-        assert!(gate.run(|| ()).is_err());
-        tx.send(()).unwrap();
-        holder.join().unwrap();
-        assert_eq!(waiter.join().unwrap(), 7);
-        assert_eq!(*gate.state.lock().unwrap(), (0, 0));
+        assert!(matches!(pool.run(|| ()), Err(HashError::Busy)));
+        release_tx.send(()).unwrap();
+        blocker.join().unwrap();
+        assert_eq!(queued.join().unwrap(), 7);
+        // A panicking job is a failure for its caller only; the pool goes on.
+        assert!(matches!(pool.run(|| -> u8 { panic!("boom") }), Err(HashError::Failed)));
+        assert_eq!(pool.run(|| 1).unwrap(), 1);
     }
 }

@@ -24,9 +24,16 @@ pub enum Body {
     Empty,
     Bytes(Vec<u8>),
     Static(&'static [u8]),
-    /// A reader that yields exactly `len` bytes (a file). Streamed.
+    /// A reader that yields exactly `len` bytes. Streamed.
     Reader {
         reader: Box<dyn Read + Send>,
+        len: u64,
+    },
+    /// `len` bytes of a file from `offset`, sent by the kernel with `sendfile(2)`: no copy
+    /// through user space.
+    File {
+        file: std::fs::File,
+        offset: u64,
         len: u64,
     },
 }
@@ -37,7 +44,7 @@ impl Body {
             Body::Empty => 0,
             Body::Bytes(b) => b.len() as u64,
             Body::Static(b) => b.len() as u64,
-            Body::Reader { len, .. } => *len,
+            Body::Reader { len, .. } | Body::File { len, .. } => *len,
         }
     }
 
@@ -205,15 +212,47 @@ pub fn write_response(
         Body::Static(b) => write_small(stream, scratch, b),
         Body::Reader { reader, len } => {
             stream.write_all(scratch)?;
-            let copied = io::copy(&mut reader.take(*len), stream)?;
-            if copied != *len {
-                // The file shrank under us: the client was promised `len` bytes. Closing is the
-                // only honest signal left.
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "body shorter than its length"));
-            }
-            Ok(copied)
+            full_length(io::copy(&mut reader.take(*len), stream)?, *len)
+        }
+        Body::File { file, offset, len } => {
+            stream.write_all(scratch)?;
+            full_length(send_file(file, *offset, *len, stream)?, *len)
         }
     }
+}
+
+/// `sendfile(2)` from `file` at `offset` to the socket until `len` bytes are sent or the file
+/// ends. The socket's write timeout applies (a stalled client fails with `WouldBlock`).
+fn send_file(file: &std::fs::File, offset: u64, len: u64, stream: &TcpStream) -> io::Result<u64> {
+    use std::os::fd::AsRawFd;
+    let mut off = libc::off_t::try_from(offset).map_err(|_| io::Error::other("file offset too large"))?;
+    let mut sent = 0u64;
+    while sent < len {
+        let chunk = (len - sent).min(1 << 30) as usize;
+        // SAFETY: both fds are open for the duration of the call; `off` is a valid pointer.
+        let n = unsafe { libc::sendfile(stream.as_raw_fd(), file.as_raw_fd(), &mut off, chunk) };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        if n == 0 {
+            break;
+        }
+        sent += n as u64;
+    }
+    Ok(sent)
+}
+
+fn full_length(copied: u64, len: u64) -> io::Result<u64> {
+    if copied != len {
+        // The file shrank under us: the client was promised `len` bytes. Closing is the only
+        // honest signal left.
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "body shorter than its length"));
+    }
+    Ok(copied)
 }
 
 fn write_small(stream: &mut TcpStream, scratch: &mut Vec<u8>, body: &[u8]) -> io::Result<u64> {

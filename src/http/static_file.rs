@@ -8,7 +8,7 @@
 //! whole file into memory.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::time::{Duration, UNIX_EPOCH};
@@ -117,14 +117,14 @@ pub fn serve(
 
     let base = base.header("content-type", content_type);
     match parse_range(req.header("range"), size) {
-        RangeAnswer::Full => Ok(Some(base.with_body(Body::Reader { reader: Box::new(file), len: size }))),
+        RangeAnswer::Full => Ok(Some(base.with_body(Body::File { file, offset: 0, len: size }))),
         RangeAnswer::Partial { start, end } => {
-            let mut file = file;
-            file.seek(SeekFrom::Start(start))?;
             let len = end - start + 1;
-            let mut resp = base
-                .header("content-range", format!("bytes {start}-{end}/{size}"))
-                .with_body(Body::Reader { reader: Box::new(file.take(len)) as Box<dyn Read + Send>, len });
+            let mut resp = base.header("content-range", format!("bytes {start}-{end}/{size}")).with_body(Body::File {
+                file,
+                offset: start,
+                len,
+            });
             resp.status = 206;
             Ok(Some(resp))
         }
