@@ -53,7 +53,8 @@
 //!
 //! `Hub::state` (registry + groups, one lock, see `hub.rs`) and each session's queue lock. Order:
 //! the hub lock may be held while a *not yet started* queue is locked (the welcome frame);
-//! never the other way round. No socket I/O happens under either lock.
+//! never the other way round. The flusher's inbox lock and `Ws::flusher` are only ever taken
+//! alone. No socket I/O happens under any of them.
 //!
 //! # Shutdown
 //!
