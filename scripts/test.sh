@@ -5,7 +5,8 @@
 #   2. cargo fmt --check, cargo clippy --all-targets -D warnings;
 #   3. every test (cargo nextest when installed, cargo test otherwise);
 #   4. the API docs in headless Chromium (scripts/browser-test.sh: vendors the docs assets,
-#      rebuilds so they are embedded, installs Chromium with apt-get when missing and root).
+#      rebuilds so they are embedded, installs Chromium with apt-get when missing and root);
+#   5. the WebSocket pages in headless Chromium (scripts/browser-ws-test.sh).
 # Tests create and drop their own databases; they need a role that may CREATE DATABASE.
 # Override the connection with TEST_PG_URL (default postgres://postgres@127.0.0.1:5432/postgres).
 set -euo pipefail
@@ -90,6 +91,9 @@ fi
 say "browser tests"
 scripts/browser-test.sh 2>&1 | tee "$logs/browser.log" || status=1
 
+say "browser tests (WebSocket pages)"
+scripts/browser-ws-test.sh 2>&1 | tee "$logs/browser-ws.log" || status=1
+
 # Totals: nextest's "N tests run: P passed, F failed", cargo test's "test result: ok. P passed;
 # F failed", node's "# pass P" / "# fail F".
 passed=0
@@ -97,8 +101,8 @@ failed=0
 add() { passed=$((passed + ${1:-0})); failed=$((failed + ${2:-0})); }
 while read -r p f; do add "$p" "$f"; done < <(
   sed -n -E 's/.*tests run: ([0-9]+) passed(, ([0-9]+) failed)?.*/\1 \3/p; s/^test result: [a-zA-Z]+\. ([0-9]+) passed; ([0-9]+) failed.*/\1 \2/p' "$logs/cargo.log")
-add "$(awk '/^# pass [0-9]+$/ {s += $3} END {print s + 0}' "$logs/browser.log")" \
-    "$(awk '/^# fail [0-9]+$/ {s += $3} END {print s + 0}' "$logs/browser.log")"
+add "$(awk '/^# pass [0-9]+$/ {s += $3} END {print s + 0}' "$logs"/browser*.log)" \
+    "$(awk '/^# fail [0-9]+$/ {s += $3} END {print s + 0}' "$logs"/browser*.log)"
 [ "$status" = 0 ] || [ "$failed" != 0 ] || failed=1
 echo "tests: $passed passed, $failed failed"
 exit "$status"

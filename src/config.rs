@@ -53,6 +53,16 @@ pub const SETTINGS: &[Setting] = &[
     s("ALLOW_SIGNUP", "--allow-signup", "true", "true: POST /users/ is open; false: superusers only"),
     s("WS_AUTH", "--ws-auth", "optional", "optional or required: whether a WebSocket connect needs a token"),
     s("WS_MAX_CLIENTS", "--ws-max-clients", "10000", "most WebSocket sessions at once (over it: 503)"),
+    s(
+        "WS_QUEUE_FRAMES",
+        "--ws-queue-frames",
+        "1024",
+        "most frames queued for one WebSocket client (over it: close 1008)",
+    ),
+    s("WS_QUEUE_KB", "--ws-queue-kb", "4096", "most KiB queued for one WebSocket client (over it: close 1008)"),
+    s("WS_THREAD_STACK_KB", "--ws-thread-stack-kb", "128", "stack size of each WebSocket session thread, in KiB"),
+    s("WS_PING_INTERVAL_SECS", "--ws-ping-interval-secs", "30", "the server pings each WebSocket client this often"),
+    s("WS_PING_TIMEOUT_SECS", "--ws-ping-timeout-secs", "60", "a WebSocket client silent this long is dropped"),
     s("ALERT_COMMAND", "--alert-command", "", "shell command run with each database alert as JSON on stdin"),
     s("WORKERS", "--workers", "64", "HTTP worker threads"),
     s("MAX_CONNECTIONS", "--max-connections", "10000", "most open HTTP connections (over it: 503 and close)"),
@@ -205,6 +215,11 @@ pub struct Config {
     pub allow_signup: bool,
     pub ws_auth: WsAuth,
     pub ws_max_clients: usize,
+    pub ws_queue_frames: usize,
+    pub ws_queue_kb: usize,
+    pub ws_thread_stack_kb: usize,
+    pub ws_ping_interval: Duration,
+    pub ws_ping_timeout: Duration,
     pub alert_command: Option<String>,
     pub workers: usize,
     pub max_connections: usize,
@@ -233,6 +248,13 @@ impl Config {
             "required" => WsAuth::Required,
             other => return Err(ConfigError(format!("WS_AUTH={other:?}: expected optional or required"))),
         };
+        if raw.num::<u64>("WS_PING_TIMEOUT_SECS", 1)? <= raw.num::<u64>("WS_PING_INTERVAL_SECS", 1)? {
+            return Err(ConfigError(format!(
+                "WS_PING_TIMEOUT_SECS={} must be longer than WS_PING_INTERVAL_SECS={} (a client needs a ping to answer)",
+                raw.get("WS_PING_TIMEOUT_SECS"),
+                raw.get("WS_PING_INTERVAL_SECS")
+            )));
+        }
         let log_level = crate::util::log::Level::parse(raw.get("LOG_LEVEL")).ok_or_else(|| {
             ConfigError(format!("LOG_LEVEL={:?}: expected error, warn, info or debug", raw.get("LOG_LEVEL")))
         })?;
@@ -257,6 +279,11 @@ impl Config {
             allow_signup: raw.boolean("ALLOW_SIGNUP")?,
             ws_auth,
             ws_max_clients: raw.num::<usize>("WS_MAX_CLIENTS", 1)?,
+            ws_queue_frames: raw.num::<usize>("WS_QUEUE_FRAMES", 1)?,
+            ws_queue_kb: raw.num::<usize>("WS_QUEUE_KB", 1)?,
+            ws_thread_stack_kb: raw.num::<usize>("WS_THREAD_STACK_KB", 64)?,
+            ws_ping_interval: secs("WS_PING_INTERVAL_SECS")?,
+            ws_ping_timeout: secs("WS_PING_TIMEOUT_SECS")?,
             alert_command: raw.opt("ALERT_COMMAND"),
             workers: raw.num::<usize>("WORKERS", 1)?,
             max_connections: raw.num::<usize>("MAX_CONNECTIONS", 1)?,
@@ -413,6 +440,8 @@ mod tests {
         assert!(layer(None, &[], &["--port"]).unwrap_err().0.contains("--port needs a value"));
         assert!(layer(None, &[("WS_AUTH", "maybe")], &[]).is_err());
         assert!(layer(None, &[("ALLOW_SIGNUP", "perhaps")], &[]).is_err());
+        let err = layer(None, &[("WS_PING_INTERVAL_SECS", "30"), ("WS_PING_TIMEOUT_SECS", "30")], &[]).unwrap_err().0;
+        assert!(err.contains("WS_PING_TIMEOUT_SECS"), "{err}");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! - `api/`    the application: one file per resource, and the route table (`api/mod.rs`);
 //! - `auth/`   passwords (Argon2id), tokens (HS256 JWT), login rate limit, the bearer check;
 //! - `db/`     the PostgreSQL pool, migrations, queries, the monitor thread;
+//! - `ws/`     WebSocket sessions, the client registry and groups (hub), the protocol;
 //! - `config`  settings: defaults < .env < environment < flags;
 //! - `util/`   logging, time formatting, the open-files limit.
 
@@ -14,3 +15,4 @@ pub mod config;
 pub mod db;
 pub mod http;
 pub mod util;
+pub mod ws;

@@ -3,7 +3,8 @@
 //! success, 1 when the operation failed, 2 for bad usage.
 //!
 //! Threads started here: the signal thread (`signals`, waits for SIGINT/SIGTERM and triggers
-//! the shutdown); the HTTP layer's own threads are listed in `http/server.rs`.
+//! the shutdown); the HTTP layer's own threads are listed in `http/server.rs`, the WebSocket
+//! sessions' in `ws/mod.rs`.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -78,7 +79,8 @@ fn serve(args: &[String]) -> Result<(), Failure> {
     // Block SIGINT/SIGTERM in this thread before any other starts, so every thread inherits the
     // mask and only the signal thread receives them (via sigwait).
     let signals = signals::block().map_err(|e| failed(format!("cannot set up signal handling: {e}")))?;
-    util::rlimit::raise_nofile(cfg.max_connections);
+    // One descriptor per HTTP connection and one per WebSocket session.
+    util::rlimit::raise_nofile(cfg.max_connections + cfg.ws_max_clients);
     info!("starting adcluster {}: {}", api::VERSION, cfg.redacted_summary());
 
     let http_cfg = http::ServerConfig {
@@ -101,7 +103,8 @@ fn serve(args: &[String]) -> Result<(), Failure> {
     }
     db.start_monitor(None).map_err(|e| failed(format!("cannot start the database monitor: {e}")))?;
     api::files::sweep_temp(&cfg.upload_dir);
-    let app = Arc::new(api::App { config: cfg, started: Instant::now(), db, auth });
+    let ws = Arc::new(adcluster::ws::Ws::new(adcluster::ws::WsSettings::from_config(&cfg)));
+    let app = Arc::new(api::App { config: cfg, started: Instant::now(), db, auth, ws: ws.clone() });
     let router = Arc::new(api::build_router(app.clone()));
     let server = http::Server::bind(&addr, http_cfg, router).map_err(|e| {
         failed(format!(
@@ -112,6 +115,7 @@ fn serve(args: &[String]) -> Result<(), Failure> {
     info!("listening on http://{bound}");
 
     let handle = server.shutdown_handle();
+    let ws_on_signal = ws.clone();
     signals::spawn_waiter(signals, move |sig| {
         if handle.is_triggered() {
             warn!("second {sig}: exiting now");
@@ -119,10 +123,16 @@ fn serve(args: &[String]) -> Result<(), Failure> {
         }
         info!("received {sig}");
         handle.trigger();
+        // WebSocket clients get a close 1001 now, while HTTP requests in flight finish.
+        ws_on_signal.shutdown();
     })
     .map_err(|e| failed(format!("cannot start the signal thread: {e}")))?;
 
     server.run().map_err(|e| failed(format!("server failed: {e}")))?;
+    ws.shutdown();
+    if !ws.wait_idle(std::time::Duration::from_secs(2)) {
+        warn!("{} WebSocket session(s) still closing; exiting anyway", ws.sessions());
+    }
     info!("stopped");
     Ok(())
 }

@@ -13,7 +13,7 @@
 use serde_json::{json, Map, Value};
 
 use super::openapi::schema_ref;
-use super::{auth, files, general, pages, teams, users, VERSION};
+use super::{auth, files, general, pages, teams, users, ws_api, VERSION};
 use crate::http::{Response, Router};
 
 /// What the connection layer (`http::body`) answers, for any route, while it reads a request
@@ -43,6 +43,7 @@ pub fn document(r: &Router) -> Value {
         users::schemas(),
         teams::schemas(),
         files::schemas(),
+        ws_api::schemas(),
         validation_schemas(),
     ] {
         if let Value::Object(m) = part {

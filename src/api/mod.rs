@@ -20,6 +20,7 @@ pub mod pages;
 pub mod teams;
 pub mod testing;
 pub mod users;
+pub mod ws_api;
 
 /// Version reported by `/`, `/health` and the OpenAPI document.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -30,6 +31,8 @@ pub struct App {
     pub started: Instant,
     pub db: Arc<crate::db::Db>,
     pub auth: crate::auth::Auth,
+    /// WebSocket sessions and the hub (registry and groups).
+    pub ws: Arc<crate::ws::Ws>,
 }
 
 /// Build the route table. Order matters only where a literal and a parameter overlap
@@ -41,6 +44,7 @@ pub fn build_router(app: Arc<App>) -> Router {
     users::routes(&mut r, &app);
     teams::routes(&mut r, &app);
     files::routes(&mut r, &app);
+    ws_api::routes(&mut r, &app);
     pages::routes(&mut r);
     if app.config.test_routes {
         testing::routes(&mut r);
@@ -70,7 +74,8 @@ mod tests {
             limiter: crate::auth::ratelimit::LoginLimiter::default(),
             hasher: crate::auth::HashPool::start(1, 1).unwrap(),
         };
-        Arc::new(App { config, started: Instant::now(), db, auth })
+        let ws = Arc::new(crate::ws::Ws::new(crate::ws::WsSettings::from_config(&config)));
+        Arc::new(App { config, started: Instant::now(), db, auth, ws })
     }
 
     /// Routes deliberately left out of the OpenAPI document.
@@ -126,6 +131,14 @@ mod tests {
             ("GET", "/api/files"),
             ("DELETE", "/api/files/{filename}"),
             ("GET", "/uploads/{category}/{name}"),
+            ("GET", "/ws"),
+            ("GET", "/ws/{client_id}"),
+            ("GET", "/ws/{client_id}/{group}"),
+            ("GET", "/api/ws/clients"),
+            ("GET", "/api/ws/groups"),
+            ("GET", "/api/ws/groups/{group_name}"),
+            ("POST", "/api/ws/send_to/{client_id}"),
+            ("POST", "/api/ws/broadcast_to_group/{group_name}"),
         ];
         for (method, pattern) in contract {
             assert!(

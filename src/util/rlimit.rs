@@ -25,7 +25,7 @@ pub fn raise_nofile(max_connections: usize) {
         }
         if lim.rlim_cur < want {
             warn!(
-                "open-files limit is {} but MAX_CONNECTIONS={} needs about {}; raise it (ulimit -n) or lower MAX_CONNECTIONS",
+                "open-files limit is {} but {} connections (MAX_CONNECTIONS + WS_MAX_CLIENTS) need about {}; raise it (ulimit -n) or lower those settings",
                 lim.rlim_cur, max_connections, want
             );
         }

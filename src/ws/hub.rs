@@ -1,0 +1,725 @@
+//! The hub: who is connected (the registry) and who is in which group, and the rules of the
+//! contract's commands on top of them. Pure bookkeeping: a client is an `Outbox` (something that
+//! takes encoded frames without blocking), so every rule here is tested with fake outboxes and
+//! no sockets (`tests` below).
+//!
+//! One lock: `Hub::state` (a `Mutex<State>`) holds the registry *and* the group map. Every
+//! operation that changes a group also changes the registry entry of the client (its current
+//! group), so two locks would always be taken together; one lock has no order to get wrong.
+//! Critical sections only look things up, change the maps and clone `Arc`s (plus, on connect,
+//! the welcome frame goes into a not yet started outbox: memory only). Frames are pushed after
+//! the lock is dropped.
+//!
+//! Must never: push to a started outbox or do any I/O while holding `state`; block on a slow
+//! client (a full outbox evicts that client, close code 1008); let a replaced or evicted
+//! session's late exit remove its successor (every entry carries a `serial`).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use super::protocol::{ClientError, Command, Encoded, ErrorCode, GroupInfo, ServerFrame};
+
+/// What happened to a frame handed to an outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// Queued (or already written).
+    Queued,
+    /// The client's outbound queue is full: it is a slow consumer. Nothing was queued.
+    Full,
+    /// The client is closing or gone. Nothing was queued.
+    Closed,
+}
+
+/// The sending side of one client, as the hub sees it. Implemented by the session's outbound
+/// queue (`session::Outbound`) and by fakes in tests.
+pub trait Outbox: Send + Sync {
+    /// Queue one encoded frame. Never blocks.
+    fn push(&self, frame: &Encoded) -> Pushed;
+    /// Until this is called, `push` only queues in memory: the hub queues the welcome frame
+    /// under its lock, before anyone else can see the client, and the session registers the
+    /// client before its `101` is written. The session calls it once its socket is there.
+    fn start(&self);
+    /// Queue a close frame after what is queued — or, with `discard_queued`, in place of it
+    /// (slow consumers) — and close the connection once it is written. Never blocks.
+    fn close(&self, code: u16, reason: &str, discard_queued: bool);
+}
+
+/// A session's claim on a client id: the id and the serial of the registration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub id: Arc<str>,
+    pub serial: u64,
+}
+
+/// A connected client, as `GET /api/ws/clients` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientInfo {
+    pub client_id: String,
+    pub group: Option<String>,
+    pub connected_at: SystemTime,
+}
+
+struct Client {
+    serial: u64,
+    out: Arc<dyn Outbox>,
+    group: Option<Arc<str>>,
+    connected_at: SystemTime,
+}
+
+/// Someone to send to: id and serial (to evict the right registration) and the outbox.
+#[derive(Clone)]
+struct Target {
+    id: Arc<str>,
+    serial: u64,
+    out: Arc<dyn Outbox>,
+}
+
+#[derive(Default)]
+struct State {
+    clients: HashMap<Arc<str>, Client>,
+    /// Group name → member ids. A group exists while its set is not empty.
+    groups: BTreeMap<Arc<str>, BTreeSet<Arc<str>>>,
+}
+
+impl State {
+    fn target(&self, id: &Arc<str>) -> Option<Target> {
+        self.clients.get(id).map(|c| Target { id: id.clone(), serial: c.serial, out: c.out.clone() })
+    }
+
+    fn members(&self, group: &str, except: Option<&str>) -> Vec<Target> {
+        let Some(ids) = self.groups.get(group) else {
+            return Vec::new();
+        };
+        ids.iter().filter(|id| Some(&***id) != except).filter_map(|id| self.target(id)).collect()
+    }
+
+    /// Take `id` out of `group`, dropping the group when it empties.
+    fn leave_group(&mut self, group: &Arc<str>, id: &str) {
+        if let Some(set) = self.groups.get_mut(group) {
+            set.remove(id);
+            if set.is_empty() {
+                self.groups.remove(group);
+            }
+        }
+    }
+
+    /// The sender, if `m` is still the current registration of its id.
+    fn current(&self, m: &Member) -> Option<&Client> {
+        self.clients.get(&m.id).filter(|c| c.serial == m.serial)
+    }
+}
+
+/// Frames to push once the lock is dropped.
+#[derive(Default)]
+struct Outgoing(Vec<(Vec<Target>, Encoded)>);
+
+impl Outgoing {
+    fn add(&mut self, targets: Vec<Target>, frame: ServerFrame<'_>) {
+        if !targets.is_empty() {
+            self.0.push((targets, frame.encode()));
+        }
+    }
+}
+
+/// The registry and the groups. Shared by every session thread and the HTTP handlers.
+pub struct Hub {
+    state: Mutex<State>,
+    next_serial: AtomicU64,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Hub::new()
+    }
+}
+
+/// The id the server assigns to `/ws`: `anon-` and 8 hex digits.
+fn anon_id() -> String {
+    let mut b = [0u8; 4];
+    if getrandom::fill(&mut b).is_err() {
+        // No OS randomness (never seen on Linux): fall back to the clock; uniqueness is still
+        // checked against the registry.
+        let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+        b = nanos.to_le_bytes();
+    }
+    format!("anon-{:08x}", u32::from_be_bytes(b))
+}
+
+impl Hub {
+    pub fn new() -> Hub {
+        Hub { state: Mutex::new(State::default()), next_serial: AtomicU64::new(1) }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Each critical section leaves the maps consistent before anything can panic (map
+        // operations and Arc clones), so a poisoned lock still holds good data.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Connected clients.
+    pub fn len(&self) -> usize {
+        self.lock().clients.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Register a client: with its requested id (taking it over from an older connection,
+    /// which is closed with 4000 `replaced`) or a fresh `anon-` id, and in `group` if given.
+    /// The client gets `welcome` first (queued in `out`, which the caller starts); the other
+    /// members of its group get `join`.
+    pub fn connect(&self, requested_id: Option<&str>, group: Option<&str>, out: Arc<dyn Outbox>) -> Member {
+        let serial = self.next_serial.fetch_add(1, Ordering::Relaxed);
+        let group: Option<Arc<str>> = group.map(Arc::from);
+        let mut outgoing = Outgoing::default();
+        let mut st = self.lock();
+        let id: Arc<str> = match requested_id {
+            Some(id) => Arc::from(id),
+            None => loop {
+                let id = anon_id();
+                if !st.clients.contains_key(id.as_str()) {
+                    break Arc::from(id);
+                }
+            },
+        };
+        let old = st.clients.remove(&id);
+        if let Some(old_group) = old.as_ref().and_then(|o| o.group.clone()) {
+            st.leave_group(&old_group, &id);
+            // Moving to another group (or none) is a leave for the old group; staying in the same
+            // group is not (its members get a `join` for the new connection below).
+            if group.as_ref() != Some(&old_group) {
+                outgoing.add(st.members(&old_group, None), ServerFrame::Leave { client_id: &id, group: &old_group });
+            }
+        }
+        // Not started yet: this only queues, so the welcome is the client's first frame.
+        out.push(&ServerFrame::Welcome { client_id: &id, group: group.as_deref() }.encode());
+        st.clients.insert(
+            id.clone(),
+            Client { serial, out: out.clone(), group: group.clone(), connected_at: SystemTime::now() },
+        );
+        if let Some(g) = &group {
+            let others = st.members(g, None);
+            st.groups.entry(g.clone()).or_default().insert(id.clone());
+            outgoing.add(others, ServerFrame::Join { client_id: &id, group: g });
+        }
+        drop(st);
+        if let Some(old) = old {
+            old.out.close(4000, "replaced", false);
+        }
+        self.deliver(outgoing);
+        Member { id, serial }
+    }
+
+    /// Remove a client that has left (close frame, dropped connection, ping timeout). Its group's
+    /// remaining members get `leave`. Returns false when `m` was no longer registered (replaced
+    /// or evicted): then nothing happens.
+    pub fn disconnect(&self, m: &Member) -> bool {
+        let mut outgoing = Outgoing::default();
+        let removed = self.remove(m, &mut outgoing);
+        self.deliver(outgoing);
+        removed
+    }
+
+    /// Take `m` out of the registry and its group, adding the `leave` notices to `outgoing`.
+    fn remove(&self, m: &Member, outgoing: &mut Outgoing) -> bool {
+        let mut st = self.lock();
+        if st.current(m).is_none() {
+            return false;
+        }
+        let client = st.clients.remove(&m.id).expect("checked above");
+        if let Some(g) = client.group {
+            st.leave_group(&g, &m.id);
+            outgoing.add(st.members(&g, None), ServerFrame::Leave { client_id: &m.id, group: &g });
+        }
+        true
+    }
+
+    /// Push each frame to its targets; evict the targets whose queue is full. Returns how many
+    /// targets of the first batch got their frame queued.
+    fn deliver(&self, outgoing: Outgoing) -> usize {
+        let mut slow = Vec::new();
+        let mut first = None;
+        for (targets, frame) in outgoing.0 {
+            let queued = push_all(&targets, &frame, &mut slow);
+            first.get_or_insert(queued);
+        }
+        self.evict(slow);
+        first.unwrap_or(0)
+    }
+
+    /// Slow consumers: out of the registry, close 1008 in place of their queue, `leave` to their
+    /// group — whose members may turn out slow in turn, hence the work list (no recursion).
+    fn evict(&self, mut slow: Vec<Target>) {
+        while let Some(t) = slow.pop() {
+            let mut outgoing = Outgoing::default();
+            let m = Member { id: t.id.clone(), serial: t.serial };
+            if self.remove(&m, &mut outgoing) {
+                crate::info!("ws client {} is not reading: outbound queue full, disconnecting (1008)", t.id);
+            }
+            t.out.close(1008, "slow consumer: outbound queue full", true);
+            for (targets, frame) in outgoing.0 {
+                push_all(&targets, &frame, &mut slow);
+            }
+        }
+    }
+
+    /// Send an error frame to one client (the sender of a bad frame).
+    pub fn send_error(&self, out: &dyn Outbox, err: &ClientError) {
+        out.push(&ServerFrame::Error { code: err.code, message: &err.message }.encode());
+    }
+
+    /// Run one client command for `m`. Replies, notices and errors go out as the contract says.
+    pub fn handle(&self, m: &Member, cmd: Command) {
+        let mut outgoing = Outgoing::default();
+        let mut st = self.lock();
+        let Some(me) = st.current(m) else {
+            // A replaced or evicted session still draining its socket: it speaks for nobody.
+            return;
+        };
+        let me_target = vec![Target { id: m.id.clone(), serial: m.serial, out: me.out.clone() }];
+        let my_group = me.group.clone();
+        let error = |outgoing: &mut Outgoing, code: ErrorCode, message: &str| {
+            outgoing.add(me_target.clone(), ServerFrame::Error { code, message });
+        };
+        match cmd {
+            Command::SendTo { to, message } => match st.target(&Arc::from(to.as_str())) {
+                None => error(&mut outgoing, ErrorCode::ClientNotFound, &format!("client {to} is not connected")),
+                Some(target) => {
+                    outgoing.add(vec![target], ServerFrame::Private { from: &m.id, to: &to, message: &message });
+                    outgoing.add(me_target.clone(), ServerFrame::Sent { to: &to, message: &message });
+                }
+            },
+            Command::Group { message } => match &my_group {
+                None => error(&mut outgoing, ErrorCode::NotInGroup, "you are not in a group: /join <group> first"),
+                Some(g) => {
+                    outgoing.add(st.members(g, None), ServerFrame::Group { from: &m.id, group: g, message: &message })
+                }
+            },
+            Command::Text { message } => match &my_group {
+                Some(g) => {
+                    outgoing.add(st.members(g, None), ServerFrame::Group { from: &m.id, group: g, message: &message })
+                }
+                None => {
+                    let everyone: Vec<Target> = st.clients.keys().filter_map(|id| st.target(id)).collect();
+                    outgoing.add(everyone, ServerFrame::Broadcast { from: &m.id, message: &message });
+                }
+            },
+            Command::Join { group } => {
+                let group: Arc<str> = Arc::from(group.as_str());
+                if my_group.as_ref() != Some(&group) {
+                    if let Some(old) = &my_group {
+                        st.leave_group(old, &m.id);
+                        outgoing.add(st.members(old, None), ServerFrame::Leave { client_id: &m.id, group: old });
+                    }
+                    let others = st.members(&group, None);
+                    st.groups.entry(group.clone()).or_default().insert(m.id.clone());
+                    if let Some(c) = st.clients.get_mut(&m.id) {
+                        c.group = Some(group.clone());
+                    }
+                    outgoing.add(others, ServerFrame::Join { client_id: &m.id, group: &group });
+                }
+                outgoing.add(me_target.clone(), ServerFrame::Joined { group: &group });
+            }
+            Command::Leave => match &my_group {
+                None => error(&mut outgoing, ErrorCode::NotInGroup, "you are not in a group"),
+                Some(g) => {
+                    st.leave_group(g, &m.id);
+                    if let Some(c) = st.clients.get_mut(&m.id) {
+                        c.group = None;
+                    }
+                    outgoing.add(st.members(g, None), ServerFrame::Leave { client_id: &m.id, group: g });
+                    outgoing.add(me_target.clone(), ServerFrame::Left { group: g });
+                }
+            },
+            Command::Groups => {
+                let groups = group_infos(&st);
+                outgoing.add(me_target.clone(), ServerFrame::Groups { groups: &groups });
+            }
+            Command::Members { group } => {
+                let group: Option<Arc<str>> = group.map(|g| Arc::from(g.as_str())).or(my_group);
+                match group {
+                    None => error(
+                        &mut outgoing,
+                        ErrorCode::NotInGroup,
+                        "you are not in a group: name one, /members <group>",
+                    ),
+                    Some(g) => {
+                        let members: Vec<Arc<str>> =
+                            st.groups.get(&g).map(|s| s.iter().cloned().collect()).unwrap_or_default();
+                        outgoing.add(me_target.clone(), ServerFrame::Members { group: &g, members: &members });
+                    }
+                }
+            }
+        }
+        drop(st);
+        self.deliver(outgoing);
+    }
+
+    /// `POST /api/ws/send_to/{id}`: a `private` frame from `server`. False when the client is not
+    /// connected (or was just evicted as a slow consumer).
+    pub fn send_from_server(&self, to: &str, message: &str) -> bool {
+        let Some(target) = self.lock().target(&Arc::from(to)) else {
+            return false;
+        };
+        let mut outgoing = Outgoing::default();
+        outgoing.add(vec![target], ServerFrame::Private { from: "server", to, message });
+        self.deliver(outgoing) == 1
+    }
+
+    /// `POST /api/ws/broadcast_to_group/{group}`: a `group` frame from `server` to every member.
+    /// `None` when there is no such group; otherwise how many members got it queued.
+    pub fn group_from_server(&self, group: &str, message: &str) -> Option<usize> {
+        let targets = {
+            let st = self.lock();
+            if !st.groups.contains_key(group) {
+                return None;
+            }
+            st.members(group, None)
+        };
+        let mut outgoing = Outgoing::default();
+        outgoing.add(targets, ServerFrame::Group { from: "server", group, message });
+        Some(self.deliver(outgoing))
+    }
+
+    /// Push an already encoded frame to every member of `group` (server notices such as
+    /// database alerts to `admins`). Returns how many got it queued.
+    pub fn send_to_group(&self, group: &str, frame: &Encoded) -> usize {
+        let targets = self.lock().members(group, None);
+        let mut outgoing = Outgoing::default();
+        if !targets.is_empty() {
+            outgoing.0.push((targets, frame.clone()));
+        }
+        self.deliver(outgoing)
+    }
+
+    /// Every connected client, oldest first.
+    pub fn clients(&self) -> Vec<ClientInfo> {
+        let st = self.lock();
+        let mut list: Vec<ClientInfo> = st
+            .clients
+            .iter()
+            .map(|(id, c)| ClientInfo {
+                client_id: id.to_string(),
+                group: c.group.as_deref().map(str::to_string),
+                connected_at: c.connected_at,
+            })
+            .collect();
+        drop(st);
+        list.sort_by(|a, b| a.connected_at.cmp(&b.connected_at).then_with(|| a.client_id.cmp(&b.client_id)));
+        list
+    }
+
+    /// Every group with its size, by name.
+    pub fn groups(&self) -> Vec<GroupInfo> {
+        group_infos(&self.lock())
+    }
+
+    /// The members of `group`, by id; `None` when there is no such group.
+    pub fn members(&self, group: &str) -> Option<Vec<String>> {
+        self.lock().groups.get(group).map(|s| s.iter().map(|id| id.to_string()).collect())
+    }
+
+    /// Server shutdown: empty the registry and close every client with 1001 (no `leave`
+    /// notices: everyone is going). Returns how many were closed.
+    pub fn shutdown(&self) -> usize {
+        let clients = {
+            let mut st = self.lock();
+            st.groups.clear();
+            std::mem::take(&mut st.clients)
+        };
+        for c in clients.values() {
+            c.out.close(1001, "server shutting down", false);
+        }
+        clients.len()
+    }
+}
+
+fn group_infos(st: &State) -> Vec<GroupInfo> {
+    st.groups.iter().map(|(name, set)| GroupInfo { name: name.to_string(), member_count: set.len() }).collect()
+}
+
+/// Push `frame` to every target; the ones that are full go to `slow`. Returns how many queued.
+fn push_all(targets: &[Target], frame: &Encoded, slow: &mut Vec<Target>) -> usize {
+    let mut queued = 0;
+    for t in targets {
+        match t.out.push(frame) {
+            Pushed::Queued => queued += 1,
+            Pushed::Full => slow.push(t.clone()),
+            Pushed::Closed => {}
+        }
+    }
+    queued
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ws::protocol::{decode_frame, parse_client_text};
+    use serde_json::Value;
+
+    /// An outbox that records what it is given. `capacity` frames at most (then `Full`).
+    struct Fake {
+        frames: Mutex<Vec<Value>>,
+        closed: Mutex<Option<(u16, String, bool)>>,
+        capacity: usize,
+    }
+
+    impl Fake {
+        fn new() -> Arc<Fake> {
+            Fake::with_capacity(usize::MAX)
+        }
+        fn with_capacity(capacity: usize) -> Arc<Fake> {
+            Arc::new(Fake { frames: Mutex::default(), closed: Mutex::default(), capacity })
+        }
+        /// Take the frames received so far.
+        fn take(&self) -> Vec<Value> {
+            std::mem::take(&mut *self.frames.lock().unwrap())
+        }
+        fn types(&self) -> Vec<String> {
+            self.take().iter().map(|v| v["type"].as_str().unwrap().to_string()).collect()
+        }
+        fn closed(&self) -> Option<(u16, String, bool)> {
+            self.closed.lock().unwrap().clone()
+        }
+    }
+
+    impl Outbox for Fake {
+        fn push(&self, frame: &Encoded) -> Pushed {
+            if self.closed.lock().unwrap().is_some() {
+                return Pushed::Closed;
+            }
+            let mut frames = self.frames.lock().unwrap();
+            if frames.len() >= self.capacity {
+                return Pushed::Full;
+            }
+            let (op, payload) = decode_frame(frame).unwrap();
+            assert_eq!(op, 1);
+            frames.push(serde_json::from_slice(&payload).unwrap());
+            Pushed::Queued
+        }
+        fn start(&self) {}
+        fn close(&self, code: u16, reason: &str, discard_queued: bool) {
+            self.closed.lock().unwrap().get_or_insert((code, reason.to_string(), discard_queued));
+        }
+    }
+
+    fn connect(hub: &Hub, id: Option<&str>, group: Option<&str>) -> (Member, Arc<Fake>) {
+        let out = Fake::new();
+        let m = hub.connect(id, group, out.clone());
+        (m, out)
+    }
+
+    fn run(hub: &Hub, m: &Member, text: &str) {
+        hub.handle(m, parse_client_text(text).unwrap());
+    }
+
+    #[test]
+    fn connect_welcomes_and_announces() {
+        let hub = Hub::new();
+        let (a, out_a) = connect(&hub, Some("alice"), Some("g"));
+        let w = out_a.take();
+        assert_eq!(w.len(), 1);
+        assert_eq!(
+            (w[0]["type"].as_str(), w[0]["client_id"].as_str(), w[0]["group"].as_str()),
+            (Some("welcome"), Some("alice"), Some("g"))
+        );
+        let (_, out_b) = connect(&hub, Some("bob"), Some("g"));
+        assert_eq!(out_b.types(), ["welcome"]);
+        let j = out_a.take();
+        assert_eq!((j[0]["type"].as_str(), j[0]["client_id"].as_str()), (Some("join"), Some("bob")));
+        let (anon, out_c) = connect(&hub, None, None);
+        assert!(anon.id.starts_with("anon-") && anon.id.len() == 13, "{}", anon.id);
+        let w = out_c.take();
+        assert_eq!(w[0]["group"], Value::Null);
+        assert!(out_a.take().is_empty(), "no join for a client without a group");
+        assert_eq!(hub.len(), 3);
+        assert_eq!(hub.members("g").unwrap(), ["alice", "bob"]);
+        assert!(hub.disconnect(&a));
+        assert_eq!(hub.members("g").unwrap(), ["bob"]);
+    }
+
+    #[test]
+    fn private_messages_and_errors() {
+        let hub = Hub::new();
+        let (a, out_a) = connect(&hub, Some("a"), None);
+        let (_, out_b) = connect(&hub, Some("b"), None);
+        out_a.take();
+        out_b.take();
+        run(&hub, &a, "/send_to b hello there");
+        let p = out_b.take();
+        assert_eq!(
+            (p[0]["type"].as_str(), p[0]["from"].as_str(), p[0]["to"].as_str(), p[0]["message"].as_str()),
+            (Some("private"), Some("a"), Some("b"), Some("hello there"))
+        );
+        let s = out_a.take();
+        assert_eq!((s[0]["type"].as_str(), s[0]["to"].as_str()), (Some("sent"), Some("b")));
+        run(&hub, &a, "/send_to nobody hi");
+        let e = out_a.take();
+        assert_eq!((e[0]["type"].as_str(), e[0]["error"].as_str()), (Some("error"), Some("client_not_found")));
+        run(&hub, &a, "/group hi");
+        assert_eq!(out_a.take()[0]["error"], "not_in_group");
+        run(&hub, &a, "/leave");
+        assert_eq!(out_a.take()[0]["error"], "not_in_group");
+        run(&hub, &a, "/members");
+        assert_eq!(out_a.take()[0]["error"], "not_in_group");
+        assert!(out_b.take().is_empty());
+    }
+
+    #[test]
+    fn groups_fan_out_and_vanish() {
+        let hub = Hub::new();
+        let (a, out_a) = connect(&hub, Some("a"), Some("g"));
+        let (b, out_b) = connect(&hub, Some("b"), Some("g"));
+        let (c, out_c) = connect(&hub, Some("c"), Some("h"));
+        for o in [&out_a, &out_b, &out_c] {
+            o.take();
+        }
+        run(&hub, &a, "/group hi all");
+        for o in [&out_a, &out_b] {
+            let g = o.take();
+            assert_eq!(
+                (g[0]["type"].as_str(), g[0]["from"].as_str(), g[0]["group"].as_str(), g[0]["message"].as_str()),
+                (Some("group"), Some("a"), Some("g"), Some("hi all"))
+            );
+        }
+        assert!(out_c.take().is_empty());
+        // Plain text in a group is a group message.
+        run(&hub, &b, "plain");
+        assert_eq!(out_a.take()[0]["type"], "group");
+        assert_eq!(out_b.take()[0]["type"], "group");
+
+        // c moves into g: h vanishes, g hears a join, c gets joined.
+        run(&hub, &c, "/join g");
+        assert_eq!(out_c.types(), ["joined"]);
+        assert_eq!(out_a.types(), ["join"]);
+        assert_eq!(out_b.types(), ["join"]);
+        assert_eq!(hub.groups(), vec![GroupInfo { name: "g".into(), member_count: 3 }]);
+        // Joining the group one is in changes nothing but answers joined.
+        run(&hub, &c, "/join g");
+        assert_eq!(out_c.types(), ["joined"]);
+        assert!(out_a.take().is_empty());
+
+        run(&hub, &a, "/members");
+        let m = out_a.take();
+        assert_eq!(m[0]["members"], serde_json::json!(["a", "b", "c"]));
+        run(&hub, &a, "/members nothing-here");
+        let m = out_a.take();
+        assert_eq!((m[0]["group"].as_str(), m[0]["members"].clone()), (Some("nothing-here"), serde_json::json!([])));
+
+        run(&hub, &a, "/leave");
+        let l = out_a.take();
+        assert_eq!((l[0]["type"].as_str(), l[0]["group"].as_str()), (Some("left"), Some("g")));
+        let l = out_b.take();
+        assert_eq!((l[0]["type"].as_str(), l[0]["client_id"].as_str()), (Some("leave"), Some("a")));
+        assert_eq!(out_c.types(), ["leave"]);
+        // Without a group, plain text is a broadcast to everyone, the sender included.
+        run(&hub, &a, "to everyone");
+        for o in [&out_a, &out_b, &out_c] {
+            let v = o.take();
+            assert_eq!((v[0]["type"].as_str(), v[0]["from"].as_str()), (Some("broadcast"), Some("a")));
+        }
+        run(&hub, &a, "/groups");
+        assert_eq!(out_a.take()[0]["groups"], serde_json::json!([{"name": "g", "member_count": 2}]));
+
+        hub.disconnect(&b);
+        hub.disconnect(&c);
+        assert!(hub.groups().is_empty(), "a group exists while it has members");
+        assert_eq!(hub.members("g"), None);
+    }
+
+    #[test]
+    fn takeover_closes_the_old_connection_and_its_exit_changes_nothing() {
+        let hub = Hub::new();
+        let (_, out_w) = connect(&hub, Some("watcher"), Some("g"));
+        let (old, out_old) = connect(&hub, Some("x"), Some("g"));
+        out_w.take();
+        let (new, out_new) = connect(&hub, Some("x"), Some("g"));
+        assert_eq!(out_old.closed(), Some((4000, "replaced".into(), false)));
+        assert_eq!(out_new.types(), ["welcome"]);
+        // Same group: no leave for the id, a join for the new connection.
+        assert_eq!(out_w.types(), ["join"]);
+        // The old session's reader exits late: nothing happens to the new one.
+        assert!(!hub.disconnect(&old));
+        hub.handle(&old, Command::Group { message: "ghost".into() });
+        assert!(out_w.take().is_empty());
+        assert_eq!(hub.members("g").unwrap(), ["watcher", "x"]);
+        // Takeover into another group is a leave for the old group.
+        let (_, _out_newer) = connect(&hub, Some("x"), None);
+        assert_eq!(out_new.closed().unwrap().0, 4000);
+        let l = out_w.take();
+        assert_eq!((l[0]["type"].as_str(), l[0]["client_id"].as_str()), (Some("leave"), Some("x")));
+        assert_eq!(hub.len(), 2);
+        assert!(!hub.disconnect(&new));
+    }
+
+    #[test]
+    fn a_full_queue_evicts_only_that_client() {
+        let hub = Hub::new();
+        let (a, out_a) = connect(&hub, Some("a"), Some("g"));
+        let slow = Fake::with_capacity(3);
+        let s = hub.connect(Some("slow"), Some("g"), slow.clone());
+        let (_, out_c) = connect(&hub, Some("c"), Some("g"));
+        for _ in 0..5 {
+            run(&hub, &a, "/group flood");
+        }
+        assert_eq!(slow.closed(), Some((1008, "slow consumer: outbound queue full".into(), true)));
+        assert!(!hub.disconnect(&s), "already removed");
+        assert_eq!(hub.members("g").unwrap(), ["a", "c"]);
+        let types = out_c.types();
+        assert_eq!(types.iter().filter(|t| *t == "group").count(), 5);
+        assert_eq!(types.iter().filter(|t| *t == "leave").count(), 1);
+        // A private message to the evicted client is now client_not_found.
+        out_a.take();
+        run(&hub, &a, "/send_to slow hi");
+        assert_eq!(out_a.take()[0]["error"], "client_not_found");
+        assert!(!hub.send_from_server("slow", "x"));
+    }
+
+    #[test]
+    fn evictions_cascade_without_recursion() {
+        let hub = Hub::new();
+        let (a, _out_a) = connect(&hub, Some("a"), Some("g"));
+        // Each slow client has room for its welcome and the join notices of the later ones only.
+        let slows: Vec<Arc<Fake>> = (0..50).map(|_| Fake::with_capacity(60)).collect();
+        for (i, f) in slows.iter().enumerate() {
+            hub.connect(Some(&format!("s{i}")), Some("g"), f.clone());
+        }
+        for _ in 0..70 {
+            run(&hub, &a, "/group x");
+        }
+        assert!(slows.iter().all(|f| f.closed().map(|c| c.0) == Some(1008)));
+        assert_eq!(hub.members("g").unwrap(), ["a"]);
+    }
+
+    #[test]
+    fn server_messages_and_listings() {
+        let hub = Hub::new();
+        let (_, out_a) = connect(&hub, Some("a"), Some("g"));
+        let (_, out_b) = connect(&hub, Some("b"), None);
+        out_a.take();
+        out_b.take();
+        assert!(hub.send_from_server("b", "hello"));
+        let p = out_b.take();
+        assert_eq!(
+            (p[0]["type"].as_str(), p[0]["from"].as_str(), p[0]["to"].as_str()),
+            (Some("private"), Some("server"), Some("b"))
+        );
+        assert!(!hub.send_from_server("zz", "hello"));
+        assert_eq!(hub.group_from_server("g", "all"), Some(1));
+        let g = out_a.take();
+        assert_eq!(
+            (g[0]["type"].as_str(), g[0]["from"].as_str(), g[0]["group"].as_str()),
+            (Some("group"), Some("server"), Some("g"))
+        );
+        assert_eq!(hub.group_from_server("nope", "x"), None);
+        let clients = hub.clients();
+        assert_eq!(clients.iter().map(|c| c.client_id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(clients[0].group.as_deref(), Some("g"));
+        assert_eq!(hub.shutdown(), 2);
+        assert_eq!(out_a.closed().unwrap().0, 1001);
+        assert!(hub.is_empty() && hub.groups().is_empty());
+    }
+}

@@ -1,0 +1,271 @@
+//! Real-time messaging: WebSocket sessions, the client registry and groups (the contract's
+//! "WebSocket" section). The HTTP side — validation, auth, the `101` — is `api/ws_api.rs`; from
+//! the `101` on, the socket is ours.
+//!
+//! - `protocol.rs` — pure: client commands, server frames, names. No sockets, no locks.
+//! - `hub.rs` — the registry and the groups behind one lock; the rules of every command.
+//! - `session.rs` — the socket side: the reader thread, the outbound queue, the flusher.
+//!
+//! # Threads
+//!
+//! - **One reader thread per session** (`ws-session`, stack `WS_THREAD_STACK_KB`). Started by
+//!   the HTTP worker that answers the upgrade (before the `101`, so a failed spawn is still a
+//!   `503`; the worker also registers the client in the hub before the `101`, so a client that
+//!   has read its `101` can be found), it reads the socket: it parses frames (tungstenite's
+//!   `WebSocketContext`, 64 KiB limit), runs commands against the hub, answers pings, sends a
+//!   ping every `WS_PING_INTERVAL_SECS` and drops a client silent for `WS_PING_TIMEOUT_SECS`.
+//!   At most `WS_MAX_CLIENTS` sessions exist (a counter reserved before the `101`; over it the
+//!   upgrade is answered `503`). The thread ends with the connection.
+//! - **One flusher thread for all sessions** (`ws-flush`, started with the first session). It
+//!   finishes writing queues whose socket was full (`poll` for `POLLOUT`) and shuts down
+//!   connections whose close handshake has not finished within `CLOSE_GRACE`.
+//!
+//! # Writing: a token, not a thread per session
+//!
+//! Each session has one bounded outbound queue (`session::Outbound`: a `Mutex<VecDeque<Arc<[u8]>>>`
+//! of encoded frames). Whoever pushes a frame onto a queue whose writer token is free takes the
+//! token and writes right away on its own thread, with `sendmsg(MSG_DONTWAIT)` of everything
+//! queued (one `iovec` per frame, up to 128 in one call); pushes that find the token taken only
+//! queue. If the socket is full (`EAGAIN`), the token passes to the flusher, which writes the
+//! rest when `poll` says the socket is writable. So exactly one writer at a time per socket
+//! (frames never interleave, per-sender order is kept), and **no sender ever blocks on a
+//! client's socket**.
+//!
+//! Why not a writer thread per session, as the design notes sketch: two threads per session
+//! would be 20,000 threads at the 10,000-client goal, and this machine's `kernel.pid_max` is
+//! 32768 (every thread takes a pid) with `vm.max_map_count` 65530 (each thread stack is two
+//! mappings) — too close to the ceiling. With the token, threads are one per session plus one,
+//! and a fan-out costs one non-blocking `sendmsg` per recipient with no thread wake-up at all.
+//! See `docs/decisions.md`.
+//!
+//! # Queues, bounds, and what happens when full
+//!
+//! - **Outbound queue** (per session; owners: the session, its hub entry, the flusher while it
+//!   holds the token). Bound: `WS_QUEUE_FRAMES` frames and `WS_QUEUE_KB` KiB. A push beyond it
+//!   is refused: the client is a slow consumer — the hub removes it (its group hears `leave`),
+//!   its queue is replaced by a close frame `1008`, and the flusher shuts the socket down if that
+//!   frame cannot be written within `CLOSE_GRACE`. The sender is never blocked.
+//! - **Flusher inbox** (`adopt` and `watch` lists): each session is in each at most once at a
+//!   time, so both are bounded by `WS_MAX_CLIENTS`.
+//! - A fan-out frame is encoded once; every recipient's queue holds the same `Arc<[u8]>`.
+//!
+//! # Locks
+//!
+//! `Hub::state` (registry + groups, one lock, see `hub.rs`) and each session's queue lock. Order:
+//! the hub lock may be held while a *not yet started* queue is locked (the welcome frame);
+//! never the other way round. The flusher's inbox lock and `Ws::flusher` are only ever taken
+//! alone. No socket I/O happens under any of them.
+//!
+//! # Shutdown
+//!
+//! `Ws::shutdown` (from the signal handler, alongside the HTTP layer's) refuses new sessions,
+//! empties the hub and queues a close `1001` for every client; `Ws::wait_idle` lets `main` give
+//! the sessions a moment to finish their close handshakes before the process exits.
+//!
+//! Must never: do socket I/O or call the database while holding a hub or queue lock; block a
+//! sender on a client; log a token or a query string.
+
+pub mod hub;
+pub mod protocol;
+pub mod session;
+
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::http::response::UpgradeFn;
+
+pub use hub::Hub;
+
+/// How long a closing connection may take to finish its close handshake before its socket is
+/// shut down.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// The limits and timings of sessions (from the configuration).
+#[derive(Debug, Clone)]
+pub struct WsSettings {
+    /// Most sessions at once (`WS_MAX_CLIENTS`).
+    pub max_clients: usize,
+    /// Most frames in one client's outbound queue (`WS_QUEUE_FRAMES`).
+    pub queue_frames: usize,
+    /// Most bytes in one client's outbound queue (`WS_QUEUE_KB`).
+    pub queue_bytes: usize,
+    /// Stack size of a session's reader thread (`WS_THREAD_STACK_KB`).
+    pub stack_size: usize,
+    /// A ping this often (`WS_PING_INTERVAL_SECS`).
+    pub ping_interval: Duration,
+    /// A client silent this long is dropped (`WS_PING_TIMEOUT_SECS`).
+    pub ping_timeout: Duration,
+    /// See `CLOSE_GRACE`.
+    pub close_grace: Duration,
+}
+
+impl Default for WsSettings {
+    fn default() -> Self {
+        WsSettings {
+            max_clients: 10_000,
+            queue_frames: 1024,
+            queue_bytes: 4 * 1024 * 1024,
+            stack_size: 128 * 1024,
+            ping_interval: Duration::from_secs(30),
+            ping_timeout: Duration::from_secs(60),
+            close_grace: CLOSE_GRACE,
+        }
+    }
+}
+
+impl WsSettings {
+    pub fn from_config(c: &crate::config::Config) -> WsSettings {
+        WsSettings {
+            max_clients: c.ws_max_clients,
+            queue_frames: c.ws_queue_frames,
+            queue_bytes: c.ws_queue_kb.saturating_mul(1024),
+            stack_size: c.ws_thread_stack_kb.saturating_mul(1024),
+            ping_interval: c.ws_ping_interval,
+            ping_timeout: c.ws_ping_timeout,
+            close_grace: CLOSE_GRACE,
+        }
+    }
+}
+
+/// Why a session could not be opened (answered `503` before the upgrade).
+#[derive(Debug)]
+pub struct Refused(pub String);
+
+/// The WebSocket side of the server: the hub, the session count, the flusher.
+pub struct Ws {
+    pub hub: Hub,
+    pub settings: WsSettings,
+    /// Sessions whose reader thread exists (or is about to). Bounded by `max_clients`.
+    sessions: AtomicUsize,
+    stopping: AtomicBool,
+    /// Started with the first session.
+    flusher: Mutex<Option<Arc<session::Flusher>>>,
+}
+
+/// What the HTTP side hands a session's reader thread, in this order.
+enum Handover {
+    /// The client is in the hub (its welcome queued).
+    Registered(hub::Member),
+    /// The `101` is written: the socket, and any bytes the client sent after its request head.
+    Socket(TcpStream, Vec<u8>),
+}
+
+/// A reserved session: gives its place back when dropped (when the reader thread ends).
+struct Slot(Arc<Ws>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.sessions.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Ws {
+    pub fn new(settings: WsSettings) -> Ws {
+        Ws {
+            hub: Hub::new(),
+            settings,
+            sessions: AtomicUsize::new(0),
+            stopping: AtomicBool::new(false),
+            flusher: Mutex::new(None),
+        }
+    }
+
+    /// Sessions open now (including ones finishing their close handshake).
+    pub fn sessions(&self) -> usize {
+        self.sessions.load(Ordering::SeqCst)
+    }
+
+    fn reserve(self: &Arc<Self>) -> Option<Slot> {
+        let max = self.settings.max_clients;
+        self.sessions.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max).then_some(n + 1)).ok()?;
+        Some(Slot(self.clone()))
+    }
+
+    fn flusher(&self) -> std::io::Result<Arc<session::Flusher>> {
+        let mut f = self.flusher.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = &*f {
+            return Ok(f.clone());
+        }
+        let started = session::Flusher::start()?;
+        *f = Some(started.clone());
+        Ok(started)
+    }
+
+    /// Open a session for a validated upgrade, before its `101` is written: reserve its place,
+    /// start its reader thread (waiting for the socket), and register the client in the hub —
+    /// so by the time the client reads the `101` it can be found, and its welcome is queued.
+    /// Returns what `Response::upgrade` runs after the `101`. If the `101` is never written,
+    /// the thread sees its channel closed, unregisters the client and ends.
+    pub fn open_session(
+        self: &Arc<Self>,
+        id: Option<String>,
+        group: Option<String>,
+        peer: SocketAddr,
+    ) -> Result<UpgradeFn, Refused> {
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err(Refused("Server is shutting down".into()));
+        }
+        let slot = self.reserve().ok_or_else(|| Refused("Too many WebSocket clients; try again later".into()))?;
+        let flusher = self.flusher().map_err(|e| {
+            crate::error!("cannot start the ws flusher thread: {e}");
+            Refused("Cannot start a WebSocket session now".into())
+        })?;
+        let out = session::Outbound::new(&self.settings, flusher);
+        // Two messages: the registration (right below), then the socket (after the 101).
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Handover>(2);
+        let ws = self.clone();
+        let thread_out = out.clone();
+        std::thread::Builder::new()
+            .name("ws-session".into())
+            .stack_size(self.settings.stack_size)
+            .spawn(move || {
+                let _slot = slot;
+                let Ok(Handover::Registered(member)) = rx.recv() else { return };
+                match rx.recv() {
+                    Ok(Handover::Socket(stream, leftover)) => {
+                        session::run(&ws, &member, &thread_out, stream, leftover, peer)
+                    }
+                    _ => {
+                        // The 101 was never written: the client never connected.
+                        ws.hub.disconnect(&member);
+                        thread_out.kill();
+                    }
+                }
+            })
+            .map_err(|e| {
+                crate::warn!("cannot start a ws session thread: {e}");
+                Refused("Cannot start a WebSocket session now".into())
+            })?;
+        // Nothing can fail from here on: register (a takeover closes the older connection now).
+        let member = self.hub.connect(id.as_deref(), group.as_deref(), out);
+        let _ = tx.send(Handover::Registered(member));
+        Ok(Box::new(move |stream, leftover| {
+            // The thread is waiting; if it is gone the socket is simply dropped.
+            let _ = tx.send(Handover::Socket(stream, leftover));
+        }))
+    }
+
+    /// Server shutdown: no new sessions; every client gets a close `1001`.
+    pub fn shutdown(&self) {
+        if !self.stopping.swap(true, Ordering::SeqCst) {
+            let n = self.hub.shutdown();
+            if n > 0 {
+                crate::info!("closing {n} WebSocket session(s)");
+            }
+        }
+    }
+
+    /// Wait until every session has ended, at most `timeout`. True when none is left.
+    pub fn wait_idle(&self, timeout: Duration) -> bool {
+        let until = Instant::now() + timeout;
+        while self.sessions() > 0 {
+            if Instant::now() >= until {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
+}

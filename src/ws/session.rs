@@ -1,0 +1,799 @@
+//! The socket side of a WebSocket session: the outbound queue and its writer (`Outbound`), the
+//! shared flusher thread for clients whose socket is full (`Flusher`), and the reader thread of
+//! each session (`run`). The protocol rules are in `protocol.rs`, the bookkeeping in `hub.rs`;
+//! the thread model as a whole is described in `ws/mod.rs`.
+//!
+//! Must never: block a sender on a client's socket (every write is `MSG_DONTWAIT`), let two
+//! writers interleave frames on one socket (the `writing` token), or hold the queue's lock
+//! during a system call.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use tungstenite::error::{Error as WsError, ProtocolError};
+use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
+use tungstenite::Message;
+
+use super::hub::{Member, Outbox, Pushed};
+use super::protocol::{self, ClientError, Encoded, ErrorCode};
+use super::{Ws, WsSettings};
+use crate::{debug, info, warn};
+
+/// Most frames handed to one `sendmsg` (each is one `iovec`).
+const FRAMES_PER_WRITE: usize = 128;
+/// A sender that finds the queue's writer token free writes for the recipient inline, at most
+/// this many rounds (each non-blocking); if more keeps arriving, the flusher takes over.
+const INLINE_ROUNDS: usize = 4;
+/// The reader's receive buffer (tungstenite grows it for a large frame, up to the 64 KiB limit).
+const READ_BUFFER: usize = 4 * 1024;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Critical sections below never panic half-way through an update.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// `sendmsg(fd, bufs, MSG_DONTWAIT | MSG_NOSIGNAL)`: write what the socket takes now, never wait.
+fn send_nonblocking(fd: RawFd, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    // SAFETY: `msghdr` is plain data and all-zero is a valid empty header. `IoSlice` is
+    // guaranteed ABI-compatible with `iovec` on Unix, and `bufs` outlives the call; `sendmsg`
+    // only reads the buffers.
+    let n = unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
+        msg.msg_iovlen = bufs.len() as _;
+        libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The outbound queue
+
+/// Who is writing: a sender that found the token free, or the flusher thread.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Writer {
+    Sender,
+    Flusher,
+}
+
+/// What a writing turn ended with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Turn {
+    /// Queue empty; the token is released.
+    Idle,
+    /// The socket is full (or the sender's turn is over): the flusher holds the token.
+    Blocked,
+    /// The connection is dead; the token is released.
+    Dead,
+}
+
+struct OutState {
+    /// Encoded frames not yet fully written, oldest first.
+    queue: VecDeque<Encoded>,
+    /// Bytes of `queue[0]` already written.
+    front_written: usize,
+    /// Unwritten bytes in `queue`.
+    bytes: usize,
+    /// The writer token: someone is writing this queue (a sender, or the flusher).
+    writing: bool,
+    /// `push` only queues until the hub has registered the session (`Outbox::start`).
+    started: bool,
+    /// A close frame is queued: nothing more is accepted.
+    closing: bool,
+    /// The close frame is written and the socket is shut down for writing.
+    fin: bool,
+    /// The socket is shut down; everything queued was dropped.
+    dead: bool,
+    /// A close frame to send in place of the queue (slow consumer), waiting for the writer that
+    /// holds the token: only it knows which queued bytes are already on their way.
+    pending_close: Option<Encoded>,
+}
+
+impl OutState {
+    /// Drop every queued frame but one already half written (the stream must stay well formed).
+    /// Only while nobody is in the middle of writing from the queue.
+    fn discard_unstarted(&mut self) {
+        let keep = if self.front_written > 0 { self.queue.pop_front() } else { None };
+        self.queue.clear();
+        self.bytes = 0;
+        if let Some(front) = keep {
+            self.bytes = front.len() - self.front_written;
+            self.queue.push_back(front);
+        }
+    }
+}
+
+/// One client's outbound side: a bounded queue of encoded frames and the rules for writing it.
+///
+/// Owner: the session (its reader thread holds an `Arc`), the hub's registry entry, and — while
+/// the socket is full or the connection is closing — the flusher. Bound: `queue_frames` frames
+/// and `queue_bytes` bytes; a push beyond either is refused with `Pushed::Full` (the hub then
+/// evicts the client with 1008). Control frames (pong, ping, close) go through the same queue,
+/// so frames never interleave.
+pub struct Outbound {
+    /// The session's socket (shared with its reader: one descriptor per session), used here
+    /// for writing and for shutting it down. Attached once the `101` is written; the queue is
+    /// registered in the hub (and may receive frames) a moment before that.
+    stream: OnceLock<Arc<TcpStream>>,
+    state: Mutex<OutState>,
+    max_frames: usize,
+    max_bytes: usize,
+    close_grace: Duration,
+    flusher: Arc<Flusher>,
+    me: Weak<Outbound>,
+}
+
+impl Outbound {
+    /// A queue without a socket yet: `push` only queues until `attach` and `start`.
+    pub fn new(settings: &WsSettings, flusher: Arc<Flusher>) -> Arc<Outbound> {
+        Arc::new_cyclic(|me| Outbound {
+            stream: OnceLock::new(),
+            state: Mutex::new(OutState {
+                queue: VecDeque::new(),
+                front_written: 0,
+                bytes: 0,
+                writing: false,
+                started: false,
+                closing: false,
+                fin: false,
+                dead: false,
+                pending_close: None,
+            }),
+            max_frames: settings.queue_frames.max(1),
+            max_bytes: settings.queue_bytes.max(1),
+            close_grace: settings.close_grace,
+            flusher,
+            me: me.clone(),
+        })
+    }
+
+    /// Give the queue its socket (once, before `start`).
+    pub fn attach(&self, stream: Arc<TcpStream>) {
+        let _ = self.stream.set(stream);
+    }
+
+    fn fd(&self) -> RawFd {
+        // poll(2) ignores negative descriptors.
+        self.stream.get().map_or(-1, |s| s.as_raw_fd())
+    }
+
+    fn shutdown(&self, how: Shutdown) {
+        if let Some(s) = self.stream.get() {
+            let _ = s.shutdown(how);
+        }
+    }
+
+    fn arc(&self) -> Arc<Outbound> {
+        self.me.upgrade().expect("an Outbound is only used through its Arc")
+    }
+
+    /// Whether the session is over from the sending side (closing, or dead).
+    pub fn is_closing(&self) -> bool {
+        let st = lock(&self.state);
+        st.closing || st.dead
+    }
+
+    /// Write what is queued until the queue is empty, the socket is full, or (for a sender)
+    /// the inline rounds are used up. The caller holds the writer token.
+    fn write_turn(&self, who: Writer) -> Turn {
+        let mut batch: Vec<Encoded> = Vec::new();
+        let mut rounds = 0;
+        loop {
+            let offset;
+            {
+                let mut st = lock(&self.state);
+                if st.dead {
+                    st.writing = false;
+                    return Turn::Dead;
+                }
+                if let Some(close) = st.pending_close.take() {
+                    st.discard_unstarted();
+                    st.bytes += close.len();
+                    st.queue.push_back(close);
+                }
+                if st.queue.is_empty() {
+                    st.writing = false;
+                    let fin = st.closing && !st.fin;
+                    st.fin |= fin;
+                    drop(st);
+                    if fin {
+                        // The close frame is out: end our side (FIN after the data).
+                        self.shutdown(Shutdown::Write);
+                    }
+                    return Turn::Idle;
+                }
+                if who == Writer::Sender && rounds >= INLINE_ROUNDS {
+                    drop(st);
+                    self.flusher.adopt(self.arc());
+                    return Turn::Blocked;
+                }
+                offset = st.front_written;
+                batch.clear();
+                batch.extend(st.queue.iter().take(FRAMES_PER_WRITE).cloned());
+            }
+            let slices: Vec<IoSlice<'_>> = batch
+                .iter()
+                .enumerate()
+                .map(|(i, f)| IoSlice::new(if i == 0 { &f[offset..] } else { &f[..] }))
+                .collect();
+            match send_nonblocking(self.fd(), &slices) {
+                Ok(n) => self.advance(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if who == Writer::Sender {
+                        self.flusher.adopt(self.arc());
+                    }
+                    return Turn::Blocked;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    debug!("ws write failed: {e}");
+                    self.kill();
+                    return Turn::Dead;
+                }
+            }
+            rounds += 1;
+        }
+    }
+
+    /// `n` bytes were written from the front of the queue.
+    fn advance(&self, n: usize) {
+        let mut st = lock(&self.state);
+        if st.dead {
+            return;
+        }
+        st.bytes -= n;
+        let mut done = st.front_written + n;
+        while let Some(front) = st.queue.front() {
+            if done < front.len() {
+                break;
+            }
+            done -= front.len();
+            st.queue.pop_front();
+        }
+        st.front_written = done;
+    }
+
+    /// Shut the socket down now and drop everything queued. Wakes the reader (its `read`
+    /// returns 0). Idempotent.
+    pub fn kill(&self) {
+        {
+            let mut st = lock(&self.state);
+            if st.dead {
+                return;
+            }
+            st.dead = true;
+            st.queue.clear();
+            st.bytes = 0;
+            st.front_written = 0;
+        }
+        self.shutdown(Shutdown::Both);
+    }
+
+    /// The reader has finished. An abrupt end kills the socket; a closing one is left to finish
+    /// writing (the flusher's deadline bounds it).
+    pub fn finish(&self) {
+        let done = {
+            let st = lock(&self.state);
+            !st.closing || st.queue.is_empty()
+        };
+        if done {
+            self.kill();
+        }
+    }
+}
+
+impl Outbox for Outbound {
+    fn push(&self, frame: &Encoded) -> Pushed {
+        {
+            let mut st = lock(&self.state);
+            if st.closing || st.dead {
+                return Pushed::Closed;
+            }
+            let full =
+                st.queue.len() >= self.max_frames || (!st.queue.is_empty() && st.bytes + frame.len() > self.max_bytes);
+            if full {
+                return Pushed::Full;
+            }
+            st.queue.push_back(frame.clone());
+            st.bytes += frame.len();
+            if st.writing || !st.started {
+                return Pushed::Queued;
+            }
+            st.writing = true;
+        }
+        self.write_turn(Writer::Sender);
+        Pushed::Queued
+    }
+
+    fn start(&self) {
+        {
+            let mut st = lock(&self.state);
+            st.started = true;
+            if st.writing || st.queue.is_empty() || st.dead {
+                return;
+            }
+            st.writing = true;
+        }
+        self.write_turn(Writer::Sender);
+    }
+
+    fn close(&self, code: u16, reason: &str, discard_queued: bool) {
+        let write_now = {
+            let mut st = lock(&self.state);
+            if st.closing || st.dead {
+                return;
+            }
+            st.closing = true;
+            let frame = protocol::encode_close(code, reason);
+            if discard_queued && st.writing {
+                // A writer may be sending queued frames right now: it does the discarding.
+                st.pending_close = Some(frame);
+            } else {
+                if discard_queued {
+                    st.discard_unstarted();
+                }
+                st.bytes += frame.len();
+                st.queue.push_back(frame);
+            }
+            let take = st.started && !st.writing;
+            st.writing |= take;
+            take
+        };
+        self.flusher.watch(self.arc(), Instant::now() + self.close_grace);
+        if write_now {
+            self.write_turn(Writer::Sender);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The flusher
+
+/// Work handed to the flusher by other threads.
+#[derive(Default)]
+struct Inbox {
+    /// Queues whose socket was full: the flusher now holds their writer token.
+    adopt: Vec<Arc<Outbound>>,
+    /// Closing sessions and when to give up on them (shut the socket down for good).
+    watch: Vec<(Arc<Outbound>, Instant)>,
+}
+
+/// One thread (`ws-flush`) for every session at once: it finishes writing queues whose socket
+/// was full (polling for `POLLOUT`) and shuts down closing connections whose grace has passed.
+///
+/// Its lists are bounded by the number of sessions (a session is in each at most once at a
+/// time: the writer token and the one-time close guarantee it). It never blocks on a socket.
+pub struct Flusher {
+    inbox: Mutex<Inbox>,
+    wake_tx: UnixStream,
+}
+
+impl Flusher {
+    /// Start the flusher thread.
+    pub fn start() -> io::Result<Arc<Flusher>> {
+        let (wake_tx, wake_rx) = UnixStream::pair()?;
+        wake_tx.set_nonblocking(true)?;
+        wake_rx.set_nonblocking(true)?;
+        let flusher = Arc::new(Flusher { inbox: Mutex::new(Inbox::default()), wake_tx });
+        let f = flusher.clone();
+        std::thread::Builder::new().name("ws-flush".into()).stack_size(256 * 1024).spawn(move || f.run(wake_rx))?;
+        Ok(flusher)
+    }
+
+    fn wake(&self) {
+        // A full pipe already means "wake up".
+        let _ = (&self.wake_tx).write(b"x");
+    }
+
+    fn adopt(&self, out: Arc<Outbound>) {
+        lock(&self.inbox).adopt.push(out);
+        self.wake();
+    }
+
+    fn watch(&self, out: Arc<Outbound>, deadline: Instant) {
+        lock(&self.inbox).watch.push((out, deadline));
+        self.wake();
+    }
+
+    fn run(&self, mut wake_rx: UnixStream) {
+        let mut writing: Vec<Arc<Outbound>> = Vec::new();
+        let mut watching: Vec<(Arc<Outbound>, Instant)> = Vec::new();
+        let mut fds: Vec<libc::pollfd> = Vec::new();
+        let mut sink = [0u8; 64];
+        loop {
+            {
+                let mut inbox = lock(&self.inbox);
+                writing.append(&mut inbox.adopt);
+                watching.append(&mut inbox.watch);
+            }
+            // Closing sessions past their grace: shut them down (this also ends their reader).
+            let now = Instant::now();
+            watching.retain(|(out, deadline)| {
+                if *deadline <= now {
+                    out.kill();
+                    false
+                } else {
+                    !lock(&out.state).dead
+                }
+            });
+            // Killed meanwhile (their token no longer matters).
+            writing.retain(|out| !lock(&out.state).dead);
+            fds.clear();
+            fds.push(libc::pollfd { fd: wake_rx.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+            fds.extend(writing.iter().map(|o| libc::pollfd { fd: o.fd(), events: libc::POLLOUT, revents: 0 }));
+            let timeout_ms = match watching.iter().map(|(_, d)| *d).min() {
+                Some(d) => d.saturating_duration_since(now).as_millis().clamp(1, 60_000) as libc::c_int,
+                None => -1,
+            };
+            // SAFETY: `fds` is a valid slice of initialised pollfd for the duration of the call.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+            if n < 0 {
+                let err = io::Error::last_os_error();
+                if err.kind() != io::ErrorKind::Interrupted {
+                    warn!("ws flusher: poll failed: {err}");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                continue;
+            }
+            if fds[0].revents != 0 {
+                while matches!(wake_rx.read(&mut sink), Ok(n) if n > 0) {}
+            }
+            // Back to front, so `swap_remove` only moves entries already visited.
+            for i in (0..writing.len()).rev() {
+                if fds[i + 1].revents == 0 {
+                    continue;
+                }
+                if writing[i].write_turn(Writer::Flusher) != Turn::Blocked {
+                    writing.swap_remove(i);
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The reader
+
+/// The read side for tungstenite: reads the socket; replies tungstenite would write itself
+/// (pong, close echo) are dropped here, because the session queues its own through `Outbound`.
+struct ReadSide<'a>(&'a TcpStream);
+
+impl Read for ReadSide<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        (&*self.0).read(buf)
+    }
+}
+
+impl Write for ReadSide<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The body of a session's reader thread, from the socket handed over by the HTTP layer to the
+/// end of the connection. The client is already registered (`member`, with `out` as its queue,
+/// holding at least the welcome frame): attach the socket and start writing, then read frames
+/// and run them, ping, time out, and leave the hub on any kind of end.
+pub fn run(ws: &Ws, member: &Member, out: &Arc<Outbound>, stream: TcpStream, leftover: Vec<u8>, peer: SocketAddr) {
+    let stream = Arc::new(stream);
+    out.attach(stream.clone());
+    out.start();
+    debug!("ws {} connected from {peer}", member.id);
+    let end = read_loop(ws, &stream, leftover, member, out);
+    // Whatever ended it, the client is gone from the registry and its group hears `leave`
+    // (unless it was replaced or evicted: then its entry is already someone else's or gone).
+    ws.hub.disconnect(member);
+    match end {
+        End::Closed => {
+            drain(&stream, ws.settings.close_grace);
+            debug!("ws {} closed the connection", member.id);
+        }
+        End::ClosedByServer(why) => {
+            drain(&stream, ws.settings.close_grace);
+            info!("ws {} disconnected: {why}", member.id);
+        }
+        End::Dropped(why) => debug!("ws {} dropped: {why}", member.id),
+    }
+    out.finish();
+}
+
+enum End {
+    /// The client sent a close frame; ours answers it.
+    Closed,
+    /// We closed it (a close frame is queued, or the socket is shut).
+    ClosedByServer(String),
+    /// The connection ended without a close handshake.
+    Dropped(String),
+}
+
+fn read_loop(ws: &Ws, stream: &TcpStream, leftover: Vec<u8>, member: &Member, out: &Arc<Outbound>) -> End {
+    let s = &ws.settings;
+    // Wake at least this often to ping and to check the silence timeout.
+    let tick = s.ping_interval.min(s.ping_timeout).max(Duration::from_millis(10));
+    if let Err(e) = stream.set_read_timeout(Some(tick)) {
+        return End::Dropped(format!("cannot set a read timeout: {e}"));
+    }
+    let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .max_message_size(Some(protocol::MESSAGE_MAX))
+        .max_frame_size(Some(protocol::MESSAGE_MAX));
+    let mut ctx = WebSocketContext::from_partially_read(leftover, Role::Server, Some(config));
+    let mut io = ReadSide(stream);
+    let mut last_seen = Instant::now();
+    let mut next_ping = last_seen + s.ping_interval;
+    let hub = &ws.hub;
+    loop {
+        let result = ctx.read(&mut io);
+        let now = Instant::now();
+        match result {
+            Ok(message) => {
+                last_seen = now;
+                match message {
+                    Message::Text(text) => match protocol::parse_client_text(text.as_str()) {
+                        Ok(cmd) => hub.handle(member, cmd),
+                        Err(e) => hub.send_error(&**out, &e),
+                    },
+                    Message::Binary(_) => hub.send_error(
+                        &**out,
+                        &ClientError::new(ErrorCode::Unsupported, "binary frames are not supported: send text"),
+                    ),
+                    Message::Ping(payload) => {
+                        out.push(&protocol::encode_pong(&payload));
+                    }
+                    Message::Pong(_) | Message::Frame(_) => {}
+                    Message::Close(frame) => {
+                        // Echo the client's code (tungstenite has already replaced a code that is
+                        // not allowed on the wire by 1002).
+                        let code = frame.map(|f| u16::from(f.code)).unwrap_or(1000);
+                        hub.disconnect(member);
+                        out.close(code, "", false);
+                        return End::Closed;
+                    }
+                }
+            }
+            Err(WsError::Io(e)) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+            Err(WsError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(WsError::Capacity(e)) => return server_close(hub, member, out, 1009, "message too big", e.to_string()),
+            Err(WsError::Utf8(_)) => {
+                return server_close(hub, member, out, 1007, "invalid UTF-8", "invalid UTF-8 in a text frame".into())
+            }
+            Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake))
+            | Err(WsError::ConnectionClosed)
+            | Err(WsError::AlreadyClosed) => return End::Dropped("connection closed without a close frame".into()),
+            Err(WsError::Io(e)) => return End::Dropped(format!("read failed: {e}")),
+            Err(WsError::Protocol(e)) => return server_close(hub, member, out, 1002, "protocol error", e.to_string()),
+            Err(e) => return server_close(hub, member, out, 1011, "internal error", e.to_string()),
+        }
+        if out.is_closing() {
+            // Replaced, evicted as a slow consumer, or the server is shutting down: whoever
+            // closed it has already taken it out of the hub.
+            return End::ClosedByServer("closed by the server".into());
+        }
+        if now.duration_since(last_seen) >= s.ping_timeout {
+            out.kill();
+            return End::Dropped(format!("silent for {} s (ping timeout)", s.ping_timeout.as_secs_f32()));
+        }
+        if now >= next_ping {
+            out.push(&protocol::encode_ping());
+            next_ping = now + s.ping_interval;
+        }
+    }
+}
+
+fn server_close(
+    hub: &super::hub::Hub,
+    member: &Member,
+    out: &Outbound,
+    code: u16,
+    reason: &str,
+    detail: String,
+) -> End {
+    hub.disconnect(member);
+    out.close(code, reason, false);
+    End::ClosedByServer(format!("{reason} ({code}): {detail}"))
+}
+
+/// After a close: read and discard until the client closes its side (so our close frame is
+/// not lost to a reset), or the grace period is over.
+fn drain(stream: &TcpStream, grace: Duration) {
+    let until = Instant::now() + grace;
+    let _ = stream.set_read_timeout(Some(grace.clamp(Duration::from_millis(10), Duration::from_secs(1))));
+    let mut buf = vec![0u8; 4096];
+    while Instant::now() < until {
+        match (&*stream).read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+                ) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    fn settings(frames: usize, bytes: usize) -> WsSettings {
+        WsSettings { queue_frames: frames, queue_bytes: bytes, ..WsSettings::default() }
+    }
+
+    /// A connected pair: (server side, client side).
+    fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, _) = l.accept().unwrap();
+        (s, c)
+    }
+
+    fn read_frames(client: &mut TcpStream, want: usize) -> Vec<(u8, Vec<u8>)> {
+        client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = Vec::new();
+        let mut frames = Vec::new();
+        let mut tmp = [0u8; 65536];
+        while frames.len() < want {
+            let n = client.read(&mut tmp).unwrap();
+            assert!(n > 0, "closed after {} frames", frames.len());
+            buf.extend_from_slice(&tmp[..n]);
+            while let Some((op, payload)) = protocol::decode_frame(&buf) {
+                let hdr = if payload.len() < 126 {
+                    2
+                } else if payload.len() < 65536 {
+                    4
+                } else {
+                    10
+                };
+                buf.drain(..hdr + payload.len());
+                frames.push((op, payload));
+            }
+        }
+        frames
+    }
+
+    #[test]
+    fn frames_arrive_in_order_and_only_after_start() {
+        let flusher = Flusher::start().unwrap();
+        let (server, mut client) = pair();
+        let out = Outbound::new(&settings(1000, 1 << 20), flusher);
+        out.attach(Arc::new(server));
+        for i in 0..10 {
+            assert_eq!(out.push(&protocol::encode_text(format!("m{i}"))), Pushed::Queued);
+        }
+        client.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        assert!(client.read(&mut [0u8; 16]).is_err(), "nothing is written before start");
+        out.start();
+        for i in 10..500 {
+            out.push(&protocol::encode_text(format!("m{i}")));
+        }
+        let frames = read_frames(&mut client, 500);
+        for (i, (op, p)) in frames.iter().enumerate() {
+            assert_eq!((*op, String::from_utf8_lossy(p).into_owned()), (1, format!("m{i}")));
+        }
+    }
+
+    #[test]
+    fn a_full_socket_never_blocks_the_sender_and_the_flusher_finishes_the_job() {
+        let flusher = Flusher::start().unwrap();
+        let (server, mut client) = pair();
+        let out = Outbound::new(&settings(100_000, 256 << 20), flusher);
+        out.attach(Arc::new(server));
+        out.start();
+        // 32 MiB: far more than the socket buffers hold while the client reads nothing.
+        let frame = protocol::encode_text("x".repeat(32 * 1024));
+        let started = Instant::now();
+        for _ in 0..1024 {
+            assert_eq!(out.push(&frame), Pushed::Queued);
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "pushing must not wait for the reader");
+        let frames = read_frames(&mut client, 1024);
+        assert!(frames.iter().all(|(op, p)| *op == 1 && p.len() == 32 * 1024));
+    }
+
+    #[test]
+    fn a_slow_consumer_close_mid_write_keeps_the_stream_well_formed() {
+        // The close comes while frames are being written (by the pusher or the flusher); the
+        // bytes on the wire must still be whole frames, then the close frame, then the end.
+        let flusher = Flusher::start().unwrap();
+        let mut discarded_some = false;
+        for round in 0..150usize {
+            let (server, mut client) = pair();
+            let out = Outbound::new(&settings(1_000_000, 1 << 30), flusher.clone());
+            out.attach(Arc::new(server));
+            out.start();
+            let reader = std::thread::spawn(move || {
+                client.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                let mut all = Vec::new();
+                let mut tmp = [0u8; 65536];
+                loop {
+                    match client.read(&mut tmp) {
+                        Ok(0) => return all,
+                        Ok(n) => all.extend_from_slice(&tmp[..n]),
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            });
+            let frame = protocol::encode_text("z".repeat(3000 + round * 37));
+            let n = 400;
+            let pusher = {
+                let (out, frame) = (out.clone(), frame.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..n {
+                        out.push(&frame);
+                    }
+                })
+            };
+            // Close at a moment that moves from round to round.
+            let spin = Instant::now() + Duration::from_micros((round as u64 * 53) % 3000);
+            while Instant::now() < spin {}
+            out.close(1008, "slow", true);
+            pusher.join().unwrap();
+            let all = reader.join().unwrap();
+            let mut pos = 0;
+            let mut texts = 0;
+            loop {
+                let (op, payload) = protocol::decode_frame(&all[pos..])
+                    .unwrap_or_else(|| panic!("round {round}: a broken frame after {texts} frames"));
+                let hdr = if payload.len() < 126 {
+                    2
+                } else if payload.len() < 65536 {
+                    4
+                } else {
+                    10
+                };
+                pos += hdr + payload.len();
+                if op == 0x8 {
+                    assert_eq!(&payload[..2], &1008u16.to_be_bytes(), "round {round}");
+                    break;
+                }
+                assert_eq!((op, hdr + payload.len()), (1, frame.len()), "round {round}: frame {texts}");
+                texts += 1;
+            }
+            assert_eq!(pos, all.len(), "round {round}: bytes after the close frame");
+            discarded_some |= texts < n;
+        }
+        assert!(discarded_some, "the close never came before the last frame");
+    }
+
+    #[test]
+    fn bounds_and_close() {
+        let flusher = Flusher::start().unwrap();
+        let (server, mut client) = pair();
+        let out = Outbound::new(&settings(3, 1 << 20), flusher);
+        out.attach(Arc::new(server));
+        for _ in 0..3 {
+            assert_eq!(out.push(&protocol::encode_text("a".into())), Pushed::Queued);
+        }
+        assert_eq!(out.push(&protocol::encode_text("b".into())), Pushed::Full);
+        // The close frame goes in place of the queue when discarding.
+        out.close(1008, "slow", true);
+        assert_eq!(out.push(&protocol::encode_text("c".into())), Pushed::Closed);
+        out.start();
+        let frames = read_frames(&mut client, 1);
+        assert_eq!(frames[0].0, 0x8);
+        assert_eq!(&frames[0].1[..2], &1008u16.to_be_bytes());
+        // Then our side is shut for writing: the client reads EOF.
+        assert_eq!(client.read(&mut [0u8; 8]).unwrap(), 0);
+        // A byte cap as well as a frame cap.
+        let (server, _client) = pair();
+        let out = Outbound::new(&settings(100, 100), Flusher::start().unwrap());
+        out.attach(Arc::new(server));
+        assert_eq!(out.push(&protocol::encode_text("y".repeat(90))), Pushed::Queued);
+        assert_eq!(out.push(&protocol::encode_text("y".repeat(20))), Pushed::Full);
+    }
+}
