@@ -65,7 +65,7 @@ pub const SETTINGS: &[Setting] = &[
     s("WS_PING_TIMEOUT_SECS", "--ws-ping-timeout-secs", "60", "a WebSocket client silent this long is dropped"),
     s("ALERT_COMMAND", "--alert-command", "", "shell command run with each database alert as JSON on stdin"),
     s("WORKERS", "--workers", "64", "HTTP worker threads"),
-    s("MAX_CONNECTIONS", "--max-connections", "10000", "most open HTTP connections (over it: 503 and close)"),
+    s("MAX_CONNECTIONS", "--max-connections", "4096", "most open HTTP connections (over it: 503 and close)"),
     s("MAX_HEADER_BYTES", "--max-header-bytes", "16384", "largest request head in bytes (over it: 431)"),
     s("MAX_HEADERS", "--max-headers", "100", "most header fields in a request (over it: 431)"),
     s("MAX_JSON_BYTES", "--max-json-bytes", "1048576", "largest JSON or form request body in bytes (over it: 413)"),

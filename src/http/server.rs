@@ -76,7 +76,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             workers: 64,
-            max_connections: 10_000,
+            max_connections: 4096,
             head_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(30),
