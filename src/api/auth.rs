@@ -11,7 +11,7 @@ use serde_json::json;
 use super::extract::{is_form, Fields, NO_NUL_PATTERN};
 use super::openapi::{schema_ref, Op};
 use super::App;
-use crate::auth::{db_error, password};
+use crate::auth::password;
 use crate::db::users;
 use crate::http::{HttpError, Request, Response, Router};
 
@@ -49,10 +49,9 @@ fn login(app: &App, req: &mut Request<'_>) -> Result<Response, HttpError> {
         return Err(HttpError::new(429, "Too many failed login attempts; try again later")
             .header("retry-after", retry.as_secs().to_string()));
     }
-    let db = &app.db;
     let user = {
-        let mut c = db.conn().map_err(|e| db_error(db, e))?;
-        users::by_email(&mut c, email.trim()).map_err(|e| db_error(db, e))?
+        let mut c = app.conn()?;
+        users::by_email(&mut c, email.trim()).map_err(|e| app.db_err(e))?
     };
     let stored = user.as_ref().map(|u| u.hashed_password.clone());
     let verified = app.auth.hasher.run(move || match stored {

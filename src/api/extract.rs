@@ -246,6 +246,19 @@ pub fn query_i64(
 /// The longest email address, in characters (the document's `maxLength`).
 pub const EMAIL_MAX: usize = 254;
 
+/// `skip` (≥ 0, default 0) and `limit` (1..=1000, default 100) of a list endpoint, or the 422.
+pub fn pagination(req: &Request<'_>) -> Result<(i64, i64), HttpError> {
+    let pairs = req.query()?;
+    let mut issues = Vec::new();
+    let skip = query_i64(&pairs, "skip", 0, Some(0), None, &mut issues);
+    let limit = query_i64(&pairs, "limit", 100, Some(1), Some(1000), &mut issues);
+    if issues.is_empty() {
+        Ok((skip, limit))
+    } else {
+        Err(HttpError::validation_list(issues))
+    }
+}
+
 /// Validate an email address the way a user expects: one `@`, a non-empty local part of at most
 /// 64 characters, a domain with a dot, no spaces or control characters, at most 254 in all.
 /// Returns the address with its domain lower-cased, or the reason it is not valid.

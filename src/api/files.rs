@@ -20,7 +20,6 @@ use serde_json::{json, Value};
 use super::openapi::{schema_ref, Op};
 use super::pages::content_type_for;
 use super::App;
-use crate::auth::db_error;
 use crate::db::files::{self as records, FileRecord};
 use crate::http::multipart::{self, Event, MultipartError};
 use crate::http::router::issue;
@@ -255,11 +254,10 @@ fn commit(app: &App, staged: Vec<Staged>) -> Result<Vec<FileRecord>, HttpError> 
         placed.push(target);
     }
     let records: Vec<FileRecord> = staged.iter().map(|s| s.record.clone()).collect();
-    let db = &app.db;
-    let saved = db.conn().and_then(|mut c| records::insert_all(&mut c, &records));
+    let saved = app.db.conn().and_then(|mut c| records::insert_all(&mut c, &records));
     if let Err(e) = saved {
         undo(&placed);
-        return Err(db_error(db, e));
+        return Err(app.db_err(e));
     }
     Ok(records)
 }
@@ -369,9 +367,8 @@ fn list(app: &App, req: &mut Request<'_>) -> Result<Response, HttpError> {
         }
     }
     app.auth.current_user(&app.db, req)?;
-    let db = &app.db;
-    let mut c = db.conn().map_err(|e| db_error(db, e))?;
-    let found = records::list(&mut c, category).map_err(|e| db_error(db, e))?;
+    let mut c = app.conn()?;
+    let found = records::list(&mut c, category).map_err(|e| app.db_err(e))?;
     let files: Vec<Value> = found.iter().map(FileRecord::to_json).collect();
     Ok(Response::json(200, &json!({ "count": files.len(), "files": files })))
 }
@@ -382,14 +379,13 @@ fn delete(app: &App, req: &mut Request<'_>) -> Result<Response, HttpError> {
     if name.contains(['/', '\\']) || name.contains("..") {
         return Err(HttpError::new(400, "Invalid filename"));
     }
-    let db = &app.db;
-    let mut c = db.conn().map_err(|e| db_error(db, e))?;
-    let record = records::by_filename(&mut c, &name).map_err(|e| db_error(db, e))?;
+    let mut c = app.conn()?;
+    let record = records::by_filename(&mut c, &name).map_err(|e| app.db_err(e))?;
     let Some(record) = record else { return Err(HttpError::new(404, "File not found")) };
     if !caller.is_superuser && record.uploader_id != Some(caller.id) {
         return Err(HttpError::new(403, "Only the uploader or a superuser may delete this file"));
     }
-    records::delete(&mut c, &name).map_err(|e| db_error(db, e))?;
+    records::delete(&mut c, &name).map_err(|e| app.db_err(e))?;
     let path = app.config.upload_dir.join(&record.category).join(&record.filename);
     if let Err(e) = fs::remove_file(&path) {
         if e.kind() != io::ErrorKind::NotFound {

@@ -35,6 +35,18 @@ pub struct App {
     pub ws: Arc<crate::ws::Ws>,
 }
 
+impl App {
+    /// A database connection, or the contract's 503 (`Database unavailable`) when there is none.
+    pub fn conn(&self) -> Result<crate::db::Conn, crate::http::HttpError> {
+        self.db.conn().map_err(|e| self.db_err(e))
+    }
+
+    /// The response for a database error: 503 when the database is unavailable, else 500.
+    pub fn db_err(&self, e: crate::db::DbError) -> crate::http::HttpError {
+        crate::auth::db_error(&self.db, e)
+    }
+}
+
 /// Build the route table. Order matters only where a literal and a parameter overlap
 /// (`/users/me` before `/users/{user_id}`).
 pub fn build_router(app: Arc<App>) -> Router {

@@ -5,10 +5,9 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use super::extract::{path_i64, query_i64, Fields, NO_NUL_PATTERN};
+use super::extract::{pagination, path_i64, Fields, NO_NUL_PATTERN};
 use super::openapi::{int64, schema_ref, skip, Op};
 use super::App;
-use crate::auth::db_error;
 use crate::db::{teams, users};
 use crate::http::{HttpError, Request, Response, Router};
 
@@ -106,36 +105,27 @@ fn create(app: &App, req: &mut Request<'_>) -> Result<Response, HttpError> {
         f.check_len("description", d, 0, DESCRIPTION_MAX);
     }
     f.finish()?;
-    let db = &app.db;
-    let mut c = db.conn().map_err(|e| db_error(db, e))?;
+    let mut c = app.conn()?;
     match teams::create(&mut c, &name.unwrap_or_default(), description.as_deref(), caller.id) {
         Ok(team) => Ok(Response::json(201, &team.to_json())),
         Err(e) if e.is_unique_violation() => Err(HttpError::new(409, "Team name already exists")),
-        Err(e) => Err(db_error(db, e)),
+        Err(e) => Err(app.db_err(e)),
     }
 }
 
 fn list(app: &App, req: &mut Request<'_>) -> Result<Response, HttpError> {
-    let pairs = req.query()?;
-    let mut issues = Vec::new();
-    let skip = query_i64(&pairs, "skip", 0, Some(0), None, &mut issues);
-    let limit = query_i64(&pairs, "limit", 100, Some(1), Some(1000), &mut issues);
-    if !issues.is_empty() {
-        return Err(HttpError::validation_list(issues));
-    }
+    let (skip, limit) = pagination(req)?;
     app.auth.current_user(&app.db, req)?;
-    let db = &app.db;
-    let mut c = db.conn().map_err(|e| db_error(db, e))?;
-    let all = teams::list(&mut c, skip, limit).map_err(|e| db_error(db, e))?;
+    let mut c = app.conn()?;
+    let all = teams::list(&mut c, skip, limit).map_err(|e| app.db_err(e))?;
     Ok(Response::json(200, &Value::Array(all.iter().map(teams::Team::to_json).collect())))
 }
 
 fn get(app: &App, req: &mut Request<'_>) -> Result<Response, HttpError> {
     let id = path_i64(req, "team_id")?;
     app.auth.current_user(&app.db, req)?;
-    let db = &app.db;
-    let mut c = db.conn().map_err(|e| db_error(db, e))?;
-    match teams::get(&mut c, id).map_err(|e| db_error(db, e))? {
+    let mut c = app.conn()?;
+    match teams::get(&mut c, id).map_err(|e| app.db_err(e))? {
         Some(t) => Ok(Response::json(200, &t.to_json())),
         None => Err(HttpError::new(404, "Team not found")),
     }
@@ -148,21 +138,18 @@ fn add_member(app: &App, req: &mut Request<'_>) -> Result<Response, HttpError> {
     let user_id = f.required_i64("user_id");
     f.finish()?;
     let user_id = user_id.unwrap_or_default();
-    let db = &app.db;
-    let mut c = db.conn().map_err(|e| db_error(db, e))?;
-    let team = teams::get(&mut c, team_id)
-        .map_err(|e| db_error(db, e))?
-        .ok_or_else(|| HttpError::new(404, "Team not found"))?;
+    let mut c = app.conn()?;
+    let team =
+        teams::get(&mut c, team_id).map_err(|e| app.db_err(e))?.ok_or_else(|| HttpError::new(404, "Team not found"))?;
     if !caller.is_superuser && !team.members.iter().any(|m| m.id == caller.id) {
         return Err(HttpError::new(403, "Only members of this team can add members"));
     }
-    if users::by_id(&mut c, user_id).map_err(|e| db_error(db, e))?.is_none() {
+    if users::by_id(&mut c, user_id).map_err(|e| app.db_err(e))?.is_none() {
         return Err(HttpError::new(404, "User not found"));
     }
-    teams::add_member(&mut c, team_id, user_id).map_err(|e| db_error(db, e))?;
-    let team = teams::get(&mut c, team_id)
-        .map_err(|e| db_error(db, e))?
-        .ok_or_else(|| HttpError::new(404, "Team not found"))?;
+    teams::add_member(&mut c, team_id, user_id).map_err(|e| app.db_err(e))?;
+    let team =
+        teams::get(&mut c, team_id).map_err(|e| app.db_err(e))?.ok_or_else(|| HttpError::new(404, "Team not found"))?;
     Ok(Response::json(200, &team.to_json()))
 }
 

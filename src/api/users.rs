@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use super::extract::{normalize_email, path_i64, query_i64, Fields, EMAIL_MAX, NO_NUL_PATTERN};
+use super::extract::{normalize_email, pagination, path_i64, Fields, EMAIL_MAX, NO_NUL_PATTERN};
 use super::openapi::{int64, schema_ref, skip, Op};
 use super::App;
-use crate::auth::{bearer_token, db_error, password, unauthorized};
+use crate::auth::{bearer_token, password, unauthorized};
 use crate::db::users::{self, User};
 use crate::http::{HttpError, Request, Response, Router};
 
@@ -88,27 +88,19 @@ fn create(app: &App, req: &mut Request<'_>) -> Result<Response, HttpError> {
         crate::error!("password hashing failed: {e}");
         HttpError::new(500, "Internal Server Error")
     })?;
-    let db = &app.db;
-    let mut c = db.conn().map_err(|e| db_error(db, e))?;
+    let mut c = app.conn()?;
     match users::insert(&mut c, &email, &hash, full_name.as_deref(), false) {
         Ok(user) => Ok(Response::json(201, &user.to_json())),
         Err(e) if e.is_unique_violation() => Err(HttpError::new(409, "Email already registered")),
-        Err(e) => Err(db_error(db, e)),
+        Err(e) => Err(app.db_err(e)),
     }
 }
 
 fn list(app: &App, req: &mut Request<'_>) -> Result<Response, HttpError> {
-    let pairs = req.query()?;
-    let mut issues = Vec::new();
-    let skip = query_i64(&pairs, "skip", 0, Some(0), None, &mut issues);
-    let limit = query_i64(&pairs, "limit", 100, Some(1), Some(1000), &mut issues);
-    if !issues.is_empty() {
-        return Err(HttpError::validation_list(issues));
-    }
+    let (skip, limit) = pagination(req)?;
     app.auth.current_user(&app.db, req)?;
-    let db = &app.db;
-    let mut c = db.conn().map_err(|e| db_error(db, e))?;
-    let page = users::list(&mut c, skip, limit).map_err(|e| db_error(db, e))?;
+    let mut c = app.conn()?;
+    let page = users::list(&mut c, skip, limit).map_err(|e| app.db_err(e))?;
     Ok(Response::json(200, &Value::Array(page.iter().map(User::to_json).collect())))
 }
 
@@ -116,9 +108,8 @@ fn get(app: &App, req: &mut Request<'_>) -> Result<Response, HttpError> {
     let target = path_i64(req, "user_id")?;
     // The caller and the target in one round trip.
     let caller = bearer_token(req).and_then(|t| app.auth.token_user_id(t)).ok_or_else(unauthorized)?;
-    let db = &app.db;
-    let mut c = db.conn().map_err(|e| db_error(db, e))?;
-    let found = users::by_ids(&mut c, &[caller, target]).map_err(|e| db_error(db, e))?;
+    let mut c = app.conn()?;
+    let found = users::by_ids(&mut c, &[caller, target]).map_err(|e| app.db_err(e))?;
     if !found.iter().any(|u| u.id == caller && u.is_active) {
         return Err(unauthorized());
     }

@@ -141,10 +141,10 @@ fn check_ws_token(app: &App, req: &Request<'_>) -> Result<(), HttpError> {
 /// A token is good when it verifies and (while the database is up) names an active user.
 fn token_user_ok(app: &App, token: &str) -> Result<(), HttpError> {
     let id = app.auth.token_user_id(token).ok_or_else(unauthorized)?;
-    if !app.db.is_up() {
+    let db = &app.db;
+    if !db.is_up() {
         return Ok(());
     }
-    let db = &app.db;
     let found =
         db.conn().map_err(|e| db.saw(e)).and_then(|mut c| crate::db::users::by_id(&mut c, id).map_err(|e| db.saw(e)));
     match found {
