@@ -7,6 +7,7 @@
 //! - `db/`     the PostgreSQL pool, migrations, queries, the monitor thread;
 //! - `ws/`     WebSocket sessions, the client registry and groups (hub), the protocol;
 //! - `config`  settings: defaults < .env < environment < flags;
+//! - `ops/`    operator concerns: database alerts;
 //! - `util/`   logging, time formatting, the open-files limit.
 
 pub mod api;
@@ -14,5 +15,6 @@ pub mod auth;
 pub mod config;
 pub mod db;
 pub mod http;
+pub mod ops;
 pub mod util;
 pub mod ws;

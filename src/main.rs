@@ -96,14 +96,20 @@ fn serve(args: &[String]) -> Result<(), Failure> {
     let addr = format!("{}:{}", cfg.host, cfg.port);
     let auth = build_auth(&cfg)?;
     let db = Arc::new(Db::new(db_config(&cfg)).map_err(|e| failed(e.to_string()))?);
+    let ws = Arc::new(adcluster::ws::Ws::new(adcluster::ws::WsSettings::from_config(&cfg)));
+    let alerter = adcluster::ops::alert::Alerter {
+        ws: ws.clone(),
+        command: cfg.alert_command.clone(),
+        database: db.config().describe(),
+    };
+    let hook: db::StateHook = Arc::new(move |up| alerter.fire(up));
     // One check before listening, so a healthy database is migrated before the first request;
     // a dead one only costs this check (the monitor keeps trying).
-    if !db.check(None) {
+    if !db.check(Some(&hook)) {
         warn!("database {} is not reachable; serving in degraded mode until it is", db.config().describe());
     }
-    db.start_monitor(None).map_err(|e| failed(format!("cannot start the database monitor: {e}")))?;
+    db.start_monitor(Some(hook)).map_err(|e| failed(format!("cannot start the database monitor: {e}")))?;
     api::files::sweep_temp(&cfg.upload_dir);
-    let ws = Arc::new(adcluster::ws::Ws::new(adcluster::ws::WsSettings::from_config(&cfg)));
     let app = Arc::new(api::App { config: cfg, started: Instant::now(), db, auth, ws: ws.clone() });
     let router = Arc::new(api::build_router(app.clone()));
     let server = http::Server::bind(&addr, http_cfg, router).map_err(|e| {

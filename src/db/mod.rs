@@ -28,7 +28,7 @@ use crate::{info, warn};
 pub type Conn = pool::PooledClient;
 
 /// Called with `true` when the database comes up and `false` when it goes down.
-pub type StateHook = Box<dyn Fn(bool) + Send + Sync>;
+pub type StateHook = Arc<dyn Fn(bool) + Send + Sync>;
 
 pub struct Db {
     pool: DbPool,
@@ -39,6 +39,9 @@ pub struct Db {
     ready: AtomicBool,
     /// Wakes the monitor early (a request saw the database fail).
     nudge: (Mutex<bool>, Condvar),
+    /// The state last logged and alerted (`None` before the first check). Only `check` (the
+    /// monitor, and `main` once at start) takes this lock, never across I/O.
+    announced: Mutex<Option<bool>>,
 }
 
 impl Db {
@@ -50,6 +53,7 @@ impl Db {
             up: AtomicBool::new(false),
             ready: AtomicBool::new(false),
             nudge: (Mutex::new(false), Condvar::new()),
+            announced: Mutex::new(None),
         })
     }
 
@@ -114,14 +118,22 @@ impl Db {
     /// Probe now and set the state, logging a change. Returns the new state.
     pub fn check(&self, hook: Option<&StateHook>) -> bool {
         let now_up = self.probe();
-        let was_up = self.up.swap(now_up, Ordering::SeqCst);
-        if now_up != was_up {
+        self.up.store(now_up, Ordering::SeqCst);
+        // Compare with what was last announced, not with `up`: a request may have cleared `up`
+        // first (`saw`), and the change must still be logged and alerted once.
+        let mut announced = self.announced.lock().unwrap_or_else(|p| p.into_inner());
+        if *announced != Some(now_up) {
+            // Starting with the database up is the normal case, not a change worth an alert;
+            // starting without it is.
+            let first_and_up = announced.is_none() && now_up;
+            *announced = Some(now_up);
+            drop(announced);
             if now_up {
                 info!("database is up ({})", self.cfg.describe());
             } else {
                 warn!("database is down ({}); serving in degraded mode", self.cfg.describe());
             }
-            if let Some(hook) = hook {
+            if let Some(hook) = hook.filter(|_| !first_and_up) {
                 hook(now_up);
             }
         }
