@@ -17,6 +17,9 @@
 #                             1,000 members at 10 msg/s (first and last receiver), and flat out
 #                             (deliveries/s, server CPU time per delivery)
 #
+# Every subcommand writes its figures only into BENCH_MD, and leaves no server, load generator or
+# database behind (cleanup runs on every exit).
+#
 # Environment:
 #   BENCH_SECONDS=10          duration of each wrk / pgbench run
 #   BENCH_ROUNDS=2            rounds per target; targets alternate (ours, reference, ours, ...)
@@ -1438,8 +1441,8 @@ ws_run() {
     kill -0 "$pid" 2>/dev/null || die "$who died during $scen (round $r)"
 }
 
-# wsv FILE KEY: the value of KEY in a ws-bench output (empty when absent).
-wsv() { awk -v k="$2" '$1 == k { v = $2 } END { print v }' "$1"; }
+# wsv FILE KEY: the value of KEY in a ws-bench output (the rest of its line; empty when absent).
+wsv() { awk -v k="$2" '$1 == k { v = substr($0, length(k) + 2) } END { print v }' "$1"; }
 
 # ws_pick SCENARIO WHO KEY min|max: the best value of KEY over the rounds (empty when none).
 ws_pick() {
@@ -1603,6 +1606,7 @@ cmd_ws() {
         ws_row "(a) VmRSS with $BENCH_WS_CLIENTS idle clients, KiB" idle idle.rss_idle_kib min
         ws_row "(a) clients open after ${BENCH_SECONDS} s idle" idle idle.open_after_hold max
         ws_row "(a) pongs to $BENCH_WS_CLIENTS pings" idle idle.pongs max
+        ws_row "(a) server VmHWM (peak), KiB" idle server.hwm_end_kib min
         ws_row "(b) \`/send_to\` one-way p50, ms" rtt rtt.private_p50_ms min
         ws_row "(b) \`/send_to\` one-way p99, ms" rtt rtt.private_p99_ms min
         ws_row "(b) \`/send_to\` to \`sent\` p99, ms" rtt rtt.sent_p99_ms min
