@@ -10,14 +10,23 @@
 #                             same bytes to the same disk, the server's RSS during it, the download
 #                             (GET /uploads/...) side by side with nginx serving the same stored
 #                             file, then 64 concurrent 1 MiB uploads
+#   scripts/bench.sh ws       WebSocket: tools/ws-bench against our server and, in the same run,
+#                             a Node `ws` server speaking the same protocol subset
+#                             (scripts/bench/ws-node): 10,000 idle clients held (connect rate, RSS
+#                             per idle client), /send_to latency at a fixed rate, /group fan-out to
+#                             1,000 members at 10 msg/s (first and last receiver), and flat out
+#                             (deliveries/s, server CPU time per delivery)
 #
-# Subcommands to come (one function each, same helpers): ws.
+# Every subcommand writes its figures only into BENCH_MD, and leaves no server, load generator or
+# database behind (cleanup runs on every exit).
 #
 # Environment:
 #   BENCH_SECONDS=10          duration of each wrk / pgbench run
 #   BENCH_ROUNDS=2            rounds per target; targets alternate (ours, reference, ours, ...)
 #   BENCH_MD=<path>           where to write the results (default: <repo>/BENCHMARKS.md);
 #                             BENCHMARKS_FILE is accepted as another name for it
+#   BENCH_SERVER_BIN=<path>   use this prebuilt adcluster binary instead of building the repo's
+#                             (e.g. one built from another branch); every subcommand honours it
 #   BENCH_KEEP_TMP=1          keep the temp dir (wrk and pgbench outputs, server log) for a look;
 #                             files over 8 MiB in it (files' uploads) are removed all the same
 #   http (and files):
@@ -47,6 +56,16 @@
 #                             the whole machine's: others' builds re-read their files afterwards
 #   BENCH_NGINX_SENDFILE=on   nginx's `sendfile` for the download reference (nginx's built-in
 #                             default is off; Debian's stock config and most deployments say on)
+#
+#   ws (needs PostgreSQL like users; node 20+ and npm; the tool's own target/release/ws-bench):
+#   BENCH_WS_TARGETS="ours node"  which servers to run (e.g. "node" alone to check the tooling
+#                             while our server has no WebSocket side)
+#   BENCH_WS_CLIENTS=10000    idle clients held in scenario (a), in groups of BENCH_WS_IDLE_MEMBERS=10
+#   BENCH_WS_RTT_CLIENTS=200  clients of scenario (b), in pairs; BENCH_WS_RTT_RATE=1000 msg/s in total
+#   BENCH_WS_MEMBERS=1000     members of the fan-out group of (c) and (d)
+#   BENCH_WS_FANOUT_RATE=10   /group messages per second in (c)
+#   BENCH_WS_WINDOW=8         (d) flat out: most /group messages in flight
+#   BENCH_SECONDS is the hold time of (a) and the measured time of (b), (c) and (d) each.
 #
 # Why worker_processes auto: this machine has 2 cores and our server uses both (its worker pool is
 # not pinned to one core), so the fair reference is nginx with one worker per core, which is what
@@ -81,11 +100,20 @@ BENCH_CONCURRENT_KB="${BENCH_CONCURRENT_KB:-1024}"
 BENCH_FILES_DIR="${BENCH_FILES_DIR:-$ROOT/target}"
 BENCH_DROP_CACHES="${BENCH_DROP_CACHES:-1}"
 BENCH_NGINX_SENDFILE="${BENCH_NGINX_SENDFILE:-on}"
+BENCH_WS_TARGETS="${BENCH_WS_TARGETS:-ours node}"
+BENCH_WS_CLIENTS="${BENCH_WS_CLIENTS:-10000}"
+BENCH_WS_IDLE_MEMBERS="${BENCH_WS_IDLE_MEMBERS:-10}"
+BENCH_WS_RTT_CLIENTS="${BENCH_WS_RTT_CLIENTS:-200}"
+BENCH_WS_RTT_RATE="${BENCH_WS_RTT_RATE:-1000}"
+BENCH_WS_MEMBERS="${BENCH_WS_MEMBERS:-1000}"
+BENCH_WS_FANOUT_RATE="${BENCH_WS_FANOUT_RATE:-10}"
+BENCH_WS_WINDOW="${BENCH_WS_WINDOW:-8}"
 WRK_THREADS=2
 WRK_CONNS=64
 
 for v in BENCH_SECONDS BENCH_ROUNDS BENCH_USERS BENCH_HEALTH_CONNS BENCH_HEALTH_DELAY_MS \
-    BENCH_FILE_MB BENCH_CONCURRENT BENCH_CONCURRENT_KB; do
+    BENCH_FILE_MB BENCH_CONCURRENT BENCH_CONCURRENT_KB BENCH_WS_CLIENTS BENCH_WS_IDLE_MEMBERS \
+    BENCH_WS_RTT_CLIENTS BENCH_WS_RTT_RATE BENCH_WS_MEMBERS BENCH_WS_FANOUT_RATE BENCH_WS_WINDOW; do
     [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || { echo "bench: error: $v must be a positive integer, not '${!v}'" >&2; exit 2; }
 done
 [ "$BENCH_FILE_MB" -le 1100 ] || { echo "bench: error: BENCH_FILE_MB must be at most 1100 (MAX_UPLOAD_MB)" >&2; exit 2; }
@@ -104,6 +132,11 @@ GOAL_FILES_UPLOAD_RATIO=0.7    # ours/dd MB/s at least this
 GOAL_FILES_RSS_MIB=32          # server VmRSS peak during the big upload at most this above idle
 GOAL_FILES_DOWNLOAD_RATIO=0.7  # ours/nginx MB/s at least this
                                # (and the concurrent uploads: every one 201)
+# Goals of the ws section (the issue's four).
+GOAL_WS_CLIENTS=10000          # concurrent clients held (connected, idle, every one answering a ping)
+GOAL_WS_CPU_RATIO=1.0          # our server CPU per delivery (flat out) at most Node's times this
+GOAL_WS_FANOUT_LAST_P99_MS=30  # /group to 1,000 members at 10 msg/s: last receiver p99 below this
+GOAL_WS_RSS_PER_CLIENT_KIB=64  # server RSS per idle client below this
 
 TMP=""
 SERVER_PID=""
@@ -233,6 +266,11 @@ free_port() {
 }
 
 build_server() {
+    if [ -n "${BENCH_SERVER_BIN:-}" ]; then
+        [ -x "$BENCH_SERVER_BIN" ] || die "BENCH_SERVER_BIN=$BENCH_SERVER_BIN is not an executable file"
+        log "BENCH_SERVER_BIN is set: not building, using $BENCH_SERVER_BIN"
+        return 0
+    fi
     if [ -n "${BENCH_SERVER_CMD:-}" ]; then
         log "BENCH_SERVER_CMD is set: not building, using the stand-in"
         return 0
@@ -243,11 +281,17 @@ build_server() {
     [ -x "$(server_bin)" ] || die "no $(server_bin) after the build"
 }
 
-# target/release/adcluster (honours CARGO_TARGET_DIR, absolute or relative to the repo root)
-server_bin() {
+# The cargo target dir (honours CARGO_TARGET_DIR, absolute or relative to the repo root).
+target_dir() {
     local t="${CARGO_TARGET_DIR:-target}"
     case "$t" in /*) ;; *) t="$ROOT/$t" ;; esac
-    echo "$t/release/adcluster"
+    echo "$t"
+}
+
+# target/release/adcluster, or BENCH_SERVER_BIN when set.
+server_bin() {
+    if [ -n "${BENCH_SERVER_BIN:-}" ]; then echo "$BENCH_SERVER_BIN"; return 0; fi
+    echo "$(target_dir)/release/adcluster"
 }
 
 # A setting as the server will see it: from the environment, else its default from --help.
@@ -1337,6 +1381,279 @@ cmd_files() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# subcommand: ws
+
+WS_NODE_DIR="$ROOT/scripts/bench/ws-node"
+NODE_PID=""
+NODE_PORT=""
+
+ws_bench_bin() { echo "$(target_dir)/release/ws-bench"; }
+
+build_ws_bench() {
+    command -v cargo >/dev/null 2>&1 || die "cargo not found"
+    log "cargo build -p ws-bench --release (in $ROOT)"
+    (cd "$ROOT" && cargo build -p ws-bench --release) >&2 || die "cargo build -p ws-bench --release failed"
+    [ -x "$(ws_bench_bin)" ] || die "no $(ws_bench_bin) after the build"
+}
+
+# The pinned `ws` in scripts/bench/ws-node/node_modules: `npm ci` from the lock file when it is
+# missing or another version (node_modules/ is git-ignored).
+ensure_ws_node() {
+    local want have
+    want="$(node -p 'require(process.argv[1]).dependencies.ws' "$WS_NODE_DIR/package.json")" \
+        || die "cannot read $WS_NODE_DIR/package.json"
+    have="$(node -p 'require(process.argv[1]).version' "$WS_NODE_DIR/node_modules/ws/package.json" 2>/dev/null || true)"
+    if [ "$have" != "$want" ]; then
+        log "npm ci in scripts/bench/ws-node (ws $want)"
+        (cd "$WS_NODE_DIR" && npm ci --ignore-scripts --no-audit --no-fund) >&2 || die "npm ci failed in $WS_NODE_DIR"
+    fi
+}
+
+# Starts the Node reference server; sets NODE_PID (node itself, for /proc) and NODE_PORT.
+start_node() {
+    make_tmp
+    local logf="$TMP/node.log"
+    setsid bash -c "cd '$WS_NODE_DIR' && exec node server.mjs --host 127.0.0.1 --port 0" >"$logf" 2>&1 </dev/null &
+    NODE_PID=$!
+    BG_PIDS+=("$NODE_PID")
+    NODE_PORT="$(wait_listening "$logf" "$NODE_PID")"
+    [ "$(cat "/proc/$NODE_PID/comm" 2>/dev/null)" = node ] || die "pid $NODE_PID is not the node process"
+    log "node pid $NODE_PID on port $NODE_PORT"
+}
+
+stop_node() {
+    stop_group "$NODE_PID"
+    bg_forget "$NODE_PID"
+    NODE_PID=""
+}
+
+# ws_run WHO SCENARIO ROUND ARGS...: ws-bench against WHO (ours or node); its `key value` lines go
+# to $TMP/ws-SCENARIO-WHO-ROUND.txt, its progress to the .log beside it.
+ws_run() {
+    local who=$1 scen=$2 r=$3 port pid
+    shift 3
+    if [ "$who" = ours ]; then port=$SERVER_PORT pid=$SERVER_PID; else port=$NODE_PORT pid=$NODE_PID; fi
+    local out="$TMP/ws-$scen-$who-$r.txt"
+    log "round $r: $who, $scen: ws-bench $*"
+    "$(ws_bench_bin)" --url "ws://127.0.0.1:$port" --pid "$pid" "$@" >"$out" 2>"${out%.txt}.log" \
+        || { tail -n 20 "${out%.txt}.log" >&2; die "ws-bench failed against $who ($scen, round $r)"; }
+    grep -E '^ws-bench: (connected|settled|after|closed|drain|flat: no|note)' "${out%.txt}.log" | sed 's/^ws-bench: /  /' >&2 || true
+    kill -0 "$pid" 2>/dev/null || die "$who died during $scen (round $r)"
+}
+
+# wsv FILE KEY: the value of KEY in a ws-bench output (the rest of its line; empty when absent).
+wsv() { awk -v k="$2" '$1 == k { v = substr($0, length(k) + 2) } END { print v }' "$1"; }
+
+# ws_pick SCENARIO WHO KEY min|max: the best value of KEY over the rounds (empty when none).
+ws_pick() {
+    local scen=$1 who=$2 key=$3 dir=$4 r f
+    for r in $(seq 1 "$BENCH_ROUNDS"); do
+        f="$TMP/ws-$scen-$who-$r.txt"
+        [ -f "$f" ] && wsv "$f" "$key"
+    done | awk -v d="$dir" 'NF { if (b == "" || (d == "min" ? $1 + 0 < b + 0 : $1 + 0 > b + 0)) b = $1 } END { print b }'
+}
+
+# ws_row LABEL SCENARIO KEY min|max: a table row "| LABEL | ours | node | ours/node |".
+ws_row() {
+    local label=$1 scen=$2 key=$3 dir=$4 o="" n="" rt=""
+    [ -n "$WS_HAS_OURS" ] && o="$(ws_pick "$scen" ours "$key" "$dir")"
+    [ -n "$WS_HAS_NODE" ] && n="$(ws_pick "$scen" node "$key" "$dir")"
+    [ -n "$o" ] && [ -n "$n" ] && rt="$(ratio "$o" "$n")"
+    echo "| $label | ${o:-–} | ${n:-–} | ${rt:-–} |"
+}
+
+cmd_ws() {
+    need_tools node:nodejs npm:npm curl:curl ss:iproute2 psql:postgresql-client
+    local targets=() t
+    for t in $BENCH_WS_TARGETS; do
+        case "$t" in ours | node) targets+=("$t") ;; *) die "BENCH_WS_TARGETS: unknown target '$t' (ours, node)" ;; esac
+    done
+    [ ${#targets[@]} -gt 0 ] || die "BENCH_WS_TARGETS is empty"
+    WS_HAS_OURS="" WS_HAS_NODE=""
+    for t in "${targets[@]}"; do
+        if [ "$t" = ours ]; then WS_HAS_OURS=1; else WS_HAS_NODE=1; fi
+    done
+    # 10,000 sockets on each side of the loopback, plus the server's own files.
+    local biggest=$BENCH_WS_CLIENTS want hard
+    [ "$BENCH_WS_MEMBERS" -gt "$biggest" ] && biggest=$BENCH_WS_MEMBERS
+    [ "$BENCH_WS_RTT_CLIENTS" -gt "$biggest" ] && biggest=$BENCH_WS_RTT_CLIENTS
+    want=$((biggest * 2 + 4096))
+    [ "$want" -ge 65536 ] || want=65536
+    hard="$(ulimit -Hn)"
+    if [ "$hard" != unlimited ] && [ "$hard" -lt "$want" ]; then
+        ulimit -Hn "$want" 2>/dev/null || log "warning: cannot raise the hard open-files limit from $hard to $want"
+        hard="$(ulimit -Hn)"
+        [ "$hard" = unlimited ] || [ "$hard" -ge "$want" ] || want=$hard
+    fi
+    ulimit -Sn "$want" || die "cannot set the open-files limit to $want"
+    log "open-files limit $(ulimit -Sn) (servers and ws-bench inherit it)"
+
+    build_ws_bench
+    [ -n "$WS_HAS_NODE" ] && ensure_ws_node
+    if [ -n "$WS_HAS_OURS" ]; then
+        pg_env
+        build_server
+        make_tmp
+        create_bench_db
+    fi
+    make_tmp
+    local ws_max=$((biggest + 100)) secret
+    secret="$(random_hex 32)"
+    local server_env=(WS_MAX_CLIENTS="$ws_max" SECRET_KEY="$secret")
+
+    local a_args=(--clients "$BENCH_WS_CLIENTS" --members "$BENCH_WS_IDLE_MEMBERS" --mode idle --seconds "$BENCH_SECONDS")
+    local b_args=(--clients "$BENCH_WS_RTT_CLIENTS" --members 2 --mode rtt --rate "$BENCH_WS_RTT_RATE" --seconds "$BENCH_SECONDS")
+    local cd_modes="fanout,flat"
+    local cd_args=(--clients "$BENCH_WS_MEMBERS" --groups 1 --mode "$cd_modes" --rate "$BENCH_WS_FANOUT_RATE"
+        --window "$BENCH_WS_WINDOW" --seconds "$BENCH_SECONDS")
+
+    local r who scen order=()
+    for r in $(seq 1 "$BENCH_ROUNDS"); do
+        # Fresh processes each round: RSS per idle client is measured on a server that has not
+        # yet grown its heap for an earlier scenario. Odd rounds ours first, even rounds Node first.
+        if [ $((r % 2)) = 1 ]; then order=("${targets[@]}"); else order=(); for t in "${targets[@]}"; do order=("$t" "${order[@]}"); done; fi
+        if [ -n "$WS_HAS_OURS" ]; then
+            start_server "${DB_ENV[@]}" "${server_env[@]}"
+            [ "$(cat "/proc/$SERVER_PID/comm" 2>/dev/null)" = adcluster ] || log "warning: pid $SERVER_PID is $(cat "/proc/$SERVER_PID/comm" 2>/dev/null), not adcluster"
+            if [ "$r" = 1 ]; then
+                "$(ws_bench_bin)" --url "ws://127.0.0.1:$SERVER_PORT" --clients 1 --groups 0 --mode connect \
+                    --id-prefix probe >"$TMP/ws-probe.txt" 2>"$TMP/ws-probe.log" || true
+                if [ "$(wsv "$TMP/ws-probe.txt" connect.ok)" != 1 ]; then
+                    cat "$TMP/ws-probe.log" >&2
+                    die "our server did not accept a WebSocket client ($(wsv "$TMP/ws-probe.txt" connect.error0)); it may have no WebSocket side yet: run with BENCH_WS_TARGETS=node, or BENCH_SERVER_BIN=<an adcluster binary that has it>"
+                fi
+            fi
+        fi
+        [ -n "$WS_HAS_NODE" ] && start_node
+        for scen in idle rtt fanout; do
+            for who in "${order[@]}"; do
+                case "$scen" in
+                    idle) ws_run "$who" idle "$r" "${a_args[@]}" ;;
+                    rtt) ws_run "$who" rtt "$r" "${b_args[@]}" ;;
+                    fanout) ws_run "$who" fanout "$r" "${cd_args[@]}" ;;
+                esac
+            done
+        done
+        if [ -n "$WS_HAS_OURS" ]; then server_alive; stop_group "$SERVER_PID"; SERVER_PID=""; fi
+        [ -n "$WS_HAS_NODE" ] && stop_node
+    done
+
+    # --- goals: every round must meet the absolute ones; the CPU goal compares best with best ---
+    local held_ok="" rss_ok="" p99_ok="" cpu_ok="" worst_rss="" worst_p99="" held_desc="" f
+    if [ -n "$WS_HAS_OURS" ]; then
+        held_ok=1 rss_ok=1 p99_ok=1
+        for r in $(seq 1 "$BENCH_ROUNDS"); do
+            f="$TMP/ws-idle-ours-$r.txt"
+            [ "$(wsv "$f" connect.ok)" = "$BENCH_WS_CLIENTS" ] && [ "$(wsv "$f" idle.held)" = 1 ] || held_ok=0
+            held_desc+="${held_desc:+; }round $r: $(wsv "$f" connect.ok) connected, $(wsv "$f" idle.open_after_hold) open after ${BENCH_SECONDS} s, $(wsv "$f" idle.pongs) pongs"
+            local v
+            v="$(wsv "$f" idle.rss_per_client_kib)"
+            [ -n "$v" ] && [ "$(below "$v" "$GOAL_WS_RSS_PER_CLIENT_KIB")" = 1 ] || rss_ok=0
+            if [ -z "$worst_rss" ] || [ "$(below "$worst_rss" "${v:-0}")" = 1 ]; then worst_rss=$v; fi
+            f="$TMP/ws-fanout-ours-$r.txt"
+            v="$(wsv "$f" fanout.last_p99_ms)"
+            [ -n "$v" ] && [ "$(below "$v" "$GOAL_WS_FANOUT_LAST_P99_MS")" = 1 ] && [ "$(wsv "$f" fanout.incomplete)" = 0 ] || p99_ok=0
+            if [ -z "$worst_p99" ] || [ "$(below "$worst_p99" "${v:-0}")" = 1 ]; then worst_p99=$v; fi
+        done
+        [ "$BENCH_WS_CLIENTS" -ge "$GOAL_WS_CLIENTS" ] || held_ok=0
+        if [ -n "$WS_HAS_NODE" ]; then
+            local oc nc
+            oc="$(ws_pick fanout ours flat.server_cpu_us_per_delivery min)"
+            nc="$(ws_pick fanout node flat.server_cpu_us_per_delivery min)"
+            cpu_ok="$(awk -v o="$oc" -v n="$nc" -v g="$GOAL_WS_CPU_RATIO" 'BEGIN { print ((o != "" && n != "" && o + 0 <= n * g) ? 1 : 0) }')"
+        fi
+    fi
+    goal_cell() { if [ -z "$1" ]; then echo "not measured"; else pass_fail "$1"; fi; }
+
+    # --- the section ---------------------------------------------------------------------------
+    local cpu node_v ws_v server_desc pg_version=""
+    cpu="$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
+    node_v="$(node --version)"
+    ws_v="$(node -p 'require(process.argv[1]).version' "$WS_NODE_DIR/node_modules/ws/package.json" 2>/dev/null || echo '?')"
+    server_desc="target/release/adcluster serve --host 127.0.0.1 --port 0"
+    [ -n "${BENCH_SERVER_BIN:-}" ] && server_desc="$BENCH_SERVER_BIN serve --host 127.0.0.1 --port 0 (BENCH_SERVER_BIN)"
+    [ -n "$WS_HAS_OURS" ] && pg_version="$(pg -d postgres -c 'SHOW server_version')"
+    local tool="target/release/ws-bench --url ws://127.0.0.1:PORT --pid PID"
+    local sec="$TMP/section-ws.md"
+    {
+        section_head ws "WebSocket: our server against a Node \`ws\` server speaking the same protocol subset (\`scripts/bench/ws-node/server.mjs\`), driven by \`tools/ws-bench\`, same run, same machine." \
+            "BENCH_WS_TARGETS=${targets[*]}" "BENCH_WS_CLIENTS=$BENCH_WS_CLIENTS" "BENCH_WS_RTT_CLIENTS=$BENCH_WS_RTT_CLIENTS" \
+            "BENCH_WS_RTT_RATE=$BENCH_WS_RTT_RATE" "BENCH_WS_MEMBERS=$BENCH_WS_MEMBERS" "BENCH_WS_FANOUT_RATE=$BENCH_WS_FANOUT_RATE" \
+            "BENCH_WS_WINDOW=$BENCH_WS_WINDOW"
+        echo "- CPU: $cpu"
+        if [ -n "$WS_HAS_OURS" ]; then
+            echo "- Ours: \`$server_desc\`, LOG_LEVEL=warn, WS_MAX_CLIENTS=$ws_max, other settings default; PostgreSQL $pg_version, a fresh database dropped after the run"
+        else
+            echo "- Ours: not run (BENCH_WS_TARGETS=${targets[*]})"
+        fi
+        echo "- Node: $node_v, ws $ws_v, \`node server.mjs\` (one process, one thread; each fan-out frame serialised once into a Buffer shared by every recipient; no permessage-deflate, no native add-ons)"
+        echo "- Load: \`tools/ws-bench\` (release) on the same 2 cores: 2 epoll reader threads, 8 connect threads; latencies from its own monotonic clock (send time in the message text, taken right before the write; arrival right after the reader's \`recv\`). Server CPU is utime+stime of \`/proc/PID/stat\` over the measured window (all threads), divided by the frames delivered in it; RSS from \`/proc/PID/status\`"
+        echo "- Open-files limit $(ulimit -Sn); each round starts both servers afresh; $BENCH_ROUNDS rounds, the two sides alternating (ours first in odd rounds, Node first in even ones); the table shows each side's best round per figure, the goals hold only if they hold in every round (the CPU goal: best against best)"
+        echo
+        echo "Scenarios (each a separate ws-bench run, after the server is quiet):"
+        echo
+        echo "- (a) hold: \`$tool ${a_args[*]}\`: $BENCH_WS_CLIENTS clients in groups of $BENCH_WS_IDLE_MEMBERS, idle for $BENCH_SECONDS s, then a ping from every client; RSS per idle client = (VmRSS with them connected and quiet − VmRSS before) / clients"
+        echo "- (b) \`/send_to\`: \`$tool ${b_args[*]}\`: client 2k sends \`/send_to b-(2k+1) <mark>\`; latency = the recipient's \`private\` frame (one way, exact: both ends in one process), and the sender's \`sent\` frame (round trip)"
+        echo "- (c) fan-out: \`$tool ${cd_args[*]}\`, phase fanout: the first member sends \`/group <mark>\` at $BENCH_WS_FANOUT_RATE msg/s to its $BENCH_WS_MEMBERS-member group (sender included); per message the first and the last member's arrival"
+        echo "- (d) flat out: same run, phase flat: a new \`/group\` message whenever fewer than $BENCH_WS_WINDOW are in flight (sent, not yet at every member)"
+        echo "- Each phase sends 1 s of unmeasured messages first; connecting the $BENCH_WS_MEMBERS members costs a join storm first (each connect is announced to the members already there: about $((BENCH_WS_MEMBERS * (BENCH_WS_MEMBERS - 1) / 2)) \`join\` frames), counted in (c)'s connect time but not in any measured window"
+        echo
+        echo "| figure | ours | Node ws | ours/Node |"
+        echo "|---|---:|---:|---:|"
+        ws_row "(a) connect rate, clients/s" idle connect.rate_per_s max
+        ws_row "(a) connect latency p99, ms" idle connect.p99_ms min
+        ws_row "(a) RSS per idle client, KiB" idle idle.rss_per_client_kib min
+        ws_row "(a) VmRSS with $BENCH_WS_CLIENTS idle clients, KiB" idle idle.rss_idle_kib min
+        ws_row "(a) clients open after ${BENCH_SECONDS} s idle" idle idle.open_after_hold max
+        ws_row "(a) pongs to $BENCH_WS_CLIENTS pings" idle idle.pongs max
+        ws_row "(a) server VmHWM (peak), KiB" idle server.hwm_end_kib min
+        ws_row "(b) \`/send_to\` one-way p50, ms" rtt rtt.private_p50_ms min
+        ws_row "(b) \`/send_to\` one-way p99, ms" rtt rtt.private_p99_ms min
+        ws_row "(b) \`/send_to\` to \`sent\` p99, ms" rtt rtt.sent_p99_ms min
+        ws_row "(b) server CPU per delivery, µs" rtt rtt.server_cpu_us_per_delivery min
+        ws_row "(c) first receiver p50, ms" fanout fanout.first_p50_ms min
+        ws_row "(c) first receiver p99, ms" fanout fanout.first_p99_ms min
+        ws_row "(c) last receiver p50, ms" fanout fanout.last_p50_ms min
+        ws_row "(c) last receiver p99, ms" fanout fanout.last_p99_ms min
+        ws_row "(c) server CPU per delivery, µs" fanout fanout.server_cpu_us_per_delivery min
+        ws_row "(d) deliveries/s" fanout flat.deliveries_per_s max
+        ws_row "(d) server CPU per delivery, µs" fanout flat.server_cpu_us_per_delivery min
+        ws_row "(d) server CPU, % of one core" fanout flat.server_cpu_pct max
+        ws_row "(d) ws-bench CPU, % of one core" fanout flat.tool_cpu_pct min
+        ws_row "(d) last receiver p99, ms" fanout flat.last_p99_ms min
+        ws_row "(c, d) server VmHWM, KiB" fanout server.hwm_end_kib min
+        echo
+        echo "### Goals"
+        echo
+        echo "| goal | measured | result |"
+        echo "|---|---|---|"
+        echo "| $GOAL_WS_CLIENTS concurrent clients held (all connected, all open after ${BENCH_SECONDS} s, all answer a ping) | ${held_desc:-–} | $(goal_cell "$held_ok") |"
+        local oc_desc="–" nc_desc="–"
+        [ -n "$WS_HAS_OURS" ] && oc_desc="$(ws_pick fanout ours flat.server_cpu_us_per_delivery min) µs"
+        [ -n "$WS_HAS_NODE" ] && nc_desc="$(ws_pick fanout node flat.server_cpu_us_per_delivery min) µs"
+        echo "| server CPU per delivery (flat out) at most Node's | ours $oc_desc, Node $nc_desc | $(goal_cell "$cpu_ok") |"
+        echo "| \`/group\` to $BENCH_WS_MEMBERS members at $BENCH_WS_FANOUT_RATE msg/s: last receiver p99 < $GOAL_WS_FANOUT_LAST_P99_MS ms, every message complete | worst round ${worst_p99:-–} ms | $(goal_cell "$p99_ok") |"
+        echo "| server RSS per idle client < $GOAL_WS_RSS_PER_CLIENT_KIB KiB | worst round ${worst_rss:-–} KiB | $(goal_cell "$rss_ok") |"
+        echo
+        echo "All runs:"
+        echo
+        echo "| round | target | connect/s | RSS/idle client KiB | held | send_to p99 ms | fan-out first/last p99 ms | complete | flat deliveries/s | flat CPU µs/delivery | ws-bench CPU % (flat) |"
+        echo "|---:|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"
+        for r in $(seq 1 "$BENCH_ROUNDS"); do
+            for who in "${targets[@]}"; do
+                local fi_="$TMP/ws-idle-$who-$r.txt" fr="$TMP/ws-rtt-$who-$r.txt" ff="$TMP/ws-fanout-$who-$r.txt"
+                echo "| $r | $who | $(wsv "$fi_" connect.rate_per_s) | $(wsv "$fi_" idle.rss_per_client_kib) | $(wsv "$fi_" idle.open_after_hold)/$(wsv "$fi_" connect.ok) open, $(wsv "$fi_" idle.pongs) pongs | $(wsv "$fr" rtt.private_p99_ms) | $(wsv "$ff" fanout.first_p99_ms) / $(wsv "$ff" fanout.last_p99_ms) | $(wsv "$ff" fanout.complete)/$(wsv "$ff" fanout.measured) | $(wsv "$ff" flat.deliveries_per_s) | $(wsv "$ff" flat.server_cpu_us_per_delivery) | $(wsv "$ff" flat.tool_cpu_pct) |"
+            done
+        done
+        echo
+    } >"$sec"
+
+    echo
+    cat "$sec"
+    write_section ws "$sec"
+}
+
+# ---------------------------------------------------------------------------------------------
 
 usage() {
     cat >&2 <<EOF2
@@ -1346,7 +1663,8 @@ usage: scripts/bench.sh <subcommand>
           (writes "## users" in BENCHMARKS.md)
   files   a 1 GiB upload against dd, RSS during it, its download against nginx, 64 concurrent
           1 MiB uploads (writes "## files" in BENCHMARKS.md)
-  (to come: ws)
+  ws      10,000 idle clients, /send_to latency, /group fan-out to 1,000 members at 10 msg/s and
+          flat out, against a Node ws server (writes "## ws" in BENCHMARKS.md)
 EOF2
     exit 2
 }
@@ -1357,7 +1675,7 @@ main() {
         http) cmd_http ;;
         users) cmd_users ;;
         files) cmd_files ;;
-        ws) die "'$1' is not written yet" ;;
+        ws) cmd_ws ;;
         -h | --help | help) usage ;;
         *) usage ;;
     esac

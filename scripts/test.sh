@@ -2,7 +2,7 @@
 # The whole test suite, as CI runs it (.ci/run calls this):
 #   1. make sure PostgreSQL is reachable (start the local cluster if it is stopped; install
 #      Debian's postgresql when absent and we are root; otherwise stop with a clear message);
-#   2. cargo fmt --check, cargo clippy --all-targets -D warnings;
+#   2. cargo fmt --check, cargo clippy --workspace --all-targets -D warnings (the server and tools/);
 #   3. every test (cargo nextest when installed, cargo test otherwise);
 #   4. the API docs in headless Chromium (scripts/browser-test.sh: vendors the docs assets,
 #      rebuilds so they are embedded, installs Chromium with apt-get when missing and root);
@@ -74,7 +74,7 @@ say "cargo fmt --check"
 cargo fmt --all -- --check || die "code is not formatted: run 'cargo fmt'"
 
 say "cargo clippy"
-cargo clippy --all-targets --quiet -- -D warnings || die "clippy found problems (see above)"
+cargo clippy --workspace --all-targets --quiet -- -D warnings || die "clippy found problems (see above)"
 
 # Each suite's output is kept so the last line can total them: "tests: N passed, N failed".
 logs=$(mktemp -d)
