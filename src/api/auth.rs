@@ -49,6 +49,10 @@ fn login(app: &App, req: &mut Request<'_>) -> Result<Response, HttpError> {
         return Err(HttpError::new(429, "Too many failed login attempts; try again later")
             .header("retry-after", retry.as_secs().to_string()));
     }
+    // Under a login flood, refuse before touching the database: a refused login must be cheap.
+    if app.auth.hasher.is_full() {
+        return Err(crate::auth::HashError::Busy.into());
+    }
     let user = {
         let mut c = app.conn()?;
         users::by_email(&mut c, email.trim()).map_err(|e| app.db_err(e))?

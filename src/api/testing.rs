@@ -19,6 +19,12 @@ pub fn routes(r: &mut Router) {
         Ok(Response::json(200, &json!({ "length": body.len(), "sha256": hex })))
     });
     r.add("GET", "/__test/panic", |_| -> Result<Response, HttpError> { panic!("test panic") });
+    // A 503 that holds the connection's next request back for `ms` milliseconds.
+    r.add("GET", "/__test/hold", |req| {
+        let ms: u64 =
+            req.query()?.iter().find(|(k, _)| k == "ms").and_then(|(_, v)| v.parse().ok()).unwrap_or(1000).min(5000);
+        Err(HttpError::new(503, "held").header("retry-after", "1").hold(Duration::from_millis(ms)))
+    });
     r.add("GET", "/__test/sleep", |req| {
         let ms: u64 =
             req.query()?.iter().find(|(k, _)| k == "ms").and_then(|(_, v)| v.parse().ok()).unwrap_or(100).min(10_000);

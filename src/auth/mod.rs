@@ -75,6 +75,12 @@ impl HashPool {
         Ok(pool)
     }
 
+    /// Whether a job queued now would be refused. A cheap early check, so a request that
+    /// will be answered 503 anyway does no other work first (it can still race; `run` decides).
+    pub fn is_full(&self) -> bool {
+        self.jobs.lock().unwrap_or_else(|e| e.into_inner()).len() >= self.max_waiting
+    }
+
     /// Run `f` on a hashing thread and wait for its result.
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, HashError> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
@@ -95,7 +101,11 @@ impl HashPool {
 impl From<HashError> for HttpError {
     fn from(e: HashError) -> HttpError {
         match e {
-            HashError::Busy => HttpError::new(503, "Server busy; try again shortly").header("retry-after", "1"),
+            // The same connection is not read again for that second: a client that ignores
+            // `Retry-After` cannot turn refusals into a flood that starves everything else.
+            HashError::Busy => HttpError::new(503, "Server busy; try again shortly")
+                .header("retry-after", "1")
+                .hold(std::time::Duration::from_secs(1)),
             HashError::Failed => HttpError::new(500, "Internal Server Error"),
         }
     }

@@ -62,11 +62,15 @@ pub struct Response {
     pub upgrade: Option<UpgradeFn>,
     /// The handler asks for the connection to be closed after this response.
     pub close: bool,
+    /// The handler asks the connection layer not to read this connection's next request for
+    /// this long (back-pressure for a client that ignores `Retry-After`; the connection waits
+    /// in the dispatcher, costing no worker). Capped by the layer at `MAX_HOLD`.
+    pub hold: Option<std::time::Duration>,
 }
 
 impl Response {
     pub fn new(status: u16) -> Response {
-        Response { status, headers: Vec::new(), body: Body::Empty, upgrade: None, close: false }
+        Response { status, headers: Vec::new(), body: Body::Empty, upgrade: None, close: false, hold: None }
     }
 
     /// A JSON response from any serialisable value.
@@ -106,7 +110,7 @@ impl Response {
 
     /// A `101 Switching Protocols` response; `then` receives the socket.
     pub fn upgrade(headers: Vec<(Cow<'static, str>, String)>, then: UpgradeFn) -> Response {
-        Response { status: 101, headers, body: Body::Empty, upgrade: Some(then), close: false }
+        Response { status: 101, headers, body: Body::Empty, upgrade: Some(then), close: false, hold: None }
     }
 }
 

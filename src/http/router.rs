@@ -44,11 +44,13 @@ pub struct HttpError {
     pub status: u16,
     pub detail: Detail,
     pub headers: Vec<(Cow<'static, str>, String)>,
+    /// See `Response::hold`.
+    pub hold: Option<std::time::Duration>,
 }
 
 impl HttpError {
     pub fn new(status: u16, message: impl Into<String>) -> HttpError {
-        HttpError { status, detail: Detail::Message(message.into()), headers: Vec::new() }
+        HttpError { status, detail: Detail::Message(message.into()), headers: Vec::new(), hold: None }
     }
 
     /// A 422 with one issue. `loc` is e.g. `["body", "email"]`.
@@ -57,7 +59,7 @@ impl HttpError {
     }
 
     pub fn validation_list(issues: Vec<ValidationIssue>) -> HttpError {
-        HttpError { status: 422, detail: Detail::Validation(issues), headers: Vec::new() }
+        HttpError { status: 422, detail: Detail::Validation(issues), headers: Vec::new(), hold: None }
     }
 
     pub fn header(mut self, name: impl Into<Cow<'static, str>>, value: impl Into<String>) -> HttpError {
@@ -65,9 +67,16 @@ impl HttpError {
         self
     }
 
+    /// Ask the connection layer to hold the connection's next request back (see `Response::hold`).
+    pub fn hold(mut self, d: std::time::Duration) -> HttpError {
+        self.hold = Some(d);
+        self
+    }
+
     pub fn into_response(self) -> Response {
         let mut resp = Response::json(self.status, &serde_json::json!({ "detail": self.detail }));
         resp.headers.extend(self.headers);
+        resp.hold = self.hold;
         resp
     }
 }

@@ -13,7 +13,10 @@
 //! - **workers** (`workers` of them, `http-worker-N`): take a connection from the queue, serve the
 //!   request (reading its body, calling the handler, writing the response), then wait briefly
 //!   (`keepalive_linger`) for the next request on the same connection — but only while nobody is
-//!   queued for a worker. Otherwise the connection goes back to the dispatcher.
+//!   queued for a worker. Otherwise the connection goes back to the dispatcher. A handler may
+//!   ask for the connection's next request to be held back (`Response::hold`, at most
+//!   `MAX_HOLD`): the connection then waits in the dispatcher, out of its poll set, costing no
+//!   worker — how a 503 with `Retry-After` is enforced on a client that ignores it.
 //!
 //! Queues and their bounds:
 //! - the **worker queue** (`Shared::queue`, a `Mutex<VecDeque>` + `Condvar`): filled by the
@@ -97,6 +100,9 @@ struct Conn {
     pos: usize,
     /// When the dispatcher gives up on it (head timeout or idle timeout).
     deadline: Instant,
+    /// Not to be read before this instant (a handler's `Response::hold`): the dispatcher leaves
+    /// the socket out of its poll set until then.
+    not_before: Option<Instant>,
 }
 
 impl Conn {
@@ -295,10 +301,31 @@ fn dispatcher_loop(listener: TcpListener, shared: &Shared) {
         if listening {
             fds.push(pollfd(listener.as_raw_fd()));
         }
+        // Held connections whose time has come: serve what they already sent, or poll them again.
+        for i in (0..waiting.len()).rev() {
+            if waiting[i].not_before.is_some_and(|t| t <= now) {
+                waiting[i].not_before = None;
+                if matches!(parse_head(waiting[i].unconsumed(), &cfg.head_limits), Ok(Parsed::Complete(..))) {
+                    let conn = waiting.swap_remove(i);
+                    enqueue(shared, conn);
+                }
+            }
+        }
         let base = fds.len();
-        fds.extend(waiting.iter().map(|c| pollfd(c.stream.as_raw_fd())));
+        // A held connection is polled for nothing (events 0): it stays in step with `waiting`
+        // but cannot wake the dispatcher.
+        fds.extend(waiting.iter().map(|c| {
+            let mut p = pollfd(c.stream.as_raw_fd());
+            if c.not_before.is_some() {
+                p.events = 0;
+            }
+            p
+        }));
 
         let mut timeout = Duration::from_secs(1);
+        if let Some(t) = waiting.iter().filter_map(|c| c.not_before).min() {
+            timeout = timeout.min(t.saturating_duration_since(now));
+        }
         if let Some(t) = accept_paused_until {
             timeout = timeout.min(t.saturating_duration_since(now));
         }
@@ -322,7 +349,7 @@ fn dispatcher_loop(listener: TcpListener, shared: &Shared) {
 
         // Readable connections, back to front so `swap_remove` only moves visited entries.
         for i in (0..waiting.len()).rev() {
-            if fds[base + i].revents == 0 {
+            if fds[base + i].revents == 0 || waiting[i].not_before.is_some() {
                 continue;
             }
             match read_waiting(&mut waiting[i], &mut read_buf, cfg) {
@@ -437,7 +464,7 @@ fn new_conn(stream: TcpStream, peer: SocketAddr, cfg: &ServerConfig) -> Conn {
     // workers use blocking reads with timeouts; the dispatcher only reads when poll says so.
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_nodelay(true);
-    Conn { stream, peer, buf: Vec::new(), pos: 0, deadline: Instant::now() + cfg.head_timeout }
+    Conn { stream, peer, buf: Vec::new(), pos: 0, deadline: Instant::now() + cfg.head_timeout, not_before: None }
 }
 
 /// Answer an error on a connection we are about to close, without waiting on the client.
@@ -485,6 +512,8 @@ fn next_conn(shared: &Shared) -> Option<Conn> {
 /// What happened to a connection after one exchange.
 enum After {
     KeepAlive,
+    /// Keep the connection, but do not read its next request before this long.
+    Hold(Duration),
     Close,
     /// The connection left the HTTP layer (WebSocket).
     Upgraded,
@@ -506,6 +535,10 @@ fn serve_conn(shared: &Shared, mut conn: Conn, scratch: &mut Vec<u8>) {
         conn.pos += used;
         match serve_one(shared, &mut conn, head, scratch) {
             After::KeepAlive => {}
+            After::Hold(d) => {
+                conn.not_before = Some(Instant::now() + d);
+                return give_back(shared, conn);
+            }
             After::Close => return close(shared, conn),
             After::Upgraded => {
                 shared.open.fetch_sub(1, Ordering::SeqCst);
@@ -563,8 +596,8 @@ fn give_back(shared: &Shared, mut conn: Conn) {
         return close(shared, conn);
     }
     conn.compact();
-    conn.deadline =
-        Instant::now() + if conn.buf.is_empty() { shared.cfg.idle_timeout } else { shared.cfg.head_timeout };
+    let from = conn.not_before.unwrap_or_else(Instant::now);
+    conn.deadline = from + if conn.buf.is_empty() { shared.cfg.idle_timeout } else { shared.cfg.head_timeout };
     lock(&shared.returns).push(conn);
     shared.wake.wake();
 }
@@ -644,6 +677,7 @@ fn serve_one(shared: &Shared, conn: &mut Conn, head: RequestHead, scratch: &mut 
     }
 
     let upgrade = resp.upgrade.take();
+    let hold = resp.hold;
     let result = write_response(&mut conn.stream, &mut resp, minor, keep_alive, head_only, scratch);
     log_request(&method, &path, resp.status, result.as_ref().ok().copied(), started, conn.peer);
     if let Err(e) = result {
@@ -670,12 +704,15 @@ fn serve_one(shared: &Shared, conn: &mut Conn, head: RequestHead, scratch: &mut 
         linger_close(&mut conn.stream);
         return After::Close;
     }
-    if keep_alive {
-        After::KeepAlive
-    } else {
-        After::Close
+    match (keep_alive, hold) {
+        (true, Some(d)) => After::Hold(d.min(MAX_HOLD)),
+        (true, None) => After::KeepAlive,
+        (false, _) => After::Close,
     }
 }
+
+/// The longest a handler may hold a connection's next request back (`Response::hold`).
+pub const MAX_HOLD: Duration = Duration::from_secs(5);
 
 /// Close after refusing a body the client may still be sending: stop writing, then read and
 /// discard for a short while, so the client reads our response instead of a reset.
@@ -708,7 +745,8 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let stream = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let peer = stream.local_addr().unwrap();
-        let mut conn = Conn { stream, peer, buf: b"abcdef".to_vec(), pos: 4, deadline: Instant::now() };
+        let mut conn =
+            Conn { stream, peer, buf: b"abcdef".to_vec(), pos: 4, deadline: Instant::now(), not_before: None };
         conn.compact();
         assert_eq!(conn.buf, b"ef");
         conn.buf = Vec::with_capacity(100_000);
