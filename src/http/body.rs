@@ -253,23 +253,30 @@ impl Wire<'_> {
             }
             let cap = self.buf.capacity();
             self.buf.resize(cap, 0);
-            let n = loop {
-                match self.stream.read(&mut self.buf[..]) {
-                    Ok(n) => break n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
-                        self.buf.clear();
-                        return Err(BodyError::Stalled.into_io());
-                    }
-                    Err(e) => {
-                        self.buf.clear();
-                        return Err(e);
-                    }
+            let n = match read_socket(self.stream, &mut self.buf[..]) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.buf.clear();
+                    return Err(e);
                 }
             };
             self.buf.truncate(n);
         }
         Ok(&self.buf[*self.pos..])
+    }
+}
+
+/// One read from the socket; a read timeout (the body stall timeout) is `BodyError::Stalled`.
+fn read_socket(stream: &mut TcpStream, into: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match stream.read(into) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                return Err(BodyError::Stalled.into_io())
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -407,6 +414,22 @@ impl BodyReader<'_> {
             }
         }
         self.send_continue()?;
+        // A large read of a `Content-Length` body with nothing buffered goes straight from the
+        // socket into the caller's buffer: no copy through ours (uploads stream this way).
+        if matches!(self.framing, Framing::Length(_)) && *self.wire.pos >= self.wire.buf.len() && out.len() >= 16 * 1024
+        {
+            let want = out.len().min(usize::try_from(self.left).unwrap_or(usize::MAX));
+            let n = read_socket(self.wire.stream, &mut out[..want])?;
+            if n == 0 {
+                return Err(BodyError::Truncated.into_io());
+            }
+            self.left -= n as u64;
+            if self.left == 0 {
+                self.done = true;
+            }
+            self.account(n)?;
+            return Ok(n);
+        }
         loop {
             let avail = self.wire.fill()?;
             if avail.is_empty() {
