@@ -104,6 +104,25 @@ impl Drop for Staged {
     }
 }
 
+/// Bytes between two writeback kicks.
+const WRITEBACK_STEP: u64 = 8 * 1024 * 1024;
+
+/// When a write crosses a `WRITEBACK_STEP` boundary, ask the kernel to start writing the step
+/// just completed to disk (`sync_file_range(SYNC_FILE_RANGE_WRITE)`: starts the writeback and
+/// returns; it neither waits nor makes anything durable — the `fsync` at the end still does).
+/// The final `fsync` then has little left to flush: on this machine a 1 GiB upload went from
+/// ~1.45 s to ~1.1 s (BENCHMARKS.md). A failure here only loses the head start.
+fn start_writeback(file: &File, before: u64, after: u64) {
+    if before / WRITEBACK_STEP == after / WRITEBACK_STEP {
+        return;
+    }
+    use std::os::fd::AsRawFd;
+    let end = after / WRITEBACK_STEP * WRITEBACK_STEP;
+    let (Ok(offset), Ok(len)) = (i64::try_from(end - WRITEBACK_STEP), i64::try_from(WRITEBACK_STEP)) else { return };
+    // SAFETY: a plain syscall on a file descriptor we own, with in-range offsets.
+    unsafe { libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE) };
+}
+
 fn too_large(limit: u64) -> MultipartError {
     MultipartError::Io(io::Error::other(BodyError::TooLarge { limit }))
 }
@@ -172,7 +191,9 @@ fn receive(
                     if s.record.size as u64 > limit {
                         return Err(too_large(limit));
                     }
-                    s.file.as_mut().expect("open while receiving").write_all(bytes).map_err(MultipartError::Io)?;
+                    let file = s.file.as_mut().expect("open while receiving");
+                    file.write_all(bytes).map_err(MultipartError::Io)?;
+                    start_writeback(file, s.record.size as u64 - bytes.len() as u64, s.record.size as u64);
                     s.hasher.as_mut().expect("hashing while receiving").update(bytes);
                 }
             }
