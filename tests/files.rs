@@ -9,22 +9,10 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{sha256_hex, Opts, Resp, TestServer};
+use common::{random_bytes, sha256_hex, Opts, Resp, TestServer};
 use serde_json::{json, Value};
 
 const BOUNDARY: &str = "----adcTestBoundary7MA4YWxkTrZu0gW";
-
-fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
 
 /// A multipart body with the given (field, filename, bytes) parts.
 fn form(parts: &[(&str, Option<&str>, &[u8])]) -> Vec<u8> {

@@ -8,19 +8,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{sha256_hex, Conn, Opts, TestServer};
-
-fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
+use common::{random_bytes, sha256_hex, Conn, Opts, TestServer};
 
 fn assert_detail(resp: &common::Resp, status: u16) -> String {
     assert_eq!(resp.status, status, "body: {}", resp.text());

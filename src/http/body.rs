@@ -327,21 +327,6 @@ impl<'c> BodyReader<'c> {
         self.done && !self.failed
     }
 
-    /// Whether the client is still waiting for `100 Continue` (it may not have sent the body).
-    pub fn continue_pending(&self) -> bool {
-        self.pending_continue
-    }
-
-    /// Bytes of body read so far.
-    pub fn bytes_read(&self) -> u64 {
-        self.read
-    }
-
-    /// The route's limit.
-    pub fn limit(&self) -> u64 {
-        self.limit
-    }
-
     /// Read the whole body into memory (for JSON and form bodies; the limit still applies).
     pub fn read_all(&mut self) -> Result<Vec<u8>, BodyError> {
         let mut out = Vec::new();

@@ -104,10 +104,6 @@ impl Response {
         self
     }
 
-    pub fn get_header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
-    }
-
     /// A `101 Switching Protocols` response; `then` receives the socket.
     pub fn upgrade(headers: Vec<(Cow<'static, str>, String)>, then: UpgradeFn) -> Response {
         Response { status: 101, headers, body: Body::Empty, upgrade: Some(then), close: false, hold: None }
