@@ -376,3 +376,59 @@ fn a_held_connection_waits_without_holding_a_worker() {
     assert_eq!(second.status, 200);
     assert!(t0.elapsed() >= Duration::from_millis(1500), "the held request was read too early: {:?}", t0.elapsed());
 }
+
+#[test]
+fn running_out_of_file_descriptors_is_survived() {
+    // The server under a hard limit of 48 open files; 100 clients connect at once.
+    let dir = common::TempDir::new("emfile");
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -n 48 && exec \"$0\" serve --host 127.0.0.1 --port 0")
+        .arg(env!("CARGO_BIN_EXE_adcluster"))
+        .current_dir(dir.path())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DB_PORT", "1")
+        .env("DATA_DIR", dir.path().join("data"))
+        .env("UPLOAD_DIR", dir.path().join("uploads"))
+        .env("WORKERS", "4")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut log = String::new();
+    let addr = loop {
+        let line = rx.recv_timeout(Duration::from_secs(30)).expect("server start-up line");
+        log.push_str(&line);
+        log.push('\n');
+        if let Some(a) = line.split("listening on http://").nth(1) {
+            break a.trim().parse::<std::net::SocketAddr>().unwrap();
+        }
+    };
+    let flood: Vec<TcpStream> = (0..100).filter_map(|_| TcpStream::connect(addr).ok()).collect();
+    let saw_emfile = common::ws::eventually(Duration::from_secs(10), || {
+        while let Ok(line) = rx.try_recv() {
+            log.push_str(&line);
+            log.push('\n');
+        }
+        log.contains("accept failed")
+    });
+    assert!(saw_emfile, "the limit was never hit; log:\n{log}");
+    drop(flood);
+    // Once the flood is gone the server serves again.
+    let ok = common::ws::eventually(Duration::from_secs(10), || {
+        let mut c = Conn::open(addr);
+        c.write(b"GET /health HTTP/1.1\r\nHost: a\r\n\r\n");
+        c.try_read_response(false).is_some_and(|r| r.status == 200)
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(ok, "the server stopped serving after EMFILE; log:\n{log}");
+}
