@@ -89,6 +89,7 @@ fn serve(args: &[String]) -> Result<(), Failure> {
         head_timeout: cfg.head_timeout,
         body_timeout: cfg.body_timeout,
         idle_timeout: cfg.keepalive_timeout,
+        min_body_rate: cfg.min_body_rate,
         shutdown_grace: cfg.shutdown_grace,
         head_limits: http::parse::HeadLimits { max_head_bytes: cfg.max_header_bytes, max_headers: cfg.max_headers },
         ..http::ServerConfig::default()

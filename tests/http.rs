@@ -432,3 +432,53 @@ fn running_out_of_file_descriptors_is_survived() {
     let _ = child.wait();
     assert!(ok, "the server stopped serving after EMFILE; log:\n{log}");
 }
+
+#[test]
+fn dribbled_bodies_do_not_hold_the_pool() {
+    let srv = TestServer::start_with(
+        Opts::default().env("WORKERS", "2").env("BODY_TIMEOUT_SECS", "1").env("HEAD_TIMEOUT_SECS", "30"),
+    );
+    // Small bodies (<= 64 KiB) are read by the dispatcher: four clients dribbling one, to a
+    // route that does not exist, take no worker, and the two workers keep serving.
+    let mut dribblers: Vec<Conn> = (0..4)
+        .map(|_| {
+            let mut c = srv.connect();
+            c.write(b"POST /no/such/route HTTP/1.1\r\nHost: a\r\nContent-Length: 60000\r\n\r\nx");
+            c
+        })
+        .collect();
+    for _ in 0..3 {
+        for d in dribblers.iter_mut() {
+            d.write(b"x");
+        }
+        let t0 = Instant::now();
+        assert_eq!(srv.get("/health").status, 200);
+        assert!(t0.elapsed() < Duration::from_secs(2), "/health waited {:?}", t0.elapsed());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    drop(dribblers);
+    // A large body (here 200 KB of a 1 MiB JSON limit) streams in a worker, but must keep up
+    // MIN_BODY_RATE_KB (16) once BODY_TIMEOUT_SECS (1) has passed: at ~4 KB/s it gets a 408
+    // long before it would have finished (50 s).
+    let mut slow = srv.connect();
+    slow.write(b"POST /__test/echo HTTP/1.1\r\nHost: a\r\nContent-Length: 200000\r\n\r\n");
+    let t0 = Instant::now();
+    let mut sent = 0;
+    slow.stream.set_nonblocking(true).unwrap();
+    let mut got = Vec::new();
+    while t0.elapsed() < Duration::from_secs(20) {
+        let _ = slow.stream.write(&[b'y'; 1000]);
+        sent += 1000;
+        std::thread::sleep(Duration::from_millis(250));
+        let mut buf = [0u8; 4096];
+        if let Ok(n) = std::io::Read::read(&mut slow.stream, &mut buf) {
+            got.extend_from_slice(&buf[..n]);
+            if n == 0 || got.windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 408"), "after {sent} bytes in {:?}: {text:?}", t0.elapsed());
+    assert!(sent < 200_000);
+}

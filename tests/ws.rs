@@ -688,3 +688,24 @@ fn a_client_can_be_reached_as_soon_as_it_has_read_its_101() {
         assert_eq!(c.recv()["message"], format!("hi {i}"));
     }
 }
+
+#[test]
+fn a_client_that_sends_but_never_reads_is_evicted_too() {
+    // Its own pongs fill its queue (16 frames here); it must not hold its session forever.
+    let srv = TestServer::start_with(Opts::default().env("WS_QUEUE_FRAMES", "16").env("WS_QUEUE_KB", "64"));
+    let mut pinger = raw_handshake(&srv, "/ws/pinger");
+    pinger.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    // 125 bytes: the most a control frame may carry.
+    let ping = masked_frame(0x9, &[b'p'; 125]);
+    let gone = eventually(Duration::from_secs(20), || {
+        for _ in 0..2048 {
+            if pinger.write_all(&ping).is_err() {
+                break;
+            }
+        }
+        let clients = srv.get("/api/ws/clients").json();
+        !clients["clients"].as_array().unwrap().iter().any(|c| c["client_id"] == "pinger")
+    });
+    assert!(gone, "a client that never reads kept its session");
+    assert!(srv.log().contains("pinger is not reading"), "{}", srv.log());
+}

@@ -296,6 +296,13 @@ pub struct BodyReader<'c> {
     pending_continue: bool,
     /// The whole body has been consumed from the wire.
     done: bool,
+    /// Pace: once `grace` has passed since `started`, the body must have averaged at least
+    /// `min_rate` bytes per second beyond it, or reads fail with `Stalled`. Also the drain's
+    /// deadline. See `BodyReader::pace`.
+    started: std::time::Instant,
+    grace: std::time::Duration,
+    min_rate: u64,
+    deadline: Option<std::time::Instant>,
     /// A read failed (limit, timeout, bad framing): the rest of the body is in an unknown
     /// state and the connection must not be reused.
     failed: bool,
@@ -319,7 +326,34 @@ impl<'c> BodyReader<'c> {
             pending_continue: expect_continue && framing != Framing::None,
             done: framing == Framing::None,
             failed: false,
+            started: std::time::Instant::now(),
+            grace: std::time::Duration::MAX,
+            min_rate: 0,
+            deadline: None,
         }
+    }
+
+    /// Require the body to average at least `min_rate` bytes/s once `grace` has passed, so a
+    /// client dribbling a large body cannot hold a worker for long: it may take `grace` plus
+    /// one second per `min_rate` bytes read, then it gets a 408.
+    pub fn pace(mut self, grace: std::time::Duration, min_rate: u64) -> Self {
+        self.grace = grace;
+        self.min_rate = min_rate;
+        self
+    }
+
+    fn check_pace(&self) -> io::Result<()> {
+        let elapsed = self.started.elapsed();
+        if self.deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+            return Err(BodyError::Stalled.into_io());
+        }
+        if self.min_rate > 0 && elapsed > self.grace {
+            let earned = std::time::Duration::from_secs_f64(self.read as f64 / self.min_rate as f64);
+            if elapsed > self.grace.saturating_add(earned) {
+                return Err(BodyError::Stalled.into_io());
+            }
+        }
+        Ok(())
     }
 
     /// True when the whole body has been read (or there was none).
@@ -346,9 +380,20 @@ impl<'c> BodyReader<'c> {
             return false;
         }
         self.limit = self.read.saturating_add(max);
+        // At most a second for what is left: a client dribbling the body of a request we have
+        // already answered must not keep the worker.
+        self.deadline = Some(std::time::Instant::now() + std::time::Duration::from_secs(1));
+        let saved = self.wire.stream.read_timeout().ok().flatten();
+        let _ = self.wire.stream.set_read_timeout(Some(std::time::Duration::from_millis(250)));
         let mut scratch = [0u8; 8192];
+        let drained = self.drain_loop(&mut scratch);
+        let _ = self.wire.stream.set_read_timeout(saved);
+        drained
+    }
+
+    fn drain_loop(&mut self, scratch: &mut [u8]) -> bool {
         while !self.done {
-            match self.read(&mut scratch) {
+            match self.read(scratch) {
                 Ok(0) => break,
                 Ok(_) => {}
                 Err(_) => return false,
@@ -393,6 +438,7 @@ impl Read for BodyReader<'_> {
 
 impl BodyReader<'_> {
     fn read_inner(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        self.check_pace()?;
         if let Framing::Length(total) = self.framing {
             if total > self.limit {
                 return Err(BodyError::TooLarge { limit: self.limit }.into_io());

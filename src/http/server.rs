@@ -73,6 +73,14 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Head size and header count limits.
     pub head_limits: HeadLimits,
+    /// A request whose `Content-Length` body is at most this big is handed to a worker only
+    /// once the whole body has arrived (the dispatcher reads it), so a client dribbling a small
+    /// body costs a socket, not a worker. Larger bodies (uploads) stream in the worker, under
+    /// `body_timeout` and `min_body_rate`.
+    pub preread_body_bytes: u64,
+    /// Slowest average rate (bytes per second) a streamed body may arrive at, once
+    /// `body_timeout` has passed; slower gets a 408. Bounds how long one upload holds a worker.
+    pub min_body_rate: u64,
 }
 
 impl Default for ServerConfig {
@@ -87,7 +95,31 @@ impl Default for ServerConfig {
             keepalive_linger: Duration::from_millis(50),
             shutdown_grace: Duration::from_secs(30),
             head_limits: HeadLimits::default(),
+            preread_body_bytes: 64 * 1024,
+            min_body_rate: 16 * 1024,
         }
+    }
+}
+
+/// How many buffered bytes make a request ready for a worker: its head, plus its body when that
+/// is small enough to pre-read (and the client is not waiting for `100 Continue`). `Ok(None)`
+/// while the head is incomplete.
+fn ready_len(buf: &[u8], cfg: &ServerConfig) -> Result<Option<usize>, HeadError> {
+    match parse_head(buf, &cfg.head_limits)? {
+        Parsed::Partial => Ok(None),
+        Parsed::Complete(head, used) => Ok(Some(match head.framing {
+            Framing::Length(n) if n <= cfg.preread_body_bytes && !head.expect_continue => used + n as usize,
+            _ => used,
+        })),
+    }
+}
+
+/// Whether a buffered request is ready for a worker (complete, or bad: the worker answers it).
+fn is_ready(buf: &[u8], cfg: &ServerConfig) -> bool {
+    match ready_len(buf, cfg) {
+        Ok(Some(n)) => buf.len() >= n,
+        Ok(None) => false,
+        Err(_) => true,
     }
 }
 
@@ -305,7 +337,7 @@ fn dispatcher_loop(listener: TcpListener, shared: &Shared) {
         for i in (0..waiting.len()).rev() {
             if waiting[i].not_before.is_some_and(|t| t <= now) {
                 waiting[i].not_before = None;
-                if matches!(parse_head(waiting[i].unconsumed(), &cfg.head_limits), Ok(Parsed::Complete(..))) {
+                if is_ready(waiting[i].unconsumed(), cfg) {
                     let conn = waiting.swap_remove(i);
                     enqueue(shared, conn);
                 }
@@ -349,7 +381,17 @@ fn dispatcher_loop(listener: TcpListener, shared: &Shared) {
 
         // Readable connections, back to front so `swap_remove` only moves visited entries.
         for i in (0..waiting.len()).rev() {
-            if fds[base + i].revents == 0 || waiting[i].not_before.is_some() {
+            let revents = fds[base + i].revents;
+            if revents == 0 {
+                continue;
+            }
+            if waiting[i].not_before.is_some() {
+                // Polled for nothing, so this is an error or hang-up the kernel reports anyway:
+                // the peer is gone. Left in the set it would make every poll return at once.
+                if revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 {
+                    waiting.swap_remove(i);
+                    shared.open.fetch_sub(1, Ordering::SeqCst);
+                }
                 continue;
             }
             match read_waiting(&mut waiting[i], &mut read_buf, cfg) {
@@ -393,7 +435,8 @@ fn expire(waiting: &mut Vec<Conn>, now: Instant, shared: &Shared) {
             return true;
         }
         if !c.unconsumed().is_empty() {
-            reject(c, 408, "Request header timeout");
+            let head_done = matches!(parse_head(c.unconsumed(), &shared.cfg.head_limits), Ok(Parsed::Complete(..)));
+            reject(c, 408, if head_done { "Request body timeout" } else { "Request header timeout" });
         }
         false
     });
@@ -410,7 +453,8 @@ enum Progress {
 /// Read what a readable waiting connection has sent and see whether a head is complete.
 fn read_waiting(conn: &mut Conn, read_buf: &mut [u8], cfg: &ServerConfig) -> Progress {
     let was_idle = conn.unconsumed().is_empty();
-    let room = (cfg.head_limits.max_head_bytes + 1).saturating_sub(conn.buf.len()).clamp(1, read_buf.len());
+    let cap = cfg.head_limits.max_head_bytes + 1 + cfg.preread_body_bytes as usize;
+    let room = cap.saturating_sub(conn.buf.len()).clamp(1, read_buf.len());
     match conn.stream.read(&mut read_buf[..room]) {
         Ok(0) => return Progress::Close,
         Ok(n) => conn.buf.extend_from_slice(&read_buf[..n]),
@@ -421,9 +465,15 @@ fn read_waiting(conn: &mut Conn, read_buf: &mut [u8], cfg: &ServerConfig) -> Pro
         // The first byte of a new request starts the head clock.
         conn.deadline = Instant::now() + cfg.head_timeout;
     }
-    match parse_head(conn.unconsumed(), &cfg.head_limits) {
-        Ok(Parsed::Complete(..)) => Progress::Ready,
-        Ok(Parsed::Partial) => Progress::Wait,
+    match ready_len(conn.unconsumed(), cfg) {
+        Ok(Some(n)) if conn.unconsumed().len() >= n => Progress::Ready,
+        Ok(Some(_)) => {
+            // The head is in; the (small) body is arriving. Each piece of it restarts the body
+            // clock; the connection costs a socket here, never a worker.
+            conn.deadline = Instant::now() + cfg.body_timeout;
+            Progress::Wait
+        }
+        Ok(None) => Progress::Wait,
         Err(e) => Progress::Reject(e),
     }
 }
@@ -562,7 +612,7 @@ fn wait_for_next_request(shared: &Shared, mut conn: Conn) -> Option<Conn> {
     let until = Instant::now() + cfg.keepalive_linger;
     let mut tmp = [0u8; 8192];
     loop {
-        if !matches!(parse_head(conn.unconsumed(), &cfg.head_limits), Ok(Parsed::Partial)) {
+        if is_ready(conn.unconsumed(), cfg) {
             return Some(conn);
         }
         let now = Instant::now();
@@ -626,7 +676,8 @@ fn serve_one(shared: &Shared, conn: &mut Conn, head: RequestHead, scratch: &mut 
     let framing = head.framing;
     let expect_continue = head.expect_continue;
     let wire = Wire { stream: &mut conn.stream, buf: &mut conn.buf, pos: &mut conn.pos };
-    let body = BodyReader::new(wire, framing, limit, expect_continue);
+    let body =
+        BodyReader::new(wire, framing, limit, expect_continue).pace(shared.cfg.body_timeout, shared.cfg.min_body_rate);
     let mut req = Request { head, peer: conn.peer, params: Vec::new(), body };
 
     let mut resp = match found {

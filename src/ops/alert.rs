@@ -7,7 +7,7 @@
 //! monitor check, i.e. per second), which waits for the command up to `COMMAND_TIMEOUT` and then
 //! kills it. The monitor never waits for the command.
 //! Must never: block the monitor, log the command's text (it may hold a webhook token), or put
-//! a password in the alert (the database is named as `user@host:port/db`).
+//! a host, user or password in the alert (anyone may join `admins` unless `WS_AUTH=required`).
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -34,7 +34,9 @@ pub struct Alerter {
 }
 
 /// The alert frame for a state change.
-pub fn alert_json(up: bool, database: &str, at: SystemTime) -> Value {
+/// The frame names no host, user or database: anyone may join the `admins` group when
+/// `WS_AUTH=optional`. Which database it is goes to the log only.
+pub fn alert_json(up: bool, at: SystemTime) -> Value {
     let (event, message) = if up {
         ("database_up", "The database is reachable again; writes are accepted.")
     } else {
@@ -43,7 +45,6 @@ pub fn alert_json(up: bool, database: &str, at: SystemTime) -> Value {
     json!({
         "type": "alert",
         "event": event,
-        "database": database,
         "message": message,
         "timestamp": crate::util::time::rfc3339(at),
     })
@@ -51,10 +52,14 @@ pub fn alert_json(up: bool, database: &str, at: SystemTime) -> Value {
 
 impl Alerter {
     pub fn fire(&self, up: bool) {
-        let alert = alert_json(up, &self.database, SystemTime::now());
+        let alert = alert_json(up, SystemTime::now());
         let text = alert.to_string();
         let sent = self.ws.hub.send_to_group(ADMINS, &encode_text(text.clone()));
-        info!("alert {} sent to {sent} member(s) of the {ADMINS} group", alert["event"].as_str().unwrap_or(""));
+        info!(
+            "alert {} ({}) sent to {sent} member(s) of the {ADMINS} group",
+            alert["event"].as_str().unwrap_or(""),
+            self.database
+        );
         if let Some(cmd) = &self.command {
             let cmd = cmd.clone();
             let spawned = std::thread::Builder::new().name("alert-command".into()).spawn(move || run(&cmd, &text));
@@ -115,10 +120,11 @@ mod tests {
 
     #[test]
     fn alert_shape() {
-        let a = alert_json(false, "postgres@localhost:5432/adcluster_db", std::time::UNIX_EPOCH);
+        let a = alert_json(false, std::time::UNIX_EPOCH);
         assert_eq!(a["type"], "alert");
         assert_eq!(a["event"], "database_down");
         assert_eq!(a["timestamp"], "1970-01-01T00:00:00.000000Z");
-        assert_eq!(alert_json(true, "x", SystemTime::now())["event"], "database_up");
+        assert_eq!(alert_json(true, SystemTime::now())["event"], "database_up");
+        assert!(a.get("database").is_none(), "the frame must not name the database");
     }
 }

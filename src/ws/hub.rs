@@ -267,8 +267,17 @@ impl Hub {
     }
 
     /// Send an error frame to one client (the sender of a bad frame).
-    pub fn send_error(&self, out: &dyn Outbox, err: &ClientError) {
-        out.push(&ServerFrame::Error { code: err.code, message: &err.message }.encode());
+    pub fn send_error(&self, member: &Member, out: Arc<dyn Outbox>, err: &ClientError) {
+        self.push_own(member, out, &ServerFrame::Error { code: err.code, message: &err.message }.encode());
+    }
+
+    /// A frame for one client from its own session (a pong, a ping, an error reply). A client
+    /// that keeps sending but never reads fills its queue this way too: it is then a slow
+    /// consumer like any other, evicted with 1008, instead of holding its session forever.
+    pub fn push_own(&self, member: &Member, out: Arc<dyn Outbox>, frame: &Encoded) {
+        if out.push(frame) == Pushed::Full {
+            self.evict(vec![Target { id: member.id.clone(), serial: member.serial, out }]);
+        }
     }
 
     /// Run one client command for `m`. Replies, notices and errors go out as the contract says.

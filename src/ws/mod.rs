@@ -240,6 +240,11 @@ impl Ws {
             })?;
         // Nothing can fail from here on: register (a takeover closes the older connection now).
         let member = self.hub.connect(id.as_deref(), group.as_deref(), out);
+        if self.stopping.load(Ordering::SeqCst) {
+            // `shutdown` ran between the check above and the registration: its sweep of the
+            // registry may have missed this client. Sweep again (it is idempotent).
+            self.hub.shutdown();
+        }
         let _ = tx.send(Handover::Registered(member));
         Ok(Box::new(move |stream, leftover| {
             // The thread is waiting; if it is gone the socket is simply dropped.

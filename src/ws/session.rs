@@ -543,14 +543,15 @@ fn read_loop(ws: &Ws, stream: &TcpStream, leftover: Vec<u8>, member: &Member, ou
                 match message {
                     Message::Text(text) => match protocol::parse_client_text(text.as_str()) {
                         Ok(cmd) => hub.handle(member, cmd),
-                        Err(e) => hub.send_error(&**out, &e),
+                        Err(e) => hub.send_error(member, out.clone(), &e),
                     },
                     Message::Binary(_) => hub.send_error(
-                        &**out,
+                        member,
+                        out.clone(),
                         &ClientError::new(ErrorCode::Unsupported, "binary frames are not supported: send text"),
                     ),
                     Message::Ping(payload) => {
-                        out.push(&protocol::encode_pong(&payload));
+                        hub.push_own(member, out.clone(), &protocol::encode_pong(&payload));
                     }
                     Message::Pong(_) | Message::Frame(_) => {}
                     Message::Close(frame) => {
@@ -586,7 +587,7 @@ fn read_loop(ws: &Ws, stream: &TcpStream, leftover: Vec<u8>, member: &Member, ou
             return End::Dropped(format!("silent for {} s (ping timeout)", s.ping_timeout.as_secs_f32()));
         }
         if now >= next_ping {
-            out.push(&protocol::encode_ping());
+            hub.push_own(member, out.clone(), &protocol::encode_ping());
             next_ping = now + s.ping_interval;
         }
     }
