@@ -1,7 +1,8 @@
 //! SHA-256 on a helper thread, so hashing an upload overlaps with receiving and writing it
 //! (on this machine hashing alone took more than half of an upload's CPU time).
 //!
-//! Thread: one `sha256` thread per `HashPipe`, living as long as the pipe. Queue: a
+//! Thread: one `sha256` thread per `HashPipe`, living as long as the pipe — one per file being
+//! received, so at most `WORKERS` at once (an upload is received on its HTTP worker). Queue: a
 //! `sync_channel` of `DEPTH` chunks of `CHUNK` bytes; when it is full, `update` blocks until the
 //! hasher catches up (back-pressure: the upload then runs at hashing speed, never faster). Memory
 //! per pipe is bounded by `(DEPTH + 2) * CHUNK` (queued, being hashed, being filled); finished
