@@ -162,3 +162,21 @@ fn starting_without_a_database_is_alerted_once() {
     assert_eq!(events, ["database_down"]);
     assert_eq!(srv.get("/health").json()["database"], "down");
 }
+
+#[test]
+fn starting_while_the_database_is_away_finishes_start_up_when_it_comes_back() {
+    let proxy = Proxy::start();
+    proxy.cut();
+    let srv = TestServer::start_with(Opts::default().env("DB_PORT", &proxy.port.to_string()));
+    assert_eq!(srv.get("/health").json()["database"], "down");
+    let body = serde_json::json!({ "email": "late@example.com", "password": "password1" }).to_string();
+    let r = srv.request("POST", "/users/", &[("Content-Type", "application/json")], body.as_bytes());
+    assert_eq!(r.status, 503);
+    proxy.restore();
+    // The monitor creates nothing here (the harness made the database) but applies the
+    // migrations it could not apply at start: sign-up then works.
+    assert!(eventually(Duration::from_secs(15), || srv.get("/health").json()["database"] == "up"));
+    let r = srv.request("POST", "/users/", &[("Content-Type", "application/json")], body.as_bytes());
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert!(srv.log().contains("applied migrations"));
+}
