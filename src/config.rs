@@ -379,7 +379,7 @@ pub fn help_text() -> String {
         "adcluster — the Adcluster server\n\n\
          USAGE:\n    adcluster [serve] [FLAGS]\n\n\
          COMMANDS:\n    serve      run the server (the default)\n    migrate    create the database if missing, apply the schema, exit\n    \
-         user create --email E --password P [--superuser] [--full-name N]\n               create a user (the way to make the first superuser)\n    \
+         user create --email E --password P|- [--superuser] [--full-name N]\n               create a user (the way to make the first superuser); - reads the password from stdin\n    \
          help       print this text\n\n\
          SETTINGS (flag, environment variable, default). Later wins: defaults < .env < environment < flags.\n",
     );

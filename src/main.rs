@@ -208,7 +208,8 @@ fn migrate(args: &[String]) -> Result<(), Failure> {
 
 /// `adcluster user create --email E --password P [--superuser] [--full-name N]`
 fn user(args: &[String]) -> Result<(), Failure> {
-    const USAGE: &str = "usage: adcluster user create --email E --password P [--superuser] [--full-name N]";
+    const USAGE: &str =
+        "usage: adcluster user create --email E --password P|- [--superuser] [--full-name N] (- reads it from stdin)";
     if args.first().map(String::as_str) != Some("create") {
         return Err(usage(USAGE));
     }
@@ -230,7 +231,13 @@ fn user(args: &[String]) -> Result<(), Failure> {
     }
     let cfg = load_config(&rest)?;
     let email = email.ok_or_else(|| usage(format!("--email is required; {USAGE}")))?;
-    let pass = pass.ok_or_else(|| usage(format!("--password is required; {USAGE}")))?;
+    let mut pass = pass.ok_or_else(|| usage(format!("--password is required; {USAGE}")))?;
+    if pass == "-" {
+        // `--password -`: read it from standard input, so it never shows in the process list.
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).map_err(|e| failed(format!("cannot read the password: {e}")))?;
+        pass = line.trim_end_matches(['\r', '\n']).to_string();
+    }
     let email = api::extract::normalize_email(&email).map_err(|why| usage(format!("invalid email: {why}")))?;
     let n = pass.chars().count();
     if !(api::users::PASSWORD_MIN..=api::users::PASSWORD_MAX).contains(&n) {

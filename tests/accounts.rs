@@ -341,6 +341,19 @@ fn user_create_command_errors() {
     let missing = srv.cli(&["user", "create", "--email", "m@example.com"]);
     assert_eq!(missing.status.code(), Some(2));
     assert_eq!(srv.cli(&["user"]).status.code(), Some(2));
+    // `--password -` reads the password from standard input (kept out of the process list).
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_adcluster"))
+        .args(["user", "create", "--email", "stdin@example.com", "--password", "-"])
+        .current_dir(srv.dir.path())
+        .env_clear()
+        .envs(srv.env.iter().map(|(k, v)| (k, v)))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"from-stdin-1\n").unwrap();
+    assert!(child.wait().unwrap().success());
+    login(&srv, "stdin@example.com", "from-stdin-1");
     // The CLI user can log in through the API.
     let token = login(&srv, "cli@example.com", "password1");
     assert_eq!(get_auth(&srv, "/users/me", &token).json()["full_name"], "Cli");
