@@ -75,7 +75,7 @@ pub const SETTINGS: &[Setting] = &[
         "MIN_BODY_RATE_KB",
         "--min-body-rate-kb",
         "16",
-        "slowest average KiB/s a large request body may arrive at after BODY_TIMEOUT_SECS (then 408)",
+        "slowest average KiB/s for a large request body or a file download after BODY_TIMEOUT_SECS",
     ),
     s("KEEPALIVE_TIMEOUT_SECS", "--keepalive-timeout-secs", "30", "idle keep-alive connections are closed after this"),
     s("SHUTDOWN_GRACE_SECS", "--shutdown-grace-secs", "30", "on SIGTERM, how long requests in flight may take"),

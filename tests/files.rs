@@ -423,3 +423,42 @@ fn records_survive_a_restart() {
     assert_eq!(all["files"][0], rec);
     assert_eq!(env.srv.get(rec["url"].as_str().unwrap()).body, b"%PDF-1.4 keep");
 }
+
+#[test]
+fn a_slow_reader_of_a_large_download_is_cut_off() {
+    // One worker; a download must be read at MIN_BODY_RATE_KB (2 MiB/s here) on average once
+    // BODY_TIMEOUT_SECS (1) has passed.
+    let env = setup(
+        Opts::default()
+            .env("WORKERS", "1")
+            .env("BODY_TIMEOUT_SECS", "1")
+            .env("MIN_BODY_RATE_KB", "2048")
+            .env("MAX_UPLOAD_MB", "64"),
+    );
+    let rec = upload_one(&env, "big.bin", &random_bytes(48 * 1024 * 1024, 11));
+    let url = rec["url"].as_str().unwrap().to_string();
+    let mut slow = env.srv.connect();
+    slow.write(format!("GET {url} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+    let t0 = std::time::Instant::now();
+    // Read 1 KiB a second (the kernel's buffers take a few MB, then the server waits on us),
+    // and each second see whether the only worker serves anyone else.
+    let health_ok = || {
+        let mut c = env.srv.connect();
+        c.stream.set_read_timeout(Some(Duration::from_millis(900))).unwrap();
+        c.write(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n");
+        std::io::Read::read(&mut c.stream, &mut [0u8; 16]).is_ok_and(|n| n > 0)
+    };
+    let mut total = 0usize;
+    let mut freed = false;
+    while t0.elapsed() < Duration::from_secs(30) {
+        let mut buf = [0u8; 1024];
+        if let Ok(n) = std::io::Read::read(&mut slow.stream, &mut buf) {
+            total += n;
+        }
+        if health_ok() {
+            freed = true;
+            break;
+        }
+    }
+    assert!(freed, "the worker was still held after {:?} ({total} bytes read)", t0.elapsed());
+}

@@ -188,6 +188,16 @@ fn is_framing_header(name: &str) -> bool {
 
 /// Write a whole response. Small bodies go out in the same `write` as the head. Returns the
 /// number of body bytes written.
+/// How fast a client must read a streamed file: once `grace` has passed, at least `min_rate`
+/// bytes per second on average, else the write fails (and the connection is closed), so a slow
+/// reader cannot hold a worker for the length of a large download. Bytes the kernel buffered
+/// count as read, so the bound is `grace + (bytes sent) / min_rate`.
+#[derive(Debug, Clone, Copy)]
+pub struct Pace {
+    pub grace: std::time::Duration,
+    pub min_rate: u64,
+}
+
 pub fn write_response(
     stream: &mut TcpStream,
     resp: &mut Response,
@@ -195,6 +205,7 @@ pub fn write_response(
     keep_alive: bool,
     head_only: bool,
     scratch: &mut Vec<u8>,
+    pace: Option<Pace>,
 ) -> io::Result<u64> {
     scratch.clear();
     encode_head(resp, minor_version, keep_alive, scratch);
@@ -216,32 +227,69 @@ pub fn write_response(
         }
         Body::File { file, offset, len } => {
             stream.write_all(scratch)?;
-            full_length(send_file(file, *offset, *len, stream)?, *len)
+            full_length(send_file(file, *offset, *len, stream, pace)?, *len)
         }
     }
 }
 
 /// `sendfile(2)` from `file` at `offset` to the socket until `len` bytes are sent or the file
 /// ends. The socket's write timeout applies (a stalled client fails with `WouldBlock`).
-fn send_file(file: &std::fs::File, offset: u64, len: u64, stream: &TcpStream) -> io::Result<u64> {
+fn send_file(file: &std::fs::File, offset: u64, len: u64, stream: &TcpStream, pace: Option<Pace>) -> io::Result<u64> {
+    // With a pace, wake at least every second to check it, instead of sleeping in the kernel
+    // for the whole write timeout; the write timeout still bounds a stall (no progress at all).
+    let stall = stream.write_timeout().ok().flatten();
+    let pace = pace.filter(|p| p.min_rate > 0);
+    if pace.is_some() {
+        let tick = std::time::Duration::from_secs(1);
+        stream.set_write_timeout(Some(stall.map_or(tick, |s| s.min(tick))))?;
+    }
+    let result = send_file_paced(file, offset, len, stream, pace, stall);
+    if pace.is_some() {
+        let _ = stream.set_write_timeout(stall);
+    }
+    result
+}
+
+fn send_file_paced(
+    file: &std::fs::File,
+    offset: u64,
+    len: u64,
+    stream: &TcpStream,
+    pace: Option<Pace>,
+    stall: Option<std::time::Duration>,
+) -> io::Result<u64> {
     use std::os::fd::AsRawFd;
     let mut off = libc::off_t::try_from(offset).map_err(|_| io::Error::other("file offset too large"))?;
     let mut sent = 0u64;
+    let started = std::time::Instant::now();
+    let mut progress_at = started;
     while sent < len {
+        if let Some(p) = pace {
+            let earned = std::time::Duration::from_secs_f64(sent as f64 / p.min_rate as f64);
+            if started.elapsed() > p.grace.saturating_add(earned) {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "client reads too slowly"));
+            }
+        }
         let chunk = (len - sent).min(1 << 30) as usize;
         // SAFETY: both fds are open for the duration of the call; `off` is a valid pointer.
         let n = unsafe { libc::sendfile(stream.as_raw_fd(), file.as_raw_fd(), &mut off, chunk) };
         if n < 0 {
             let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
+            match err.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    if pace.is_some() && !stall.is_some_and(|s| progress_at.elapsed() >= s) =>
+                {
+                    continue
+                }
+                _ => return Err(err),
             }
-            return Err(err);
         }
         if n == 0 {
             break;
         }
         sent += n as u64;
+        progress_at = std::time::Instant::now();
     }
     Ok(sent)
 }

@@ -46,7 +46,7 @@ use std::time::{Duration, Instant};
 
 use super::body::{BodyError, BodyReader, Wire};
 use super::parse::{parse_head, Framing, HeadError, HeadLimits, Parsed, RequestHead};
-use super::response::{write_response, Response};
+use super::response::{write_response, Pace, Response};
 use super::router::{HttpError, Match, Request, Router};
 use crate::{debug, error, info, warn};
 
@@ -79,7 +79,8 @@ pub struct ServerConfig {
     /// `body_timeout` and `min_body_rate`.
     pub preread_body_bytes: u64,
     /// Slowest average rate (bytes per second) a streamed body may arrive at, once
-    /// `body_timeout` has passed; slower gets a 408. Bounds how long one upload holds a worker.
+    /// `body_timeout` has passed (slower gets a 408), and a streamed file may be read at (slower
+    /// is cut off). Bounds how long one upload or download holds a worker.
     pub min_body_rate: u64,
 }
 
@@ -522,7 +523,7 @@ fn reject(conn: &mut Conn, status: u16, detail: &str) {
     let _ = conn.stream.set_write_timeout(Some(Duration::from_millis(200)));
     let mut resp = Response::detail(status, detail);
     let mut scratch = Vec::new();
-    let _ = write_response(&mut conn.stream, &mut resp, 1, false, false, &mut scratch);
+    let _ = write_response(&mut conn.stream, &mut resp, 1, false, false, &mut scratch, None);
     let _ = conn.stream.shutdown(NetShutdown::Write);
     info!("- - {status} - 0us {}", conn.peer);
 }
@@ -729,7 +730,8 @@ fn serve_one(shared: &Shared, conn: &mut Conn, head: RequestHead, scratch: &mut 
 
     let upgrade = resp.upgrade.take();
     let hold = resp.hold;
-    let result = write_response(&mut conn.stream, &mut resp, minor, keep_alive, head_only, scratch);
+    let pace = Pace { grace: shared.cfg.body_timeout, min_rate: shared.cfg.min_body_rate };
+    let result = write_response(&mut conn.stream, &mut resp, minor, keep_alive, head_only, scratch, Some(pace));
     log_request(&method, &path, resp.status, result.as_ref().ok().copied(), started, conn.peer);
     if let Err(e) = result {
         debug!("write to {} failed: {e}", conn.peer);
