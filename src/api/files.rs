@@ -104,8 +104,8 @@ impl Drop for Staged {
     }
 }
 
-/// Bytes between two writeback kicks.
-const WRITEBACK_STEP: u64 = 8 * 1024 * 1024;
+/// Bytes between two writeback kicks (4 MiB measured a little faster than 8 on this machine).
+const WRITEBACK_STEP: u64 = 4 * 1024 * 1024;
 
 /// When a write crosses a `WRITEBACK_STEP` boundary, ask the kernel to start writing the step
 /// just completed to disk (`sync_file_range(SYNC_FILE_RANGE_WRITE)`: starts the writeback and

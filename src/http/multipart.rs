@@ -69,7 +69,7 @@ use memchr::memmem;
 pub const MAX_BOUNDARY_LEN: usize = 70;
 
 /// Size of the read buffer used by [`parse_reader`].
-const READ_CHUNK: usize = 64 * 1024;
+const READ_CHUNK: usize = 256 * 1024;
 
 /// Extracts the boundary from a request's `Content-Type`, e.g.
 /// `multipart/form-data; boundary="----WebKitFormBoundary7MA4"`.
