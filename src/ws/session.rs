@@ -29,6 +29,9 @@ const FRAMES_PER_WRITE: usize = 128;
 /// A sender that finds the queue's writer token free writes for the recipient inline, at most
 /// this many rounds (each non-blocking); if more keeps arriving, the flusher takes over.
 const INLINE_ROUNDS: usize = 4;
+
+/// Most writes the flusher makes for one socket in one turn before serving the others.
+const FLUSHER_ROUNDS: usize = 16;
 /// The reader's receive buffer (tungstenite grows it for a large frame, up to the 64 KiB limit).
 const READ_BUFFER: usize = 4 * 1024;
 
@@ -214,6 +217,11 @@ impl Outbound {
                 if who == Writer::Sender && rounds >= INLINE_ROUNDS {
                     drop(st);
                     self.flusher.adopt(self.arc());
+                    return Turn::Blocked;
+                }
+                if who == Writer::Flusher && rounds >= FLUSHER_ROUNDS {
+                    // Keep the token and yield: the flusher comes back after a turn for every
+                    // other socket it is writing, so one busy client cannot monopolise it.
                     return Turn::Blocked;
                 }
                 offset = st.front_written;
