@@ -17,7 +17,8 @@
 //!   At most `WS_MAX_CLIENTS` sessions exist (a counter reserved before the `101`; over it the
 //!   upgrade is answered `503`). The thread ends with the connection.
 //! - **One flusher thread for all sessions** (`ws-flush`, started with the first session). It
-//!   finishes writing queues whose socket was full (`poll` for `POLLOUT`) and shuts down
+//!   finishes writing queues whose socket was full (`poll` for `POLLOUT`; at most
+//!   `FLUSHER_ROUNDS` writes per socket per turn, round-robin) and shuts down
 //!   connections whose close handshake has not finished within `CLOSE_GRACE`.
 //!
 //! # Writing: a token, not a thread per session
