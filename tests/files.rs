@@ -271,19 +271,17 @@ fn over_the_limit_is_cut_off_and_leaves_nothing() {
         )
         .as_bytes(),
     );
-    let mut sent = 0;
     for chunk in body.chunks(64 * 1024) {
         if c.stream.write_all(format!("{:x}\r\n", chunk.len()).as_bytes()).is_err()
             || c.stream.write_all(chunk).is_err()
             || c.stream.write_all(b"\r\n").is_err()
         {
+            // The server stopped reading once the limit was crossed.
             break;
         }
-        sent += chunk.len();
     }
     let r = c.read_response(false);
     assert_eq!(r.status, 413);
-    assert!(sent < body.len() || r.status == 413);
     // In `multiple`, one part over the limit sinks the whole request.
     let body =
         form(&[("files", Some("ok.txt"), b"fine"), ("files", Some("big.bin"), &random_bytes(1024 * 1024 + 10, 8))]);

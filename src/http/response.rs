@@ -1,7 +1,7 @@
 //! Responses: what a handler returns, and how it goes onto the wire.
 //!
-//! A body is bytes in memory or a reader with a known length (files are streamed from disk in
-//! 64 KiB pieces, never loaded whole). Every response carries `Content-Length`; we never use
+//! A body is bytes in memory or a range of a file, sent with `sendfile(2)` (never loaded whole,
+//! and paced: a reader slower than `Pace` allows is cut off). Every response carries `Content-Length`; we never use
 //! chunked responses, so a client can always tell where one response ends.
 //!
 //! Must never: write a body for `HEAD`, `1xx`, `204` or `304`; write a head without
@@ -9,7 +9,7 @@
 //! `Transfer-Encoding`, `Connection` are the connection layer's).
 
 use std::borrow::Cow;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::TcpStream;
 
 use serde::Serialize;
@@ -24,11 +24,6 @@ pub enum Body {
     Empty,
     Bytes(Vec<u8>),
     Static(&'static [u8]),
-    /// A reader that yields exactly `len` bytes. Streamed.
-    Reader {
-        reader: Box<dyn Read + Send>,
-        len: u64,
-    },
     /// `len` bytes of a file from `offset`, sent by the kernel with `sendfile(2)`: no copy
     /// through user space.
     File {
@@ -44,7 +39,7 @@ impl Body {
             Body::Empty => 0,
             Body::Bytes(b) => b.len() as u64,
             Body::Static(b) => b.len() as u64,
-            Body::Reader { len, .. } | Body::File { len, .. } => *len,
+            Body::File { len, .. } => *len,
         }
     }
 
@@ -221,10 +216,6 @@ pub fn write_response(
         }
         Body::Bytes(b) => write_small(stream, scratch, b),
         Body::Static(b) => write_small(stream, scratch, b),
-        Body::Reader { reader, len } => {
-            stream.write_all(scratch)?;
-            full_length(io::copy(&mut reader.take(*len), stream)?, *len)
-        }
         Body::File { file, offset, len } => {
             stream.write_all(scratch)?;
             full_length(send_file(file, *offset, *len, stream, pace)?, *len)
