@@ -110,8 +110,8 @@ const WRITEBACK_STEP: u64 = 4 * 1024 * 1024;
 /// When a write crosses a `WRITEBACK_STEP` boundary, ask the kernel to start writing the step
 /// just completed to disk (`sync_file_range(SYNC_FILE_RANGE_WRITE)`: starts the writeback and
 /// returns; it neither waits nor makes anything durable — the `fsync` at the end still does).
-/// The final `fsync` then has little left to flush: on this machine a 1 GiB upload went from
-/// ~1.45 s to ~1.1 s (BENCHMARKS.md). A failure here only loses the head start.
+/// The final `fsync` then has little left to flush (`scripts/bench.sh files`: 0.51 of `dd`
+/// before, 0.70–0.82 after; BENCHMARKS.md). A failure here only loses the head start.
 fn start_writeback(file: &File, before: u64, after: u64) {
     if before / WRITEBACK_STEP == after / WRITEBACK_STEP {
         return;
