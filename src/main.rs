@@ -119,6 +119,23 @@ fn serve(args: &[String]) -> Result<(), Failure> {
         ))
     })?;
     let bound = server.local_addr().map_err(|e| failed(format!("cannot read the bound address: {e}")))?;
+    let cluster = if app.config.cluster {
+        let settings = adcluster::cluster::Settings {
+            instance: app
+                .config
+                .instance_id
+                .clone()
+                .unwrap_or_else(|| adcluster::cluster::default_instance_id(bound.port())),
+            presence_timeout: app.config.cluster_presence_timeout,
+            queue_bytes: app.config.cluster_queue_kb.saturating_mul(1024),
+        };
+        Some(
+            adcluster::cluster::start(ws.clone(), app.db.config(), &settings)
+                .map_err(|e| failed(format!("cannot start the cluster threads: {e}")))?,
+        )
+    } else {
+        None
+    };
     info!("listening on http://{bound}");
 
     let handle = server.shutdown_handle();
@@ -137,6 +154,9 @@ fn serve(args: &[String]) -> Result<(), Failure> {
 
     server.run().map_err(|e| failed(format!("server failed: {e}")))?;
     ws.shutdown();
+    if let Some(cluster) = &cluster {
+        cluster.stop(std::time::Duration::from_secs(2));
+    }
     if !ws.wait_idle(std::time::Duration::from_secs(2)) {
         warn!("{} WebSocket session(s) still closing; exiting anyway", ws.sessions());
     }

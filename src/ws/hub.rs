@@ -10,6 +10,13 @@
 //! the welcome frame goes into a not yet started outbox: memory only). Frames are pushed after
 //! the lock is dropped.
 //!
+//! Several instances (`CLUSTER=postgres`): a client connected to another instance is an entry
+//! like any other whose `home` is `Remote` (the one field that differs) and whose outbox takes
+//! frames and drops them — its own instance delivers them. What the other instances need to
+//! hear (connects, group changes, departures, messages for their clients) goes to the `Link`
+//! (`crate::cluster`), which only queues in memory; what they say comes back through the
+//! `remote_*` methods of `hub/remote.rs`. Without a link nothing of this runs.
+//!
 //! Must never: push to a started outbox or do any I/O while holding `state`; block on a slow
 //! client (a full outbox evicts that client, close code 1008); let a replaced or evicted
 //! session's late exit remove its successor (every entry carries a `serial`).
@@ -20,6 +27,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use super::protocol::{ClientError, Command, Encoded, ErrorCode, GroupInfo, ServerFrame};
+
+mod remote;
+pub use remote::{Event, Home, Link, NotSent, Origin, RemoteClient, Unreachable};
 
 /// What happened to a frame handed to an outbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +76,8 @@ struct Client {
     out: Arc<dyn Outbox>,
     group: Option<Arc<str>>,
     connected_at: SystemTime,
+    /// Here, or on another instance (then `out` drops what it is given).
+    home: Home,
 }
 
 /// Someone to send to: id and serial (to evict the right registration) and the outbox.
@@ -127,6 +139,8 @@ impl Outgoing {
 pub struct Hub {
     state: Mutex<State>,
     next_serial: AtomicU64,
+    /// The other instances (`CLUSTER=postgres`), set once at start; `None` for a single instance.
+    link: std::sync::OnceLock<Arc<dyn Link>>,
 }
 
 impl Default for Hub {
@@ -149,7 +163,7 @@ fn anon_id() -> String {
 
 impl Hub {
     pub fn new() -> Hub {
-        Hub { state: Mutex::new(State::default()), next_serial: AtomicU64::new(1) }
+        Hub { state: Mutex::new(State::default()), next_serial: AtomicU64::new(1), link: std::sync::OnceLock::new() }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -196,15 +210,18 @@ impl Hub {
         }
         // Not started yet: this only queues, so the welcome is the client's first frame.
         out.push(&ServerFrame::Welcome { client_id: &id, group: group.as_deref() }.encode());
+        let connected_at = SystemTime::now();
         st.clients.insert(
             id.clone(),
-            Client { serial, out: out.clone(), group: group.clone(), connected_at: SystemTime::now() },
+            Client { serial, out: out.clone(), group: group.clone(), connected_at, home: Home::Local },
         );
         if let Some(g) = &group {
             let others = st.members(g, None);
             st.groups.entry(g.clone()).or_default().insert(id.clone());
             outgoing.add(others, ServerFrame::Join { client_id: &id, group: g });
         }
+        // Under the lock, so the other instances hear registrations in the order they happened.
+        self.publish_state(Event::Connected { id: &id, serial, group: group.as_deref(), connected_at });
         drop(st);
         if let Some(old) = old {
             old.out.close(4000, "replaced", false);
@@ -230,6 +247,9 @@ impl Hub {
             return false;
         }
         let client = st.clients.remove(&m.id).expect("checked above");
+        if client.home == Home::Local {
+            self.publish_state(Event::Gone { id: &m.id, serial: m.serial });
+        }
         if let Some(g) = client.group {
             st.leave_group(&g, &m.id);
             outgoing.add(st.members(&g, None), ServerFrame::Leave { client_id: &m.id, group: &g });
@@ -293,27 +313,37 @@ impl Hub {
         let error = |outgoing: &mut Outgoing, code: ErrorCode, message: &str| {
             outgoing.add(me_target.clone(), ServerFrame::Error { code, message });
         };
+        // What the other instances must deliver, once the lock is dropped.
+        let mut relay: Option<(remote::Relay, remote::Spread)> = None;
         match cmd {
             Command::SendTo { to, message } => match st.target(&Arc::from(to.as_str())) {
                 None => error(&mut outgoing, ErrorCode::ClientNotFound, &format!("client {to} is not connected")),
-                Some(target) => {
-                    outgoing.add(vec![target], ServerFrame::Private { from: &m.id, to: &to, message: &message });
-                    outgoing.add(me_target.clone(), ServerFrame::Sent { to: &to, message: &message });
-                }
+                Some(target) => match st.home_of(&target.id) {
+                    Some(instance) => {
+                        relay = Some((remote::Relay::Private { to, message }, remote::Spread::one(instance)))
+                    }
+                    None => {
+                        outgoing.add(vec![target], ServerFrame::Private { from: &m.id, to: &to, message: &message });
+                        outgoing.add(me_target.clone(), ServerFrame::Sent { to: &to, message: &message });
+                    }
+                },
             },
             Command::Group { message } => match &my_group {
                 None => error(&mut outgoing, ErrorCode::NotInGroup, "you are not in a group: /join <group> first"),
                 Some(g) => {
-                    outgoing.add(st.members(g, None), ServerFrame::Group { from: &m.id, group: g, message: &message })
+                    outgoing.add(st.members(g, None), ServerFrame::Group { from: &m.id, group: g, message: &message });
+                    relay = self.spread_group(&st, g).map(|s| (remote::Relay::Group { group: g.clone(), message }, s));
                 }
             },
             Command::Text { message } => match &my_group {
                 Some(g) => {
-                    outgoing.add(st.members(g, None), ServerFrame::Group { from: &m.id, group: g, message: &message })
+                    outgoing.add(st.members(g, None), ServerFrame::Group { from: &m.id, group: g, message: &message });
+                    relay = self.spread_group(&st, g).map(|s| (remote::Relay::Group { group: g.clone(), message }, s));
                 }
                 None => {
                     let everyone: Vec<Target> = st.clients.keys().filter_map(|id| st.target(id)).collect();
                     outgoing.add(everyone, ServerFrame::Broadcast { from: &m.id, message: &message });
+                    relay = self.spread_all(&st).map(|s| (remote::Relay::Broadcast { message }, s));
                 }
             },
             Command::Join { group } => {
@@ -329,6 +359,7 @@ impl Hub {
                         c.group = Some(group.clone());
                     }
                     outgoing.add(others, ServerFrame::Join { client_id: &m.id, group: &group });
+                    self.publish_state(Event::Moved { id: &m.id, serial: m.serial, group: Some(&group) });
                 }
                 outgoing.add(me_target.clone(), ServerFrame::Joined { group: &group });
             }
@@ -339,6 +370,7 @@ impl Hub {
                     if let Some(c) = st.clients.get_mut(&m.id) {
                         c.group = None;
                     }
+                    self.publish_state(Event::Moved { id: &m.id, serial: m.serial, group: None });
                     outgoing.add(st.members(g, None), ServerFrame::Leave { client_id: &m.id, group: g });
                     outgoing.add(me_target.clone(), ServerFrame::Left { group: g });
                 }
@@ -364,33 +396,51 @@ impl Hub {
             }
         }
         drop(st);
+        if let Some((relay, spread)) = relay {
+            self.relay_for(m, me_target, relay, &spread, &mut outgoing);
+        }
         self.deliver(outgoing);
     }
 
-    /// `POST /api/ws/send_to/{id}`: a `private` frame from `server`. False when the client is not
-    /// connected (or was just evicted as a slow consumer).
-    pub fn send_from_server(&self, to: &str, message: &str) -> bool {
-        let Some(target) = self.lock().target(&Arc::from(to)) else {
-            return false;
+    /// `POST /api/ws/send_to/{id}`: a `private` frame from `server`. `NotConnected` when the
+    /// client is not connected (or was just evicted as a slow consumer), `Unreachable` when it is
+    /// on another instance that cannot be reached now.
+    pub fn send_from_server(&self, to: &str, message: &str) -> Result<(), NotSent> {
+        let (target, home) = {
+            let st = self.lock();
+            let target = st.target(&Arc::from(to)).ok_or(NotSent::NotConnected)?;
+            let home = st.home_of(&target.id);
+            (target, home)
         };
+        if let Some(instance) = home {
+            let ev = Event::Private { from: "server", to, instance: &instance, message };
+            return self.link.get().ok_or(NotSent::NotConnected)?.publish(ev).map_err(NotSent::Unreachable);
+        }
         let mut outgoing = Outgoing::default();
         outgoing.add(vec![target], ServerFrame::Private { from: "server", to, message });
-        self.deliver(outgoing) == 1
+        if self.deliver(outgoing) == 1 {
+            Ok(())
+        } else {
+            Err(NotSent::NotConnected)
+        }
     }
 
     /// `POST /api/ws/broadcast_to_group/{group}`: a `group` frame from `server` to every member.
     /// `None` when there is no such group; otherwise how many members got it queued.
     pub fn group_from_server(&self, group: &str, message: &str) -> Option<usize> {
-        let targets = {
+        let (targets, spread) = {
             let st = self.lock();
             if !st.groups.contains_key(group) {
                 return None;
             }
-            st.members(group, None)
+            (st.members(group, None), self.spread_group(&st, group))
         };
         let mut outgoing = Outgoing::default();
         outgoing.add(targets, ServerFrame::Group { from: "server", group, message });
-        Some(self.deliver(outgoing))
+        let queued = self.deliver(outgoing);
+        // Members elsewhere were counted as queued; take back the ones that cannot be reached.
+        let missed = spread.map_or(0, |s| self.relay(Event::Group { from: "server", group, message }, &s));
+        Some(queued.saturating_sub(missed))
     }
 
     /// Push an already encoded frame to every member of `group` (server notices such as
@@ -684,7 +734,7 @@ mod tests {
         out_a.take();
         run(&hub, &a, "/send_to slow hi");
         assert_eq!(out_a.take()[0]["error"], "client_not_found");
-        assert!(!hub.send_from_server("slow", "x"));
+        assert_eq!(hub.send_from_server("slow", "x"), Err(NotSent::NotConnected));
     }
 
     #[test]
@@ -710,13 +760,13 @@ mod tests {
         let (_, out_b) = connect(&hub, Some("b"), None);
         out_a.take();
         out_b.take();
-        assert!(hub.send_from_server("b", "hello"));
+        assert_eq!(hub.send_from_server("b", "hello"), Ok(()));
         let p = out_b.take();
         assert_eq!(
             (p[0]["type"].as_str(), p[0]["from"].as_str(), p[0]["to"].as_str()),
             (Some("private"), Some("server"), Some("b"))
         );
-        assert!(!hub.send_from_server("zz", "hello"));
+        assert_eq!(hub.send_from_server("zz", "hello"), Err(NotSent::NotConnected));
         assert_eq!(hub.group_from_server("g", "all"), Some(1));
         let g = out_a.take();
         assert_eq!(

@@ -1,0 +1,164 @@
+//! The hub's `Link` to the other instances: what both cluster threads share (the publishing
+//! queue, who is reachable, whether a resynchronisation is due), and the `Link` the hub calls.
+//!
+//! The publishing queue is a `sync_channel` of `QUEUE_ITEMS` items whose payloads together stay
+//! under `CLUSTER_QUEUE_KB` (an atomic byte count). Producers: the hub, from any session thread
+//! or HTTP worker, with `try_send` only — a sender never waits on the database. Consumer: the
+//! publisher thread. When it is full, a message is refused (its sender gets an error frame) and
+//! a presence event is dropped and replaced by a later snapshot (`resync`).
+//!
+//! `heard` (instance → when we last heard from it on our listening connection) is locked alone,
+//! briefly, by the listener and by the hub (under the hub lock: the order is hub, then `heard`).
+//!
+//! Must never: block, or call into the hub (the hub may be calling us under its lock).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use super::wire;
+use crate::ws::hub::{Event, Link, Unreachable};
+
+/// Most items in the publishing queue (the byte bound usually bites first).
+pub const QUEUE_ITEMS: usize = 16 * 1024;
+
+/// A presence row to write in the same statement as the notification.
+#[derive(Debug, Clone)]
+pub enum Write {
+    Upsert { id: String, serial: u64, group: Option<String>, at: SystemTime },
+    Group { id: String, serial: u64, group: Option<String> },
+    Delete { id: String, serial: u64 },
+}
+
+/// Where a notification goes.
+#[derive(Debug, Clone)]
+pub enum Channel {
+    All,
+    /// One instance's channel; its name.
+    Instance(String),
+}
+
+/// One thing for the publisher to do.
+pub enum Item {
+    Notify {
+        channel: Channel,
+        json: String,
+        write: Option<Write>,
+        /// A message of this local client (told when it is lost).
+        sender: Option<String>,
+    },
+    /// Leave the cluster (delete our rows, tell the others) and end; answers when done.
+    Stop(SyncSender<()>),
+}
+
+/// What the cluster threads and the link share.
+pub struct Shared {
+    pub me: Arc<str>,
+    pub my_channel: String,
+    pub tx: SyncSender<Item>,
+    pub queued_bytes: AtomicUsize,
+    pub max_bytes: usize,
+    /// The publisher has a working connection.
+    pub publishing: AtomicBool,
+    /// The listener is connected, listening and has read the others' presence.
+    pub listening: AtomicBool,
+    /// Our whole presence must be written again (a presence event was lost, or we reconnected).
+    pub resync: AtomicBool,
+    /// When each other instance was last heard on the current listening connection.
+    pub heard: Mutex<HashMap<Arc<str>, Instant>>,
+    /// An instance not heard for this long cannot be reached.
+    pub window: std::time::Duration,
+}
+
+impl Shared {
+    pub fn heard(&self, instance: &str) {
+        let mut h = self.heard.lock().unwrap_or_else(|p| p.into_inner());
+        match h.get_mut(instance) {
+            Some(t) => *t = Instant::now(),
+            None => {
+                h.insert(Arc::from(instance), Instant::now());
+            }
+        }
+    }
+
+    pub fn forget(&self, instance: Option<&str>) {
+        let mut h = self.heard.lock().unwrap_or_else(|p| p.into_inner());
+        match instance {
+            Some(i) => {
+                h.remove(i);
+            }
+            None => h.clear(),
+        }
+    }
+
+    /// Queue an item; `false` when the queue is full (items or bytes) or the publisher is gone.
+    fn queue(&self, channel: Channel, json: String, write: Option<Write>, sender: Option<String>) -> bool {
+        let n = json.len();
+        if self.queued_bytes.fetch_add(n, Ordering::SeqCst) + n > self.max_bytes {
+            self.queued_bytes.fetch_sub(n, Ordering::SeqCst);
+            return false;
+        }
+        match self.tx.try_send(Item::Notify { channel, json, write, sender }) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.queued_bytes.fetch_sub(n, Ordering::SeqCst);
+                false
+            }
+        }
+    }
+}
+
+/// The `Link` the hub holds.
+pub struct PgLink(pub Arc<Shared>);
+
+impl Link for PgLink {
+    fn instance(&self) -> &str {
+        &self.0.me
+    }
+
+    fn publish(&self, ev: Event<'_>) -> Result<(), Unreachable> {
+        let s = &self.0;
+        let json = wire::encode(&s.me, &ev);
+        let (channel, write, sender) = match ev {
+            Event::Connected { id, serial, group, connected_at } => (
+                Channel::All,
+                Some(Write::Upsert { id: id.into(), serial, group: group.map(Into::into), at: connected_at }),
+                None,
+            ),
+            Event::Moved { id, serial, group } => {
+                (Channel::All, Some(Write::Group { id: id.into(), serial, group: group.map(Into::into) }), None)
+            }
+            Event::Gone { id, serial } => (Channel::All, Some(Write::Delete { id: id.into(), serial }), None),
+            Event::Private { from, instance, .. } => {
+                (Channel::Instance(wire::instance_channel(instance)), None, Some(from.to_string()))
+            }
+            Event::Group { from, .. } | Event::Broadcast { from, .. } => (Channel::All, None, Some(from.to_string())),
+        };
+        if write.is_some() {
+            // Presence: never an error for the caller. When it cannot be queued, the whole
+            // presence of this instance is written again once the publisher can.
+            if !s.publishing.load(Ordering::SeqCst) || !s.queue(channel, json, write, None) {
+                s.resync.store(true, Ordering::SeqCst);
+            }
+            return Ok(());
+        }
+        if !s.publishing.load(Ordering::SeqCst) || !s.listening.load(Ordering::SeqCst) {
+            return Err(Unreachable("the database that links the instances cannot be reached now".into()));
+        }
+        if !s.queue(channel, json, None, sender) {
+            return Err(Unreachable("the queue to the other instances is full (CLUSTER_QUEUE_KB)".into()));
+        }
+        Ok(())
+    }
+
+    fn reachable(&self, instance: &str) -> bool {
+        let s = &self.0;
+        if !s.publishing.load(Ordering::SeqCst) || !s.listening.load(Ordering::SeqCst) {
+            return false;
+        }
+        let h = s.heard.lock().unwrap_or_else(|p| p.into_inner());
+        h.get(instance).is_some_and(|t| t.elapsed() <= s.window)
+    }
+}
