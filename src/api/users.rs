@@ -89,7 +89,10 @@ fn create(app: &App, req: &mut Request<'_>) -> Result<Response, HttpError> {
     }
     f.finish()?;
     let (email, password) = (email.unwrap_or_default(), password.unwrap_or_default());
-
+    // Known down: answer at once, without spending a hash on a write that cannot happen.
+    if !app.db.is_up() {
+        return Err(crate::auth::db_unavailable());
+    }
     let hash = app.auth.hasher.run(move || password::hash_password(&password))?.map_err(|e| {
         crate::error!("password hashing failed: {e}");
         HttpError::new(500, "Internal Server Error")

@@ -6,8 +6,8 @@
 //! threads never interleave.
 //!
 //! The `log` facade (used by r2d2 for its connection errors, and by postgres/tokio-postgres) is
-//! bridged into the same lines by `bridge()`, as `<LEVEL> <crate>: <message>`, for `error`, `warn`
-//! and `info` only: tokio-postgres logs every statement *with its parameters* at `debug`, which
+//! bridged into the same lines by `bridge()`, as `<LEVEL> <crate>: <message>`, for `error` and
+//! `warn` (and r2d2's `info`) only: tokio-postgres logs every statement *with its parameters* at `debug`, which
 //! would put password hashes and emails in the log, so `debug` and `trace` from other crates are
 //! never forwarded, whatever `LOG_LEVEL` says.
 //!
@@ -82,13 +82,21 @@ fn from_facade(level: log::Level) -> Option<Level> {
     }
 }
 
+/// The level a record is forwarded at: errors and warnings of any crate, `info` of r2d2 only
+/// (postgres turns every server NOTICE into an `info` line, e.g. "relation already exists,
+/// skipping" on each start), never `debug`.
+fn forwarded(level: log::Level, target: &str) -> Option<Level> {
+    let ours = from_facade(level)?;
+    (ours <= Level::Warn || target.starts_with("r2d2")).then_some(ours)
+}
+
 impl log::Log for Bridge {
     fn enabled(&self, m: &log::Metadata<'_>) -> bool {
-        from_facade(m.level()).is_some_and(enabled)
+        forwarded(m.level(), m.target()).is_some_and(enabled)
     }
 
     fn log(&self, r: &log::Record<'_>) {
-        if let Some(level) = from_facade(r.level()).filter(|l| enabled(*l)) {
+        if let Some(level) = forwarded(r.level(), r.target()).filter(|l| enabled(*l)) {
             let target = r.target().split("::").next().unwrap_or("");
             write(level, format_args!("{target}: {}", r.args()));
         }
@@ -133,6 +141,9 @@ mod tests {
         assert_eq!(from_facade(log::Level::Info), Some(Level::Info));
         assert_eq!(from_facade(log::Level::Debug), None);
         assert_eq!(from_facade(log::Level::Trace), None);
+        assert_eq!(forwarded(log::Level::Info, "postgres::notice"), None);
+        assert_eq!(forwarded(log::Level::Info, "r2d2"), Some(Level::Info));
+        assert_eq!(forwarded(log::Level::Warn, "tokio_postgres::x"), Some(Level::Warn));
         bridge();
         bridge();
         assert_eq!(log::max_level(), log::LevelFilter::Info);
