@@ -87,6 +87,9 @@ fn serve(args: &[String]) -> Result<(), Failure> {
     let http_cfg = http::ServerConfig {
         workers: cfg.workers,
         max_connections: cfg.max_connections,
+        max_connections_per_addr: cfg.max_connections_per_addr,
+        transfer_workers: cfg.transfer_workers,
+        max_transfers_per_addr: cfg.max_transfers_per_addr,
         head_timeout: cfg.head_timeout,
         body_timeout: cfg.body_timeout,
         idle_timeout: cfg.keepalive_timeout,
