@@ -12,6 +12,7 @@ use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::pgcluster::PgCluster;
 use common::ws::{eventually, WsClient};
 use common::{base_env, spawn_server, Conn, Resp, TempDir, TestDb};
 use serde_json::{json, Value};
@@ -258,9 +259,16 @@ fn groups_notices_lists_and_the_rest_api_span_the_instances() {
     nodes[0].sees(&["alice", "bob", "carol"]);
     assert!(eventually(Duration::from_secs(10), || nodes[0].get("/api/ws/groups/room")["member_count"] == 3));
     carol.send("/group from n3");
-    for c in [&mut alice, &mut bob, &mut carol] {
+    for c in [&mut alice, &mut bob] {
         assert_eq!(c.recv()["message"], "from n3");
     }
+    // carol may also get alice's "plain words", sent on n1 just before she joined on n3 (a known
+    // limit: n3 can apply the join before the message; see docs/cluster.md), never anything else.
+    let mut g = carol.recv();
+    if g["message"] == "plain words" {
+        g = carol.recv();
+    }
+    assert_eq!(g["message"], "from n3", "{g}");
     alice.send("/members");
     assert_eq!(alice.recv()["members"], json!(["alice", "bob", "carol"]));
 
@@ -395,4 +403,124 @@ fn a_killed_instance_is_dropped_everywhere_within_the_timeout_and_cleans_up_when
     // That leave came from the restart, not from a reaper: n3 was reaped once, the first time.
     let reaped = |n: &Node| n.log().matches("instance n3 stopped heartbeating").count();
     assert_eq!(reaped(&nodes[0]) + reaped(&nodes[1]), 1, "{}\n{}", nodes[0].log(), nodes[1].log());
+}
+
+#[test]
+fn with_cluster_off_instances_on_one_database_stay_apart() {
+    let db = TestDb::create();
+    let n1 = Node::start(&db.name, "n1", &[]);
+    let n2 = Node::start(&db.name, "n2", &[("CLUSTER", "off")]);
+    let mut alice = n1.join("/ws/alice/room");
+    let _bob = n2.join("/ws/bob/room");
+    alice.assert_silent(Duration::from_millis(500));
+    assert_eq!(n1.client_ids(), BTreeSet::from(["alice".to_string()]));
+    assert_eq!(n2.client_ids(), BTreeSet::from(["bob".to_string()]));
+    alice.send("/send_to bob hi");
+    assert_eq!(alice.recv()["error"], "client_not_found");
+    // No presence written, no listening connection.
+    let mut c = db.client();
+    let rows: i64 = c
+        .query_one("SELECT (SELECT count(*) FROM ws_instances) + (SELECT count(*) FROM ws_clients)", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 0);
+    let listeners: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND application_name = 'adcluster-cluster'",
+            &[&db.name],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(listeners, 0);
+    assert!(!n1.log().contains("cluster:") && !n2.log().contains("cluster:"), "{}", n1.log());
+}
+
+#[test]
+fn the_database_stopped_and_restarted_under_traffic() {
+    let mut pg = PgCluster::start();
+    let env = [
+        ("CLUSTER", "postgres"),
+        ("CLUSTER_PRESENCE_TIMEOUT_SECS", "3"),
+        ("DB_HOST", "127.0.0.1"),
+        ("DB_USER", "postgres"),
+        ("DB_PASSWORD", ""),
+    ];
+    let port = pg.port.to_string();
+    let mut env: Vec<(&str, &str)> = env.to_vec();
+    env.push(("DB_PORT", &port));
+    let n1 = Node::start("adc_outage", "n1", &env);
+    let n2 = Node::start("adc_outage", "n2", &env);
+    let mut alice = n1.join("/ws/alice");
+    let mut carol = n1.join("/ws/carol");
+    let mut bob = n2.join("/ws/bob");
+    n1.sees(&["alice", "bob", "carol"]);
+    n2.sees(&["alice", "bob", "carol"]);
+    alice.send("/send_to bob before");
+    assert_eq!(bob.recv()["message"], "before");
+    assert_eq!(alice.recv()["type"], "sent");
+
+    // Traffic from alice to bob (n2) and carol (n1) while the database goes away.
+    let mut to_bob = 0;
+    let mut answers = Vec::new();
+    let mut outage = false;
+    let started = Instant::now();
+    loop {
+        if to_bob == 5 && !outage {
+            pg.stop_immediate();
+            outage = true;
+        }
+        alice.send(&format!("/send_to bob m{to_bob}"));
+        alice.send(&format!("/send_to carol c{to_bob}"));
+        to_bob += 1;
+        // carol is on alice's instance: delivered whatever the database does.
+        let c = carol.recv();
+        assert_eq!(c["message"], format!("c{}", to_bob - 1), "{c}");
+        // Every message gets an answer: sent, or an error saying it could not go.
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            let v = alice.recv();
+            got.push(v);
+        }
+        answers.extend(got.clone());
+        let refused = got.iter().any(|v| v["type"] == "error" && v["error"] == "client_not_found");
+        if outage && refused {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "never refused during the outage: {answers:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let e = answers.iter().rev().find(|v| v["type"] == "error").unwrap();
+    assert!(e["message"].as_str().unwrap().contains("another instance"), "{e}");
+    // What bob got arrived in order, nothing twice.
+    let mut last = -1i64;
+    while let Some(tungstenite::Message::Text(t)) = bob.next(Duration::from_millis(300)) {
+        let v: Value = serde_json::from_str(t.as_str()).unwrap();
+        let i: i64 = v["message"].as_str().unwrap()[1..].parse().unwrap();
+        assert!(i > last, "out of order or duplicated: {i} after {last}");
+        last = i;
+    }
+    // A client connecting to n2 meanwhile is served there, and known on n1 once the database is back.
+    let mut dave = n2.join("/ws/dave");
+    // Refused, not queued: bob gets nothing while the database is down.
+    alice.send("/send_to bob during");
+    assert_eq!(alice.recv()["error"], "client_not_found");
+
+    pg.start_again();
+    n1.sees(&["alice", "bob", "carol", "dave"]);
+    n2.sees(&["alice", "bob", "carol", "dave"]);
+    // Cross-instance delivery resumes (after the instances have heard each other again).
+    let ok = eventually(Duration::from_secs(20), || {
+        alice.send("/send_to dave back");
+        alice.recv()["type"] == "sent"
+    });
+    assert!(ok, "cross-instance delivery did not resume; n1 log:\n{}", n1.log());
+    assert_eq!(dave.recv()["message"], "back");
+    let ok = eventually(Duration::from_secs(20), || {
+        bob.send("/send_to carol hello again");
+        bob.recv()["type"] == "sent"
+    });
+    assert!(ok, "cross-instance delivery did not resume; n2 log:\n{}", n2.log());
+    assert_eq!(carol.recv()["message"], "hello again");
+    bob.assert_silent(Duration::from_millis(300));
+    assert!(n1.log().contains("cluster: listening again"), "{}", n1.log());
 }

@@ -66,6 +66,9 @@ pub struct Shared {
     pub listening: AtomicBool,
     /// Our whole presence must be written again (a presence event was lost, or we reconnected).
     pub resync: AtomicBool,
+    /// The listener lost its connection: the publisher's is probably dead too (the sync client
+    /// only notices on its next statement, which would lose a message). It reconnects first.
+    pub publisher_stale: AtomicBool,
     /// When each other instance was last heard on the current listening connection.
     pub heard: Mutex<HashMap<Arc<str>, Instant>>,
     /// An instance not heard for this long cannot be reached.
@@ -73,12 +76,19 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn heard(&self, instance: &str) {
+    /// Note that `instance` spoke. True when it was not known to be reachable (new, or silent
+    /// past the window): then we heartbeat back at once, so it can reach us without waiting.
+    pub fn heard(&self, instance: &str) -> bool {
         let mut h = self.heard.lock().unwrap_or_else(|p| p.into_inner());
         match h.get_mut(instance) {
-            Some(t) => *t = Instant::now(),
+            Some(t) => {
+                let was_stale = t.elapsed() > self.window;
+                *t = Instant::now();
+                was_stale
+            }
             None => {
                 h.insert(Arc::from(instance), Instant::now());
+                true
             }
         }
     }

@@ -61,6 +61,7 @@ pub fn run(shared: Arc<Shared>, pg: postgres::Config, ws: Arc<Ws>, timing: Timin
     loop {
         let result = session(&shared, &pg, &ws, timing, &mut down_logged);
         shared.listening.store(false, Ordering::SeqCst);
+        shared.publisher_stale.store(true, Ordering::SeqCst);
         shared.forget(None);
         if let Err(e) = result {
             if !down_logged {
@@ -87,7 +88,7 @@ fn session(
         .map_err(|e| e.to_string())?;
     register(&mut c, shared)?;
     shared.resync.store(true, Ordering::SeqCst);
-    bootstrap(&mut c, shared, ws, timing)?;
+    bootstrap(&mut c, shared, ws)?;
     shared.listening.store(true, Ordering::SeqCst);
     if std::mem::take(down_logged) {
         crate::info!("cluster: listening again; cross-instance delivery resumed");
@@ -129,7 +130,10 @@ fn session(
             return Err("the connection was closed".into());
         }
         for note in batch {
-            apply(&mut c, shared, ws, note.payload())?;
+            if apply(&mut c, shared, ws, note.payload())? {
+                // Someone new (or back): answer with a heartbeat now rather than at the next tick.
+                next_beat = Instant::now();
+            }
         }
     }
 }
@@ -146,12 +150,11 @@ fn register(c: &mut postgres::Client, shared: &Shared) -> Result<(), String> {
 }
 
 /// Read the other instances' clients and make the hub agree.
-fn bootstrap(c: &mut postgres::Client, shared: &Shared, ws: &Ws, timing: Timing) -> Result<(), String> {
+fn bootstrap(c: &mut postgres::Client, shared: &Shared, ws: &Ws) -> Result<(), String> {
     let me: &str = &shared.me;
     let rows = c
         .query(
-            "SELECT i.instance_id, EXTRACT(EPOCH FROM (now() - i.last_seen))::float8, \
-                    c.client_id, c.serial, c.group_name, c.connected_at \
+            "SELECT i.instance_id, c.client_id, c.serial, c.group_name, c.connected_at \
              FROM ws_instances i LEFT JOIN ws_clients c ON c.instance_id = i.instance_id \
              WHERE i.instance_id <> $1",
             &[&me],
@@ -160,14 +163,10 @@ fn bootstrap(c: &mut postgres::Client, shared: &Shared, ws: &Ws, timing: Timing)
     let mut all: HashMap<String, Vec<RemoteClient>> = HashMap::new();
     for row in rows {
         let instance: String = row.get(0);
-        let age: f64 = row.get(1);
-        if age < timing.stale.as_secs_f64() {
-            shared.heard(&instance);
-        }
         let list = all.entry(instance).or_default();
-        if let Some(id) = row.get::<_, Option<String>>(2) {
-            let serial: i64 = row.get(3);
-            list.push(RemoteClient { id, serial: serial as u64, group: row.get(4), connected_at: row.get(5) });
+        if let Some(id) = row.get::<_, Option<String>>(1) {
+            let serial: i64 = row.get(2);
+            list.push(RemoteClient { id, serial: serial as u64, group: row.get(3), connected_at: row.get(4) });
         }
     }
     for instance in ws.hub.remote_instances() {
@@ -233,8 +232,8 @@ fn sweep(c: &mut postgres::Client) -> Result<(), String> {
     Ok(())
 }
 
-/// Apply one notification.
-fn apply(c: &mut postgres::Client, shared: &Shared, ws: &Ws, payload: &str) -> Result<(), String> {
+/// Apply one notification. True when it came from an instance we had not heard lately.
+fn apply(c: &mut postgres::Client, shared: &Shared, ws: &Ws, payload: &str) -> Result<bool, String> {
     let json: Cow<str> = match wire::payload(payload) {
         Some(Payload::Inline(s)) => Cow::Borrowed(s),
         Some(Payload::Row { id, delete }) => {
@@ -247,20 +246,20 @@ fn apply(c: &mut postgres::Client, shared: &Shared, ws: &Ws, payload: &str) -> R
                 Some(row) => Cow::Owned(row.get(0)),
                 None => {
                     crate::warn!("cluster: payload row {id} is gone (this listener fell too far behind); skipped");
-                    return Ok(());
+                    return Ok(false);
                 }
             }
         }
         None => {
             crate::warn!("cluster: a notification with a malformed payload reference was skipped");
-            return Ok(());
+            return Ok(false);
         }
     };
     let incoming = match wire::decode(&json) {
         Ok(i) => i,
         Err(e) => {
             crate::warn!("cluster: a notification that does not parse was skipped: {e}");
-            return Ok(());
+            return Ok(false);
         }
     };
     let me: &str = &shared.me;
@@ -273,12 +272,12 @@ fn apply(c: &mut postgres::Client, shared: &Shared, ws: &Ws, payload: &str) -> R
             shared.forget(Some(i));
             ws.hub.remote_replace(i, &[]);
         }
-        return Ok(());
+        return Ok(false);
     }
     if incoming.o == me {
-        return Ok(());
+        return Ok(false);
     }
-    shared.heard(&incoming.o);
+    let new = shared.heard(&incoming.o);
     let instance: Arc<str> = Arc::from(incoming.o.as_str());
     let origin = |serial: u64| Origin { instance: instance.clone(), serial };
     match incoming.body {
@@ -295,5 +294,5 @@ fn apply(c: &mut postgres::Client, shared: &Shared, ws: &Ws, payload: &str) -> R
         Body::Snapshot { c } => ws.hub.remote_replace(&instance, &wire::snapshot_clients(c)),
         Body::Heartbeat | Body::Dead { .. } => {}
     }
-    Ok(())
+    Ok(new)
 }

@@ -99,6 +99,7 @@ pub fn start(ws: Arc<Ws>, db: &DbConfig, settings: &Settings) -> std::io::Result
         listening: AtomicBool::new(false),
         // At start: write our (empty) presence, clearing what an earlier run left behind.
         resync: AtomicBool::new(true),
+        publisher_stale: AtomicBool::new(false),
         heard: Mutex::new(Default::default()),
         window: timing.stale,
     });

@@ -20,7 +20,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use postgres::{GenericClient, Statement};
 
@@ -32,6 +32,9 @@ use crate::ws::Ws;
 
 /// Pause between connection attempts while the database is away.
 pub const RETRY: Duration = Duration::from_millis(500);
+
+/// An idle publishing connection is checked this often.
+const IDLE_CHECK: Duration = Duration::from_secs(2);
 
 struct Conn {
     client: postgres::Client,
@@ -79,7 +82,13 @@ fn connect(pg: &postgres::Config) -> Result<Conn, postgres::Error> {
 pub fn run(shared: Arc<Shared>, rx: Receiver<Item>, pg: postgres::Config, ws: Arc<Ws>) {
     let mut conn: Option<Conn> = None;
     let mut down_logged = false;
+    let mut idle_since = Instant::now();
     loop {
+        if shared.publisher_stale.swap(false, Ordering::SeqCst) && conn.is_some() {
+            // The listener lost the database: do not trust this connection with a message.
+            conn = None;
+            shared.publishing.store(false, Ordering::SeqCst);
+        }
         let Some(c) = conn.as_mut() else {
             match connect(&pg) {
                 Ok(c) => {
@@ -113,7 +122,11 @@ pub fn run(shared: Arc<Shared>, rx: Receiver<Item>, pg: postgres::Config, ws: Ar
                 continue;
             }
         }
-        match rx.recv_timeout(Duration::from_millis(200)) {
+        let next = rx.recv_timeout(Duration::from_millis(200));
+        if next.is_ok() {
+            idle_since = Instant::now();
+        }
+        match next {
             Ok(Item::Notify { channel, json, write, sender }) => {
                 shared.queued_bytes.fetch_sub(json.len(), Ordering::SeqCst);
                 if let Err(e) = send(c, &shared.me, &channel, &json, write.as_ref()) {
@@ -133,7 +146,18 @@ pub fn run(shared: Arc<Shared>, rx: Receiver<Item>, pg: postgres::Config, ws: Ar
                 let _ = done.send(());
                 return;
             }
-            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Timeout) => {
+                // Idle: check the connection now and then, so that it is not the next message
+                // that finds it dead.
+                if idle_since.elapsed() >= IDLE_CHECK {
+                    idle_since = Instant::now();
+                    if c.client.simple_query("").is_err() {
+                        shared.publishing.store(false, Ordering::SeqCst);
+                        conn = None;
+                    }
+                }
+                continue;
+            }
             Err(RecvTimeoutError::Disconnected) => return,
         }
     }
