@@ -413,8 +413,13 @@ impl Hub {
             (target, home)
         };
         if let Some(instance) = home {
+            let link = self.link.get().ok_or(NotSent::NotConnected)?;
+            if !link.reachable(&instance) {
+                let why = format!("instance {instance} cannot be reached now");
+                return Err(NotSent::Unreachable(Unreachable(why)));
+            }
             let ev = Event::Private { from: "server", to, instance: &instance, message };
-            return self.link.get().ok_or(NotSent::NotConnected)?.publish(ev).map_err(NotSent::Unreachable);
+            return link.publish(ev).map_err(NotSent::Unreachable);
         }
         let mut outgoing = Outgoing::default();
         outgoing.add(vec![target], ServerFrame::Private { from: "server", to, message });
@@ -514,13 +519,18 @@ fn push_all(targets: &[Target], frame: &Encoded, slow: &mut Vec<Target>) -> usiz
 }
 
 #[cfg(test)]
+mod tests_support {
+    pub(super) use super::tests::{connect, run, Fake};
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::ws::protocol::{decode_frame, parse_client_text};
     use serde_json::Value;
 
     /// An outbox that records what it is given. `capacity` frames at most (then `Full`).
-    struct Fake {
+    pub(crate) struct Fake {
         frames: Mutex<Vec<Value>>,
         closed: Mutex<Option<(u16, String, bool)>>,
         capacity: usize,
@@ -534,13 +544,13 @@ mod tests {
             Arc::new(Fake { frames: Mutex::default(), closed: Mutex::default(), capacity })
         }
         /// Take the frames received so far.
-        fn take(&self) -> Vec<Value> {
+        pub(crate) fn take(&self) -> Vec<Value> {
             std::mem::take(&mut *self.frames.lock().unwrap())
         }
-        fn types(&self) -> Vec<String> {
+        pub(crate) fn types(&self) -> Vec<String> {
             self.take().iter().map(|v| v["type"].as_str().unwrap().to_string()).collect()
         }
-        fn closed(&self) -> Option<(u16, String, bool)> {
+        pub(crate) fn closed(&self) -> Option<(u16, String, bool)> {
             self.closed.lock().unwrap().clone()
         }
     }
@@ -565,13 +575,13 @@ mod tests {
         }
     }
 
-    fn connect(hub: &Hub, id: Option<&str>, group: Option<&str>) -> (Member, Arc<Fake>) {
+    pub(crate) fn connect(hub: &Hub, id: Option<&str>, group: Option<&str>) -> (Member, Arc<Fake>) {
         let out = Fake::new();
         let m = hub.connect(id, group, out.clone());
         (m, out)
     }
 
-    fn run(hub: &Hub, m: &Member, text: &str) {
+    pub(crate) fn run(hub: &Hub, m: &Member, text: &str) {
         hub.handle(m, parse_client_text(text).unwrap());
     }
 

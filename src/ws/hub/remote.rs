@@ -438,3 +438,155 @@ impl Hub {
         self.deliver(outgoing) == 1
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests_support::{connect, run, Fake};
+    use super::*;
+    use std::sync::Mutex;
+
+    /// A link that records what it is given; `down` instances are unreachable.
+    #[derive(Default)]
+    struct FakeLink {
+        events: Mutex<Vec<String>>,
+        down: Mutex<Vec<String>>,
+    }
+
+    impl Link for FakeLink {
+        fn instance(&self) -> &str {
+            "me"
+        }
+        fn publish(&self, ev: Event<'_>) -> Result<(), Unreachable> {
+            let text = match ev {
+                Event::Connected { id, group, .. } => format!("connected {id} {group:?}"),
+                Event::Moved { id, group, .. } => format!("moved {id} {group:?}"),
+                Event::Gone { id, .. } => format!("gone {id}"),
+                Event::Private { from, to, instance, message } => format!("private {from}>{to}@{instance} {message}"),
+                Event::Group { from, group, message } => format!("group {from}>{group} {message}"),
+                Event::Broadcast { from, message } => format!("broadcast {from} {message}"),
+            };
+            self.events.lock().unwrap().push(text);
+            Ok(())
+        }
+        fn reachable(&self, instance: &str) -> bool {
+            !self.down.lock().unwrap().iter().any(|d| d == instance)
+        }
+    }
+
+    impl FakeLink {
+        fn take(&self) -> Vec<String> {
+            std::mem::take(&mut *self.events.lock().unwrap())
+        }
+    }
+
+    fn origin(instance: &str, serial: u64) -> Origin {
+        Origin { instance: Arc::from(instance), serial }
+    }
+
+    fn clustered() -> (Hub, Arc<FakeLink>) {
+        let hub = Hub::new();
+        let link = Arc::new(FakeLink::default());
+        hub.set_link(link.clone());
+        (hub, link)
+    }
+
+    #[test]
+    fn local_changes_are_published_and_remote_ones_are_not() {
+        let (hub, link) = clustered();
+        let (a, _out_a) = connect(&hub, Some("a"), Some("g"));
+        run(&hub, &a, "/join h");
+        run(&hub, &a, "/leave");
+        assert_eq!(link.take(), ["connected a Some(\"g\")", "moved a Some(\"h\")", "moved a None"]);
+        hub.remote_connect(origin("i2", 1), "b", Some("g"), SystemTime::now());
+        hub.remote_moved(&origin("i2", 1), "b", Some("h"));
+        hub.remote_gone(&origin("i2", 1), "b");
+        assert!(link.take().is_empty(), "an echo of a remote change");
+        hub.disconnect(&a);
+        assert_eq!(link.take(), ["gone a"]);
+    }
+
+    #[test]
+    fn remote_members_get_notices_relays_and_count_in_lists() {
+        let (hub, link) = clustered();
+        let (a, out_a) = connect(&hub, Some("a"), Some("g"));
+        out_a.take();
+        link.take();
+        hub.remote_connect(origin("i2", 7), "b", Some("g"), SystemTime::now());
+        let j = out_a.take();
+        assert_eq!((j[0]["type"].as_str(), j[0]["client_id"].as_str()), (Some("join"), Some("b")));
+        assert_eq!(hub.members("g").unwrap(), ["a", "b"]);
+        assert_eq!(hub.clients().len(), 2);
+        // A group message: the local member gets it here, the link carries it once.
+        run(&hub, &a, "/group hi");
+        assert_eq!(out_a.types(), ["group"]);
+        assert_eq!(link.take(), ["group a>g hi"]);
+        // A private message for b goes to b's instance; a gets `sent`.
+        run(&hub, &a, "/send_to b psst");
+        assert_eq!(link.take(), ["private a>b@i2 psst"]);
+        assert_eq!(out_a.types(), ["sent"]);
+        // Unreachable: an error instead, nothing published.
+        link.down.lock().unwrap().push("i2".into());
+        run(&hub, &a, "/send_to b psst");
+        let e = out_a.take();
+        assert_eq!(e[0]["error"], "client_not_found");
+        assert!(e[0]["message"].as_str().unwrap().contains("cannot be reached"), "{}", e[0]);
+        run(&hub, &a, "/group hi");
+        let frames = out_a.take();
+        assert_eq!(frames[0]["type"], "group", "local members still get it");
+        assert!(frames[1]["message"].as_str().unwrap().starts_with("1 member(s) of group g"), "{}", frames[1]);
+        assert!(link.take().is_empty());
+        assert_eq!(hub.group_from_server("g", "x"), Some(1), "only the reachable member counts");
+        assert!(matches!(hub.send_from_server("b", "x"), Err(NotSent::Unreachable(_))));
+        link.down.lock().unwrap().clear();
+        assert_eq!(hub.group_from_server("g", "x"), Some(2));
+        assert_eq!(hub.send_from_server("b", "x"), Ok(()));
+        // Remote traffic reaches local clients only.
+        hub.remote_group("b", "g", "from b");
+        assert_eq!(out_a.take().last().unwrap()["message"], "from b");
+        assert!(hub.remote_private("b", "a", "to a"));
+        assert!(!hub.remote_private("a", "b", "b is not here"));
+        // b's instance forgets it: a leave.
+        hub.remote_replace("i2", &[]);
+        let l = out_a.take();
+        assert_eq!(
+            (l.last().unwrap()["type"].as_str(), l.last().unwrap()["client_id"].as_str()),
+            (Some("leave"), Some("b"))
+        );
+        assert_eq!(hub.members("g").unwrap(), ["a"]);
+    }
+
+    #[test]
+    fn takeover_across_instances_and_the_later_connection_wins() {
+        let (hub, link) = clustered();
+        let (_x, out_x) = connect(&hub, Some("x"), Some("g"));
+        let (_w, out_w) = connect(&hub, Some("w"), Some("g"));
+        out_w.take();
+        link.take();
+        let local_at = SystemTime::now();
+        // An older claim from elsewhere (it lost the race): ignored everywhere.
+        hub.remote_connect(origin("i2", 1), "x", Some("g"), local_at - std::time::Duration::from_secs(1));
+        assert!(out_x.closed().is_none());
+        // A newer one takes the id over: 4000 here, the row of ours goes, the group hears a join.
+        hub.remote_connect(origin("i2", 2), "x", Some("g"), SystemTime::now() + std::time::Duration::from_secs(1));
+        assert_eq!(out_x.closed(), Some((4000, "replaced".into(), false)));
+        assert_eq!(link.take(), ["gone x"]);
+        assert_eq!(out_w.types(), ["join"]);
+        assert_eq!(hub.members("g").unwrap(), ["w", "x"]);
+        assert_eq!(hub.local_clients().len(), 1);
+        // The same claim again (snapshot and notification both): nothing new.
+        hub.remote_connect(origin("i2", 2), "x", Some("g"), SystemTime::now());
+        assert!(out_w.take().is_empty());
+        // A stale departure of a connection that is not the current one changes nothing.
+        hub.remote_gone(&origin("i2", 1), "x");
+        assert_eq!(hub.members("g").unwrap(), ["w", "x"]);
+        // A snapshot is the whole truth of its instance.
+        let now = SystemTime::now();
+        hub.remote_replace(
+            "i2",
+            &[RemoteClient { id: "y".into(), serial: 3, group: Some("g".into()), connected_at: now }],
+        );
+        assert_eq!(hub.members("g").unwrap(), ["w", "y"]);
+        assert_eq!(out_w.types(), ["leave", "join"]);
+        assert_eq!(hub.remote_instances(), vec![Arc::<str>::from("i2")]);
+    }
+}
