@@ -520,7 +520,7 @@ fn push_all(targets: &[Target], frame: &Encoded, slow: &mut Vec<Target>) -> usiz
 
 #[cfg(test)]
 mod tests_support {
-    pub(super) use super::tests::{connect, run, Fake};
+    pub(super) use super::tests::{connect, run};
 }
 
 #[cfg(test)]

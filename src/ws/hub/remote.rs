@@ -441,7 +441,7 @@ impl Hub {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests_support::{connect, run, Fake};
+    use super::super::tests_support::{connect, run};
     use super::*;
     use std::sync::Mutex;
 
