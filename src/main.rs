@@ -4,7 +4,7 @@
 //!
 //! Threads started here: the signal thread (`signals`, waits for SIGINT/SIGTERM and triggers
 //! the shutdown); the HTTP layer's own threads are listed in `http/server.rs`, the WebSocket
-//! sessions' in `ws/mod.rs`.
+//! sessions' in `ws/mod.rs`, the cluster's two (`CLUSTER=postgres` only) in `cluster/mod.rs`.
 
 use std::process::ExitCode;
 use std::sync::Arc;

@@ -524,3 +524,24 @@ fn the_database_stopped_and_restarted_under_traffic() {
     bob.assert_silent(Duration::from_millis(300));
     assert!(n1.log().contains("cluster: listening again"), "{}", n1.log());
 }
+
+#[test]
+fn an_instance_stopped_with_sigterm_says_goodbye() {
+    // The default presence timeout (15 s): only the goodbye can drop bob within a few seconds.
+    let (_db, mut nodes) = cluster(2, 15);
+    let mut alice = nodes[0].join("/ws/alice/room");
+    let mut bob = nodes[1].join("/ws/bob/room");
+    assert_eq!(alice.recv()["client_id"], "bob");
+    nodes[0].sees(&["alice", "bob"]);
+    let pid = nodes[1].child.as_ref().unwrap().id();
+    let stopped = Instant::now();
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    assert_eq!(bob.expect_close().0, 1001);
+    let l = alice.recv();
+    assert_eq!((kind(&l), l["client_id"].as_str()), ("leave", Some("bob")), "{l}");
+    assert!(stopped.elapsed() < Duration::from_secs(5), "leave after {:?}", stopped.elapsed());
+    nodes[0].sees(&["alice"]);
+    let exited = eventually(Duration::from_secs(10), || nodes[1].child.as_mut().unwrap().try_wait().unwrap().is_some());
+    assert!(exited, "the instance did not exit after SIGTERM");
+}
