@@ -69,19 +69,21 @@ ulimit -Sn "$(ulimit -Hn)" 2>/dev/null || true
 psql -X -q -d postgres -c "CREATE DATABASE \"$DB\"" >/dev/null || die "cannot create database $DB on $PGHOST:$PGPORT"
 SECRET="$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')"
 
-# start NAME [VAR=VALUE...]: one server in its own process group; prints its port.
+# start NAME [VAR=VALUE...]: one server in its own process group (setsid: cleanup stops it by
+# that id); sets PORT.
 start() {
     local name=$1 logf="$TMP/$1.log" port=""
     shift
     mkdir -p "$TMP/$name"
-    (cd "$TMP/$name" && env DB_HOST="$PGHOST" DB_PORT="$PGPORT" DB_USER="$PGUSER" DB_PASSWORD="${PGPASSWORD:-}" \
+    # From its own directory, so that no .env of the caller's directory is read.
+    env -C "$TMP/$name" DB_HOST="$PGHOST" DB_PORT="$PGPORT" DB_USER="$PGUSER" DB_PASSWORD="${PGPASSWORD:-}" \
         DB_NAME="$DB" SECRET_KEY="$SECRET" DATA_DIR="$TMP/$name/data" UPLOAD_DIR="$TMP/$name/uploads" \
-        WS_MAX_CLIENTS=5000 LOG_LEVEL=info "$@" setsid "$BIN" serve --host 127.0.0.1 --port 0 >"$logf" 2>&1 </dev/null) &
+        WS_MAX_CLIENTS=5000 LOG_LEVEL=info "$@" setsid "$BIN" serve --host 127.0.0.1 --port 0 >"$logf" 2>&1 </dev/null &
     local pid=$!
     PIDS+=("$pid")
     for _ in $(seq 1 100); do
         port="$(grep -oE 'listening on http://127\.0\.0\.1:[0-9]+' "$logf" 2>/dev/null | head -n1 | sed 's/.*://' || true)"
-        [ -n "$port" ] && { echo "$port"; return 0; }
+        [ -n "$port" ] && { PORT=$port; return 0; }
         kill -0 "$pid" 2>/dev/null || { tail -n 20 "$logf" >&2; die "$name exited before listening"; }
         sleep 0.1
     done
@@ -108,14 +110,15 @@ b_args=(--clients "$BENCH_WS_RTT_CLIENTS" --members 2 --mode rtt --rate "$BENCH_
 cd_args=(--clients "$BENCH_WS_MEMBERS" --groups 1 --mode fanout,flat --rate "$BENCH_WS_FANOUT_RATE" --window "$BENCH_WS_WINDOW" --seconds "$BENCH_SECONDS")
 
 for r in $(seq 1 "$BENCH_ROUNDS"); do
-    p="$(start single CLUSTER=off)"
+    start single CLUSTER=off
+    p=$PORT
     run "rtt-single-$r" "ws://127.0.0.1:$p" "${b_args[@]}" --id-prefix "s$r"
     run "fan-single-$r" "ws://127.0.0.1:$p" "${cd_args[@]}" --id-prefix "s$r"
     stop_all
     urls=""
     for n in 1 2 3; do
-        p="$(start "n$n" CLUSTER=postgres INSTANCE_ID="bench-n$n")"
-        urls+="${urls:+,}ws://127.0.0.1:$p"
+        start "n$n" CLUSTER=postgres INSTANCE_ID="bench-n$n"
+        urls+="${urls:+,}ws://127.0.0.1:$PORT"
     done
     # Ready when every instance listens and has heard the others (a heartbeat each way).
     for _ in $(seq 1 100); do
