@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The browser test of the API docs (tests/browser/docs.test.mjs) with everything it needs, in
-# order: Chromium (apt-get install when missing and we are root), the vendored Swagger UI and
-# ReDoc assets (scripts/vendor-docs.sh), a `cargo build` that embeds them, `npm ci` in
-# tests/browser, then `node --test`. scripts/test.sh runs this after the cargo tests; it also
+# order: Chromium (apt-get install when missing and we are root), a check of the vendored Swagger
+# UI and ReDoc assets (scripts/vendor-docs.sh, no network), a `cargo build` that embeds them,
+# `npm ci` in tests/browser, then `node --test`. scripts/test.sh runs this after the cargo tests; it also
 # runs alone. Exits non-zero when anything fails.
 #
 # Environment: TEST_PG_URL (default postgres://postgres@127.0.0.1:5432/postgres; PostgreSQL must
@@ -46,7 +46,7 @@ ensure_chromium
 "$CHROMIUM_PATH" --version 2>/dev/null | grep -i chrom || die "$CHROMIUM_PATH does not run"
 ensure_node
 
-say "vendoring the docs assets"
+say "checking the vendored docs assets"
 scripts/vendor-docs.sh
 
 say "cargo build (embeds public/vendor/)"
