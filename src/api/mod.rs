@@ -18,6 +18,8 @@ pub mod general;
 pub mod openapi;
 pub mod pages;
 pub mod teams;
+/// Only in debug builds: a release binary has no test route at all (docs/decisions.md).
+#[cfg(debug_assertions)]
 pub mod testing;
 pub mod users;
 pub mod ws_api;
@@ -58,6 +60,7 @@ pub fn build_router(app: Arc<App>) -> Router {
     files::routes(&mut r, &app);
     ws_api::routes(&mut r, &app);
     pages::routes(&mut r);
+    #[cfg(debug_assertions)]
     if app.config.test_routes {
         testing::routes(&mut r);
     }
