@@ -12,6 +12,10 @@
 # Goals (from the issue): cluster (b) p99 <= 2 x single p99 + 5 ms; cluster (d) deliveries/s >=
 # 50% of single. Results replace the "## ws-cluster" section of BENCH_MD.
 #
+# With BENCH_WS_REF_BIN=<another adcluster binary> (e.g. one built from main), each round also
+# runs the single-instance scenarios with it, first, and the table gets a column for it: the A/B
+# that shows whether CLUSTER=off costs the single instance anything.
+#
 # Environment: BENCH_SECONDS (10), BENCH_ROUNDS (1; each round runs single then cluster),
 # BENCH_MD, BENCH_SERVER_BIN, BENCH_KEEP_TMP, BENCH_WS_RTT_CLIENTS (200), BENCH_WS_RTT_RATE (1000),
 # BENCH_WS_MEMBERS (1000), BENCH_WS_FANOUT_RATE (10), BENCH_WS_WINDOW (8), and DB_HOST, DB_PORT,
@@ -78,7 +82,7 @@ start() {
     # From its own directory, so that no .env of the caller's directory is read.
     env -C "$TMP/$name" DB_HOST="$PGHOST" DB_PORT="$PGPORT" DB_USER="$PGUSER" DB_PASSWORD="${PGPASSWORD:-}" \
         DB_NAME="$DB" SECRET_KEY="$SECRET" DATA_DIR="$TMP/$name/data" UPLOAD_DIR="$TMP/$name/uploads" \
-        WS_MAX_CLIENTS=5000 LOG_LEVEL=info "$@" setsid "$BIN" serve --host 127.0.0.1 --port 0 >"$logf" 2>&1 </dev/null &
+        WS_MAX_CLIENTS=5000 LOG_LEVEL=info "$@" setsid "${START_BIN:-$BIN}" serve --host 127.0.0.1 --port 0 >"$logf" 2>&1 </dev/null &
     local pid=$!
     PIDS+=("$pid")
     for _ in $(seq 1 100); do
@@ -109,7 +113,15 @@ wsv() { awk -v k="$2" '$1 == k { v = $2 } END { print v }' "$1"; }
 b_args=(--clients "$BENCH_WS_RTT_CLIENTS" --members 2 --mode rtt --rate "$BENCH_WS_RTT_RATE" --seconds "$BENCH_SECONDS")
 cd_args=(--clients "$BENCH_WS_MEMBERS" --groups 1 --mode fanout,flat --rate "$BENCH_WS_FANOUT_RATE" --window "$BENCH_WS_WINDOW" --seconds "$BENCH_SECONDS")
 
+REF="${BENCH_WS_REF_BIN:-}"
+[ -z "$REF" ] || [ -x "$REF" ] || die "BENCH_WS_REF_BIN=$REF is not an executable"
 for r in $(seq 1 "$BENCH_ROUNDS"); do
+    if [ -n "$REF" ]; then
+        START_BIN="$REF" start ref
+        run "rtt-ref-$r" "ws://127.0.0.1:$PORT" "${b_args[@]}" --id-prefix "r$r"
+        run "fan-ref-$r" "ws://127.0.0.1:$PORT" "${cd_args[@]}" --id-prefix "r$r"
+        stop_all
+    fi
     start single CLUSTER=off
     p=$PORT
     run "rtt-single-$r" "ws://127.0.0.1:$p" "${b_args[@]}" --id-prefix "s$r"
@@ -151,6 +163,8 @@ sd="$(best fan-single flat.deliveries_per_s max)" cd="$(best fan-cluster flat.de
 lat_ok="$(awk -v c="$c99" -v s="$s99" 'BEGIN { print ((c + 0 <= 2 * s + 5) ? "PASS" : "FAIL") }')"
 thr_ok="$(awk -v c="$cd" -v s="$sd" 'BEGIN { print ((c + 0 >= 0.5 * s) ? "PASS" : "FAIL") }')"
 ratio="$(awk -v c="$cd" -v s="$sd" 'BEGIN { printf "%.2f", (s > 0 ? c / s : 0) }')"
+# The reference column (BENCH_WS_REF_BIN), or nothing.
+refcol() { if [ -n "$REF" ]; then echo " $(best "$1" "$2" "$3") |"; fi; }
 
 mem="$(free -g | awk '/^Mem:/ { print $2 }')"
 os=""
@@ -169,15 +183,22 @@ sec="$TMP/section.md"
     echo "- Servers: \`target/release/adcluster serve\` on 127.0.0.1, LOG_LEVEL=info, WS_MAX_CLIENTS=5000; single: CLUSTER=off; cluster: three processes with CLUSTER=postgres, INSTANCE_ID=bench-n1..3, other settings default; PostgreSQL $pgv on $PGHOST:$PGPORT, a fresh database dropped after the run. All processes share the machine's cores with the load generator (and with whatever else runs on it)."
     echo "- Clients: \`ws-bench --url ws://A[,ws://B,ws://C]\`: client i connects to the (i mod 3)-th instance, so the two ends of each /send_to pair are always on different instances and 2/3 of the group's members are remote to the sender."
     echo
-    echo "| measure | single instance | 3 instances | goal | result |"
-    echo "|---|---|---|---|---|"
-    echo "| (b) /send_to at $BENCH_WS_RTT_RATE msg/s: p50, ms | $s50 | $c50 | | |"
-    echo "| (b) /send_to at $BENCH_WS_RTT_RATE msg/s: p99, ms | $s99 | $c99 | cluster <= 2 x single + 5 | $lat_ok |"
-    echo "| (b) messages lost | $sl | $cl | 0 | |"
-    echo "| (c) /group to $BENCH_WS_MEMBERS members at $BENCH_WS_FANOUT_RATE msg/s, last receiver p50, ms | $sf50 | $cf50 | | |"
-    echo "| (c) same, last receiver p99, ms | $sf99 | $cf99 | | |"
-    echo "| (c) messages not delivered to every member | $sfi | $cfi | 0 | |"
-    echo "| (d) /group flat out (window $BENCH_WS_WINDOW): deliveries/s | $sd | $cd | cluster >= 50% of single | $thr_ok (ratio $ratio) |"
+    [ -n "$REF" ] && echo "- Reference: BENCH_WS_REF_BIN=\`$REF\` (CLUSTER unset), run first in each round with the same scenarios."
+    echo
+    if [ -n "$REF" ]; then
+        echo "| measure | single instance, reference binary | single instance (CLUSTER=off) | 3 instances | goal | result |"
+        echo "|---|---|---|---|---|---|"
+    else
+        echo "| measure | single instance | 3 instances | goal | result |"
+        echo "|---|---|---|---|---|"
+    fi
+    echo "| (b) /send_to at $BENCH_WS_RTT_RATE msg/s: p50, ms |$(refcol rtt-ref rtt.private_p50_ms min) $s50 | $c50 | | |"
+    echo "| (b) /send_to at $BENCH_WS_RTT_RATE msg/s: p99, ms |$(refcol rtt-ref rtt.private_p99_ms min) $s99 | $c99 | cluster <= 2 x single + 5 | $lat_ok |"
+    echo "| (b) messages lost |$(refcol rtt-ref rtt.lost min) $sl | $cl | 0 | |"
+    echo "| (c) /group to $BENCH_WS_MEMBERS members at $BENCH_WS_FANOUT_RATE msg/s, last receiver p50, ms |$(refcol fan-ref fanout.last_p50_ms min) $sf50 | $cf50 | | |"
+    echo "| (c) same, last receiver p99, ms |$(refcol fan-ref fanout.last_p99_ms min) $sf99 | $cf99 | | |"
+    echo "| (c) messages not delivered to every member |$(refcol fan-ref fanout.incomplete min) $sfi | $cfi | 0 | |"
+    echo "| (d) /group flat out (window $BENCH_WS_WINDOW): deliveries/s |$(refcol fan-ref flat.deliveries_per_s max) $sd | $cd | cluster >= 50% of single | $thr_ok (ratio $ratio) |"
     echo
     echo "Best round of each side (lowest latency, highest deliveries/s). The raw \`key value\` outputs are in the run's temp dir (BENCH_KEEP_TMP=1 keeps it)."
 } >"$sec"
