@@ -172,3 +172,83 @@ impl Link for PgLink {
         h.get(instance).is_some_and(|t| t.elapsed() <= s.window)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc::{sync_channel, Receiver};
+    use std::time::Duration;
+
+    fn shared(max_bytes: usize, items: usize) -> (Arc<Shared>, Receiver<Item>) {
+        let (tx, rx) = sync_channel(items);
+        let s = Arc::new(Shared {
+            me: Arc::from("me"),
+            my_channel: wire::instance_channel("me"),
+            tx,
+            queued_bytes: AtomicUsize::new(0),
+            max_bytes,
+            publishing: AtomicBool::new(true),
+            listening: AtomicBool::new(true),
+            resync: AtomicBool::new(false),
+            publisher_stale: AtomicBool::new(false),
+            heard: Mutex::new(HashMap::new()),
+            window: Duration::from_secs(3),
+        });
+        (s, rx)
+    }
+
+    fn private(message: &str) -> Event<'_> {
+        Event::Private { from: "a", to: "b", instance: "i2", message }
+    }
+
+    #[test]
+    fn the_queue_bound_is_exact_in_bytes_and_items() {
+        let one = wire::encode("me", &private("x")).len();
+        let (s, rx) = shared(3 * one, 100);
+        let link = PgLink(s.clone());
+        for _ in 0..3 {
+            assert_eq!(link.publish(private("x")), Ok(()));
+        }
+        // The fourth would pass the byte bound by one message: refused, with the setting named.
+        let err = link.publish(private("x")).unwrap_err();
+        assert!(err.0.contains("CLUSTER_QUEUE_KB"), "{}", err.0);
+        // A presence event that does not fit is not an error: a snapshot is due instead.
+        assert_eq!(link.publish(Event::Gone { id: "a", serial: 1 }), Ok(()));
+        assert!(s.resync.load(Ordering::SeqCst));
+        // Taking one out (what the publisher does) makes room for exactly one.
+        let Ok(Item::Notify { json, .. }) = rx.try_recv() else { panic!("an item") };
+        s.queued_bytes.fetch_sub(json.len(), Ordering::SeqCst);
+        assert_eq!(link.publish(private("x")), Ok(()));
+        assert!(link.publish(private("x")).is_err());
+
+        // The item bound holds too.
+        let (s, _rx) = shared(usize::MAX, 2);
+        let link = PgLink(s.clone());
+        assert!(link.publish(private("x")).is_ok() && link.publish(private("x")).is_ok());
+        assert!(link.publish(private("x")).is_err());
+        assert_eq!(s.queued_bytes.load(Ordering::SeqCst), 2 * one, "a refused item leaves no bytes counted");
+    }
+
+    #[test]
+    fn reachable_needs_both_connections_and_a_recent_word() {
+        let (s, _rx) = shared(usize::MAX, 10);
+        let link = PgLink(s.clone());
+        assert!(!link.reachable("i2"), "never heard");
+        assert!(s.heard("i2"), "first word: answer with a heartbeat");
+        assert!(!s.heard("i2"), "known already");
+        assert!(link.reachable("i2"));
+        s.listening.store(false, Ordering::SeqCst);
+        assert!(!link.reachable("i2"));
+        assert!(link.publish(private("x")).is_err(), "refused while not listening");
+        s.listening.store(true, Ordering::SeqCst);
+        s.publishing.store(false, Ordering::SeqCst);
+        assert!(!link.reachable("i2"));
+        s.publishing.store(true, Ordering::SeqCst);
+        s.forget(Some("i2"));
+        assert!(!link.reachable("i2"));
+        // Silent past the window: unreachable, and its next word is answered again.
+        s.heard.lock().unwrap().insert(Arc::from("i3"), Instant::now() - Duration::from_secs(10));
+        assert!(!link.reachable("i3"));
+        assert!(s.heard("i3"));
+    }
+}
