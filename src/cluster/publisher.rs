@@ -11,7 +11,8 @@
 //!
 //! On a database error the item in hand and everything queued is failed: each message's local
 //! sender gets an error frame (it may or may not have been delivered: the connection broke),
-//! presence is rewritten whole (a snapshot) once a connection works again. Then it reconnects
+//! presence is rewritten whole (a snapshot) once a connection works again — and every
+//! `RESYNC_EVERY` anyway, so that any divergence heals. Then it reconnects
 //! every `RETRY`.
 //!
 //! Must never: hold a hub lock (it calls the hub only through its public methods, which take
@@ -35,6 +36,11 @@ pub const RETRY: Duration = Duration::from_millis(500);
 
 /// An idle publishing connection is checked this often.
 const IDLE_CHECK: Duration = Duration::from_secs(2);
+
+/// Our whole presence is re-sent this often even when nothing was lost, so that whatever the
+/// others got wrong (a takeover decided on skewed clocks, a payload row swept before it was
+/// read) heals within this time.
+pub const RESYNC_EVERY: Duration = Duration::from_secs(60);
 
 struct Conn {
     client: postgres::Client,
@@ -83,7 +89,11 @@ pub fn run(shared: Arc<Shared>, rx: Receiver<Item>, pg: postgres::Config, ws: Ar
     let mut conn: Option<Conn> = None;
     let mut down_logged = false;
     let mut idle_since = Instant::now();
+    let mut last_snapshot = Instant::now();
     loop {
+        if last_snapshot.elapsed() >= RESYNC_EVERY {
+            shared.resync.store(true, Ordering::SeqCst);
+        }
         if shared.publisher_stale.swap(false, Ordering::SeqCst) && conn.is_some() {
             // The listener lost the database: do not trust this connection with a message.
             conn = None;
@@ -113,6 +123,7 @@ pub fn run(shared: Arc<Shared>, rx: Receiver<Item>, pg: postgres::Config, ws: Ar
             continue;
         };
         if shared.resync.swap(false, Ordering::SeqCst) {
+            last_snapshot = Instant::now();
             let clients = ws.hub.local_clients();
             if let Err(e) = snapshot(&mut c.client, &shared, &clients) {
                 crate::warn!("cluster: cannot write this instance's presence: {e}");
