@@ -91,7 +91,13 @@ fn the_database_goes_away_and_comes_back() {
     let r = srv.request("POST", "/users/", &[("Content-Type", "application/json")], body.as_bytes());
     assert_eq!(r.status, 201);
 
-    let (mut admin, _) = WsClient::join(&srv, "/ws/ops1/admins");
+    // The group `admins` is reserved for superusers.
+    let out = srv.cli(&["user", "create", "--email", "ops@example.com", "--password", "password1", "--superuser"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ops = serde_json::json!({ "email": "ops@example.com", "password": "password1" }).to_string();
+    let r = srv.request("POST", "/auth/login", &[("Content-Type", "application/json")], ops.as_bytes());
+    let ops_token = r.json()["access_token"].as_str().unwrap().to_string();
+    let (mut admin, _) = WsClient::join(&srv, &format!("/ws/ops1/admins?token={ops_token}"));
     let (mut a, _) = WsClient::join(&srv, "/ws/alice/room");
     let (mut b, _) = WsClient::join(&srv, "/ws/bob/room");
     let token = {

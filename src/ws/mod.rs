@@ -203,6 +203,7 @@ impl Ws {
         self: &Arc<Self>,
         id: Option<String>,
         group: Option<String>,
+        admin: bool,
         peer: SocketAddr,
     ) -> Result<UpgradeFn, Refused> {
         if self.stopping.load(Ordering::SeqCst) {
@@ -240,7 +241,7 @@ impl Ws {
                 Refused("Cannot start a WebSocket session now".into())
             })?;
         // Nothing can fail from here on: register (a takeover closes the older connection now).
-        let member = self.hub.connect(id.as_deref(), group.as_deref(), out);
+        let member = self.hub.connect(id.as_deref(), group.as_deref(), admin, out);
         if self.stopping.load(Ordering::SeqCst) {
             // `shutdown` ran between the check above and the registration: its sweep of the
             // registry may have missed this client. Sweep again (it is idempotent).
