@@ -30,6 +30,8 @@ fn failed(message: impl Into<String>) -> Failure {
 }
 
 fn main() -> ExitCode {
+    // Before any thread exists: large blocks (Argon2's) go back to the kernel when freed.
+    util::mem::bound_heap_retention();
     let args: Vec<String> = std::env::args().skip(1).collect();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,

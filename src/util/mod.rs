@@ -3,5 +3,6 @@
 
 pub mod hash_pipe;
 pub mod log;
+pub mod mem;
 pub mod rlimit;
 pub mod time;
