@@ -141,6 +141,8 @@ fn serve(args: &[String]) -> Result<(), Failure> {
     .map_err(|e| failed(format!("cannot start the signal thread: {e}")))?;
 
     server.run().map_err(|e| failed(format!("server failed: {e}")))?;
+    // Uploads cut short by the end of the grace leave no temp file behind.
+    api::files::remove_own_temp(&app.config.upload_dir);
     ws.shutdown();
     if !ws.wait_idle(std::time::Duration::from_secs(2)) {
         warn!("{} WebSocket session(s) still closing; exiting anyway", ws.sessions());

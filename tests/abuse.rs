@@ -338,3 +338,85 @@ fn memory_stays_bounded_after_bursts_of_logins() {
     assert!(ok > 0, "no login succeeded");
     assert!(end < start + 96 * 1024, "RSS grew from {start} KiB to {end} KiB");
 }
+
+/// Names in `UPLOAD_DIR/.tmp` (empty when the folder is missing).
+fn temp_files(srv: &TestServer) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(srv.dir.path().join("uploads/.tmp"))
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Start an upload of `total` bytes, send `sent` of them, and leave it hanging.
+fn hanging_upload(srv: &TestServer, token: &str, total: usize, sent: usize) -> TcpStream {
+    let mut s = TcpStream::connect(srv.addr).unwrap();
+    let part = "--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"h.bin\"\r\n\r\n";
+    s.write_all(
+        format!(
+            "POST /api/upload HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {token}\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: {total}\r\n\r\n{part}"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    s.write_all(&vec![b'h'; sent]).unwrap();
+    s
+}
+
+fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + timeout;
+    while Instant::now() < until {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+#[test]
+fn an_upload_interrupted_by_shutdown_leaves_no_temp_file() {
+    let mut srv = TestServer::start_with(Opts::default().env("SECRET_KEY", SECRET).env("SHUTDOWN_GRACE_SECS", "1"));
+    let token = user_token(&srv, "shut@example.com");
+    let _up = hanging_upload(&srv, &token, 50_000_000, 3_000_000);
+    assert!(
+        wait_for(Duration::from_secs(10), || temp_files(&srv).iter().any(|n| n.ends_with(".bin"))),
+        "{:?}",
+        temp_files(&srv)
+    );
+    srv.signal(libc::SIGTERM);
+    assert_eq!(srv.wait_exit(Duration::from_secs(15)), Some(0), "{}", srv.log());
+    assert_eq!(temp_files(&srv), Vec::<String>::new(), "{}", srv.log());
+}
+
+#[test]
+fn temp_files_of_a_dead_process_are_removed_at_start_and_a_live_ones_kept() {
+    let mut srv = TestServer::start_with(Opts::default().env("SECRET_KEY", SECRET));
+    let token = user_token(&srv, "kill@example.com");
+    let _up = hanging_upload(&srv, &token, 50_000_000, 3_000_000);
+    assert!(wait_for(Duration::from_secs(10), || temp_files(&srv).iter().any(|n| n.ends_with(".bin"))));
+    let orphan = temp_files(&srv).into_iter().find(|n| n.ends_with(".bin")).unwrap();
+    // SIGKILL: no clean-up at all. The next start finds the dead owner's lock free.
+    srv.restart();
+    let left = temp_files(&srv);
+    assert!(!left.contains(&orphan), "{left:?}");
+    // A second process on the same UPLOAD_DIR (another instance) leaves a live upload alone.
+    let _up2 = hanging_upload(&srv, &token, 50_000_000, 3_000_000);
+    assert!(wait_for(Duration::from_secs(10), || temp_files(&srv).iter().any(|n| n.ends_with(".bin"))));
+    let live = temp_files(&srv).into_iter().find(|n| n.ends_with(".bin")).unwrap();
+    let mut other = std::process::Command::new(env!("CARGO_BIN_EXE_adcluster"))
+        .args(["serve", "--host", "127.0.0.1", "--port", "0"])
+        .current_dir(srv.dir.path())
+        .env_clear()
+        .envs(srv.env.iter().map(|(k, v)| (k, v)))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let second_started =
+        wait_for(Duration::from_secs(10), || temp_files(&srv).iter().filter(|n| n.ends_with(".lock")).count() == 2);
+    let _ = other.kill();
+    let _ = other.wait();
+    assert!(second_started, "{:?}", temp_files(&srv));
+    assert!(temp_files(&srv).contains(&live), "another instance removed a live upload's temp file");
+}

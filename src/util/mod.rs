@@ -6,3 +6,4 @@ pub mod log;
 pub mod mem;
 pub mod rlimit;
 pub mod time;
+pub mod tmp_owner;
