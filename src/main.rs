@@ -6,6 +6,8 @@
 //! the shutdown); the HTTP layer's own threads are listed in `http/server.rs`, the WebSocket
 //! sessions' in `ws/mod.rs`.
 
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;

@@ -40,22 +40,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// `sendmsg(fd, bufs, MSG_DONTWAIT | MSG_NOSIGNAL)`: write what the socket takes now, never wait.
-fn send_nonblocking(fd: RawFd, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-    // SAFETY: `msghdr` is plain data and all-zero is a valid empty header. `IoSlice` is
-    // guaranteed ABI-compatible with `iovec` on Unix, and `bufs` outlives the call; `sendmsg`
-    // only reads the buffers.
-    let n = unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
-        msg.msg_iovlen = bufs.len() as _;
-        libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
-    };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
+/// `sendmsg(bufs, MSG_DONTWAIT | MSG_NOSIGNAL)`: write what the socket takes now, never wait.
+fn send_nonblocking(stream: &TcpStream, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    socket2::SockRef::from(stream).send_vectored_with_flags(bufs, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -273,7 +260,13 @@ impl Outbound {
                 .enumerate()
                 .map(|(i, f)| IoSlice::new(if i == 0 { &f[offset..] } else { &f[..] }))
                 .collect();
-            match send_nonblocking(self.fd(), &slices) {
+            let Some(stream) = self.stream.get() else {
+                // Not attached (`start` comes after `attach`, so this cannot happen): a queue
+                // without a socket cannot be written.
+                self.kill();
+                return Turn::Dead;
+            };
+            match send_nonblocking(stream, &slices) {
                 Ok(n) => self.advance(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if who == Writer::Sender {
