@@ -7,8 +7,12 @@
 //! operation that changes a group also changes the registry entry of the client (its current
 //! group), so two locks would always be taken together; one lock has no order to get wrong.
 //! Critical sections only look things up, change the maps and clone `Arc`s (plus, on connect,
-//! the welcome frame goes into a not yet started outbox: memory only). Frames are pushed after
-//! the lock is dropped.
+//! the welcome frame goes into a not yet started outbox: memory only). Frames are encoded and
+//! pushed after the lock is dropped (`Outgoing` holds each frame's encoding as a closure over
+//! `Arc`s), so a 64 KiB broadcast's JSON is never written under the lock.
+//!
+//! The reserved group `admins` (`protocol::ADMINS_GROUP`): only a client registered as `admin`
+//! (connected with a superuser's token) may join it; others get `forbidden` and stay put.
 //!
 //! Must never: push to a started outbox or do any I/O while holding `state`; block on a slow
 //! client (a full outbox evicts that client, close code 1008); let a replaced or evicted

@@ -3,6 +3,10 @@
 //! each session (`run`). The protocol rules are in `protocol.rs`, the bookkeeping in `hub.rs`;
 //! the thread model as a whole is described in `ws/mod.rs`.
 //!
+//! Back-pressure lives in the reader (`pace_reading`): before reading the next frame it waits
+//! while its own queue is over the high-water mark, or while its fan-out is still queued
+//! elsewhere (see `ws/mod.rs`).
+//!
 //! Must never: block a sender on a client's socket (every write is `MSG_DONTWAIT`), let two
 //! writers interleave frames on one socket (the `writing` token), or hold the queue's lock
 //! during a system call.
