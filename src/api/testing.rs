@@ -2,7 +2,11 @@
 //! (never by default). They give the connection-layer tests a body to read, a handler that
 //! panics (and an upgrade that does), a large in-memory response and a handler that takes its
 //! time, against the real binary.
-//! Must never: be enabled in production, or do anything but what their names say.
+//!
+//! This module is compiled only with `debug_assertions` (`cargo build`, and the binary that
+//! `cargo nextest run` / `cargo test` build for the integration tests); a release binary does
+//! not contain it, so no setting can turn these routes on there (docs/decisions.md).
+//! Must never: be compiled into a release build, or do anything but what their names say.
 
 use std::time::Duration;
 

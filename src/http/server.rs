@@ -1025,7 +1025,10 @@ fn serve_one(shared: &Shared, conn: &mut Conn, head: RequestHead, continued: boo
                 // Refused on its declared length, before reading a byte of it (and before any
                 // `100 Continue`).
                 keep_alive = false;
-                HttpError::from(BodyError::TooLarge { limit: route.body_limit }).into_response()
+                match &route.too_large_detail {
+                    Some(detail) => HttpError::new(413, detail.clone()).into_response(),
+                    None => HttpError::from(BodyError::TooLarge { limit: route.body_limit }).into_response(),
+                }
             } else {
                 req.params = params;
                 match catch_unwind(AssertUnwindSafe(|| route.call(&mut req))) {
