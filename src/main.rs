@@ -6,6 +6,8 @@
 //! the shutdown); the HTTP layer's own threads are listed in `http/server.rs`, the WebSocket
 //! sessions' in `ws/mod.rs`.
 
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
@@ -30,6 +32,8 @@ fn failed(message: impl Into<String>) -> Failure {
 }
 
 fn main() -> ExitCode {
+    // Before any thread exists: large blocks (Argon2's) go back to the kernel when freed.
+    util::mem::bound_heap_retention();
     let args: Vec<String> = std::env::args().skip(1).collect();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
@@ -156,6 +160,8 @@ fn serve(args: &[String]) -> Result<(), Failure> {
     .map_err(|e| failed(format!("cannot start the signal thread: {e}")))?;
 
     server.run().map_err(|e| failed(format!("server failed: {e}")))?;
+    // Uploads cut short by the end of the grace leave no temp file behind.
+    api::files::remove_own_temp(&app.config.upload_dir);
     ws.shutdown();
     if !ws.wait_idle(std::time::Duration::from_secs(2)) {
         warn!("{} WebSocket session(s) still closing; exiting anyway", ws.sessions());

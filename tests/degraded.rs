@@ -127,7 +127,11 @@ fn the_database_goes_away_and_comes_back() {
     let me = signup(&srv, "d@example.com");
     let tok = token(&srv, "d@example.com");
     signup(&srv, "limited@example.com");
-    let (mut admin, _) = WsClient::join(&srv, "/ws/ops1/admins");
+    // The group `admins` is reserved for superusers.
+    let out = srv.cli(&["user", "create", "--email", "ops@example.com", "--password", "password1", "--superuser"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ops_token = token(&srv, "ops@example.com");
+    let (mut admin, _) = WsClient::join(&srv, &format!("/ws/ops1/admins?token={ops_token}"));
     let (mut a, _) = WsClient::join(&srv, "/ws/alice/room");
     let (mut b, _) = WsClient::join(&srv, "/ws/bob/room");
 
