@@ -129,6 +129,12 @@ fn too_large(limit: u64) -> MultipartError {
     MultipartError::Io(io::Error::other(BodyError::TooLarge { limit }))
 }
 
+/// The one 413 of both upload routes, whichever limit the request crossed first (the body's,
+/// checked by the connection layer, or one file's): it states `MAX_UPLOAD_MB` in bytes.
+fn too_large_detail(per_file: u64) -> String {
+    format!("File too large (limit {per_file} bytes per file)")
+}
+
 /// Receive the file parts named `field` of a multipart body into temp files.
 fn receive(
     app: &App,
@@ -215,7 +221,7 @@ fn receive(
     match result {
         Ok(()) if done.is_empty() => Err(missing()),
         Ok(()) => Ok(done),
-        Err(e) => Err(multipart_error(e, field, max_files)),
+        Err(e) => Err(multipart_error(e, field, max_files, limit)),
     }
 }
 
@@ -231,7 +237,7 @@ impl std::fmt::Display for TooManyFiles {
 
 impl std::error::Error for TooManyFiles {}
 
-fn multipart_error(e: MultipartError, field: &str, max_files: usize) -> HttpError {
+fn multipart_error(e: MultipartError, field: &str, max_files: usize, per_file: u64) -> HttpError {
     match e {
         MultipartError::Sink(inner) if inner.is::<TooManyFiles>() => HttpError::validation(
             &["body", field],
@@ -239,6 +245,7 @@ fn multipart_error(e: MultipartError, field: &str, max_files: usize) -> HttpErro
             "too_long",
         ),
         MultipartError::Io(io) => match BodyError::of(&io) {
+            Some(BodyError::TooLarge { .. }) => HttpError::new(413, too_large_detail(per_file)),
             Some(b) => HttpError::from(b.clone()),
             None => storage_error("write the upload", &io),
         },
@@ -330,6 +337,7 @@ pub fn routes(r: &mut Router, app: &Arc<App>) {
         Ok(user.mark(Response::json(201, &saved.remove(0).to_json())))
     })
     .limit(max.saturating_add(FORM_OVERHEAD))
+    .too_large_detail(too_large_detail(max))
     .doc(
         Op::new("files", "Upload one file (multipart field `file`)", "upload_file")
             .body(&[("multipart/form-data", schema_ref("UploadOne"))])
@@ -347,6 +355,7 @@ pub fn routes(r: &mut Router, app: &Arc<App>) {
         Ok(user.mark(Response::json(201, &json!({ "count": files.len(), "files": files }))))
     })
     .limit(max.saturating_mul(max_files as u64).saturating_add(FORM_OVERHEAD))
+    .too_large_detail(too_large_detail(max))
     .doc(
         Op::new("files", "Upload several files (repeated multipart field `files`), all or nothing", "upload_files")
             .body(&[(
