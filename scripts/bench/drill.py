@@ -230,8 +230,6 @@ def main():
     ap.add_argument("--server-log", required=True)
     ap.add_argument("--out", required=True, help="the report (markdown body of the section)")
     ap.add_argument("--json", required=True, help="the raw figures")
-    ap.add_argument("--md", help="BENCHMARKS.md: replace its '## drill' section with --head and the report")
-    ap.add_argument("--head", help="the section's first lines (heading, date, machine, command)")
     a = ap.parse_args()
 
     port = a.port
@@ -431,7 +429,10 @@ def main():
     ws_lost = ws_stats["sent"] - ws_stats["received"]
     detect = None if down_seen is None else down_seen - t_stop
     recover = None if up_seen is None else up_seen - t_started
-    drain = None if drained_at is None or up_seen is None else drained_at - up_seen
+    # Drained: the first /health after the return with "spool": 0 (during the run; else the
+    # poll after it).
+    drained_seen = next((t for t, db, sp in health if up_seen is not None and t >= up_seen and sp == 0), drained_at)
+    drain = None if drained_seen is None or up_seen is None else drained_seen - up_seen
     no_db_errors = sum(r["errors"] for ep, rows in table.items() for r in rows.values())
     figures = {
         "detect_s": detect, "recover_s": recover, "drain_after_up_s": drain,
@@ -485,12 +486,14 @@ def main():
     with open(a.out, "w") as f:
         f.write("\n".join(out) + "\n")
     print("\n".join(out))
-    if a.md:
-        with open(a.head) as f:
-            head = f.read()
-        replace_section(a.md, "## drill", head.rstrip("\n") + "\n\n" + "\n".join(out) + "\n")
     return 0 if all(ok for _, ok in goals) else 1
 
 
 if __name__ == "__main__":
+    if len(sys.argv) == 5 and sys.argv[1] == "--write-section":
+        # drill.py --write-section BENCHMARKS.md HEAD BODY: "## drill" := HEAD + BODY.
+        _, _, md, head, body = sys.argv
+        with open(head) as h, open(body) as b:
+            replace_section(md, "## drill", h.read().rstrip("\n") + "\n\n" + b.read())
+        sys.exit(0)
     sys.exit(main())

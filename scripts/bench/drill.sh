@@ -13,6 +13,9 @@
 #   DRILL_SECONDS=60            whole run
 #   DRILL_OUTAGE_SECONDS=20     outage length; it starts at (DRILL_SECONDS - DRILL_OUTAGE_SECONDS) / 2
 #   BENCH_MD, BENCH_SERVER_BIN, BENCH_KEEP_TMP   as for scripts/bench.sh
+#   DRILL_REFERENCE_BIN=<path> also run the same drill against this binary (e.g. one built from an
+#                               older commit) and add its report to the section; DRILL_REFERENCE_DESC
+#                               names it there
 #   PG_BIN                      directory of initdb/pg_ctl (default: newest /usr/lib/postgresql/*/bin)
 # Leaves nothing behind: the cluster is stopped and removed, the server stopped, on every exit.
 set -euo pipefail
@@ -43,6 +46,7 @@ fi
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/adcluster-drill.XXXXXX")"
 chmod 755 "$TMP"  # the postgres user must reach its cluster inside
 SERVER_PID=""
+CLUSTERS=()
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 
 cleanup() {
@@ -54,7 +58,8 @@ cleanup() {
         kill -KILL -- "-$SERVER_PID" 2>/dev/null || true
     fi
     # Whatever the drill left running (it may have been interrupted mid-outage).
-    as_pg "$BIN/pg_ctl" -D "$TMP/pg/data" stop -m immediate -w >/dev/null 2>&1 || true
+    local c
+    for c in "${CLUSTERS[@]}"; do as_pg "$BIN/pg_ctl" -D "$c" stop -m immediate -w >/dev/null 2>&1 || true; done
     if [ "${BENCH_KEEP_TMP:-0}" = 1 ]; then log "kept $TMP"; else rm -rf "$TMP"; fi
     exit "$rc"
 }
@@ -73,42 +78,66 @@ else
     case "$SERVER" in /*) ;; *) SERVER="$ROOT/$SERVER" ;; esac
 fi
 
-# The private cluster.
-mkdir -p "$TMP/pg"
-[ "$(id -u)" = 0 ] && chown postgres:postgres "$TMP/pg"
-PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-as_pg "$BIN/initdb" -D "$TMP/pg/data" -U postgres -A trust -E UTF8 --locale=C --no-sync >"$TMP/initdb.log" 2>&1 ||
-    { cat "$TMP/initdb.log" >&2; die "initdb failed"; }
-PG_START=("$BIN/pg_ctl" -D "$TMP/pg/data" start -w -t 60 -l "$TMP/pg/server.log"
-    -o "-p $PORT -k $TMP/pg -c listen_addresses=127.0.0.1 -c max_connections=60")
-PG_STOP=("$BIN/pg_ctl" -D "$TMP/pg/data" stop -m immediate -w)
-as_pg "${PG_START[@]}" >/dev/null || { cat "$TMP/pg/server.log" >&2; die "pg_ctl start failed"; }
-log "private cluster on port $PORT ($TMP/pg)"
-
-mkdir -p "$TMP/srv"
-(
-    cd "$TMP/srv"
-    exec env -i PATH="$PATH" DB_HOST=127.0.0.1 DB_PORT="$PORT" DB_USER=postgres DB_NAME=adcluster_drill \
-        DATA_DIR="$TMP/srv/data" UPLOAD_DIR="$TMP/srv/uploads" SECRET_KEY="drill-secret-$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')" \
-        LOG_LEVEL=info setsid "$SERVER" serve --host 127.0.0.1 --port 0
-) >"$TMP/server.log" 2>&1 </dev/null &
-SERVER_PID=$!
-SPORT=""
-for _ in $(seq 1 100); do
-    SPORT="$(grep -oE 'listening on http://127\.0\.0\.1:[0-9]+' "$TMP/server.log" | head -n1 | sed 's/.*://' || true)"
-    [ -n "$SPORT" ] && break
-    kill -0 "$SERVER_PID" 2>/dev/null || { tail -n 20 "$TMP/server.log" >&2; die "the server exited"; }
-    sleep 0.1
-done
-[ -n "$SPORT" ] || die "the server did not listen within 10 s"
-[ "$(curl -s "http://127.0.0.1:$SPORT/health" | python3 -c 'import json,sys; print(json.load(sys.stdin)["database"])')" = up ] ||
-    die "the server does not see its database"
-log "server pid $SERVER_PID on port $SPORT"
-
 OUTAGE_AT=$(((DRILL_SECONDS - DRILL_OUTAGE_SECONDS) / 2))
-stop_cmd="$(printf '%q ' "${PG_STOP[@]}")"
-start_cmd="$(printf '%q ' "${PG_START[@]}")"
-if [ "$(id -u)" = 0 ]; then stop_cmd="runuser -u postgres -- $stop_cmd"; start_cmd="runuser -u postgres -- $start_cmd"; fi
+
+# stop_server: stop the running server (its process group).
+stop_server() {
+    [ -n "$SERVER_PID" ] || return 0
+    if kill -0 "$SERVER_PID" 2>/dev/null; then
+        kill -TERM -- "-$SERVER_PID" 2>/dev/null || kill -TERM "$SERVER_PID" 2>/dev/null || true
+        for _ in $(seq 1 50); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL -- "-$SERVER_PID" 2>/dev/null || true
+    fi
+    SERVER_PID=""
+}
+
+# run_one WHO BINARY: a fresh private cluster and server, the load with the outage; the report
+# goes to $TMP/WHO/report.md. Returns drill.py's status (0: every goal met).
+run_one() {
+    local who=$1 server=$2 d="$TMP/$1" port sport rc=0
+    mkdir -p "$d/pg" "$d/srv"
+    chmod 755 "$d"
+    [ "$(id -u)" = 0 ] && chown postgres:postgres "$d/pg"
+    port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+    as_pg "$BIN/initdb" -D "$d/pg/data" -U postgres -A trust -E UTF8 --locale=C --no-sync >"$d/initdb.log" 2>&1 ||
+        { cat "$d/initdb.log" >&2; die "initdb failed"; }
+    local pg_start=("$BIN/pg_ctl" -D "$d/pg/data" start -w -t 60 -l "$d/pg/server.log"
+        -o "-p $port -k $d/pg -c listen_addresses=127.0.0.1 -c max_connections=60")
+    local pg_stop=("$BIN/pg_ctl" -D "$d/pg/data" stop -m immediate -w)
+    CLUSTERS+=("$d/pg/data")
+    as_pg "${pg_start[@]}" >/dev/null || { cat "$d/pg/server.log" >&2; die "pg_ctl start failed"; }
+    log "$who: private cluster on port $port ($d/pg)"
+    (
+        cd "$d/srv"
+        exec env -i PATH="$PATH" DB_HOST=127.0.0.1 DB_PORT="$port" DB_USER=postgres DB_NAME=adcluster_drill \
+            DATA_DIR="$d/srv/data" UPLOAD_DIR="$d/srv/uploads" SECRET_KEY="drill-secret-$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')" \
+            LOG_LEVEL=info setsid "$server" serve --host 127.0.0.1 --port 0
+    ) >"$d/server.log" 2>&1 </dev/null &
+    SERVER_PID=$!
+    sport=""
+    for _ in $(seq 1 100); do
+        sport="$(grep -oE 'listening on http://127\.0\.0\.1:[0-9]+' "$d/server.log" | head -n1 | sed 's/.*://' || true)"
+        [ -n "$sport" ] && break
+        kill -0 "$SERVER_PID" 2>/dev/null || { tail -n 20 "$d/server.log" >&2; die "$who: the server exited"; }
+        sleep 0.1
+    done
+    [ -n "$sport" ] || die "$who: the server did not listen within 10 s"
+    [ "$(curl -s "http://127.0.0.1:$sport/health" | python3 -c 'import json,sys; print(json.load(sys.stdin)["database"])')" = up ] ||
+        die "$who: the server does not see its database"
+    log "$who: server pid $SERVER_PID on port $sport; load for ${DRILL_SECONDS} s, outage from ${OUTAGE_AT} s for ${DRILL_OUTAGE_SECONDS} s"
+    local stop_cmd start_cmd
+    stop_cmd="$(printf '%q ' "${pg_stop[@]}")"
+    start_cmd="$(printf '%q ' "${pg_start[@]}")"
+    if [ "$(id -u)" = 0 ]; then stop_cmd="runuser -u postgres -- $stop_cmd"; start_cmd="runuser -u postgres -- $start_cmd"; fi
+    python3 "$ROOT/scripts/bench/drill.py" --port "$sport" --duration "$DRILL_SECONDS" --outage-at "$OUTAGE_AT" \
+        --outage-for "$DRILL_OUTAGE_SECONDS" --stop-cmd "$stop_cmd" --start-cmd "$start_cmd" \
+        --server-log "$d/server.log" --out "$d/report.md" --json "$d/figures.json" >&2 || rc=$?
+    kill -0 "$SERVER_PID" 2>/dev/null || { tail -n 30 "$d/server.log" >&2; die "$who: the server died during the drill"; }
+    grep -E ' (WARN|ERROR) ' "$d/server.log" | head -n 20 >&2 || true
+    stop_server
+    as_pg "${pg_stop[@]}" >/dev/null 2>&1 || true
+    return "$rc"
+}
 
 {
     echo "## drill"
@@ -128,13 +157,18 @@ if [ "$(id -u)" = 0 ]; then stop_cmd="runuser -u postgres -- $stop_cmd"; start_c
     echo "- Server: $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)$(cd "$ROOT" && git diff --quiet 2>/dev/null || echo ' (with uncommitted changes)'), release build"
 } >"$TMP/head.md"
 
-log "load for ${DRILL_SECONDS} s, outage from ${OUTAGE_AT} s for ${DRILL_OUTAGE_SECONDS} s"
 status=0
-python3 "$ROOT/scripts/bench/drill.py" --port "$SPORT" --duration "$DRILL_SECONDS" --outage-at "$OUTAGE_AT" \
-    --outage-for "$DRILL_OUTAGE_SECONDS" --stop-cmd "$stop_cmd" --start-cmd "$start_cmd" \
-    --server-log "$TMP/server.log" --out "$TMP/report.md" --json "$TMP/figures.json" \
-    --md "$BENCH_MD" --head "$TMP/head.md" || status=$?
-kill -0 "$SERVER_PID" 2>/dev/null || { tail -n 30 "$TMP/server.log" >&2; die "the server died during the drill"; }
-grep -E ' (WARN|ERROR) ' "$TMP/server.log" | head -n 20 >&2 || true
+run_one ours "$SERVER" || status=$?
+if [ -n "${DRILL_REFERENCE_BIN:-}" ]; then
+    [ -x "$DRILL_REFERENCE_BIN" ] || die "DRILL_REFERENCE_BIN=$DRILL_REFERENCE_BIN is not an executable file"
+    run_one reference "$DRILL_REFERENCE_BIN" || true
+    {
+        echo
+        echo "### Reference: ${DRILL_REFERENCE_DESC:-$DRILL_REFERENCE_BIN}, the same drill in the same run"
+        echo
+        cat "$TMP/reference/report.md"
+    } >>"$TMP/ours/report.md"
+fi
+python3 "$ROOT/scripts/bench/drill.py" --write-section "$BENCH_MD" "$TMP/head.md" "$TMP/ours/report.md"
 log "wrote section '## drill' of $BENCH_MD"
 exit "$status"
