@@ -1667,6 +1667,8 @@ usage: scripts/bench.sh <subcommand>
           flat out, against a Node ws server (writes "## ws" in BENCHMARKS.md)
   abuse   /health under wrk while 500 hostile sockets of each kind are held, against none
           (scripts/bench/abuse.sh; writes "## abuse" in BENCHMARKS.md)
+  drill   60 s of mixed load with a 20 s PostgreSQL outage in the middle (scripts/bench/drill.sh;
+          writes "## drill" in BENCHMARKS.md)
 EOF2
     exit 2
 }
@@ -1679,6 +1681,7 @@ main() {
         files) cmd_files ;;
         ws) cmd_ws ;;
         abuse) source "$ROOT/scripts/bench/abuse.sh"; cmd_abuse ;;
+        drill) exec "$ROOT/scripts/bench/drill.sh" ;;
         -h | --help | help) usage ;;
         *) usage ;;
     esac

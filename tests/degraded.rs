@@ -491,6 +491,12 @@ fn a_busy_pool_is_not_an_outage() {
         assert_eq!(health(&srv)["database"], "up");
     }
     assert!(refused > 0, "the pool was not busy; the test proves nothing");
+    // No degraded trust either: the caller is not served from memory.
+    let r = get_auth(&srv, "/users/me", &tok);
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.header("x-data-stale"), None);
+    let r = login(&srv, "busy@example.com", "password1");
+    assert_eq!((r.status, r.header("x-data-stale")), (503, None), "{}", r.text());
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(health(&srv)["database"], "up");
     tx.rollback().unwrap();
