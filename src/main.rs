@@ -76,6 +76,7 @@ fn load_config(args: &[String]) -> Result<Config, Failure> {
 
 fn serve(args: &[String]) -> Result<(), Failure> {
     let cfg = load_config(args)?;
+    util::log::bridge();
     // Block SIGINT/SIGTERM in this thread before any other starts, so every thread inherits the
     // mask and only the signal thread receives them (via sigwait).
     let signals = signals::block().map_err(|e| failed(format!("cannot set up signal handling: {e}")))?;
@@ -93,6 +94,9 @@ fn serve(args: &[String]) -> Result<(), Failure> {
     let http_cfg = http::ServerConfig {
         workers: cfg.workers,
         max_connections: cfg.max_connections,
+        max_connections_per_addr: cfg.max_connections_per_addr,
+        transfer_workers: cfg.transfer_workers,
+        max_transfers_per_addr: cfg.max_transfers_per_addr,
         head_timeout: cfg.head_timeout,
         body_timeout: cfg.body_timeout,
         idle_timeout: cfg.keepalive_timeout,
@@ -103,7 +107,16 @@ fn serve(args: &[String]) -> Result<(), Failure> {
     };
     let addr = format!("{}:{}", cfg.host, cfg.port);
     let auth = build_auth(&cfg)?;
-    let db = Arc::new(Db::new(db_config(&cfg)).map_err(|e| failed(e.to_string()))?);
+    let db = Arc::new(Db::with_cache(db_config(&cfg), cfg.account_cache_size).map_err(|e| failed(e.to_string()))?);
+    // The spool first: a restarted server drains what it spooled before it died, as soon as the
+    // database is up (the monitor wakes the replayer).
+    let spool = db::spool::Spool::open(&cfg.data_dir).map_err(|e| {
+        failed(format!(
+            "cannot open the upload spool in {}: {e} (DATA_DIR must be a writable folder)",
+            cfg.data_dir.join("spool").display()
+        ))
+    })?;
+    db.attach_spool(Arc::new(spool)).map_err(|e| failed(format!("cannot start the spool replayer: {e}")))?;
     let ws = Arc::new(adcluster::ws::Ws::new(adcluster::ws::WsSettings::from_config(&cfg)));
     let alerter = adcluster::ops::alert::Alerter {
         ws: ws.clone(),
