@@ -125,7 +125,7 @@ mod tests {
     #[test]
     fn every_contract_route_exists() {
         let router = build_router(offline_app(false));
-        // The HTTP routes of API.md that exist so far.
+        // The HTTP routes of the contract (docs/api.md).
         let contract = [
             ("GET", "/"),
             ("GET", "/health"),
