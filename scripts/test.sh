@@ -4,8 +4,9 @@
 #      Debian's postgresql when absent and we are root; otherwise stop with a clear message);
 #   2. cargo fmt --check, cargo clippy --workspace --all-targets -D warnings (the server and tools/);
 #   3. every test (cargo nextest when installed, cargo test otherwise);
-#   4. the API docs in headless Chromium (scripts/browser-test.sh: vendors the docs assets,
-#      rebuilds so they are embedded, installs Chromium with apt-get when missing and root);
+#   4. the API docs in headless Chromium (scripts/browser-test.sh: checks the vendored docs
+#      assets, builds a release binary from the committed tree, checks it has no test routes,
+#      installs Chromium with apt-get when missing and root);
 #   5. the WebSocket pages in headless Chromium (scripts/browser-ws-test.sh).
 # Tests create and drop their own databases; they need a role that may CREATE DATABASE.
 # Override the connection with TEST_PG_URL (default postgres://postgres@127.0.0.1:5432/postgres).
