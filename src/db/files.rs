@@ -1,12 +1,13 @@
-//! Queries on `uploads`, the records of uploaded files. Every query is parameterised.
+//! Queries on `uploads`, the records of uploaded files. Every query is parameterised and is one of
+//! the statements prepared once per pooled connection (`stmt.rs`).
 //! Must never: delete a record without the caller having checked who may (the API does).
 
 use std::time::SystemTime;
 
-use postgres::types::Type;
-use postgres::Row;
+use postgres::{GenericClient, Row};
 use serde_json::{json, Value};
 
+use super::stmt::{self, Prepared, Stmt};
 use super::DbError;
 
 /// An upload record.
@@ -50,50 +51,63 @@ impl FileRecord {
     }
 }
 
-const COLS: &str = "filename, original_filename, category, size, content_type, sha256, uploader_id, uploaded_at";
+/// The columns of [`FileRecord::from_row`], in its order.
+macro_rules! cols {
+    () => {
+        "filename, original_filename, category, size, content_type, sha256, uploader_id, uploaded_at"
+    };
+}
+
+// The statements of this file, prepared once per pooled connection (`stmt.rs` lists them).
+pub(super) const INSERT: &str = concat!(
+    "INSERT INTO uploads (",
+    cols!(),
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (filename) DO NOTHING"
+);
+pub(super) const LIST_ALL: &str = concat!("SELECT ", cols!(), " FROM uploads ORDER BY uploaded_at DESC, id DESC");
+pub(super) const LIST_BY_CATEGORY: &str =
+    concat!("SELECT ", cols!(), " FROM uploads WHERE category = $1 ORDER BY uploaded_at DESC, id DESC");
+pub(super) const BY_FILENAME: &str = concat!("SELECT ", cols!(), " FROM uploads WHERE filename = $1");
+pub(super) const DELETE: &str = "DELETE FROM uploads WHERE filename = $1";
 
 /// Insert records in one transaction (all or nothing). A record whose `filename` already exists
 /// is left as it is (`ON CONFLICT DO NOTHING`), so replaying the same record twice is harmless.
-pub fn insert_all(c: &mut postgres::Client, records: &[FileRecord]) -> Result<(), DbError> {
-    let mut tx = c.transaction()?;
-    for r in records {
-        tx.execute(
-            "INSERT INTO uploads (filename, original_filename, category, size, content_type, sha256, uploader_id, uploaded_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (filename) DO NOTHING",
-            &[
-                &r.filename,
-                &r.original_filename,
-                &r.category,
-                &r.size,
-                &r.content_type,
-                &r.sha256,
-                &r.uploader_id,
-                &r.uploaded_at,
-            ],
-        )?;
-    }
-    tx.commit()?;
-    Ok(())
+pub fn insert_all(c: &mut impl Prepared, records: &[FileRecord]) -> Result<(), DbError> {
+    stmt::run(c, Stmt::FileInsert, |client, st| {
+        let mut tx = client.transaction()?;
+        for r in records {
+            tx.execute(
+                st,
+                &[
+                    &r.filename,
+                    &r.original_filename,
+                    &r.category,
+                    &r.size,
+                    &r.content_type,
+                    &r.sha256,
+                    &r.uploader_id,
+                    &r.uploaded_at,
+                ],
+            )?;
+        }
+        tx.commit()
+    })
 }
 
 /// Records, newest first, optionally of one category.
-pub fn list(c: &mut postgres::Client, category: Option<&str>) -> Result<Vec<FileRecord>, DbError> {
+pub fn list(c: &mut impl Prepared, category: Option<&str>) -> Result<Vec<FileRecord>, DbError> {
     let rows = match category {
-        Some(cat) => c.query_typed(
-            &format!("SELECT {COLS} FROM uploads WHERE category = $1 ORDER BY uploaded_at DESC, id DESC"),
-            &[(&cat, Type::TEXT)],
-        )?,
-        None => c.query_typed(&format!("SELECT {COLS} FROM uploads ORDER BY uploaded_at DESC, id DESC"), &[])?,
+        Some(cat) => stmt::query(c, Stmt::FilesByCategory, &[&cat])?,
+        None => stmt::query(c, Stmt::FilesAll, &[])?,
     };
     Ok(rows.iter().map(FileRecord::from_row).collect())
 }
 
-pub fn by_filename(c: &mut postgres::Client, filename: &str) -> Result<Option<FileRecord>, DbError> {
-    let rows = c.query_typed(&format!("SELECT {COLS} FROM uploads WHERE filename = $1"), &[(&filename, Type::TEXT)])?;
-    Ok(rows.first().map(FileRecord::from_row))
+pub fn by_filename(c: &mut impl Prepared, filename: &str) -> Result<Option<FileRecord>, DbError> {
+    Ok(stmt::query(c, Stmt::FileByName, &[&filename])?.first().map(FileRecord::from_row))
 }
 
 /// Delete a record; true when one was deleted.
-pub fn delete(c: &mut postgres::Client, filename: &str) -> Result<bool, DbError> {
-    Ok(c.execute("DELETE FROM uploads WHERE filename = $1", &[&filename])? > 0)
+pub fn delete(c: &mut impl Prepared, filename: &str) -> Result<bool, DbError> {
+    Ok(stmt::execute(c, Stmt::FileDelete, &[&filename])? > 0)
 }

@@ -15,8 +15,10 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 pub mod files;
+pub mod gate;
 pub mod migrate;
 pub mod pool;
+pub mod stmt;
 pub mod teams;
 pub mod users;
 
@@ -112,7 +114,12 @@ impl Db {
     fn prepare(&self) -> Result<Vec<i32>, DbError> {
         pool::ensure_database(&self.cfg)?;
         let mut client = self.pool.get()?;
-        migrate::migrate(&mut client)
+        let applied = migrate::migrate(&mut client)?;
+        if !applied.is_empty() {
+            // Prepared statements of the old schema must not outlive it (`stmt.rs`).
+            self.pool.schema_changed();
+        }
+        Ok(applied)
     }
 
     /// Probe now and set the state, logging a change. Returns the new state.
