@@ -105,6 +105,9 @@ impl Gate {
         match st.waiters.pop_front() {
             Some(w) => {
                 w.granted.store(true, Ordering::Release);
+                // Wake it outside the lock: the wake-up is a system call, and the lock is taken
+                // by every checkout.
+                drop(st);
                 w.thread.unpark();
             }
             None => st.free += 1,

@@ -35,6 +35,7 @@ pub enum Stmt {
     UsersByIds,
     UserByEmail,
     UsersList,
+    UsersPageForCaller,
     FileInsert,
     FilesAll,
     FilesByCategory,
@@ -44,7 +45,7 @@ pub enum Stmt {
 
 impl Stmt {
     /// How many there are: the size of every connection's cache.
-    pub const COUNT: usize = 10;
+    pub const COUNT: usize = 11;
     /// All of them, in cache-slot order.
     pub const ALL: [Stmt; Stmt::COUNT] = [
         Stmt::UserInsert,
@@ -52,6 +53,7 @@ impl Stmt {
         Stmt::UsersByIds,
         Stmt::UserByEmail,
         Stmt::UsersList,
+        Stmt::UsersPageForCaller,
         Stmt::FileInsert,
         Stmt::FilesAll,
         Stmt::FilesByCategory,
@@ -67,6 +69,7 @@ impl Stmt {
             Stmt::UsersByIds => users::BY_IDS,
             Stmt::UserByEmail => users::BY_EMAIL,
             Stmt::UsersList => users::LIST,
+            Stmt::UsersPageForCaller => users::PAGE_FOR_CALLER,
             Stmt::FileInsert => files::INSERT,
             Stmt::FilesAll => files::LIST_ALL,
             Stmt::FilesByCategory => files::LIST_BY_CATEGORY,
@@ -83,6 +86,7 @@ impl Stmt {
             Stmt::UsersByIds => &[Type::INT8_ARRAY],
             Stmt::UserByEmail => &[Type::TEXT],
             Stmt::UsersList => &[Type::INT8, Type::INT8],
+            Stmt::UsersPageForCaller => &[Type::INT8, Type::INT8, Type::INT8],
             Stmt::FileInsert => {
                 &[Type::TEXT, Type::TEXT, Type::TEXT, Type::INT8, Type::TEXT, Type::TEXT, Type::INT8, Type::TIMESTAMPTZ]
             }

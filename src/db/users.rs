@@ -38,14 +38,19 @@ impl User {
     }
 
     fn from_row(row: &Row) -> User {
+        User::from_row_at(row, 0)
+    }
+
+    /// The user in the columns [`cols!`] of `row`, starting at column `base`.
+    fn from_row_at(row: &Row, base: usize) -> User {
         User {
-            id: row.get(0),
-            email: row.get(1),
-            hashed_password: row.get(2),
-            full_name: row.get(3),
-            is_active: row.get(4),
-            is_superuser: row.get(5),
-            created_at: row.get(6),
+            id: row.get(base),
+            email: row.get(base + 1),
+            hashed_password: row.get(base + 2),
+            full_name: row.get(base + 3),
+            is_active: row.get(base + 4),
+            is_superuser: row.get(base + 5),
+            created_at: row.get(base + 6),
         }
     }
 }
@@ -66,6 +71,14 @@ pub(super) const BY_ID: &str = concat!("SELECT ", cols!(), " FROM users WHERE id
 pub(super) const BY_IDS: &str = concat!("SELECT ", cols!(), " FROM users WHERE id = ANY($1)");
 pub(super) const BY_EMAIL: &str = concat!("SELECT ", cols!(), " FROM users WHERE lower(email) = lower($1)");
 pub(super) const LIST: &str = concat!("SELECT ", cols!(), " FROM users ORDER BY id OFFSET $1 LIMIT $2");
+/// The caller's `is_active` ($1) and a page of users ($2 skip, $3 limit) in one round trip: no
+/// row when the caller does not exist, one row with a NULL user when the page is empty.
+pub(super) const PAGE_FOR_CALLER: &str = concat!(
+    "SELECT c.is_active, u.* FROM (SELECT is_active FROM users WHERE id = $1) c \
+     LEFT JOIN LATERAL (SELECT ",
+    cols!(),
+    " FROM users ORDER BY id OFFSET $2 LIMIT $3) u ON true ORDER BY u.id"
+);
 
 fn rows(c: &mut impl Prepared, s: Stmt, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<User>, DbError> {
     Ok(stmt::query(c, s, params)?.iter().map(User::from_row).collect())
@@ -100,4 +113,56 @@ pub fn by_email(c: &mut impl Prepared, email: &str) -> Result<Option<User>, DbEr
 /// A page of users, ordered by id.
 pub fn list(c: &mut impl Prepared, skip: i64, limit: i64) -> Result<Vec<User>, DbError> {
     rows(c, Stmt::UsersList, &[&skip, &limit])
+}
+
+/// What [`page_for_caller`] found.
+pub enum CallerPage {
+    /// The caller exists and is active: here is the page.
+    Page(Vec<User>),
+    /// The caller does not exist or is not active (answer 401, and show nothing of the page).
+    Refused,
+}
+
+/// A page of users, ordered by id, for the token owner `caller`, checking in the same round trip
+/// that the caller exists and is active: the bearer check and the read it guards in one query,
+/// with no window between them and no cache to go stale.
+pub fn page_for_caller(c: &mut impl Prepared, caller: i64, skip: i64, limit: i64) -> Result<CallerPage, DbError> {
+    let rows = stmt::query(c, Stmt::UsersPageForCaller, &[&caller, &skip, &limit])?;
+    match rows.first() {
+        Some(first) if first.get::<_, bool>(0) => Ok(CallerPage::Page(
+            rows.iter().filter(|r| r.get::<_, Option<i64>>(1).is_some()).map(|r| User::from_row_at(r, 1)).collect(),
+        )),
+        _ => Ok(CallerPage::Refused),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::pool::tests::TestDb;
+
+    #[test]
+    fn page_for_caller_checks_the_caller_in_the_same_query() {
+        let db = TestDb::new("page_caller");
+        let mut c = db.create_and_connect();
+        crate::db::migrate::migrate(&mut c).unwrap();
+        let ids: Vec<i64> =
+            (0..3).map(|i| insert(&mut c, &format!("u{i}@x.io"), "h", None, false).unwrap().id).collect();
+        let page =
+            |c: &mut postgres::Client, caller, skip, limit| match page_for_caller(c, caller, skip, limit).unwrap() {
+                CallerPage::Page(p) => Some(p.iter().map(|u| u.id).collect::<Vec<_>>()),
+                CallerPage::Refused => None,
+            };
+        assert_eq!(page(&mut c, ids[0], 0, 100), Some(ids.clone()));
+        assert_eq!(page(&mut c, ids[0], 1, 1), Some(vec![ids[1]]));
+        // An empty page for an active caller is an empty page, not a refusal.
+        assert_eq!(page(&mut c, ids[0], 10, 100), Some(vec![]));
+        // A caller that does not exist, or is inactive, is refused, whatever the page.
+        assert_eq!(page(&mut c, 999_999, 0, 100), None);
+        c.execute("UPDATE users SET is_active = false WHERE id = $1", &[&ids[2]]).unwrap();
+        assert_eq!(page(&mut c, ids[2], 0, 100), None);
+        assert_eq!(page(&mut c, ids[2], 10, 100), None);
+        // The inactive user is still listed for an active caller.
+        assert_eq!(page(&mut c, ids[1], 0, 100), Some(ids.clone()));
+    }
 }
