@@ -7,6 +7,9 @@
 #                             running the same SELECT on the same database (as many clients as our
 #                             pool) and with a FastAPI reference; a 60 s run for the worst request;
 #                             then POST /auth/login at full load with GET /health latency under it
+#   scripts/bench.sh sizing   GET /users/{id} for each WORKERS x DB_POOL_SIZE of BENCH_SIZING_GRID
+#                             (default "64:8 64:16 64:32 64:64 32:16 16:16"): req/s, p99, the
+#                             server's CPU time and wake-ups per request: evidence for the defaults
 #   scripts/bench.sh files    one 1 GiB upload (POST /api/upload) side by side with dd writing the
 #                             same bytes to the same disk, the server's RSS during it, the download
 #                             (GET /uploads/...) side by side with nginx serving the same stored
@@ -1087,6 +1090,83 @@ SQL
 }
 
 # ---------------------------------------------------------------------------------------------
+# subcommand: sizing
+
+# proc_cpu_ticks PID: user + system CPU ticks of a process (all its threads).
+proc_cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+# proc_ctxsw PID: voluntary context switches of all its threads (a thread's sleep on a lock, a
+# socket or a queue: what each request pays in wake-ups).
+proc_ctxsw() { cat "/proc/$1"/task/*/status 2>/dev/null | awk '/^voluntary_ctxt_switches/ { n += $2 } END { print n + 0 }'; }
+
+# The WORKERS x DB_POOL_SIZE grid of `sizing` (pairs "workers:pool").
+BENCH_SIZING_GRID="${BENCH_SIZING_GRID:-64:8 64:16 64:32 64:64 32:16 16:16}"
+
+cmd_sizing() {
+    [ -z "${BENCH_SERVER_CMD:-}" ] || die "sizing runs the real server: unset BENCH_SERVER_CMD"
+    need_tools wrk:wrk curl:curl ss:iproute2 psql:postgresql-client
+    pg_env
+    build_server
+    make_tmp
+    create_bench_db
+    local email="bench-login@example.com" password
+    password="bench-$(random_hex 12)"
+    create_account "$email" "$password" "Bench Login"
+    pg -d "$BENCH_DB" -v n="$BENCH_USERS" <<'SQL' || die "the bulk insert failed"
+INSERT INTO users (email, hashed_password, full_name)
+SELECT 'bench-user-' || g || '@example.com', 'not-a-hash', 'Bench User ' || g FROM generate_series(1, :n) AS g;
+ANALYZE users;
+SQL
+    local min_id max_id
+    read -r min_id max_id <<<"$(pg -d "$BENCH_DB" -F ' ' -c 'SELECT min(id), max(id) FROM users')"
+    BENCH_SECRET="$(random_hex 32)"
+    local cores load_before rows="" r cell w p res out t0 t1 c0 c1 n cpu_us csw
+    cores="$(nproc)"
+    load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
+    for r in $(seq 1 "$BENCH_ROUNDS"); do
+        for cell in $BENCH_SIZING_GRID; do
+            w=${cell%%:*} p=${cell#*:}
+            [[ "$w" =~ ^[1-9][0-9]*$ && "$p" =~ ^[1-9][0-9]*$ ]] || die "BENCH_SIZING_GRID: '$cell' is not WORKERS:POOL"
+            start_server "${DB_ENV[@]}" SECRET_KEY="$BENCH_SECRET" ACCESS_TOKEN_EXPIRE_MINUTES=1440 WORKERS="$w" DB_POOL_SIZE="$p"
+            local base="http://127.0.0.1:$SERVER_PORT" token
+            token="$(login_token "$base" "$email" "$password")"
+            # Warm the pool (connections opened, statements prepared) before measuring.
+            wrk -t1 -c"$p" -d1s -H "Authorization: Bearer $token" -s "$LUA_DIR/users_get.lua" "$base" -- "$min_id" "$max_id" >/dev/null 2>&1 || true
+            out="$TMP/sizing-$w-$p-$r.txt"
+            log "round $r: WORKERS=$w DB_POOL_SIZE=$p (${BENCH_SECONDS}s)"
+            t0="$(proc_cpu_ticks "$SERVER_PID")" c0="$(proc_ctxsw "$SERVER_PID")"
+            res="$(run_wrk "$out" "${WRK_STD[@]}" -H "Authorization: Bearer $token" -s "$LUA_DIR/users_get.lua" "$base" -- "$min_id" "$max_id")"
+            t1="$(proc_cpu_ticks "$SERVER_PID")" c1="$(proc_ctxsw "$SERVER_PID")"
+            n="$(wrk_responses "$out")"
+            cpu_us="$(awk -v a="$t0" -v b="$t1" -v n="$n" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", (n > 0 ? (b - a) / hz * 1e6 / n : 0) }')"
+            csw="$(awk -v a="$c0" -v b="$c1" -v n="$n" 'BEGIN { printf "%.2f", (n > 0 ? (b - a) / n : 0) }')"
+            log "  req/s p99_ms non2xx socket_errors: $res; server CPU $cpu_us us/request, $csw wake-ups/request"
+            rows+="| $r | $w | $p | $(echo "$res" | awk '{ printf "%s | %.2f", $1, $2 }') | $(wrk_us_ms "$out" latency_max_us) | $cpu_us | $csw | $(echo "$res" | awk '{ print $3 + $4 }') |"$'\n'
+            server_alive
+            stop_group "$SERVER_PID"
+            SERVER_PID=""
+        done
+    done
+    local load_after
+    load_after="$(cut -d' ' -f1-3 /proc/loadavg)"
+    local sec="$TMP/section-sizing.md"
+    {
+        section_head sizing "How many HTTP workers and pooled connections: \`GET /users/{id}\` (the token-checked one-query read) at $WRK_CONNS connections for each WORKERS x DB_POOL_SIZE, with the server's CPU time and voluntary context switches (wake-ups) per request. The evidence for the defaults in \`docs/decisions.md\`." \
+            "BENCH_USERS=$BENCH_USERS, BENCH_SIZING_GRID=\"$BENCH_SIZING_GRID\""
+        echo "- Load: \`$WRK_CMD_DESC -H 'Authorization: Bearer <token>' -s scripts/bench/users_get.lua URL -- $min_id $max_id\` after a 1 s warm-up; a fresh server for every cell, cells alternating within each of $BENCH_ROUNDS rounds"
+        echo "- CPU per request: utime + stime of the server process (/proc/PID/stat) over the run / responses; wake-ups: the sum of \`voluntary_ctxt_switches\` of its threads, per response"
+        echo "- Machine load average (1/5/15 min, shared with other engineers): $load_before before, $load_after after"
+        echo
+        echo "| round | WORKERS | DB_POOL_SIZE | req/s | p99 (ms) | max (ms) | server CPU (µs/request) | wake-ups/request | errors |"
+        echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        printf '%s' "$rows"
+        echo
+    } >"$sec"
+    echo
+    cat "$sec"
+    write_section sizing "$sec"
+}
+
+# ---------------------------------------------------------------------------------------------
 # subcommand: files
 
 # status_kib PID FIELD: the value of "FIELD: N kB" in /proc/PID/status, in KiB ("" when gone).
@@ -1787,6 +1867,8 @@ usage: scripts/bench.sh <subcommand>
   http    GET /health under wrk, against nginx (writes "## http" in BENCHMARKS.md)
   users   GET /users/{id} against pgbench's same SELECT; logins/s with /health p99 under it
           (writes "## users" in BENCHMARKS.md)
+  sizing  GET /users/{id} for each WORKERS x DB_POOL_SIZE of BENCH_SIZING_GRID: req/s, p99, server
+          CPU and wake-ups per request (writes "## sizing" in BENCHMARKS.md)
   files   a 1 GiB upload against dd, RSS during it, its download against nginx, 64 concurrent
           1 MiB uploads (writes "## files" in BENCHMARKS.md)
   ws      10,000 idle clients, /send_to latency, /group fan-out to 1,000 members at 10 msg/s and
@@ -1800,6 +1882,7 @@ main() {
     case "$1" in
         http) cmd_http ;;
         users) cmd_users ;;
+        sizing) cmd_sizing ;;
         files) cmd_files ;;
         ws) cmd_ws ;;
         -h | --help | help) usage ;;
