@@ -4,7 +4,7 @@
 
 use std::time::SystemTime;
 
-use postgres::{GenericClient, Row};
+use postgres::{GenericClient, Row, Statement};
 use serde_json::{json, Value};
 
 use super::stmt::{self, Prepared, Stmt};
@@ -34,6 +34,7 @@ impl FileRecord {
             "content_type": self.content_type,
             "url": format!("/uploads/{}/{}", self.category, self.filename),
             "uploaded_at": crate::util::time::rfc3339(self.uploaded_at),
+            "uploaded_by": self.uploader_id,
         })
     }
 
@@ -59,14 +60,20 @@ macro_rules! cols {
 }
 
 // The statements of this file, prepared once per pooled connection (`stmt.rs` lists them).
+/// An uploader that no longer exists (a record replayed from the spool long after) is stored as
+/// `NULL`, as `ON DELETE SET NULL` would have made it.
 pub(super) const INSERT: &str = concat!(
     "INSERT INTO uploads (",
     cols!(),
-    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (filename) DO NOTHING"
+    ") VALUES ($1, $2, $3, $4, $5, $6, (SELECT id FROM users WHERE id = $7), $8) ON CONFLICT (filename) DO NOTHING"
 );
-pub(super) const LIST_ALL: &str = concat!("SELECT ", cols!(), " FROM uploads ORDER BY uploaded_at DESC, id DESC");
-pub(super) const LIST_BY_CATEGORY: &str =
-    concat!("SELECT ", cols!(), " FROM uploads WHERE category = $1 ORDER BY uploaded_at DESC, id DESC");
+/// NULL parameters match everything: one statement for the four cases.
+pub(super) const LIST: &str = concat!(
+    "SELECT ",
+    cols!(),
+    " FROM uploads WHERE ($1::text IS NULL OR category = $1) \
+     AND ($2::int8 IS NULL OR uploader_id = $2) ORDER BY uploaded_at DESC, id DESC"
+);
 pub(super) const BY_FILENAME: &str = concat!("SELECT ", cols!(), " FROM uploads WHERE filename = $1");
 pub(super) const DELETE: &str = "DELETE FROM uploads WHERE filename = $1";
 
@@ -75,32 +82,39 @@ pub(super) const DELETE: &str = "DELETE FROM uploads WHERE filename = $1";
 pub fn insert_all(c: &mut impl Prepared, records: &[FileRecord]) -> Result<(), DbError> {
     stmt::run(c, Stmt::FileInsert, |client, st| {
         let mut tx = client.transaction()?;
-        for r in records {
-            tx.execute(
-                st,
-                &[
-                    &r.filename,
-                    &r.original_filename,
-                    &r.category,
-                    &r.size,
-                    &r.content_type,
-                    &r.sha256,
-                    &r.uploader_id,
-                    &r.uploaded_at,
-                ],
-            )?;
-        }
+        insert_each(&mut tx, st, records)?;
         tx.commit()
     })
 }
 
-/// Records, newest first, optionally of one category.
-pub fn list(c: &mut impl Prepared, category: Option<&str>) -> Result<Vec<FileRecord>, DbError> {
-    let rows = match category {
-        Some(cat) => stmt::query(c, Stmt::FilesByCategory, &[&cat])?,
-        None => stmt::query(c, Stmt::FilesAll, &[])?,
-    };
-    Ok(rows.iter().map(FileRecord::from_row).collect())
+/// The inserts of [`insert_all`] inside the caller's transaction.
+pub fn insert_all_in(tx: &mut postgres::Transaction<'_>, records: &[FileRecord]) -> Result<(), DbError> {
+    let (tx, st) = tx.prepared(Stmt::FileInsert)?;
+    Ok(insert_each(tx, &st, records)?)
+}
+
+fn insert_each(c: &mut impl GenericClient, st: &Statement, records: &[FileRecord]) -> Result<(), postgres::Error> {
+    for r in records {
+        c.execute(
+            st,
+            &[
+                &r.filename,
+                &r.original_filename,
+                &r.category,
+                &r.size,
+                &r.content_type,
+                &r.sha256,
+                &r.uploader_id,
+                &r.uploaded_at,
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+/// Records, newest first, optionally of one category and of one uploader.
+pub fn list(c: &mut impl Prepared, category: Option<&str>, uploader: Option<i64>) -> Result<Vec<FileRecord>, DbError> {
+    Ok(stmt::query(c, Stmt::FilesList, &[&category, &uploader])?.iter().map(FileRecord::from_row).collect())
 }
 
 pub fn by_filename(c: &mut impl Prepared, filename: &str) -> Result<Option<FileRecord>, DbError> {

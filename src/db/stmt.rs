@@ -37,15 +37,14 @@ pub enum Stmt {
     UsersList,
     UsersPageForCaller,
     FileInsert,
-    FilesAll,
-    FilesByCategory,
+    FilesList,
     FileByName,
     FileDelete,
 }
 
 impl Stmt {
     /// How many there are: the size of every connection's cache.
-    pub const COUNT: usize = 11;
+    pub const COUNT: usize = 10;
     /// All of them, in cache-slot order.
     pub const ALL: [Stmt; Stmt::COUNT] = [
         Stmt::UserInsert,
@@ -55,8 +54,7 @@ impl Stmt {
         Stmt::UsersList,
         Stmt::UsersPageForCaller,
         Stmt::FileInsert,
-        Stmt::FilesAll,
-        Stmt::FilesByCategory,
+        Stmt::FilesList,
         Stmt::FileByName,
         Stmt::FileDelete,
     ];
@@ -71,8 +69,7 @@ impl Stmt {
             Stmt::UsersList => users::LIST,
             Stmt::UsersPageForCaller => users::PAGE_FOR_CALLER,
             Stmt::FileInsert => files::INSERT,
-            Stmt::FilesAll => files::LIST_ALL,
-            Stmt::FilesByCategory => files::LIST_BY_CATEGORY,
+            Stmt::FilesList => files::LIST,
             Stmt::FileByName => files::BY_FILENAME,
             Stmt::FileDelete => files::DELETE,
         }
@@ -90,8 +87,8 @@ impl Stmt {
             Stmt::FileInsert => {
                 &[Type::TEXT, Type::TEXT, Type::TEXT, Type::INT8, Type::TEXT, Type::TEXT, Type::INT8, Type::TIMESTAMPTZ]
             }
-            Stmt::FilesAll => &[],
-            Stmt::FilesByCategory | Stmt::FileByName | Stmt::FileDelete => &[Type::TEXT],
+            Stmt::FilesList => &[Type::TEXT, Type::INT8],
+            Stmt::FileByName | Stmt::FileDelete => &[Type::TEXT],
         }
     }
 
@@ -324,7 +321,7 @@ mod tests {
         let (_db, pool) = migrated_pool("stmt_epoch", 1);
         let mut c = pool.get().unwrap();
         query(&mut c, Stmt::UserById, &[&1i64]).unwrap();
-        query(&mut c, Stmt::FilesAll, &[]).unwrap();
+        query(&mut c, Stmt::FilesList, &[&None::<&str>, &None::<i64>]).unwrap();
         assert_eq!(c.stmts.len(), 2);
         pool.schema_changed();
         query(&mut c, Stmt::UserById, &[&1i64]).unwrap();
