@@ -41,9 +41,11 @@ use std::time::{Duration, Instant};
 
 pub mod cache;
 pub mod files;
+pub mod gate;
 pub mod migrate;
 pub mod pool;
 pub mod spool;
+pub mod stmt;
 pub mod teams;
 pub mod users;
 
@@ -287,6 +289,8 @@ impl Db {
         if let Ok(applied) = &result {
             if !applied.is_empty() {
                 info!("applied migrations {applied:?}");
+                // Prepared statements of the old schema must not outlive it (`stmt.rs`).
+                self.pool.schema_changed();
             }
             self.ready.store(true, Ordering::SeqCst);
         }
