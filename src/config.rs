@@ -379,7 +379,8 @@ pub fn help_text() -> String {
         "adcluster — the Adcluster server\n\n\
          USAGE:\n    adcluster [serve] [FLAGS]\n\n\
          COMMANDS:\n    serve      run the server (the default)\n    migrate    create the database if missing, apply the schema, exit\n    \
-         user create --email E --password P|- [--superuser] [--full-name N]\n               create a user (the way to make the first superuser); - reads the password from stdin\n    \
+         user create --email E --password P|- [--superuser] [--full-name N]\n               create a user (the way to make the first superuser); - reads the password from stdin\n    backup [--all] [--output FILE] [--keep N]\n               a plain-SQL backup to BACKUP_DIR (see `adcluster backup --help`)\n    \
+         restore [FILE] [--dry-run] [--yes]\n               restore a backup, all or nothing (see `adcluster restore --help`)\n    \
          help       print this text\n\n\
          SETTINGS (flag, environment variable, default). Later wins: defaults < .env < environment < flags.\n",
     );

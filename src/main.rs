@@ -13,7 +13,7 @@ use std::time::Instant;
 use adcluster::auth::{self, password, token};
 use adcluster::config::{self, Config};
 use adcluster::db::{self, Db, DbConfig};
-use adcluster::{api, http, info, util, warn};
+use adcluster::{api, http, info, ops, util, warn};
 
 /// A failure with the exit code it maps to.
 struct Failure {
@@ -29,6 +29,12 @@ fn failed(message: impl Into<String>) -> Failure {
     Failure { code: 1, message: message.into() }
 }
 
+impl From<ops::OpsError> for Failure {
+    fn from(e: ops::OpsError) -> Failure {
+        Failure { code: e.code, message: e.message }
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match run(args) {
@@ -41,6 +47,12 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Vec<String>) -> Result<(), Failure> {
+    // `backup` and `restore` have their own `--help`.
+    match args.first().map(String::as_str) {
+        Some("backup") => return ops::backup::run(&args[1..]).map_err(Failure::from),
+        Some("restore") => return ops::restore::run(&args[1..]).map_err(Failure::from),
+        _ => {}
+    }
     if args.iter().any(|a| a == "--help" || a == "-h") {
         print!("{}", config::help_text());
         return Ok(());
@@ -146,17 +158,7 @@ fn serve(args: &[String]) -> Result<(), Failure> {
 
 /// The database settings of the configuration.
 fn db_config(cfg: &Config) -> DbConfig {
-    DbConfig {
-        host: cfg.db_host.clone(),
-        port: cfg.db_port,
-        dbname: cfg.db_name.clone(),
-        user: cfg.db_user.clone(),
-        password: cfg.db_password.clone(),
-        url: cfg.database_url.clone(),
-        pool_size: cfg.db_pool_size,
-        checkout_timeout: cfg.db_checkout_timeout,
-        ..DbConfig::default()
-    }
+    ops::db_config(cfg)
 }
 
 /// Token keys (from `SECRET_KEY` or `DATA_DIR/secret_key`), the login limiter, the hashing gate.
