@@ -1,16 +1,21 @@
 //! Responses: what a handler returns, and how it goes onto the wire.
 //!
-//! A body is bytes in memory or a range of a file, sent with `sendfile(2)` (never loaded whole,
-//! and paced: a reader slower than `Pace` allows is cut off). Every response carries `Content-Length`; we never use
-//! chunked responses, so a client can always tell where one response ends.
+//! A body is bytes in memory or a range of a file, sent with `sendfile(2)` (never loaded whole).
+//! Writing never waits on the socket: `start_response` sends what the socket takes now, and what
+//! is left (`Outgoing`) is finished by the dispatcher when the socket is writable, under `Pace`
+//! (a reader slower than that is cut off). So a client that does not read its response costs a
+//! socket, never a worker. Every response carries `Content-Length`; we never use chunked
+//! responses, so a client can always tell where one response ends.
 //!
 //! Must never: write a body for `HEAD`, `1xx`, `204` or `304`; write a head without
 //! `Content-Length`; or let a handler set the framing headers itself (`Content-Length`,
 //! `Transfer-Encoding`, `Connection` are the connection layer's).
 
 use std::borrow::Cow;
-use std::io::{self, Write};
+use std::io::{self, IoSlice};
 use std::net::TcpStream;
+use std::num::NonZeroUsize;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -181,128 +186,194 @@ fn is_framing_header(name: &str) -> bool {
     ["content-length", "transfer-encoding", "connection", "date"].iter().any(|h| name.eq_ignore_ascii_case(h))
 }
 
-/// Write a whole response. Small bodies go out in the same `write` as the head. Returns the
-/// number of body bytes written.
-/// How fast a client must read a streamed file: once `grace` has passed, at least `min_rate`
-/// bytes per second on average, else the write fails (and the connection is closed), so a slow
-/// reader cannot hold a worker for the length of a large download. Bytes the kernel buffered
-/// count as read, so the bound is `grace + (bytes sent) / min_rate`.
+/// How fast a client must take a response (and send a large request body): once `grace` has
+/// passed, at least `min_rate` bytes per second on average, and never a silence longer than
+/// `stall`; slower is cut off, so a slow reader costs a socket for a bounded time and never a
+/// worker. Bytes the kernel buffered count as read, so the bound is `grace + sent / min_rate`.
 #[derive(Debug, Clone, Copy)]
 pub struct Pace {
-    pub grace: std::time::Duration,
+    pub grace: Duration,
     pub min_rate: u64,
+    pub stall: Duration,
 }
 
-pub fn write_response(
-    stream: &mut TcpStream,
+impl Pace {
+    /// When a transfer that started at `started`, has moved `sent` bytes and last made progress
+    /// at `progress_at` must be cut off.
+    pub fn deadline(&self, started: Instant, sent: u64, progress_at: Instant) -> Instant {
+        let stall = progress_at + self.stall;
+        if self.min_rate == 0 {
+            return stall;
+        }
+        let earned = Duration::from_secs_f64(sent as f64 / self.min_rate as f64);
+        stall.min(started + self.grace.saturating_add(earned))
+    }
+}
+
+/// What is left of a body to write.
+enum Rest {
+    None,
+    Bytes(Vec<u8>, usize),
+    Static(&'static [u8], usize),
+    File { file: std::fs::File, offset: u64, left: u64 },
+}
+
+/// A response on its way out: written without ever waiting on the socket. What the socket does
+/// not take at once stays here, and the dispatcher writes the rest when `poll` says the socket is
+/// writable (see `server.rs`), under `Pace`.
+pub struct Outgoing {
+    head: Vec<u8>,
+    head_pos: usize,
+    rest: Rest,
+    started: Instant,
+    progress_at: Instant,
+    sent: u64,
+    pace: Pace,
+}
+
+/// The result of starting a response.
+pub enum Written {
+    /// All of it is on its way; the number of body bytes.
+    Done(u64),
+    /// The socket is full: the rest, to be finished by the dispatcher; the body's length.
+    Pending(Outgoing, u64),
+}
+
+/// `send(MSG_DONTWAIT)` of a head and a body slice: what the socket takes now.
+fn send_now(stream: &TcpStream, parts: &[IoSlice<'_>]) -> io::Result<usize> {
+    socket2::SockRef::from(stream).send_vectored_with_flags(parts, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+}
+
+impl Outgoing {
+    /// When the dispatcher gives up on this client (too slow, or silent too long).
+    pub fn deadline(&self) -> Instant {
+        self.pace.deadline(self.started, self.sent, self.progress_at)
+    }
+
+    /// Write what the socket takes now; `Ok(true)` once everything is written. A file part
+    /// needs the socket in non-blocking mode (`sendfile` has no flags argument).
+    pub fn write_some(&mut self, stream: &TcpStream) -> io::Result<bool> {
+        loop {
+            let head = &self.head[self.head_pos..];
+            let body: &[u8] = match &self.rest {
+                Rest::Bytes(b, pos) => &b[*pos..],
+                Rest::Static(b, pos) => &b[*pos..],
+                _ => &[],
+            };
+            let n = if !head.is_empty() || !body.is_empty() {
+                let (hl, bl) = (head.len(), body.len());
+                let n = match send_now(stream, &[IoSlice::new(head), IoSlice::new(body)]) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                };
+                let to_head = n.min(hl);
+                self.head_pos += to_head;
+                if n > to_head {
+                    match &mut self.rest {
+                        Rest::Bytes(_, pos) | Rest::Static(_, pos) => *pos += n - to_head,
+                        _ => unreachable!("body bytes were only sent from a bytes body"),
+                    }
+                }
+                if self.head_pos == self.head.len() && n - to_head == bl && bl > 0 {
+                    self.rest = Rest::None;
+                }
+                n as u64
+            } else if let Rest::File { file, offset, left } = &mut self.rest {
+                if *left == 0 {
+                    self.rest = Rest::None;
+                    continue;
+                }
+                let chunk = NonZeroUsize::new((*left).min(1 << 30) as usize).expect("left > 0");
+                let off = usize::try_from(*offset).map_err(|_| io::Error::other("file offset too large"))?;
+                let n = match socket2::SockRef::from(stream).sendfile(&*file, off, Some(chunk)) {
+                    Ok(0) => {
+                        // The file shrank under us: the client was promised more bytes. Closing
+                        // is the only honest signal left.
+                        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "body shorter than its length"));
+                    }
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                };
+                *offset += n as u64;
+                *left -= n as u64;
+                n as u64
+            } else {
+                return Ok(true);
+            };
+            self.sent += n;
+            self.progress_at = Instant::now();
+        }
+    }
+}
+
+/// Start writing a response: the head (in `scratch`) and as much of the body as the socket
+/// takes now, never waiting. The socket must be in non-blocking mode when the body is a file.
+pub fn start_response(
+    stream: &TcpStream,
     resp: &mut Response,
     minor_version: u8,
     keep_alive: bool,
     head_only: bool,
     scratch: &mut Vec<u8>,
-    pace: Option<Pace>,
-) -> io::Result<u64> {
+    pace: Pace,
+) -> io::Result<Written> {
     scratch.clear();
     encode_head(resp, minor_version, keep_alive, scratch);
     let no_body = head_only || resp.status < 200 || resp.status == 204 || resp.status == 304;
-    if no_body {
-        stream.write_all(scratch)?;
-        return Ok(0);
-    }
-    match &mut resp.body {
-        Body::Empty => {
-            stream.write_all(scratch)?;
-            Ok(0)
+    let body = if no_body { Body::Empty } else { std::mem::replace(&mut resp.body, Body::Empty) };
+    let len = body.len();
+    // The fast path: head and an in-memory body in one `send`, no allocation.
+    let bytes: &[u8] = match &body {
+        Body::Bytes(b) => b,
+        Body::Static(b) => b,
+        _ => &[],
+    };
+    let mut n = 0;
+    loop {
+        match send_now(stream, &[IoSlice::new(scratch), IoSlice::new(bytes)]) {
+            Ok(k) => n = k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
         }
-        Body::Bytes(b) => write_small(stream, scratch, b),
-        Body::Static(b) => write_small(stream, scratch, b),
-        Body::File { file, offset, len } => {
-            stream.write_all(scratch)?;
-            full_length(send_file(file, *offset, *len, stream, pace)?, *len)
-        }
+        break;
     }
+    let all_bytes = scratch.len() + bytes.len();
+    if n == all_bytes && !matches!(body, Body::File { .. }) {
+        return Ok(Written::Done(len));
+    }
+    let now = Instant::now();
+    let head_pos = n.min(scratch.len());
+    let body_done = n - head_pos;
+    let rest = match body {
+        Body::Empty => Rest::None,
+        Body::Bytes(b) => Rest::Bytes(b, body_done),
+        Body::Static(b) => Rest::Static(b, body_done),
+        Body::File { file, offset, len } => Rest::File { file, offset, left: len },
+    };
+    let mut out = Outgoing {
+        head: scratch[head_pos..].to_vec(),
+        head_pos: 0,
+        rest,
+        started: now,
+        progress_at: now,
+        sent: n as u64,
+        pace,
+    };
+    if out.write_some(stream)? {
+        return Ok(Written::Done(len));
+    }
+    Ok(Written::Pending(out, len))
 }
 
-/// `sendfile(2)` from `file` at `offset` to the socket until `len` bytes are sent or the file
-/// ends. The socket's write timeout applies (a stalled client fails with `WouldBlock`).
-fn send_file(file: &std::fs::File, offset: u64, len: u64, stream: &TcpStream, pace: Option<Pace>) -> io::Result<u64> {
-    // With a pace, wake at least every second to check it, instead of sleeping in the kernel
-    // for the whole write timeout; the write timeout still bounds a stall (no progress at all).
-    let stall = stream.write_timeout().ok().flatten();
-    let pace = pace.filter(|p| p.min_rate > 0);
-    if pace.is_some() {
-        let tick = std::time::Duration::from_secs(1);
-        stream.set_write_timeout(Some(stall.map_or(tick, |s| s.min(tick))))?;
-    }
-    let result = send_file_paced(file, offset, len, stream, pace, stall);
-    if pace.is_some() {
-        let _ = stream.set_write_timeout(stall);
-    }
-    result
-}
-
-fn send_file_paced(
-    file: &std::fs::File,
-    offset: u64,
-    len: u64,
-    stream: &TcpStream,
-    pace: Option<Pace>,
-    stall: Option<std::time::Duration>,
-) -> io::Result<u64> {
-    use std::os::fd::AsRawFd;
-    let mut off = libc::off_t::try_from(offset).map_err(|_| io::Error::other("file offset too large"))?;
-    let mut sent = 0u64;
-    let started = std::time::Instant::now();
-    let mut progress_at = started;
-    while sent < len {
-        if let Some(p) = pace {
-            let earned = std::time::Duration::from_secs_f64(sent as f64 / p.min_rate as f64);
-            if started.elapsed() > p.grace.saturating_add(earned) {
-                return Err(io::Error::new(io::ErrorKind::TimedOut, "client reads too slowly"));
-            }
-        }
-        let chunk = (len - sent).min(1 << 30) as usize;
-        // SAFETY: both fds are open for the duration of the call; `off` is a valid pointer.
-        let n = unsafe { libc::sendfile(stream.as_raw_fd(), file.as_raw_fd(), &mut off, chunk) };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            match err.kind() {
-                io::ErrorKind::Interrupted => continue,
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    if pace.is_some() && !stall.is_some_and(|s| progress_at.elapsed() >= s) =>
-                {
-                    continue
-                }
-                _ => return Err(err),
-            }
-        }
-        if n == 0 {
-            break;
-        }
-        sent += n as u64;
-        progress_at = std::time::Instant::now();
-    }
-    Ok(sent)
-}
-
-fn full_length(copied: u64, len: u64) -> io::Result<u64> {
-    if copied != len {
-        // The file shrank under us: the client was promised `len` bytes. Closing is the only
-        // honest signal left.
-        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "body shorter than its length"));
-    }
-    Ok(copied)
-}
-
-fn write_small(stream: &mut TcpStream, scratch: &mut Vec<u8>, body: &[u8]) -> io::Result<u64> {
-    if body.len() <= 64 * 1024 {
-        scratch.extend_from_slice(body);
-        stream.write_all(scratch)?;
-    } else {
-        stream.write_all(scratch)?;
-        stream.write_all(body)?;
-    }
-    Ok(body.len() as u64)
+/// Write a small message (a rejection, a `100 Continue`, a `101` head) to a socket we may not
+/// wait on: whatever it takes now. True when all of it went.
+pub fn send_small(stream: &TcpStream, bytes: &[u8]) -> bool {
+    matches!(send_now(stream, &[IoSlice::new(bytes)]), Ok(n) if n == bytes.len())
 }
 
 #[cfg(test)]
