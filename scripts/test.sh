@@ -70,6 +70,16 @@ say "checking PostgreSQL"
 ensure_postgres
 say "PostgreSQL is reachable"
 
+# python3 -m venv: tests/metrics.rs makes a venv with the prometheus-client parser in target/.
+if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing python3-venv (for the Prometheus parser of tests/metrics.rs)"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null; } \
+      || die "cannot install python3-venv; tests/metrics.rs needs it to parse /metrics"
+  else
+    die "python3 with venv is needed by tests/metrics.rs (apt-get install python3-venv)"
+  fi
+fi
 # systemd-analyze: tests/deploy.rs verifies the units in deploy/ with it (and says it skipped where
 # it cannot be had). The Prometheus text parser of tests/metrics.rs is installed by that test.
 if ! command -v systemd-analyze >/dev/null 2>&1; then
