@@ -15,6 +15,7 @@ pub mod docs;
 pub mod extract;
 pub mod files;
 pub mod general;
+pub mod metrics;
 pub mod openapi;
 pub mod pages;
 pub mod teams;
@@ -35,6 +36,8 @@ pub struct App {
     pub auth: crate::auth::Auth,
     /// WebSocket sessions and the hub (registry and groups).
     pub ws: Arc<crate::ws::Ws>,
+    /// Request counters and the rest of `/metrics` (served on `METRICS_ADDR` only).
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 impl App {
@@ -66,6 +69,8 @@ pub fn build_router(app: Arc<App>) -> Router {
     }
     // Last, so the document sees every route above.
     docs::routes(&mut r);
+    // Last of all: every route above gets its request counters and timer.
+    app.metrics.instrument(&mut r);
     r
 }
 
@@ -90,7 +95,7 @@ mod tests {
             hasher: crate::auth::HashPool::start(1, 1).unwrap(),
         };
         let ws = Arc::new(crate::ws::Ws::new(crate::ws::WsSettings::from_config(&config)));
-        Arc::new(App { config, started: Instant::now(), db, auth, ws })
+        Arc::new(App { config, started: Instant::now(), db, auth, ws, metrics: Default::default() })
     }
 
     /// Routes deliberately left out of the OpenAPI document.

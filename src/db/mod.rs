@@ -213,6 +213,12 @@ impl Db {
         self.spool.get()
     }
 
+    /// Pooled connections `(in use, idle)`, for metrics (r2d2 takes its lock for a moment).
+    pub fn pool_state(&self) -> (u32, u32) {
+        let st = self.pool.state();
+        (st.connections.saturating_sub(st.idle_connections), st.idle_connections)
+    }
+
     /// Upload records waiting in the spool (0 without one).
     pub fn spool_depth(&self) -> usize {
         self.spool().map_or(0, |s| s.depth())
