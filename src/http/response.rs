@@ -1,11 +1,15 @@
 //! Responses: what a handler returns, and how it goes onto the wire.
 //!
-//! A body is bytes in memory or a range of a file, sent with `sendfile(2)` (never loaded whole,
-//! and paced: a reader slower than `Pace` allows is cut off). Every response carries `Content-Length`; we never use
-//! chunked responses, so a client can always tell where one response ends.
+//! A body is bytes in memory, a range of a file, sent with `sendfile(2)` (never loaded whole,
+//! and paced: a reader slower than `Pace` allows is cut off), or a stream a handler produces
+//! while it is sent (`Body::Stream`, for results too big to hold: a database export). Every
+//! response carries `Content-Length`, except a stream, which is sent with
+//! `Transfer-Encoding: chunked` (HTTP/1.0: until the connection closes), so a client can always
+//! tell where one response ends, and a stream that fails half-way is never mistaken for a whole
+//! one (it lacks its final chunk).
 //!
 //! Must never: write a body for `HEAD`, `1xx`, `204` or `304`; write a head without
-//! `Content-Length`; or let a handler set the framing headers itself (`Content-Length`,
+//! `Content-Length` (streams aside); or let a handler set the framing headers itself (`Content-Length`,
 //! `Transfer-Encoding`, `Connection` are the connection layer's).
 
 use std::borrow::Cow;
@@ -19,6 +23,17 @@ use serde::Serialize;
 /// It must return quickly (start a thread if it needs one): it runs on an HTTP worker.
 pub type UpgradeFn = Box<dyn FnOnce(TcpStream, Vec<u8>) + Send>;
 
+/// Produces a streamed body: writes it, in as many `write`s as it likes, to the writer it is
+/// given (buffered for it: chunks of about [`STREAM_CHUNK`] bytes go out), then returns. It runs
+/// on the HTTP worker, after the head is sent, and holds that worker until it returns; writes
+/// to a reader slower than `Pace` fail with `TimedOut`, so a slow reader cannot hold the worker
+/// for long. Returning `Err` (its own, or a failed write passed on) ends the response without
+/// its final chunk and closes the connection: the client sees an incomplete body.
+pub type StreamFn = Box<dyn FnOnce(&mut dyn Write) -> io::Result<()> + Send>;
+
+/// Size of the chunks a streamed body is sent in.
+pub const STREAM_CHUNK: usize = 64 * 1024;
+
 /// A response body.
 pub enum Body {
     Empty,
@@ -31,6 +46,8 @@ pub enum Body {
         offset: u64,
         len: u64,
     },
+    /// A body of unknown length, produced while it is sent (see [`StreamFn`]).
+    Stream(StreamFn),
 }
 
 impl Body {
@@ -40,6 +57,8 @@ impl Body {
             Body::Bytes(b) => b.len() as u64,
             Body::Static(b) => b.len() as u64,
             Body::File { len, .. } => *len,
+            // Unknown until sent; never used for the head (a stream is chunked).
+            Body::Stream(_) => 0,
         }
     }
 
@@ -164,6 +183,20 @@ pub fn encode_head(resp: &Response, minor_version: u8, keep_alive: bool, out: &m
         out.extend_from_slice(b"connection: upgrade\r\n\r\n");
         return;
     }
+    let streamed = matches!(resp.body, Body::Stream(_));
+    if streamed && !(resp.status < 200 || resp.status == 204 || resp.status == 304) {
+        // HTTP/1.1: chunked. HTTP/1.0 has no chunks: the body ends when the connection closes.
+        if minor_version == 0 {
+            out.extend_from_slice(b"connection: close\r\n\r\n");
+        } else {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+            if !keep_alive {
+                out.extend_from_slice(b"connection: close\r\n");
+            }
+            out.extend_from_slice(b"\r\n");
+        }
+        return;
+    }
     if !(resp.status < 200 || resp.status == 204 || resp.status == 304) {
         out.extend_from_slice(b"content-length: ");
         out.extend_from_slice(resp.body.len().to_string().as_bytes());
@@ -220,6 +253,77 @@ pub fn write_response(
             stream.write_all(scratch)?;
             full_length(send_file(file, *offset, *len, stream, pace)?, *len)
         }
+        Body::Stream(_) => {
+            let Body::Stream(produce) = std::mem::replace(&mut resp.body, Body::Empty) else {
+                unreachable!("matched a stream above")
+            };
+            stream.write_all(scratch)?;
+            write_stream(stream, produce, minor_version != 0, pace)
+        }
+    }
+}
+
+/// Run a stream's producer over a buffered (and, for HTTP/1.1, chunked) writer, then end the
+/// body: the final chunk, or for HTTP/1.0 a write shutdown (the end of the body). Returns the
+/// body's length (payload bytes, without the chunk framing).
+fn write_stream(stream: &mut TcpStream, produce: StreamFn, chunked: bool, pace: Option<Pace>) -> io::Result<u64> {
+    let started = std::time::Instant::now();
+    let mut sink = StreamSink { stream, chunked, sent: 0, blocked: std::time::Duration::ZERO, pace };
+    {
+        let mut buffered = io::BufWriter::with_capacity(STREAM_CHUNK, &mut sink);
+        // A panic in the producer must not kill the worker: it fails the response like an error.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| produce(&mut buffered)))
+            .map_err(|_| io::Error::other("the stream producer panicked"))??;
+        buffered.flush()?;
+    }
+    if chunked {
+        sink.stream.write_all(b"0\r\n\r\n")?;
+    } else {
+        sink.stream.shutdown(std::net::Shutdown::Write)?;
+    }
+    crate::debug!("streamed {} bytes in {:?}", sink.sent, started.elapsed());
+    Ok(sink.sent)
+}
+
+/// The socket side of a streamed body: one chunk per `write`, and the pace check. Only the time
+/// spent blocked in the socket counts against the pace (a producer that is slow to compute, a
+/// long database query, is not the reader's fault).
+struct StreamSink<'s> {
+    stream: &'s mut TcpStream,
+    chunked: bool,
+    sent: u64,
+    blocked: std::time::Duration,
+    pace: Option<Pace>,
+}
+
+impl Write for StreamSink<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let t = std::time::Instant::now();
+        if self.chunked {
+            let mut frame = Vec::with_capacity(buf.len() + 16);
+            frame.extend_from_slice(format!("{:x}\r\n", buf.len()).as_bytes());
+            frame.extend_from_slice(buf);
+            frame.extend_from_slice(b"\r\n");
+            self.stream.write_all(&frame)?;
+        } else {
+            self.stream.write_all(buf)?;
+        }
+        self.blocked += t.elapsed();
+        self.sent += buf.len() as u64;
+        if let Some(p) = self.pace.filter(|p| p.min_rate > 0) {
+            let earned = std::time::Duration::from_secs_f64(self.sent as f64 / p.min_rate as f64);
+            if self.blocked > p.grace.saturating_add(earned) {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "client reads too slowly"));
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.stream.flush()
     }
 }
 
@@ -339,6 +443,59 @@ mod tests {
         assert!(!h.to_ascii_lowercase().contains("transfer-encoding"));
         assert!(h.contains("x-evil: a  set-cookie: b\r\n"));
         assert!(h.contains("content-length: 0\r\n"));
+    }
+
+    #[test]
+    fn a_stream_is_chunked_and_ends_with_the_last_chunk() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        let mut resp = Response::new(200).with_body(Body::Stream(Box::new(|w| {
+            w.write_all(b"hello, ")?;
+            w.write_all(&vec![b'x'; STREAM_CHUNK + 10])?;
+            w.write_all(b"end")
+        })));
+        let head = head_of(&resp, 1, true);
+        assert!(head.contains("transfer-encoding: chunked\r\n") && !head.contains("content-length"), "{head}");
+        let n = write_response(&mut server, &mut resp, 1, true, false, &mut Vec::new(), None).unwrap();
+        assert_eq!(n, 7 + STREAM_CHUNK as u64 + 10 + 3);
+        drop(server);
+        let mut raw = Vec::new();
+        std::io::Read::read_to_end(&mut client, &mut raw).unwrap();
+        let at = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        // Decode the chunks.
+        let (mut rest, mut body) = (&raw[at..], Vec::new());
+        loop {
+            let eol = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+            let len = usize::from_str_radix(std::str::from_utf8(&rest[..eol]).unwrap(), 16).unwrap();
+            rest = &rest[eol + 2..];
+            if len == 0 {
+                assert_eq!(rest, b"\r\n");
+                break;
+            }
+            body.extend_from_slice(&rest[..len]);
+            assert_eq!(&rest[len..len + 2], b"\r\n");
+            rest = &rest[len + 2..];
+        }
+        assert_eq!(body.len() as u64, n);
+        assert!(body.starts_with(b"hello, xx") && body.ends_with(b"xend"));
+    }
+
+    #[test]
+    fn a_failed_stream_has_no_last_chunk_and_http10_streams_end_with_the_connection() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        let mut resp = Response::new(200)
+            .with_body(Body::Stream(Box::new(|w| w.write_all(b"partial").and(Err(io::Error::other("query failed"))))));
+        assert!(write_response(&mut server, &mut resp, 1, true, false, &mut Vec::new(), None).is_err());
+        drop(server);
+        let mut raw = Vec::new();
+        std::io::Read::read_to_end(&mut client, &mut raw).unwrap();
+        assert!(!raw.ends_with(b"0\r\n\r\n"), "{:?}", String::from_utf8_lossy(&raw));
+
+        let h = head_of(&Response::new(200).with_body(Body::Stream(Box::new(|_| Ok(())))), 0, true);
+        assert!(h.contains("connection: close\r\n") && !h.contains("chunked") && !h.contains("content-length"), "{h}");
     }
 
     #[test]
