@@ -260,7 +260,7 @@ fn tables(gui: &Arc<Gui>, _req: &mut Request<'_>) -> Result<Response, HttpError>
                         pg_total_relation_size(c.oid), pg_relation_size(c.oid) \
                  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
                  WHERE c.relkind IN {KINDS} AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%' \
-                 ORDER BY n.nspname, c.relname"
+                 ORDER BY n.nspname, lower(c.relname::text), c.relname"
             ),
             &[],
         )?;
