@@ -6,7 +6,8 @@
 #   3. every test (cargo nextest when installed, cargo test otherwise);
 #   4. the API docs in headless Chromium (scripts/browser-test.sh: vendors the docs assets,
 #      rebuilds so they are embedded, installs Chromium with apt-get when missing and root);
-#   5. the WebSocket pages in headless Chromium (scripts/browser-ws-test.sh).
+#   5. the WebSocket pages in headless Chromium (scripts/browser-ws-test.sh);
+#   6. the database GUI page in headless Chromium (scripts/browser-dbgui-test.sh).
 # Tests create and drop their own databases; they need a role that may CREATE DATABASE.
 # Override the connection with TEST_PG_URL (default postgres://postgres@127.0.0.1:5432/postgres).
 set -euo pipefail
@@ -93,6 +94,9 @@ scripts/browser-test.sh 2>&1 | tee "$logs/browser.log" || status=1
 
 say "browser tests (WebSocket pages)"
 scripts/browser-ws-test.sh 2>&1 | tee "$logs/browser-ws.log" || status=1
+
+say "browser tests (database GUI)"
+scripts/browser-dbgui-test.sh 2>&1 | tee "$logs/browser-dbgui.log" || status=1
 
 # Totals: nextest's "N tests run: P passed, F failed", cargo test's "test result: ok. P passed;
 # F failed", node's "# pass P" / "# fail F".

@@ -65,6 +65,18 @@
     return String(n);
   }
 
+  // A number whose JSON text a JS number cannot hold exactly (155.00, 9007199254740993): keeps
+  // PostgreSQL's text for display, behaves as a number for charts.
+  class Num {
+    constructor(n, text) { this.n = n; this.text = text; }
+    valueOf() { return this.n; }
+    toString() { return this.text; }
+    toJSON() { return this.n; }
+  }
+  const exact = (key, v, ctx) => (typeof v === 'number' && ctx && typeof ctx.source === 'string' && ctx.source !== String(v) ? new Num(v, ctx.source) : v);
+
+  function typeName(t) { return t && t.startsWith('_') ? t.slice(1) + '[]' : (t || ''); }
+
   function quoteIdent(s) { return '"' + String(s).replace(/"/g, '""') + '"'; }
   function isPlainIdent(s) { return /^[a-z_][a-z0-9_$]*$/.test(s); }
   function ident(s) { return isPlainIdent(s) ? s : quoteIdent(s); }
@@ -102,7 +114,9 @@
       if (!resp.ok) throw new ApiError(resp.status, await resp.json().catch(() => null));
       return resp;
     }
-    const body = await resp.json().catch(() => null);
+    const text = await resp.text();
+    let body = null;
+    try { body = JSON.parse(text, exact); } catch { body = null; }
     if (!resp.ok) throw new ApiError(resp.status, body);
     return body;
   }
@@ -244,6 +258,7 @@
 
   function cellText(v) {
     if (v === null) return null;
+    if (v instanceof Num) return v.text;
     if (typeof v === 'object') return JSON.stringify(v);
     return String(v);
   }
@@ -254,8 +269,8 @@
       return;
     }
     const head = el('tr', null, el('th', { class: 'rownum', text: '#' }),
-      ...res.columns.map((c, i) => el('th', { title: c + ' (' + (res.column_types?.[i] || '') + ')' }, c,
-        el('span', { class: 'type', text: res.column_types?.[i] || '' }))));
+      ...res.columns.map((c, i) => el('th', { title: c + ' (' + typeName(res.column_types?.[i]) + ')' }, c,
+        el('span', { class: 'type', text: typeName(res.column_types?.[i]) }))));
     const body = document.createElement('tbody');
     const frag = document.createDocumentFragment();
     res.rows.forEach((row, r) => {
@@ -273,7 +288,7 @@
         } else if (typeof v === 'boolean') {
           td.textContent = String(v);
           td.className = v ? 'bool-true' : 'bool-false';
-        } else if (typeof v === 'number') {
+        } else if (typeof v === 'number' || v instanceof Num) {
           td.textContent = String(v);
           td.className = 'num';
         } else {
@@ -307,6 +322,7 @@
     $('cell-title').textContent = column;
     let text;
     if (v === null) text = 'NULL';
+    else if (v instanceof Num) text = v.text;
     else if (typeof v === 'object') text = JSON.stringify(v, null, 2);
     else text = String(v);
     $('cell-value').textContent = text;
@@ -384,6 +400,8 @@
       $('status').className = 'status ok';
       setStatus(st);
       if (!res.columns.length) res.message = `The statement ran: ${res.row_count} row(s) affected.`;
+      $('result-grid').classList.remove('stale');
+      $('result-grid').title = '';
       renderGrid($('result-grid'), res);
       fillChartColumns();
       if (state.view === 'chart') drawChart();
@@ -392,6 +410,9 @@
       $('status').className = 'status';
       setStatus([el('span', { text: 'Failed' })]);
       showError(e, sql, offset);
+      // The result below is the previous query's: say so.
+      $('result-grid').classList.add('stale');
+      $('result-grid').title = 'The result of the previous query (this one failed)';
     } finally {
       running = false;
       $('run').disabled = false;
@@ -445,7 +466,8 @@
 
   function numericColumns(res) {
     return res.columns.filter((c, i) => res.numeric?.[i] ||
-      (res.rows.length > 0 && res.rows.every((r) => r[i] === null || (typeof r[i] === 'string' && r[i].trim() !== '' && !isNaN(Number(r[i]))))));
+      (res.rows.length > 0 && res.rows.every((r) => r[i] === null || r[i] instanceof Num ||
+        (typeof r[i] === 'string' && r[i].trim() !== '' && !isNaN(Number(r[i]))))));
   }
 
   function fillChartColumns(prefer) {
@@ -596,7 +618,7 @@
       s.append(p);
       if (frac > 0.04 && n <= 40) {
         const mid = (a0 + a1) / 2;
-        s.append(svg('text', { x: cx + r * 0.68 * Math.cos(mid), y: cy + r * 0.68 * Math.sin(mid) + 4, 'text-anchor': 'middle', fill: '#fff', 'font-weight': 600 },
+        s.append(svg('text', { class: 'pct', x: cx + r * 0.68 * Math.cos(mid), y: cy + r * 0.68 * Math.sin(mid) + 4, 'text-anchor': 'middle' },
           (frac * 100).toFixed(0) + '%'));
       }
       legend.append(el('li', null, el('span', { class: 'sw', 'data-color': color }), el('span', { class: 'lbl', text: labels[i], title: labels[i] }),
