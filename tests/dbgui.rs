@@ -718,6 +718,7 @@ fn a_million_row_export_streams_in_bounded_memory() {
             }
         }
         assert!(bytes > 40_000_000, "{bytes}");
+        eprintln!("{format} export: {bytes} bytes, {lines} lines");
     }
     let after = status_kb(gui.pid(), "VmHWM:");
     let grew = after.saturating_sub(before);
