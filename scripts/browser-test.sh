@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # The browser test of the API docs (tests/browser/docs.test.mjs) with everything it needs, in
-# order: Chromium (apt-get install when missing and we are root), the vendored Swagger UI and
-# ReDoc assets (scripts/vendor-docs.sh), a `cargo build` that embeds them, `npm ci` in
-# tests/browser, then `node --test`. scripts/test.sh runs this after the cargo tests; it also
-# runs alone. Exits non-zero when anything fails.
+# order: Chromium (apt-get install when missing and we are root), a check of the vendored Swagger
+# UI and ReDoc assets (scripts/vendor-docs.sh, no network), a release binary built from the
+# committed tree (`git archive HEAD` into target/committed-tree/, so nothing untracked or
+# uncommitted can make the docs pass: what is tested is what a fresh clone builds), `npm ci` in
+# tests/browser, then `node --test`. The test blocks every request off the server and checks
+# that the release binary has no /__test/* route. scripts/test.sh runs this after the cargo
+# tests; it also runs alone. Exits non-zero when anything fails.
+#
+# Outside a git checkout (a source tarball) the working tree is built instead, and says so.
 #
 # Environment: TEST_PG_URL (default postgres://postgres@127.0.0.1:5432/postgres; PostgreSQL must
 # be up: scripts/test.sh starts it), CHROMIUM_PATH (default /usr/bin/chromium), SCREENSHOT_DIR
@@ -46,15 +51,29 @@ ensure_chromium
 "$CHROMIUM_PATH" --version 2>/dev/null | grep -i chrom || die "$CHROMIUM_PATH does not run"
 ensure_node
 
-say "vendoring the docs assets"
-scripts/vendor-docs.sh
-
-say "cargo build (embeds public/vendor/)"
-cargo build --quiet || die "cargo build failed"
 TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 case "$TARGET_DIR" in /*) ;; *) TARGET_DIR="$ROOT/$TARGET_DIR" ;; esac
-export ADCLUSTER_BIN="$TARGET_DIR/debug/adcluster"
-[ -x "$ADCLUSTER_BIN" ] || die "cargo build did not produce $ADCLUSTER_BIN"
+if git -C "$ROOT" rev-parse --verify -q HEAD >/dev/null 2>&1; then
+  TREE="$TARGET_DIR/committed-tree"
+  say "building a release binary from the committed tree ($(git -C "$ROOT" rev-parse --short HEAD))"
+  [ -z "$(git -C "$ROOT" status --porcelain)" ] \
+    || say "note: uncommitted changes in the working tree are not in this binary (commit them to test them)"
+  rm -rf "$TREE"
+  mkdir -p "$TREE"
+  # -m: fresh mtimes, so cargo never takes an older commit's files for an up-to-date build.
+  git -C "$ROOT" archive HEAD | tar -x -m -C "$TREE" || die "cannot export the committed tree into $TREE"
+else
+  TREE="$ROOT"
+  say "not a git checkout: building a release binary from the working tree"
+fi
+say "checking the vendored docs assets of that tree"
+"$TREE/scripts/vendor-docs.sh"
+
+# The shared target dir keeps the dependencies' release builds; only the server is rebuilt.
+CARGO_TARGET_DIR="$TARGET_DIR" cargo build --release --locked --quiet --bin adcluster --manifest-path "$TREE/Cargo.toml" \
+  || die "cargo build --release failed"
+export ADCLUSTER_BIN="$TARGET_DIR/browser-test-adcluster"
+cp -f "$TARGET_DIR/release/adcluster" "$ADCLUSTER_BIN" || die "cargo build did not produce $TARGET_DIR/release/adcluster"
 
 say "npm ci (tests/browser)"
 (cd tests/browser && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error) \

@@ -1,17 +1,28 @@
 #!/usr/bin/env bash
-# Vendors the Swagger UI and ReDoc assets into public/vendor/ (git-ignored), so the next
-# `cargo build` embeds them and /docs and /redoc load everything from this server instead of the
-# CDN (src/api/docs.rs switches when the files are embedded; build.rs reruns when public/ changes).
+# The Swagger UI and ReDoc assets behind /docs and /redoc live in the repository, under
+# public/vendor/ (build.rs embeds them; there is no CDN fallback). This script checks them, and
+# refreshes them from npm when the pinned versions change.
+#
+#   scripts/vendor-docs.sh            check: every vendored file matches public/vendor/.sha256
+#                                     and the stamp names the pins below (no network; run by
+#                                     scripts/test.sh). Exit 1 and say what differs otherwise.
+#   scripts/vendor-docs.sh --update   fetch the pinned versions with npm, check their sha512
+#                                     integrity, write the files and a new public/vendor/.sha256.
+#                                     To upgrade: change a *_VERSION and its *_INTEGRITY below
+#                                     (`npm view swagger-ui-dist@X dist.integrity`), run this,
+#                                     review the diff, commit the files and the stamp together.
 #
 #   public/vendor/swagger-ui/  swagger-ui-bundle.js, swagger-ui.css, favicon-32x32.png (the docs pages'
 #                              tab icon) (+ LICENSE, NOTICE, third-party licenses)
 #   public/vendor/redoc/       redoc.standalone.js (+ LICENSE, third-party licenses)
+#   public/vendor/.sha256      first line: the pins and file list; then `sha256sum` of every file
+#                              (a dotfile: build.rs does not embed it; a unit test in
+#                              src/api/docs.rs checks the embedded bytes against it)
 #
 # The packages are fetched with npm's own client (`npm pack`, so npm's registry, proxy and cache
 # settings apply), pinned to one version each and checked against the pinned sha512 integrity
-# before anything is unpacked. Idempotent: when public/vendor/.sha256 matches the pinned
-# versions and every file, nothing is fetched and nothing is touched (no needless rebuild).
-# Files are written with fresh mtimes (never tar's 1985 ones), so cargo notices them.
+# before anything is unpacked. Files are written with fresh mtimes (never tar's 1985 ones), so
+# cargo notices them.
 #
 # Must never: name a registry host, run package scripts (npm pack runs none for a registry
 # package), write outside public/vendor/ and its own temp dir, or leave a half-written vendor
@@ -48,16 +59,34 @@ PINS="# swagger-ui-dist@$SWAGGER_UI_VERSION redoc@$REDOC_VERSION files: ${FILES[
 say() { printf '==> %s\n' "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
-for tool in npm node tar sha256sum; do
-  command -v "$tool" >/dev/null 2>&1 || die "'$tool' is not installed; vendoring the docs assets needs it (npm and node: Debian's 'nodejs' and 'npm' packages or nodejs.org)"
-done
+MODE=check
+case "${1:-}" in
+  "" | --check) ;;
+  --update) MODE=update ;;
+  *) die "unknown argument '$1'; usage: scripts/vendor-docs.sh [--check | --update]" ;;
+esac
 
-# Already vendored at these versions, every file intact?
-if [ -f "$STAMP" ] && [ "$(head -n1 "$STAMP")" = "$PINS" ] \
-  && (cd "$VENDOR" && tail -n +2 .sha256 | sha256sum --check --status --strict -) 2>/dev/null; then
-  say "docs assets already vendored (swagger-ui-dist@$SWAGGER_UI_VERSION, redoc@$REDOC_VERSION); nothing to do"
-  exit 0
+command -v sha256sum >/dev/null 2>&1 || die "'sha256sum' is not installed (Debian's coreutils)"
+
+# Every vendored file intact, at these pins?
+check() {
+  [ -f "$STAMP" ] || { echo "$STAMP is missing"; return 1; }
+  [ "$(head -n1 "$STAMP")" = "$PINS" ] || { echo "$STAMP records other pins than this script: $(head -n1 "$STAMP")"; return 1; }
+  (cd "$VENDOR" && tail -n +2 .sha256 | sha256sum --check --quiet --strict -) || return 1
+}
+
+if [ "$MODE" = check ]; then
+  if out="$(check 2>&1)"; then
+    say "docs assets intact (swagger-ui-dist@$SWAGGER_UI_VERSION, redoc@$REDOC_VERSION, checked against $STAMP)"
+    exit 0
+  fi
+  printf '%s\n' "$out" >&2
+  die "the vendored docs assets in $VENDOR/ do not match $STAMP; restore them with 'git checkout -- $VENDOR' or refresh them with 'scripts/vendor-docs.sh --update'"
 fi
+
+for tool in npm node tar; do
+  command -v "$tool" >/dev/null 2>&1 || die "'$tool' is not installed; refreshing the docs assets needs it (npm and node: Debian's 'nodejs' and 'npm' packages or nodejs.org)"
+done
 
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/adc-vendor-docs.XXXXXX")"
 trap 'rm -rf "$TMP"' EXIT
@@ -109,4 +138,4 @@ done < <(find "$VENDOR/swagger-ui" "$VENDOR/redoc" -type f)
   (cd "$VENDOR" && find swagger-ui redoc -type f | LC_ALL=C sort | xargs sha256sum)
 } >"$STAMP.tmp"
 mv -f "$STAMP.tmp" "$STAMP"
-say "vendored swagger-ui-dist@$SWAGGER_UI_VERSION and redoc@$REDOC_VERSION into $VENDOR/ (run cargo build to embed them)"
+say "vendored swagger-ui-dist@$SWAGGER_UI_VERSION and redoc@$REDOC_VERSION into $VENDOR/; commit the files with $STAMP (cargo build embeds them)"

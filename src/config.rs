@@ -3,14 +3,22 @@
 //! default and meaning; `--help` is printed from it, so the two cannot drift apart.
 //!
 //! Values are read as strings first, then parsed into `Config` with errors that name the
-//! setting and say what is expected. Must never: print a secret (`SECRET_KEY`, `DB_PASSWORD`,
-//! the password in `DATABASE_URL`) — `Config::redacted_summary` masks them.
+//! setting and say what is expected (a number out of range says the range). One rule for empty
+//! values everywhere: an empty value is not a value — the setting keeps what the layer before
+//! gave it, in the end its default. A `.env` line that is not `KEY=VALUE` is an error naming
+//! the file and the line.
+//!
+//! Secrets (`secret: true` rows) have no command-line flag, because any user of the machine
+//! can read a process's command line; they come from the environment, `.env`, or a file named
+//! by `<NAME>_FILE`. Must never: print a secret (`SECRET_KEY`, `DB_PASSWORD`, the password in
+//! `DATABASE_URL`) — `Config::redacted_summary` masks them; accept one as a flag.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// One setting: environment variable, flag, default (empty = unset), help text.
+/// One setting: environment variable, flag (empty: none — secrets), default (empty = unset),
+/// help text.
 pub struct Setting {
     pub var: &'static str,
     pub flag: &'static str,
@@ -23,8 +31,15 @@ const fn s(var: &'static str, flag: &'static str, default: &'static str, help: &
     Setting { var, flag, default, help, secret: false }
 }
 
-const fn secret(var: &'static str, flag: &'static str, help: &'static str) -> Setting {
-    Setting { var, flag, default: "", help, secret: true }
+/// A secret: no flag (a command line is visible to every user of the machine), never printed.
+/// Its `<var>_FILE` row (see `secret_file`) reads it from a file.
+const fn secret(var: &'static str, help: &'static str) -> Setting {
+    Setting { var, flag: "", default: "", help, secret: true }
+}
+
+/// The flag a secret would have had: refused with an explanation instead of "unexpected argument".
+fn refused_secret_flag(var: &str) -> String {
+    format!("--{}", var.to_ascii_lowercase().replace('_', "-"))
 }
 
 /// Every setting the server reads.
@@ -35,19 +50,24 @@ pub const SETTINGS: &[Setting] = &[
     s("DB_PORT", "--db-port", "5432", "PostgreSQL port"),
     s("DB_NAME", "--db-name", "adcluster_db", "database name (created when missing)"),
     s("DB_USER", "--db-user", "postgres", "database user"),
-    secret("DB_PASSWORD", "--db-password", "database password"),
-    secret("DATABASE_URL", "--database-url", "postgres:// URL; wins over the DB_* settings"),
+    secret("DB_PASSWORD", "database password"),
+    s("DB_PASSWORD_FILE", "--db-password-file", "", "file holding DB_PASSWORD (one trailing newline removed)"),
+    secret("DATABASE_URL", "postgres:// URL; wins over the DB_* settings"),
+    s("DATABASE_URL_FILE", "--database-url-file", "", "file holding DATABASE_URL"),
     s("DB_POOL_SIZE", "--db-pool-size", "16", "most PostgreSQL connections in the pool"),
     s("DB_CHECKOUT_TIMEOUT_MS", "--db-checkout-timeout-ms", "2000", "how long a request waits for a pooled connection"),
-    secret(
-        "SECRET_KEY",
-        "--secret-key",
-        "HS256 key for tokens, at least 32 bytes (unset: generated into DATA_DIR/secret_key)",
-    ),
+    secret("SECRET_KEY", "HS256 key for tokens, at least 32 bytes (unset: generated into DATA_DIR/secret_key)"),
+    s("SECRET_KEY_FILE", "--secret-key-file", "", "file holding SECRET_KEY"),
     s("ACCESS_TOKEN_EXPIRE_MINUTES", "--access-token-expire-minutes", "30", "token lifetime in minutes"),
     s("UPLOAD_DIR", "--upload-dir", "uploads", "root folder of uploaded files"),
     s("BACKUP_DIR", "--backup-dir", "dbBackup", "where backups are written and looked for"),
-    s("DATA_DIR", "--data-dir", "data", "local state: generated secret, write-behind spool"),
+    s("DATA_DIR", "--data-dir", "data", "local state: generated secret, write-behind spool (DATA_DIR/spool/)"),
+    s(
+        "ACCOUNT_CACHE_SIZE",
+        "--account-cache-size",
+        "100000",
+        "most accounts kept in memory for logins while the database is down (least recently used go first)",
+    ),
     s("MAX_UPLOAD_MB", "--max-upload-mb", "100", "largest accepted upload, per file, in MiB"),
     s("MAX_UPLOAD_FILES", "--max-upload-files", "20", "most files in one POST /api/upload/multiple"),
     s("ALLOW_SIGNUP", "--allow-signup", "true", "true: POST /users/ is open; false: superusers only"),
@@ -66,6 +86,24 @@ pub const SETTINGS: &[Setting] = &[
     s("ALERT_COMMAND", "--alert-command", "", "shell command run with each database alert as JSON on stdin"),
     s("WORKERS", "--workers", "64", "HTTP worker threads"),
     s("MAX_CONNECTIONS", "--max-connections", "4096", "most open HTTP connections (over it: 503 and close)"),
+    s(
+        "MAX_CONNECTIONS_PER_ADDR",
+        "--max-connections-per-addr",
+        "1024",
+        "most open HTTP connections from one client address (over it: 429 and close)",
+    ),
+    s(
+        "TRANSFER_WORKERS",
+        "--transfer-workers",
+        "0",
+        "most workers reading large request bodies at once (0: half of WORKERS); the rest serve short requests",
+    ),
+    s(
+        "MAX_TRANSFERS_PER_ADDR",
+        "--max-transfers-per-addr",
+        "16",
+        "most large request bodies read at once for one client address (more wait their turn)",
+    ),
     s("MAX_HEADER_BYTES", "--max-header-bytes", "16384", "largest request head in bytes (over it: 431)"),
     s("MAX_HEADERS", "--max-headers", "100", "most header fields in a request (over it: 431)"),
     s("MAX_JSON_BYTES", "--max-json-bytes", "1048576", "largest JSON or form request body in bytes (over it: 413)"),
@@ -81,9 +119,9 @@ pub const SETTINGS: &[Setting] = &[
     s("SHUTDOWN_GRACE_SECS", "--shutdown-grace-secs", "30", "on SIGTERM, how long requests in flight may take"),
     secret(
         "DB_GUI_TOKEN",
-        "--db-gui-token",
         "access token of `adcluster db-gui` (unset: a random one per start, printed on its start line)",
     ),
+    s("DB_GUI_TOKEN_FILE", "--db-gui-token-file", "", "file holding DB_GUI_TOKEN"),
     s("DB_GUI_TIMEOUT_SECS", "--db-gui-timeout-secs", "30", "db-gui: statement_timeout of every query it runs"),
     s(
         "DB_GUI_MAX_ROWS",
@@ -97,7 +135,7 @@ pub const SETTINGS: &[Setting] = &[
         "ADCLUSTER_TEST_ROUTES",
         "--test-routes",
         "false",
-        "true: add /__test/* routes used by the test suite (never in production)",
+        "debug builds only: true adds the /__test/* routes of the test suite (a release build has none)",
     ),
 ];
 
@@ -117,6 +155,15 @@ impl std::fmt::Display for ConfigError {
     }
 }
 
+/// Where a value came from; a later layer wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Layer {
+    Default,
+    DotEnv,
+    Env,
+    Flag,
+}
+
 impl RawConfig {
     /// Layer the sources. `dotenv` is the text of `.env` (if any), `env` the process
     /// environment, `flags` the command-line arguments after the command name.
@@ -126,23 +173,34 @@ impl RawConfig {
         env: &dyn Fn(&str) -> Option<String>,
         flags: &[String],
     ) -> Result<(RawConfig, Vec<String>), ConfigError> {
-        let mut values: HashMap<&'static str, String> =
-            SETTINGS.iter().map(|s| (s.var, s.default.to_string())).collect();
-        if let Some(text) = dotenv {
-            for (k, v) in parse_dotenv(text) {
+        RawConfig::layer_named(dotenv.map(|text| (".env", text)), env, flags)
+    }
+
+    /// `layer`, with the name of the `.env` file for its error messages (`NAME:LINE: ...`).
+    pub fn layer_named(
+        dotenv: Option<(&str, &str)>,
+        env: &dyn Fn(&str) -> Option<String>,
+        flags: &[String],
+    ) -> Result<(RawConfig, Vec<String>), ConfigError> {
+        let mut values: HashMap<&'static str, (String, Layer)> =
+            SETTINGS.iter().map(|s| (s.var, (s.default.to_string(), Layer::Default))).collect();
+        // Empty is not a value: it leaves what the layer before gave.
+        let mut put = |var: &'static str, v: String, layer: Layer| {
+            if !v.is_empty() {
+                values.insert(var, (v, layer));
+            }
+        };
+        if let Some((name, text)) = dotenv {
+            let lines = parse_dotenv(text).map_err(|e| ConfigError(format!("{name}:{}: {}", e.line, e.message)))?;
+            for (k, v) in lines {
                 if let Some(setting) = SETTINGS.iter().find(|s| s.var == k) {
-                    values.insert(setting.var, v);
+                    put(setting.var, v, Layer::DotEnv);
                 }
             }
         }
         for setting in SETTINGS {
             if let Some(v) = env(setting.var) {
-                values.insert(setting.var, v);
-            }
-        }
-        if values.get("LOG_LEVEL").is_some_and(|v| v == "info") {
-            if let Some(v) = env("RUST_LOG") {
-                values.insert("LOG_LEVEL", v);
+                put(setting.var, v, Layer::Env);
             }
         }
         let mut rest = Vec::new();
@@ -153,7 +211,14 @@ impl RawConfig {
                 Some((n, v)) if n.starts_with("--") => (n, Some(v.to_string())),
                 _ => (arg.as_str(), None),
             };
-            match SETTINGS.iter().find(|s| s.flag == name) {
+            if let Some(secret) = SETTINGS.iter().find(|s| s.secret && refused_secret_flag(s.var) == name) {
+                return Err(ConfigError(format!(
+                    "{name} is not accepted: every user of this machine can read a command line. \
+                     Set {var} in the environment or in .env, or put it in a file named by {var}_FILE",
+                    var = secret.var
+                )));
+            }
+            match SETTINGS.iter().find(|s| !s.flag.is_empty() && s.flag == name) {
                 Some(setting) => {
                     let value = match inline {
                         Some(v) => v,
@@ -165,12 +230,46 @@ impl RawConfig {
                                 .ok_or_else(|| ConfigError(format!("{name} needs a value (see --help)")))?
                         }
                     };
-                    values.insert(setting.var, value);
+                    put(setting.var, value, Layer::Flag);
                 }
                 None => rest.push(arg.clone()),
             }
             i += 1;
         }
+        if values.get("LOG_LEVEL").is_some_and(|(_, layer)| *layer == Layer::Default) {
+            if let Some(v) = env("RUST_LOG").filter(|v| !v.is_empty()) {
+                values.insert("LOG_LEVEL", (v, Layer::Env));
+            }
+        }
+        // `<SECRET>_FILE`: the file's content stands for the secret, when given in a later
+        // layer than the secret itself.
+        for setting in SETTINGS.iter().filter(|s| s.secret) {
+            let Some(file_var) = SETTINGS.iter().map(|s| s.var).find(|v| *v == format!("{}_FILE", setting.var)) else {
+                continue;
+            };
+            let (path, file_layer) = values[file_var].clone();
+            if file_layer == Layer::Default {
+                continue;
+            }
+            let secret_layer = values[setting.var].1;
+            if secret_layer == file_layer {
+                return Err(ConfigError(format!(
+                    "both {} and {file_var} are set (in the same place); keep one of them",
+                    setting.var
+                )));
+            }
+            if secret_layer > file_layer {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| ConfigError(format!("{file_var}={path}: cannot read the file: {e}")))?;
+            let value = text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text);
+            if value.is_empty() {
+                return Err(ConfigError(format!("{file_var}={path}: the file is empty")));
+            }
+            values.insert(setting.var, (value.to_string(), file_layer));
+        }
+        let values = values.into_iter().map(|(k, (v, _))| (k, v)).collect();
         Ok((RawConfig { values }, rest))
     }
 
@@ -183,25 +282,59 @@ impl RawConfig {
         (!v.is_empty()).then(|| v.to_string())
     }
 
-    fn num<T>(&self, var: &str, min: T) -> Result<T, ConfigError>
-    where
-        T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
-    {
+    /// A whole number of at least `min` (and at most the type's largest value).
+    fn num<T: Int>(&self, var: &str, min: T) -> Result<T, ConfigError> {
+        self.num_in(var, min, T::MAX)
+    }
+
+    /// A whole number from `min` to `max`; outside it, an error that says the range.
+    fn num_in<T: Int>(&self, var: &str, min: T, max: T) -> Result<T, ConfigError> {
         let raw = self.get(var).trim();
-        let n: T = raw.parse().map_err(|_| ConfigError(format!("{var}={raw:?} is not a valid number")))?;
-        if n < min {
-            return Err(ConfigError(format!("{var}={raw} is too small (at least {min})")));
+        let n: i128 = raw
+            .parse()
+            .map_err(|_| ConfigError(format!("{var}={raw:?} is not a whole number (between {min} and {max})")))?;
+        if n < min.into() || n > max.into() {
+            return Err(ConfigError(format!("{var}={raw} must be between {min} and {max}")));
         }
-        Ok(n)
+        Ok(T::try_from(n).ok().expect("checked against the range"))
+    }
+
+    /// Seconds from 1 to a year (so no deadline computed from it can overflow).
+    fn secs(&self, var: &str) -> Result<Duration, ConfigError> {
+        Ok(Duration::from_secs(self.num_in::<u64>(var, 1, MAX_SECS)?))
     }
 
     fn boolean(&self, var: &str) -> Result<bool, ConfigError> {
         match self.get(var).trim().to_ascii_lowercase().as_str() {
             "1" | "true" | "yes" | "on" => Ok(true),
-            "0" | "false" | "no" | "off" | "" => Ok(false),
+            "0" | "false" | "no" | "off" => Ok(false),
             other => Err(ConfigError(format!("{var}={other:?}: expected true or false"))),
         }
     }
+}
+
+/// The longest time setting: one year, in seconds.
+const MAX_SECS: u64 = 365 * 24 * 3600;
+
+/// The integer types settings are read into.
+pub trait Int: Copy + std::fmt::Display + Into<i128> + TryFrom<i128> {
+    const MAX: Self;
+}
+
+impl Int for u16 {
+    const MAX: Self = u16::MAX;
+}
+impl Int for u32 {
+    const MAX: Self = u32::MAX;
+}
+impl Int for u64 {
+    const MAX: Self = u64::MAX;
+}
+
+/// `usize` has no `Into<i128>`; settings of that kind are read as `u32` (4 billion is beyond
+/// any count this server can hold) and widened.
+fn count(raw: &RawConfig, var: &str, min: u32) -> Result<usize, ConfigError> {
+    raw.num::<u32>(var, min).map(|n| n as usize)
 }
 
 /// Whether WebSocket connects need a token.
@@ -229,6 +362,7 @@ pub struct Config {
     pub upload_dir: PathBuf,
     pub backup_dir: PathBuf,
     pub data_dir: PathBuf,
+    pub account_cache_size: usize,
     pub max_upload_bytes: u64,
     pub max_upload_files: usize,
     pub allow_signup: bool,
@@ -242,6 +376,9 @@ pub struct Config {
     pub alert_command: Option<String>,
     pub workers: usize,
     pub max_connections: usize,
+    pub max_connections_per_addr: usize,
+    pub transfer_workers: usize,
+    pub max_transfers_per_addr: usize,
     pub max_header_bytes: usize,
     pub max_headers: usize,
     pub max_json_bytes: u64,
@@ -266,13 +403,13 @@ impl std::fmt::Debug for Config {
 
 impl Config {
     pub fn from_raw(raw: &RawConfig) -> Result<Config, ConfigError> {
-        let secs = |var: &str| -> Result<Duration, ConfigError> { Ok(Duration::from_secs(raw.num::<u64>(var, 1)?)) };
+        let secs = |var: &str| raw.secs(var);
         let ws_auth = match raw.get("WS_AUTH").trim().to_ascii_lowercase().as_str() {
             "optional" | "" => WsAuth::Optional,
             "required" => WsAuth::Required,
             other => return Err(ConfigError(format!("WS_AUTH={other:?}: expected optional or required"))),
         };
-        if raw.num::<u64>("WS_PING_TIMEOUT_SECS", 1)? <= raw.num::<u64>("WS_PING_INTERVAL_SECS", 1)? {
+        if secs("WS_PING_TIMEOUT_SECS")? <= secs("WS_PING_INTERVAL_SECS")? {
             return Err(ConfigError(format!(
                 "WS_PING_TIMEOUT_SECS={} must be longer than WS_PING_INTERVAL_SECS={} (a client needs a ping to answer)",
                 raw.get("WS_PING_TIMEOUT_SECS"),
@@ -291,48 +428,65 @@ impl Config {
             db_user: raw.get("DB_USER").to_string(),
             db_password: raw.get("DB_PASSWORD").to_string(),
             database_url: raw.opt("DATABASE_URL"),
-            db_pool_size: raw.num::<u32>("DB_POOL_SIZE", 1)?,
-            db_checkout_timeout: Duration::from_millis(raw.num::<u64>("DB_CHECKOUT_TIMEOUT_MS", 1)?),
+            db_pool_size: raw.num_in::<u32>("DB_POOL_SIZE", 1, 10_000)?,
+            db_checkout_timeout: Duration::from_millis(raw.num_in::<u64>(
+                "DB_CHECKOUT_TIMEOUT_MS",
+                1,
+                MAX_SECS * 1000,
+            )?),
             secret_key: raw.opt("SECRET_KEY"),
-            access_token_expire: Duration::from_secs(60 * raw.num::<u64>("ACCESS_TOKEN_EXPIRE_MINUTES", 1)?),
+            access_token_expire: Duration::from_secs(
+                60 * raw.num_in::<u64>("ACCESS_TOKEN_EXPIRE_MINUTES", 1, MAX_SECS / 60)?,
+            ),
             upload_dir: PathBuf::from(raw.get("UPLOAD_DIR")),
             backup_dir: PathBuf::from(raw.get("BACKUP_DIR")),
             data_dir: PathBuf::from(raw.get("DATA_DIR")),
-            max_upload_bytes: raw.num::<u64>("MAX_UPLOAD_MB", 1)?.saturating_mul(1024 * 1024),
-            max_upload_files: raw.num::<usize>("MAX_UPLOAD_FILES", 1)?,
+            account_cache_size: count(raw, "ACCOUNT_CACHE_SIZE", 1)?,
+            max_upload_bytes: raw.num_in::<u64>("MAX_UPLOAD_MB", 1, 1 << 30)? * 1024 * 1024,
+            max_upload_files: count(raw, "MAX_UPLOAD_FILES", 1)?,
             allow_signup: raw.boolean("ALLOW_SIGNUP")?,
             ws_auth,
-            ws_max_clients: raw.num::<usize>("WS_MAX_CLIENTS", 1)?,
-            ws_queue_frames: raw.num::<usize>("WS_QUEUE_FRAMES", 1)?,
-            ws_queue_kb: raw.num::<usize>("WS_QUEUE_KB", 1)?,
-            ws_thread_stack_kb: raw.num::<usize>("WS_THREAD_STACK_KB", 64)?,
+            ws_max_clients: count(raw, "WS_MAX_CLIENTS", 1)?,
+            ws_queue_frames: count(raw, "WS_QUEUE_FRAMES", 1)?,
+            ws_queue_kb: count(raw, "WS_QUEUE_KB", 1)?,
+            ws_thread_stack_kb: raw.num_in::<u32>("WS_THREAD_STACK_KB", 64, 1 << 20)? as usize,
             ws_ping_interval: secs("WS_PING_INTERVAL_SECS")?,
             ws_ping_timeout: secs("WS_PING_TIMEOUT_SECS")?,
             alert_command: raw.opt("ALERT_COMMAND"),
-            workers: raw.num::<usize>("WORKERS", 1)?,
-            max_connections: raw.num::<usize>("MAX_CONNECTIONS", 1)?,
-            max_header_bytes: raw.num::<usize>("MAX_HEADER_BYTES", 256)?,
-            max_headers: raw.num::<usize>("MAX_HEADERS", 1)?,
+            workers: raw.num_in::<u32>("WORKERS", 1, 65_536)? as usize,
+            max_connections: count(raw, "MAX_CONNECTIONS", 1)?,
+            max_connections_per_addr: count(raw, "MAX_CONNECTIONS_PER_ADDR", 1)?,
+            transfer_workers: count(raw, "TRANSFER_WORKERS", 0)?,
+            max_transfers_per_addr: count(raw, "MAX_TRANSFERS_PER_ADDR", 1)?,
+            max_header_bytes: count(raw, "MAX_HEADER_BYTES", 256)?,
+            max_headers: raw.num_in::<u32>("MAX_HEADERS", 1, 10_000)? as usize,
             max_json_bytes: raw.num::<u64>("MAX_JSON_BYTES", 1)?,
             head_timeout: secs("HEAD_TIMEOUT_SECS")?,
             body_timeout: secs("BODY_TIMEOUT_SECS")?,
             keepalive_timeout: secs("KEEPALIVE_TIMEOUT_SECS")?,
-            min_body_rate: raw.num::<u64>("MIN_BODY_RATE_KB", 0)?.saturating_mul(1024),
+            min_body_rate: raw.num_in::<u64>("MIN_BODY_RATE_KB", 0, 1 << 40)? * 1024,
             shutdown_grace: secs("SHUTDOWN_GRACE_SECS")?,
             log_level,
             test_routes: raw.boolean("ADCLUSTER_TEST_ROUTES")?,
             db_gui_token: raw.opt("DB_GUI_TOKEN"),
             db_gui_timeout: secs("DB_GUI_TIMEOUT_SECS")?,
-            db_gui_max_rows: raw.num::<usize>("DB_GUI_MAX_ROWS", 1)?,
-            db_gui_history: raw.num::<usize>("DB_GUI_HISTORY", 0)?,
+            db_gui_max_rows: raw.num_in::<u32>("DB_GUI_MAX_ROWS", 1, 1_000_000)? as usize,
+            db_gui_history: raw.num_in::<u32>("DB_GUI_HISTORY", 0, 100_000)? as usize,
         })
     }
 
     /// Load from the real sources: `.env` in the working directory, the environment, `args`.
+    /// A missing `.env` is fine; one that cannot be read is an error naming it.
     pub fn load(args: &[String]) -> Result<(Config, Vec<String>), ConfigError> {
-        let dotenv = std::fs::read_to_string(".env").ok();
+        let path = absolute(Path::new(".env"));
+        let dotenv = match std::fs::read_to_string(&path) {
+            Ok(text) => Some(text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(ConfigError(format!("{}: cannot read it: {e}", path.display()))),
+        };
         let env = |k: &str| std::env::var(k).ok();
-        let (raw, rest) = RawConfig::layer(dotenv.as_deref(), &env, args)?;
+        let name = path.display().to_string();
+        let (raw, rest) = RawConfig::layer_named(dotenv.as_deref().map(|t| (name.as_str(), t)), &env, args)?;
         Ok((Config::from_raw(&raw)?, rest))
     }
 
@@ -343,18 +497,53 @@ impl Config {
             None => format!("{}@{}:{}/{}", self.db_user, self.db_host, self.db_port, self.db_name),
         };
         format!(
-            "listen={}:{} db={} pool={} workers={} max_connections={} upload_dir={} data_dir={} secret_key={}",
+            "listen={}:{} db={} pool={} workers={} max_connections={} upload_dir={} data_dir={} backup_dir={} secret_key={}",
             self.host,
             self.port,
             db,
             self.db_pool_size,
             self.workers,
             self.max_connections,
-            self.upload_dir.display(),
-            self.data_dir.display(),
+            absolute(&self.upload_dir).display(),
+            absolute(&self.data_dir).display(),
+            absolute(&self.backup_dir).display(),
             if self.secret_key.is_some() { "set" } else { "unset" }
         )
     }
+}
+
+/// Checked before anything is created: `DATA_DIR` does not exist yet but `UPLOAD_DIR` already
+/// holds files. That is the mark of a server started from another folder than usual: a new
+/// `data/` brings a new secret key (old tokens fail) and the files it lists are elsewhere.
+pub fn wrong_folder_warning(cfg: &Config) -> Option<String> {
+    if cfg.data_dir.exists() || !holds_files(&cfg.upload_dir, 2) {
+        return None;
+    }
+    let cwd = std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_else(|_| "?".into());
+    Some(format!(
+        "DATA_DIR {} is new but UPLOAD_DIR {} already holds files: was the server started from another folder \
+         (working directory {cwd})? A new DATA_DIR means a new secret key, so earlier tokens fail. Start it \
+         from the folder that holds its data/, or set DATA_DIR and UPLOAD_DIR to absolute paths",
+        absolute(&cfg.data_dir).display(),
+        absolute(&cfg.upload_dir).display(),
+    ))
+}
+
+/// Whether `dir` holds a file (not a dotfile such as `.gitkeep` or the `.tmp` folder) within
+/// `depth` levels.
+fn holds_files(dir: &Path, depth: u32) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else { return false };
+    entries.flatten().any(|e| {
+        let hidden = e.file_name().to_string_lossy().starts_with('.');
+        let Ok(kind) = e.file_type() else { return false };
+        !hidden && (kind.is_file() || (kind.is_dir() && depth > 1 && holds_files(&e.path(), depth - 1)))
+    })
+}
+
+/// `path` made absolute against the working directory (without touching the file system
+/// beyond reading the working directory; `path` itself need not exist).
+pub fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 /// `postgres://user:pw@host/db` → `postgres://user:***@host/db`.
@@ -370,28 +559,55 @@ pub fn redact_url(url: &str) -> String {
     format!("{scheme}://{user}:***@{host}")
 }
 
-/// Parse `.env` text: `KEY=VALUE` lines, `#` comments, optional `export `, optional quotes.
-pub fn parse_dotenv(text: &str) -> Vec<(String, String)> {
-    text.lines()
-        .filter_map(|line| {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                return None;
+/// A `.env` line that is not `KEY=VALUE`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct DotenvError {
+    /// 1-based line number.
+    pub line: usize,
+    pub message: String,
+}
+
+/// Parse `.env` text: `KEY=VALUE` lines, blank lines and `#` comments, optional `export `,
+/// optional `'...'` or `"..."` around the value (kept as is inside); an unquoted value ends at
+/// ` #`. Anything else is an error with its line number.
+pub fn parse_dotenv(text: &str) -> Result<Vec<(String, String)>, DotenvError> {
+    let mut out = Vec::new();
+    for (n, raw) in text.lines().enumerate() {
+        let err = |message: String| DotenvError { line: n + 1, message };
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").map(str::trim_start).unwrap_or(line);
+        let Some((k, v)) = line.split_once('=') else {
+            return Err(err(format!("expected KEY=VALUE, found {line:?}")));
+        };
+        let k = k.trim();
+        if k.is_empty()
+            || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            || k.as_bytes()[0].is_ascii_digit()
+        {
+            return Err(err(format!("{k:?} is not a valid name (letters, digits and _; expected KEY=VALUE)")));
+        }
+        let v = v.trim();
+        let value = match v.chars().next() {
+            Some(q @ ('"' | '\'')) => {
+                let inner = &v[1..];
+                let Some(end) = inner.find(q) else {
+                    return Err(err(format!("the value of {k} opens a {q} quote that is not closed on this line")));
+                };
+                let after = inner[end + 1..].trim();
+                if !(after.is_empty() || after.starts_with('#')) {
+                    return Err(err(format!("unexpected {after:?} after the quoted value of {k}")));
+                }
+                &inner[..end]
             }
-            let line = line.strip_prefix("export ").unwrap_or(line);
-            let (k, v) = line.split_once('=')?;
-            let v = v.trim();
-            let v = if v.len() >= 2
-                && ((v.starts_with('"') && v.ends_with('"')) || (v.starts_with('\'') && v.ends_with('\'')))
-            {
-                &v[1..v.len() - 1]
-            } else {
-                // An unquoted value ends at an inline comment.
-                v.split(" #").next().unwrap_or(v).trim()
-            };
-            Some((k.trim().to_string(), v.to_string()))
-        })
-        .collect()
+            // An unquoted value ends at an inline comment.
+            _ => v.split(" #").next().unwrap_or(v).trim(),
+        };
+        out.push((k.to_string(), value.to_string()));
+    }
+    Ok(out)
 }
 
 /// The `--help` text, generated from `SETTINGS`.
@@ -407,15 +623,16 @@ pub fn help_text() -> String {
     );
     for s in SETTINGS {
         let default = if s.secret || s.default.is_empty() { "(unset)".to_string() } else { s.default.to_string() };
-        out.push_str(&format!(
-            "    {:<34} {:<28} {}\n        {}\n",
-            format!("{} <value>", s.flag),
-            s.var,
-            default,
-            s.help
-        ));
+        let flag = if s.flag.is_empty() { "(no flag: a secret)".to_string() } else { format!("{} <value>", s.flag) };
+        out.push_str(&format!("    {:<34} {:<28} {}\n        {}\n", flag, s.var, default, s.help));
     }
-    out.push_str("\nExit codes: 0 success, 1 failure, 2 bad usage.\n");
+    out.push_str(
+        "\nAn empty value counts as unset (the default stands). A .env line that is not KEY=VALUE is an error.\n\
+         \nSECRETS: SECRET_KEY, DB_PASSWORD and DATABASE_URL have no flags, because every user of this\n\
+         machine can read a process's command line (ps, /proc/PID/cmdline). Set them in the environment,\n\
+         in .env, or in a file named by SECRET_KEY_FILE, DB_PASSWORD_FILE or DATABASE_URL_FILE.\n\
+         \nThe full reference: docs/api.md. Exit codes: 0 success, 1 failure, 2 bad usage.\n",
+    );
     out
 }
 
@@ -466,7 +683,7 @@ mod tests {
         let err = layer(None, &[("PORT", "eighty")], &[]).unwrap_err().0;
         assert!(err.contains("PORT"), "{err}");
         let err = layer(None, &[], &["--workers", "0"]).unwrap_err().0;
-        assert!(err.contains("WORKERS") && err.contains("at least 1"), "{err}");
+        assert!(err.contains("WORKERS") && err.contains("between 1 and"), "{err}");
         assert!(layer(None, &[], &["--port"]).unwrap_err().0.contains("--port needs a value"));
         assert!(layer(None, &[("WS_AUTH", "maybe")], &[]).is_err());
         assert!(layer(None, &[("ALLOW_SIGNUP", "perhaps")], &[]).is_err());
@@ -490,9 +707,127 @@ mod tests {
         let shown = format!("{c:?} {}", c.redacted_summary());
         assert!(!shown.contains("hunter2"));
         assert!(!shown.contains(&"k".repeat(40)));
-        assert!(help_text().contains("--secret-key"));
         for s in SETTINGS {
             assert!(help_text().contains(s.var), "{} missing from --help", s.var);
         }
+    }
+
+    #[test]
+    fn secrets_have_no_flags_and_help_says_why() {
+        for s in SETTINGS.iter().filter(|s| s.secret) {
+            assert!(s.flag.is_empty(), "{} has a flag", s.var);
+            let flag = refused_secret_flag(s.var);
+            for args in [vec![flag.clone(), "x".repeat(40)], vec![format!("{flag}={}", "x".repeat(40))]] {
+                let err = layer(None, &[], &args.iter().map(String::as_str).collect::<Vec<_>>()).unwrap_err().0;
+                assert!(err.starts_with(&format!("{flag} is not accepted")), "{err}");
+                assert!(err.contains("command line") && err.contains(&format!("{}_FILE", s.var)), "{err}");
+                assert!(!err.contains(&"x".repeat(40)), "the refused value is not repeated: {err}");
+            }
+        }
+        let help = help_text();
+        assert!(help.contains("(no flag: a secret)"), "{help}");
+        assert!(help.contains("can read a process's command line"), "{help}");
+        for var in ["SECRET_KEY_FILE", "DB_PASSWORD_FILE", "DATABASE_URL_FILE"] {
+            assert!(help.contains(var), "{var} missing from --help");
+        }
+    }
+
+    /// A temp file removed on drop.
+    struct TempFile(PathBuf);
+    impl TempFile {
+        fn new(content: &str) -> TempFile {
+            static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let path = std::env::temp_dir().join(format!("adc-config-test-{}-{n}", std::process::id()));
+            std::fs::write(&path, content).unwrap();
+            TempFile(path)
+        }
+        fn path(&self) -> &str {
+            self.0.to_str().unwrap()
+        }
+    }
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    #[test]
+    fn secrets_come_from_files() {
+        let key = "k".repeat(40);
+        let file = TempFile::new(&format!("{key}\n"));
+        let (c, _) = layer(None, &[("SECRET_KEY_FILE", file.path())], &[]).unwrap();
+        assert_eq!(c.secret_key.as_deref(), Some(key.as_str()), "one trailing newline removed");
+        let pw = TempFile::new("p@ss word\r\n");
+        let (c, _) = layer(None, &[], &["--db-password-file", pw.path()]).unwrap();
+        assert_eq!(c.db_password, "p@ss word");
+        // A later layer wins, whichever of the two it gives.
+        let dotenv = format!("SECRET_KEY={}\n", "d".repeat(40));
+        let (c, _) = layer(Some(&dotenv), &[("SECRET_KEY_FILE", file.path())], &[]).unwrap();
+        assert_eq!(c.secret_key.as_deref(), Some(key.as_str()));
+        let dotenv = format!("SECRET_KEY_FILE={}\n", file.path());
+        let (c, _) = layer(Some(&dotenv), &[("SECRET_KEY", &"e".repeat(40))], &[]).unwrap();
+        assert_eq!(c.secret_key, Some("e".repeat(40)));
+        // Both in one place, a missing file, an empty file: errors that say so.
+        let err = layer(None, &[("SECRET_KEY", &"e".repeat(40)), ("SECRET_KEY_FILE", file.path())], &[]).unwrap_err().0;
+        assert!(err.contains("both SECRET_KEY and SECRET_KEY_FILE"), "{err}");
+        let err = layer(None, &[("DB_PASSWORD_FILE", "/nonexistent/pw")], &[]).unwrap_err().0;
+        assert!(err.starts_with("DB_PASSWORD_FILE=/nonexistent/pw: cannot read the file"), "{err}");
+        let empty = TempFile::new("\n");
+        let err = layer(None, &[("SECRET_KEY_FILE", empty.path())], &[]).unwrap_err().0;
+        assert!(err.contains("the file is empty"), "{err}");
+    }
+
+    #[test]
+    fn empty_values_count_as_unset() {
+        // In .env, in the environment and as a flag: the default (or the earlier layer) stands.
+        let (c, _) = layer(Some("ALLOW_SIGNUP=\nPORT=\nWS_AUTH=''\n"), &[], &[]).unwrap();
+        assert!(c.allow_signup, "ALLOW_SIGNUP= keeps sign-up open (the default)");
+        assert_eq!(c.port, 8000);
+        assert_eq!(c.ws_auth, WsAuth::Optional);
+        let (c, _) = layer(Some("PORT=9000\n"), &[("PORT", ""), ("ALLOW_SIGNUP", "")], &["--workers="]).unwrap();
+        assert_eq!((c.port, c.allow_signup, c.workers), (9000, true, 64));
+        let (c, _) = layer(None, &[("SECRET_KEY", "")], &[]).unwrap();
+        assert!(c.secret_key.is_none());
+    }
+
+    #[test]
+    fn dotenv_errors_name_the_file_and_line() {
+        let env = |_: &str| None;
+        let text = "# settings\nPORT=9000\n\nDB_NAME\n";
+        let err = RawConfig::layer_named(Some(("/srv/app/.env", text)), &env, &[]).unwrap_err().0;
+        assert_eq!(err, "/srv/app/.env:4: expected KEY=VALUE, found \"DB_NAME\"");
+        for (text, line, says) in [
+            ("=value\n", 1, "is not a valid name"),
+            ("A=1\nMY KEY=1\n", 2, "is not a valid name"),
+            ("A=1\nB=2\nSECRET_KEY=\"abc\n", 3, "quote that is not closed"),
+            ("X='a' b\n", 1, "after the quoted value"),
+        ] {
+            let err = parse_dotenv(text).unwrap_err();
+            assert_eq!(err.line, line, "{text:?}");
+            assert!(err.message.contains(says), "{text:?}: {}", err.message);
+        }
+        let ok = parse_dotenv("export  A = 'x # y' # c\nB=\"\"\nC=plain # note\nD=a=b\n").unwrap();
+        let ok: Vec<(&str, &str)> = ok.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(ok, vec![("A", "x # y"), ("B", ""), ("C", "plain"), ("D", "a=b")]);
+    }
+
+    #[test]
+    fn numbers_out_of_range_say_the_range() {
+        let err = layer(None, &[("PORT", "70000")], &[]).unwrap_err().0;
+        assert_eq!(err, "PORT=70000 must be between 0 and 65535");
+        let err = layer(None, &[("DB_PORT", "0")], &[]).unwrap_err().0;
+        assert_eq!(err, "DB_PORT=0 must be between 1 and 65535");
+        let err = layer(None, &[("PORT", "eighty")], &[]).unwrap_err().0;
+        assert_eq!(err, "PORT=\"eighty\" is not a whole number (between 0 and 65535)");
+        let err = layer(None, &[("WORKERS", "-1")], &[]).unwrap_err().0;
+        assert_eq!(err, "WORKERS=-1 must be between 1 and 65536");
+        let err = layer(None, &[("BODY_TIMEOUT_SECS", "99999999999")], &[]).unwrap_err().0;
+        assert_eq!(err, "BODY_TIMEOUT_SECS=99999999999 must be between 1 and 31536000");
+        let err = layer(None, &[("MAX_UPLOAD_MB", "0")], &[]).unwrap_err().0;
+        assert!(err.starts_with("MAX_UPLOAD_MB=0 must be between 1 and "), "{err}");
+        // The edges themselves are accepted.
+        let (c, _) = layer(None, &[("PORT", "65535"), ("DB_PORT", "1")], &[]).unwrap();
+        assert_eq!((c.port, c.db_port), (65535, 1));
     }
 }

@@ -77,16 +77,27 @@ fn load_config(args: &[String]) -> Result<Config, Failure> {
 
 fn serve(args: &[String]) -> Result<(), Failure> {
     let cfg = load_config(args)?;
+    util::log::bridge();
     // Block SIGINT/SIGTERM in this thread before any other starts, so every thread inherits the
     // mask and only the signal thread receives them (via sigwait).
     let signals = signals::block().map_err(|e| failed(format!("cannot set up signal handling: {e}")))?;
     // One descriptor per HTTP connection and one per WebSocket session.
     util::rlimit::raise_nofile(cfg.max_connections + cfg.ws_max_clients);
-    info!("starting adcluster {}: {}", api::VERSION, cfg.redacted_summary());
+    let build = if cfg!(debug_assertions) { "debug" } else { "release" };
+    info!("starting adcluster {} ({build} build): {}", api::VERSION, cfg.redacted_summary());
+    if let Some(warning) = config::wrong_folder_warning(&cfg) {
+        warn!("{warning}");
+    }
+    if cfg!(not(debug_assertions)) && cfg.test_routes {
+        warn!("ADCLUSTER_TEST_ROUTES is ignored: a release build has no test routes");
+    }
 
     let http_cfg = http::ServerConfig {
         workers: cfg.workers,
         max_connections: cfg.max_connections,
+        max_connections_per_addr: cfg.max_connections_per_addr,
+        transfer_workers: cfg.transfer_workers,
+        max_transfers_per_addr: cfg.max_transfers_per_addr,
         head_timeout: cfg.head_timeout,
         body_timeout: cfg.body_timeout,
         idle_timeout: cfg.keepalive_timeout,
@@ -97,7 +108,16 @@ fn serve(args: &[String]) -> Result<(), Failure> {
     };
     let addr = format!("{}:{}", cfg.host, cfg.port);
     let auth = build_auth(&cfg)?;
-    let db = Arc::new(Db::new(db_config(&cfg)).map_err(|e| failed(e.to_string()))?);
+    let db = Arc::new(Db::with_cache(db_config(&cfg), cfg.account_cache_size).map_err(|e| failed(e.to_string()))?);
+    // The spool first: a restarted server drains what it spooled before it died, as soon as the
+    // database is up (the monitor wakes the replayer).
+    let spool = db::spool::Spool::open(&cfg.data_dir).map_err(|e| {
+        failed(format!(
+            "cannot open the upload spool in {}: {e} (DATA_DIR must be a writable folder)",
+            cfg.data_dir.join("spool").display()
+        ))
+    })?;
+    db.attach_spool(Arc::new(spool)).map_err(|e| failed(format!("cannot start the spool replayer: {e}")))?;
     let ws = Arc::new(adcluster::ws::Ws::new(adcluster::ws::WsSettings::from_config(&cfg)));
     let alerter = adcluster::ops::alert::Alerter {
         ws: ws.clone(),
@@ -253,10 +273,10 @@ fn build_auth(cfg: &Config) -> Result<auth::Auth, Failure> {
     match source {
         token::SecretSource::Generated => warn!(
             "SECRET_KEY is not set: generated one into {} (keep that file; tokens die with it)",
-            cfg.data_dir.join(token::SECRET_FILE_NAME).display()
+            config::absolute(&cfg.data_dir.join(token::SECRET_FILE_NAME)).display()
         ),
         token::SecretSource::File => {
-            info!("SECRET_KEY read from {}", cfg.data_dir.join(token::SECRET_FILE_NAME).display())
+            info!("SECRET_KEY read from {}", config::absolute(&cfg.data_dir.join(token::SECRET_FILE_NAME)).display())
         }
         token::SecretSource::Configured => {}
     }

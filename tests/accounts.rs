@@ -451,6 +451,34 @@ fn failed_logins_are_rate_limited() {
 }
 
 #[test]
+fn parallel_wrong_passwords_cannot_outrun_the_limit() {
+    // Enough workers and hash queue (WORKERS/4) that all 18 attempts get to the limiter at once.
+    let srv = TestServer::start_with(Opts::default().env("SECRET_KEY", SECRET).env("WORKERS", "96"));
+    signup(&srv, "par@example.com", "password1");
+    let addr = srv.addr;
+    let start = std::sync::Arc::new(std::sync::Barrier::new(18));
+    let handles: Vec<_> = (0..18)
+        .map(|i| {
+            let start = start.clone();
+            std::thread::spawn(move || {
+                let mut c = common::Conn::open(addr);
+                let body = json!({ "email": "par@example.com", "password": format!("wrong-{i}") }).to_string();
+                start.wait();
+                c.send("POST", "/auth/login", &[("Content-Type", "application/json")], body.as_bytes()).status
+            })
+        })
+        .collect();
+    let mut statuses: Vec<u16> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    statuses.sort();
+    let n401 = statuses.iter().filter(|s| **s == 401).count();
+    let n429 = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!((n401, n429), (10, 8), "{statuses:?}");
+    // And the pair stays locked, the right password included.
+    let r = post_json(&srv, "/auth/login", None, &json!({ "email": "par@example.com", "password": "password1" }));
+    assert_eq!(r.status, 429);
+}
+
+#[test]
 fn secret_key_rules() {
     // Too short: refuse to start, with a message saying what to do.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_adcluster"))

@@ -380,6 +380,59 @@ fn nothing_outside_the_upload_dir_is_ever_served() {
 }
 
 #[test]
+fn records_name_their_uploader_and_mine_lists_only_the_callers() {
+    let env = setup(Opts::default());
+    let me = env.srv.request("GET", "/users/me", &[("Authorization", &format!("Bearer {}", env.token))], b"").json();
+    let other = user(&env.srv, "someone@example.com");
+    let other_id =
+        env.srv.request("GET", "/users/me", &[("Authorization", &format!("Bearer {other}"))], b"").json()["id"].clone();
+    let mine = upload_one(&env, "mine.png", b"m");
+    assert_eq!(mine["uploaded_by"], me["id"]);
+    let many =
+        upload(&env, "/api/upload/multiple", &form(&[("files", Some("a.txt"), b"a"), ("files", Some("b"), b"b")]));
+    assert!(many.json()["files"].as_array().unwrap().iter().all(|f| f["uploaded_by"] == me["id"]));
+    // The other user's upload.
+    let r = {
+        let mut c = env.srv.connect();
+        let body = form(&[("file", Some("theirs.png"), b"t")]);
+        c.write(upload_head("/api/upload", &other, body.len()).as_bytes());
+        c.write(&body);
+        c.read_response(false)
+    };
+    assert_eq!(r.status, 201);
+    assert_eq!(r.json()["uploaded_by"], other_id);
+    let list = |token: &str, q: &str| {
+        let r =
+            env.srv.request("GET", &format!("/api/files{q}"), &[("Authorization", &format!("Bearer {token}"))], b"");
+        assert_eq!(r.status, 200, "{q}: {}", r.text());
+        r.json()
+    };
+    let all = list(&env.token, "");
+    assert_eq!(all["count"], 4);
+    assert!(all["files"].as_array().unwrap().iter().all(|f| f["uploaded_by"].is_i64()), "{all}");
+    for q in ["?mine=true", "?mine=1", "?mine=TRUE"] {
+        let only = list(&env.token, q);
+        assert_eq!(only["count"], 3, "{q}");
+        assert!(only["files"].as_array().unwrap().iter().all(|f| f["uploaded_by"] == me["id"]));
+    }
+    assert_eq!(list(&env.token, "?mine=false")["count"], 4);
+    assert_eq!(list(&other, "?mine=true")["count"], 1);
+    assert_eq!(list(&other, "?mine=true")["files"][0]["original_filename"], "theirs.png");
+    assert_eq!(list(&env.token, "?mine=true&category=images")["count"], 1);
+    assert_eq!(list(&env.token, "?mine=true&category=documents")["count"], 1);
+    let r =
+        env.srv.request("GET", "/api/files?mine=maybe", &[("Authorization", &format!("Bearer {}", env.token))], b"");
+    assert_eq!(r.status, 422);
+    assert_eq!(r.json()["detail"][0]["loc"], json!(["query", "mine"]));
+    // The document says so too.
+    let doc = env.srv.get("/openapi.json").json();
+    let record = &doc["components"]["schemas"]["FileRecord"];
+    assert!(record["required"].as_array().unwrap().contains(&json!("uploaded_by")), "{record}");
+    let params = doc["paths"]["/api/files"]["get"]["parameters"].as_array().unwrap();
+    assert!(params.iter().any(|p| p["name"] == "mine" && p["schema"]["type"] == "boolean"));
+}
+
+#[test]
 fn deletion_rules() {
     let env = setup(Opts::default());
     let other = user(&env.srv, "other@example.com");
@@ -389,8 +442,11 @@ fn deletion_rules() {
         env.srv.request("DELETE", &format!("/api/files/{name}"), &[("Authorization", &format!("Bearer {token}"))], b"")
     };
     assert_eq!(del(&other, name).status, 403);
-    for bad in ["..", "a..b", "a%2Fb", "a%5Cb"] {
-        assert_eq!(del(&env.token, bad).status, 400, "{bad}");
+    // NUL (PostgreSQL refuses it in text: this was a 500) and every other control character.
+    for bad in ["..", "a..b", "a%2Fb", "a%5Cb", "x%00y", "%00", "x%01y", "x%0Ay", "x%7Fy", "x%C2%85y"] {
+        let r = del(&env.token, bad);
+        assert_eq!(r.status, 400, "{bad}: {}", r.text());
+        assert_eq!(r.json()["detail"], "Invalid filename", "{bad}");
     }
     assert_eq!(del(&env.token, "nope.txt").status, 404);
     let r = del(&env.token, name);

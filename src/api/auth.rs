@@ -1,5 +1,7 @@
 //! `POST /auth/login`: the contract's "Authentication" section. JSON `{"email","password"}` or an
 //! OAuth2 password form (`username`, `password`), as Swagger UI's Authorize button sends it.
+//! While the database is away, the account comes from the memory cache (the answer carries
+//! `X-Data-Stale: true`); an account not in memory answers 503; the rate limit applies the same.
 //! Must never: answer an unknown email differently from a wrong password (same 401 body, and
 //! one Argon2 verification spent either way), or log what was typed.
 
@@ -11,8 +13,8 @@ use serde_json::json;
 use super::extract::{is_form, Fields, NO_NUL_PATTERN};
 use super::openapi::{schema_ref, Op};
 use super::App;
-use crate::auth::password;
-use crate::db::users;
+use crate::auth::{db_unavailable, load_user_by_email, password, stale_mark};
+use crate::db::users::User;
 use crate::http::{HttpError, Request, Response, Router};
 
 pub fn routes(r: &mut Router, app: &Arc<App>) {
@@ -45,18 +47,40 @@ fn login(app: &App, req: &mut Request<'_>) -> Result<Response, HttpError> {
     let (email, password) = (email.unwrap_or_default(), password.unwrap_or_default());
 
     let ip = req.peer.ip();
-    if let Err(retry) = app.auth.limiter.check(&email, ip, Instant::now()) {
-        return Err(HttpError::new(429, "Too many failed login attempts; try again later")
-            .header("retry-after", retry.as_secs().to_string()));
+    // Reserve the failure slot before anything is checked (see `auth::ratelimit`): attempts
+    // sent at once cannot all be checked before the limit applies.
+    let slot = app.auth.limiter.reserve(&email, ip, Instant::now()).map_err(|retry| {
+        HttpError::new(429, "Too many failed login attempts; try again later")
+            .header("retry-after", retry.as_secs().to_string())
+    })?;
+    let outcome = check_credentials(app, &email, password);
+    match &outcome {
+        // A verdict on the password: a failure keeps its slot, a success clears the pair.
+        Ok(_) => app.auth.limiter.reset(&email, ip),
+        Err(e) if e.status == 401 => {}
+        // No verdict (busy, database away, inactive account with the right password): give the
+        // slot back.
+        Err(_) => app.auth.limiter.release(&email, ip, slot),
     }
+    let (user, stale) = outcome?;
+    let ttl = app.auth.token_ttl.as_secs();
+    let token = app.auth.keys.issue(user.id, &user.email, ttl, crate::util::time::unix_now());
+    let resp = Response::json(200, &json!({ "access_token": token, "token_type": "bearer", "expires_in": ttl }));
+    Ok(stale_mark(stale, resp))
+}
+
+/// The account for `email` if `password` is its password: 401 when not (unknown email or wrong
+/// password alike), 403 for an inactive account, 503 when the hashing pool is full or when the
+/// database is away and the account is not in memory. Also says whether it came from memory.
+fn check_credentials(app: &App, email: &str, password: String) -> Result<(User, bool), HttpError> {
     // Under a login flood, refuse before touching the database: a refused login must be cheap.
     if app.auth.hasher.is_full() {
         return Err(crate::auth::HashError::Busy.into());
     }
-    let user = {
-        let mut c = app.conn()?;
-        users::by_email(&mut c, email.trim()).map_err(|e| app.db_err(e))?
-    };
+    let (user, stale) = load_user_by_email(&app.db, email.trim())?;
+    if user.is_none() && stale {
+        return Err(db_unavailable());
+    }
     let stored = user.as_ref().map(|u| u.hashed_password.clone());
     let verified = app.auth.hasher.run(move || match stored {
         Some(hash) => password::verify_password(&password, &hash),
@@ -67,18 +91,12 @@ fn login(app: &App, req: &mut Request<'_>) -> Result<Response, HttpError> {
     })?;
     let user = match user {
         Some(u) if verified => u,
-        _ => {
-            app.auth.limiter.record_failure(&email, ip, Instant::now());
-            return Err(HttpError::new(401, "Incorrect email or password").header("www-authenticate", "Bearer"));
-        }
+        _ => return Err(HttpError::new(401, "Incorrect email or password").header("www-authenticate", "Bearer")),
     };
     if !user.is_active {
         return Err(HttpError::new(403, "Inactive user"));
     }
-    app.auth.limiter.reset(&email, ip);
-    let ttl = app.auth.token_ttl.as_secs();
-    let token = app.auth.keys.issue(user.id, &user.email, ttl, crate::util::time::unix_now());
-    Ok(Response::json(200, &json!({ "access_token": token, "token_type": "bearer", "expires_in": ttl })))
+    Ok((user, stale))
 }
 
 pub fn schemas() -> serde_json::Value {

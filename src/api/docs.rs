@@ -3,17 +3,18 @@
 //! The OpenAPI document is assembled from the route table itself: every route carries its
 //! operation object (`Route::doc`), and `routes` (registered last) walks the table. A route
 //! without a `doc` is left out on purpose — only the docs pages themselves. The docs pages load
-//! their assets from `public/vendor/` when `scripts/vendor-docs.sh` has put them there before
-//! the build, and from the jsDelivr CDN otherwise, as FastAPI does. Vendored, they make no
-//! request off this server (tests/browser checks it in Chromium): ReDoc's sidebar always loads
-//! the Redocly logo from Redocly's CDN, so the vendored `/redoc` forbids off-site images.
+//! their assets from this binary (`/static/vendor/...`: Swagger UI and ReDoc, vendored in
+//! `public/vendor/` and embedded by `build.rs`), so they make no request off this server in any
+//! build (tests/browser checks it in Chromium with the network blocked). ReDoc's sidebar always
+//! loads the Redocly logo from Redocly's CDN, so `/redoc` forbids off-site images.
 //!
-//! Must never: describe a route that does not exist, or miss one that does (tests check both).
+//! Must never: describe a route that does not exist, or miss one that does (tests check both);
+//! point a docs page at anything off this server.
 
 use serde_json::{json, Map, Value};
 
 use super::openapi::schema_ref;
-use super::{auth, files, general, pages, teams, users, ws_api, VERSION};
+use super::{auth, files, general, teams, users, ws_api, VERSION};
 use crate::http::{Response, Router};
 
 /// What the connection layer (`http::body`) answers, for any route, while it reads a request
@@ -133,39 +134,25 @@ fn validation_schemas() -> Value {
     })
 }
 
-/// Where a docs asset comes from: our own `/static/vendor/...` when embedded, else the CDN.
-fn asset(vendored: &str, cdn: &str) -> String {
-    if pages::find(vendored).is_some() {
-        format!("/static/{vendored}")
-    } else {
-        cdn.to_string()
-    }
+/// The address of an embedded docs asset (`path` relative to `public/`). `build.rs` refuses to
+/// build without the ones used here, and a test checks each is embedded.
+fn asset(path: &str) -> String {
+    format!("/static/{path}")
 }
 
 /// The tab icon of both docs pages (Swagger UI's), so browsers do not ask for `/favicon.ico`.
 fn favicon() -> String {
-    asset("vendor/swagger-ui/favicon-32x32.png", "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/favicon-32x32.png")
+    asset("vendor/swagger-ui/favicon-32x32.png")
 }
 
-/// The ReDoc bundle is embedded: the page is meant to work offline.
-fn redoc_vendored() -> bool {
-    pages::find(REDOC_JS).is_some()
-}
-
-const REDOC_JS: &str = "vendor/redoc/redoc.standalone.js";
-
-/// For the vendored `/redoc`: no images from elsewhere (ReDoc's bundle hard-codes the Redocly
-/// logo's CDN address; blocked, the logo hides itself and the link text stays).
+/// For `/redoc`: no images from elsewhere (ReDoc's bundle hard-codes the Redocly logo's CDN
+/// address; blocked, the logo hides itself and the link text stays).
 const REDOC_OFFLINE_CSP: &str = "img-src 'self' data: blob:";
 
 fn swagger_html() -> String {
     let icon = favicon();
-    let css =
-        asset("vendor/swagger-ui/swagger-ui.css", "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css");
-    let js = asset(
-        "vendor/swagger-ui/swagger-ui-bundle.js",
-        "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js",
-    );
+    let css = asset("vendor/swagger-ui/swagger-ui.css");
+    let js = asset("vendor/swagger-ui/swagger-ui-bundle.js");
     format!(
         r#"<!DOCTYPE html>
 <html lang="en">
@@ -198,7 +185,7 @@ window.ui = SwaggerUIBundle({{
 
 fn redoc_html() -> String {
     let icon = favicon();
-    let js = asset(REDOC_JS, "https://cdn.jsdelivr.net/npm/redoc@2/bundles/redoc.standalone.js");
+    let js = asset("vendor/redoc/redoc.standalone.js");
     format!(
         r#"<!DOCTYPE html>
 <html lang="en">
@@ -226,16 +213,16 @@ pub fn routes(r: &mut Router) {
     let swagger: &'static [u8] = Box::leak(swagger_html().into_bytes().into_boxed_slice());
     r.add("GET", "/docs", move |_| Ok(Response::static_bytes(200, "text/html; charset=utf-8", swagger)));
     let redoc: &'static [u8] = Box::leak(redoc_html().into_bytes().into_boxed_slice());
-    let offline = redoc_vendored();
     r.add("GET", "/redoc", move |_| {
-        let page = Response::static_bytes(200, "text/html; charset=utf-8", redoc);
-        Ok(if offline { page.header("content-security-policy", REDOC_OFFLINE_CSP) } else { page })
+        Ok(Response::static_bytes(200, "text/html; charset=utf-8", redoc)
+            .header("content-security-policy", REDOC_OFFLINE_CSP))
     });
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::pages;
 
     #[test]
     fn path_parameters_are_declared_once() {
@@ -259,22 +246,43 @@ mod tests {
         refs
     }
 
-    /// Each page loads either everything from this binary (vendored before the build) or
-    /// everything from the CDN, never a mix, and every local asset is really embedded.
+    /// Each page loads everything from this binary, and every asset it names is embedded.
     #[test]
-    fn docs_assets_are_all_embedded_or_all_cdn() {
+    fn docs_assets_are_all_embedded() {
         for (page, html) in [("/docs", swagger_html()), ("/redoc", redoc_html())] {
             let refs = asset_refs(&html);
             assert!(refs.len() >= 2, "{page}: expected an icon and the bundle, got {refs:?}");
-            let local: Vec<&str> = refs.iter().filter_map(|r| r.strip_prefix("/static/")).collect();
-            for path in &local {
+            for r in &refs {
+                let path = r.strip_prefix("/static/").unwrap_or_else(|| panic!("{page} loads {r} from elsewhere"));
                 assert!(pages::find(path).is_some(), "{page} refers to /static/{path}, which is not embedded");
             }
-            let cdn = refs.iter().filter(|r| r.starts_with("https://cdn.jsdelivr.net/npm/")).count();
-            assert_eq!(local.len() + cdn, refs.len(), "{page}: unexpected asset address in {refs:?}");
-            assert!(local.is_empty() || cdn == 0, "{page} mixes embedded and CDN assets: {refs:?}");
         }
-        assert_eq!(redoc_vendored(), asset_refs(&redoc_html()).iter().all(|r| r.starts_with("/static/")));
+    }
+
+    /// The embedded docs assets are byte for byte the ones recorded in `public/vendor/.sha256`
+    /// (written by `scripts/vendor-docs.sh --update` from the npm tarballs it checked), and every
+    /// recorded file, licences included, is embedded.
+    #[test]
+    fn vendored_assets_match_their_recorded_sha256() {
+        use sha2::{Digest, Sha256};
+        let recorded = include_str!("../../public/vendor/.sha256");
+        let mut lines = recorded.lines();
+        let pins = lines.next().expect("a pins line");
+        assert!(pins.starts_with("# swagger-ui-dist@") && pins.contains(" redoc@"), "{pins}");
+        let mut checked = 0;
+        for line in lines {
+            let (want, file) = line.split_once("  ").expect("sha256sum format");
+            let path = format!("vendor/{file}");
+            let bytes = pages::find(&path).unwrap_or_else(|| panic!("{path} is recorded but not embedded"));
+            let got: String = Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect();
+            assert_eq!(got, want, "{path} differs from its recorded sha256");
+            checked += 1;
+        }
+        let embedded = pages::PUBLIC_FILES.iter().filter(|(p, _)| p.starts_with("vendor/")).count();
+        assert_eq!(checked, embedded, "every embedded vendor file is recorded, and no more");
+        for licence in ["vendor/swagger-ui/LICENSE", "vendor/redoc/LICENSE"] {
+            assert!(pages::find(licence).is_some(), "{licence} travels with the code");
+        }
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! (hashed and counted as it is written) → `fsync` → atomic `rename` into the category folder →
 //! the record in the database. Nothing of a file is held in memory. A part that crosses
 //! `MAX_UPLOAD_MB` stops the upload at once (413); a client that goes away, a bad part, or a
-//! database failure removes every file of the request (all or nothing).
+//! database failure removes every file of the request (all or nothing). While the database is
+//! away, the records go to the spool (`db::spool`, durable before the `201`) instead, and into
+//! the database when it is back; a spool that cannot be written answers 503 and removes the files.
 //! Must never: serve or delete anything outside `UPLOAD_DIR/<category>/`, derive a stored name
 //! from the client's file name, or leave a temp file behind.
 
@@ -127,6 +129,12 @@ fn too_large(limit: u64) -> MultipartError {
     MultipartError::Io(io::Error::other(BodyError::TooLarge { limit }))
 }
 
+/// The one 413 of both upload routes, whichever limit the request crossed first (the body's,
+/// checked by the connection layer, or one file's): it states `MAX_UPLOAD_MB` in bytes.
+fn too_large_detail(per_file: u64) -> String {
+    format!("File too large (limit {per_file} bytes per file)")
+}
+
 /// Receive the file parts named `field` of a multipart body into temp files.
 fn receive(
     app: &App,
@@ -213,7 +221,7 @@ fn receive(
     match result {
         Ok(()) if done.is_empty() => Err(missing()),
         Ok(()) => Ok(done),
-        Err(e) => Err(multipart_error(e, field, max_files)),
+        Err(e) => Err(multipart_error(e, field, max_files, limit)),
     }
 }
 
@@ -229,7 +237,7 @@ impl std::fmt::Display for TooManyFiles {
 
 impl std::error::Error for TooManyFiles {}
 
-fn multipart_error(e: MultipartError, field: &str, max_files: usize) -> HttpError {
+fn multipart_error(e: MultipartError, field: &str, max_files: usize, per_file: u64) -> HttpError {
     match e {
         MultipartError::Sink(inner) if inner.is::<TooManyFiles>() => HttpError::validation(
             &["body", field],
@@ -237,6 +245,7 @@ fn multipart_error(e: MultipartError, field: &str, max_files: usize) -> HttpErro
             "too_long",
         ),
         MultipartError::Io(io) => match BodyError::of(&io) {
+            Some(BodyError::TooLarge { .. }) => HttpError::new(413, too_large_detail(per_file)),
             Some(b) => HttpError::from(b.clone()),
             None => storage_error("write the upload", &io),
         },
@@ -276,11 +285,28 @@ fn commit(app: &App, staged: Vec<Staged>) -> Result<Vec<FileRecord>, HttpError> 
     }
     let records: Vec<FileRecord> = staged.iter().map(|s| s.record.clone()).collect();
     let saved = app.db.conn().and_then(|mut c| records::insert_all(&mut c, &records));
-    if let Err(e) = saved {
-        undo(&placed);
-        return Err(app.db_err(e));
+    match saved {
+        Ok(()) => Ok(records),
+        // The database is away (known down, or lost on the way: the insert may or may not have
+        // committed; replay is idempotent either way): the record goes to the spool, on disk
+        // before the answer, and into the database when it is back.
+        Err(e) if e.is_unavailable() && app.db.spool().is_some() => {
+            app.db.saw(e);
+            let spool = app.db.spool().expect("checked above");
+            match spool.append(&records) {
+                Ok(()) => Ok(records),
+                Err(io) => {
+                    undo(&placed);
+                    error!("cannot write the upload spool ({}): {io}", spool.path().display());
+                    Err(crate::auth::db_unavailable())
+                }
+            }
+        }
+        Err(e) => {
+            undo(&placed);
+            Err(app.db_err(e))
+        }
     }
-    Ok(records)
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -308,9 +334,10 @@ pub fn routes(r: &mut Router, app: &Arc<App>) {
         let user = a.auth.current_user(&a.db, req)?;
         let staged = receive(&a, req, "file", 1, user.id)?;
         let mut saved = commit(&a, staged)?;
-        Ok(Response::json(201, &saved.remove(0).to_json()))
+        Ok(user.mark(Response::json(201, &saved.remove(0).to_json())))
     })
     .limit(max.saturating_add(FORM_OVERHEAD))
+    .too_large_detail(too_large_detail(max))
     .doc(
         Op::new("files", "Upload one file (multipart field `file`)", "upload_file")
             .body(&[("multipart/form-data", schema_ref("UploadOne"))])
@@ -325,9 +352,10 @@ pub fn routes(r: &mut Router, app: &Arc<App>) {
         let staged = receive(&a, req, "files", max_files, user.id)?;
         let saved = commit(&a, staged)?;
         let files: Vec<Value> = saved.iter().map(FileRecord::to_json).collect();
-        Ok(Response::json(201, &json!({ "count": files.len(), "files": files })))
+        Ok(user.mark(Response::json(201, &json!({ "count": files.len(), "files": files }))))
     })
     .limit(max.saturating_mul(max_files as u64).saturating_add(FORM_OVERHEAD))
+    .too_large_detail(too_large_detail(max))
     .doc(
         Op::new("files", "Upload several files (repeated multipart field `files`), all or nothing", "upload_files")
             .body(&[(
@@ -350,6 +378,7 @@ pub fn routes(r: &mut Router, app: &Arc<App>) {
     r.add("GET", "/api/files", move |req| list(&a, req)).doc(
         Op::new("files", "List uploaded files, newest first", "list_files")
             .param("query", "category", false, json!({ "type": "string", "enum": CATEGORIES }))
+            .param("query", "mine", false, json!({ "type": "boolean", "default": false }))
             .secured()
             .json(200, "Files", schema_ref("FileList"))
             .errors(&[401, 422, 503])
@@ -387,17 +416,37 @@ fn list(app: &App, req: &mut Request<'_>) -> Result<Response, HttpError> {
             ));
         }
     }
-    app.auth.current_user(&app.db, req)?;
+    let mine = match pairs.iter().find(|(k, _)| k == "mine").map(|(_, v)| v.as_str()) {
+        None => false,
+        Some(v) => parse_bool(v).ok_or_else(|| {
+            HttpError::validation(
+                &["query", "mine"],
+                "Input should be a valid boolean, unable to interpret input",
+                "bool_parsing",
+            )
+        })?,
+    };
+    let caller = app.auth.current_user(&app.db, req)?;
     let mut c = app.conn()?;
-    let found = records::list(&mut c, category).map_err(|e| app.db_err(e))?;
+    let found = records::list(&mut c, category, mine.then_some(caller.id)).map_err(|e| app.db_err(e))?;
     let files: Vec<Value> = found.iter().map(FileRecord::to_json).collect();
     Ok(Response::json(200, &json!({ "count": files.len(), "files": files })))
+}
+
+/// A query boolean as FastAPI (pydantic) reads one.
+pub fn parse_bool(v: &str) -> Option<bool> {
+    match v.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" | "t" | "y" => Some(true),
+        "false" | "0" | "no" | "off" | "f" | "n" => Some(false),
+        _ => None,
+    }
 }
 
 fn delete(app: &App, req: &mut Request<'_>) -> Result<Response, HttpError> {
     let name = req.param("filename").to_string();
     let caller = app.auth.current_user(&app.db, req)?;
-    if name.contains(['/', '\\']) || name.contains("..") {
+    // NUL (which PostgreSQL refuses in text) or any control character cannot be a stored name.
+    if name.contains(['/', '\\']) || name.contains("..") || name.chars().any(char::is_control) {
         return Err(HttpError::new(400, "Invalid filename"));
     }
     let mut c = app.conn()?;
@@ -444,7 +493,7 @@ pub fn schemas() -> Value {
     json!({
         "FileRecord": {
             "type": "object",
-            "required": ["filename", "original_filename", "category", "size", "content_type", "url", "uploaded_at"],
+            "required": ["filename", "original_filename", "category", "size", "content_type", "url", "uploaded_at", "uploaded_by"],
             "properties": {
                 "filename": { "type": "string" },
                 "original_filename": { "type": "string" },
@@ -452,7 +501,11 @@ pub fn schemas() -> Value {
                 "size": { "type": "integer", "minimum": 0 },
                 "content_type": { "type": "string" },
                 "url": { "type": "string" },
-                "uploaded_at": { "type": "string", "format": "date-time" }
+                "uploaded_at": { "type": "string", "format": "date-time" },
+                "uploaded_by": {
+                    "anyOf": [{ "type": "integer" }, { "type": "null" }],
+                    "description": "the uploader's user id (null once that account is deleted)"
+                }
             }
         },
         "FileList": {

@@ -27,6 +27,7 @@ pub fn routes(r: &mut Router, app: &Arc<App>) {
                 "database": if db_up { "up" } else { "down" },
                 "version": VERSION,
                 "uptime_seconds": app.started.elapsed().as_secs_f64(),
+                "spool": app.db.spool_depth(),
             }),
         ))
     })
@@ -49,7 +50,8 @@ pub fn schemas() -> serde_json::Value {
                 "status": { "type": "string", "enum": ["ok", "degraded"] },
                 "database": { "type": "string", "enum": ["up", "down"] },
                 "version": { "type": "string" },
-                "uptime_seconds": { "type": "number" }
+                "uptime_seconds": { "type": "number" },
+                "spool": { "type": "integer", "minimum": 0, "description": "upload records waiting to be written to the database" }
             }
         }
     })

@@ -18,6 +18,8 @@ pub mod general;
 pub mod openapi;
 pub mod pages;
 pub mod teams;
+/// Only in debug builds: a release binary has no test route at all (docs/decisions.md).
+#[cfg(debug_assertions)]
 pub mod testing;
 pub mod users;
 pub mod ws_api;
@@ -58,6 +60,7 @@ pub fn build_router(app: Arc<App>) -> Router {
     files::routes(&mut r, &app);
     ws_api::routes(&mut r, &app);
     pages::routes(&mut r);
+    #[cfg(debug_assertions)]
     if app.config.test_routes {
         testing::routes(&mut r);
     }
@@ -160,6 +163,44 @@ mod tests {
         }
         // No test routes unless asked for.
         assert!(!router.routes().iter().any(|r| r.pattern.starts_with("/__test/")));
+    }
+
+    /// `docs/api.md` is the project's own reference: it names every route of the router (as
+    /// `` `METHOD /pattern` ``, `{file:path}` written `{file}`) and every setting of the
+    /// configuration table (as `` `NAME` ``), so neither can be added without its docs.
+    #[test]
+    fn docs_api_md_names_every_route_and_setting() {
+        let doc = include_str!("../../docs/api.md");
+        let router = build_router(offline_app(true));
+        let mut missing = Vec::new();
+        for route in router.routes() {
+            let name = format!("`{} {}`", route.method, route.pattern.replace(":path}", "}"));
+            // A route may be named with its query or body after the path: `GET /users/?skip=0`.
+            let bare = name.trim_end_matches('`');
+            if !doc.contains(&name) && !doc.contains(&format!("{bare}?")) && !doc.contains(&format!("{bare} ")) {
+                missing.push(name);
+            }
+        }
+        for setting in crate::config::SETTINGS {
+            if !doc.contains(&format!("`{}`", setting.var)) {
+                missing.push(format!("setting `{}`", setting.var));
+            }
+        }
+        assert!(missing.is_empty(), "docs/api.md does not name: {}", missing.join(", "));
+        // And the other way round for routes: every `METHOD /path` in a table row of the HTTP
+        // sections exists (the db-gui section lists another application's routes).
+        let http_part = doc.split("## Database GUI").next().unwrap();
+        for row in http_part.lines().filter(|l| l.starts_with("| `")) {
+            let cell = row.trim_start_matches("| `");
+            let Some((method, rest)) = cell.split_once(' ') else { continue };
+            if !["GET", "POST", "PUT", "PATCH", "DELETE"].contains(&method) || !rest.starts_with('/') {
+                continue;
+            }
+            let path = rest.split(['`', '?', ' ']).next().unwrap();
+            let exists = router.routes().iter().any(|r| r.method == method && r.pattern.replace(":path}", "}") == path)
+                || (path == "/metrics" && method == "GET");
+            assert!(exists, "docs/api.md documents {method} {path}, which the router does not have");
+        }
     }
 
     #[test]

@@ -1,7 +1,11 @@
 //! Routes for the test suite only, under `/__test/`, added when `ADCLUSTER_TEST_ROUTES=true`
 //! (never by default). They give the connection-layer tests a body to read, a handler that
 //! panics and one that takes its time, against the real binary.
-//! Must never: be enabled in production, or do anything but what their names say.
+//!
+//! This module is compiled only with `debug_assertions` (`cargo build`, and the binary that
+//! `cargo nextest run` / `cargo test` build for the integration tests); a release binary does
+//! not contain it, so no setting can turn these routes on there (docs/decisions.md).
+//! Must never: be compiled into a release build, or do anything but what their names say.
 
 use std::time::Duration;
 

@@ -1,4 +1,6 @@
 //! `/users/...`: the contract's "Users" section.
+//! While the database is away, `/users/me` and `/users/{id}` answer from the account cache with
+//! `X-Data-Stale: true` (503 for an account not in memory); sign-up and the list answer 503.
 //! Must never: return a password hash, or create a user when sign-up is closed and the caller
 //! is not a superuser.
 
@@ -9,7 +11,7 @@ use serde_json::{json, Value};
 use super::extract::{normalize_email, pagination, path_i64, Fields, EMAIL_MAX, NO_NUL_PATTERN};
 use super::openapi::{int64, schema_ref, skip, Op};
 use super::App;
-use crate::auth::{bearer_token, password, unauthorized};
+use crate::auth::{bearer_token, db_unavailable, load_users, password, stale_mark, unauthorized};
 use crate::db::users::{self, User};
 use crate::http::{HttpError, Request, Response, Router};
 
@@ -39,7 +41,11 @@ pub fn routes(r: &mut Router, app: &Arc<App>) {
             .build(),
     );
     let a = app.clone();
-    r.add("GET", "/users/me", move |req| Ok(Response::json(200, &a.auth.current_user(&a.db, req)?.to_json()))).doc(
+    r.add("GET", "/users/me", move |req| {
+        let me = a.auth.current_user(&a.db, req)?;
+        Ok(me.mark(Response::json(200, &me.to_json())))
+    })
+    .doc(
         Op::new("users", "The caller", "read_users_me")
             .secured()
             .json(200, "The caller", schema_ref("User"))
@@ -83,14 +89,20 @@ fn create(app: &App, req: &mut Request<'_>) -> Result<Response, HttpError> {
     }
     f.finish()?;
     let (email, password) = (email.unwrap_or_default(), password.unwrap_or_default());
-
+    // Known down: answer at once, without spending a hash on a write that cannot happen.
+    if !app.db.is_up() {
+        return Err(crate::auth::db_unavailable());
+    }
     let hash = app.auth.hasher.run(move || password::hash_password(&password))?.map_err(|e| {
         crate::error!("password hashing failed: {e}");
         HttpError::new(500, "Internal Server Error")
     })?;
     let mut c = app.conn()?;
     match users::insert(&mut c, &email, &hash, full_name.as_deref(), false) {
-        Ok(user) => Ok(Response::json(201, &user.to_json())),
+        Ok(user) => {
+            app.db.cache.put(&user);
+            Ok(Response::json(201, &user.to_json()))
+        }
         Err(e) if e.is_unique_violation() => Err(HttpError::new(409, "Email already registered")),
         Err(e) => Err(app.db_err(e)),
     }
@@ -101,20 +113,27 @@ fn list(app: &App, req: &mut Request<'_>) -> Result<Response, HttpError> {
     app.auth.current_user(&app.db, req)?;
     let mut c = app.conn()?;
     let page = users::list(&mut c, skip, limit).map_err(|e| app.db_err(e))?;
+    for u in &page {
+        app.db.cache.put(u);
+    }
     Ok(Response::json(200, &Value::Array(page.iter().map(User::to_json).collect())))
 }
 
 fn get(app: &App, req: &mut Request<'_>) -> Result<Response, HttpError> {
     let target = path_i64(req, "user_id")?;
-    // The caller and the target in one round trip.
+    // The caller and the target in one round trip (or from memory while the database is away).
     let caller = bearer_token(req).and_then(|t| app.auth.token_user_id(t)).ok_or_else(unauthorized)?;
-    let mut c = app.conn()?;
-    let found = users::by_ids(&mut c, &[caller, target]).map_err(|e| app.db_err(e))?;
-    if !found.iter().any(|u| u.id == caller && u.is_active) {
-        return Err(unauthorized());
+    let (found, stale) = load_users(&app.db, &[caller, target])?;
+    match found.iter().find(|u| u.id == caller) {
+        Some(u) if u.is_active => {}
+        Some(_) => return Err(unauthorized()),
+        None if stale => return Err(db_unavailable()),
+        None => return Err(unauthorized()),
     }
     match found.into_iter().find(|u| u.id == target) {
-        Some(u) => Ok(Response::json(200, &u.to_json())),
+        Some(u) => Ok(stale_mark(stale, Response::json(200, &u.to_json()))),
+        // Not in memory is not "not found": the database, which would know, is away.
+        None if stale => Err(db_unavailable()),
         None => Err(HttpError::new(404, "User not found")),
     }
 }

@@ -19,7 +19,7 @@ pub mod token;
 
 use crate::db::users::{self, User};
 use crate::db::Db;
-use crate::http::{HttpError, Request};
+use crate::http::{HttpError, Request, Response};
 
 /// Too many hashes queued (answer 503), or the hash job failed.
 #[derive(Debug)]
@@ -147,6 +147,81 @@ pub fn bearer_token<'r>(req: &'r Request<'_>) -> Option<&'r str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
 }
 
+/// The caller of a protected endpoint. `stale`: the account came from the memory cache because
+/// the database is away; the answer then carries `X-Data-Stale: true` ([`Caller::mark`]).
+pub struct Caller {
+    pub user: User,
+    pub stale: bool,
+}
+
+impl std::ops::Deref for Caller {
+    type Target = User;
+    fn deref(&self) -> &User {
+        &self.user
+    }
+}
+
+impl Caller {
+    /// `resp`, with `X-Data-Stale: true` when the caller was served from memory.
+    pub fn mark(&self, resp: Response) -> Response {
+        stale_mark(self.stale, resp)
+    }
+}
+
+/// `resp`, with `X-Data-Stale: true` when `stale`.
+pub fn stale_mark(stale: bool, resp: Response) -> Response {
+    if stale {
+        resp.header("x-data-stale", "true")
+    } else {
+        resp
+    }
+}
+
+/// Users by id: from the database while it is up (refreshing the account cache, and dropping
+/// from it the ids the database no longer has), else — or when the database fails on the way —
+/// from the cache. Returns the users found and whether they came from the cache. From the cache,
+/// a missing id is unknown rather than absent: the caller answers 503 for it, not 404.
+pub fn load_users(db: &Db, ids: &[i64]) -> Result<(Vec<User>, bool), HttpError> {
+    if db.is_up() {
+        match db.conn().and_then(|mut c| users::by_ids(&mut c, ids)) {
+            Ok(found) => {
+                for u in &found {
+                    db.cache.put(u);
+                }
+                for id in ids.iter().filter(|id| !found.iter().any(|u| u.id == **id)) {
+                    db.cache.forget(*id);
+                }
+                return Ok((found, false));
+            }
+            Err(e) if e.is_unavailable() => {
+                db.saw(e);
+            }
+            Err(e) => return Err(db_error(db, e)),
+        }
+    }
+    Ok((ids.iter().filter_map(|&id| db.cache.by_id(id)).collect(), true))
+}
+
+/// A user by email, like [`load_users`]: `Ok((None, true))` means "not in memory and the database
+/// is away" (answer 503), `Ok((None, false))` "no such account".
+pub fn load_user_by_email(db: &Db, email: &str) -> Result<(Option<User>, bool), HttpError> {
+    if db.is_up() {
+        match db.conn().and_then(|mut c| users::by_email(&mut c, email)) {
+            Ok(found) => {
+                if let Some(u) = &found {
+                    db.cache.put(u);
+                }
+                return Ok((found, false));
+            }
+            Err(e) if e.is_unavailable() => {
+                db.saw(e);
+            }
+            Err(e) => return Err(db_error(db, e)),
+        }
+    }
+    Ok((db.cache.by_email(email), true))
+}
+
 impl Auth {
     /// The user id a token names, if the token is valid now (signature, algorithm, expiry).
     pub fn token_user_id(&self, token: &str) -> Option<i64> {
@@ -154,12 +229,16 @@ impl Auth {
     }
 
     /// The caller of a protected endpoint: a valid token of an active, existing user, or 401.
-    pub fn current_user(&self, db: &Db, req: &Request<'_>) -> Result<User, HttpError> {
+    /// While the database is away the account comes from memory (`Caller::stale`); a token of
+    /// an account not in memory then answers 503 (it cannot be checked).
+    pub fn current_user(&self, db: &Db, req: &Request<'_>) -> Result<Caller, HttpError> {
         let id = bearer_token(req).and_then(|t| self.token_user_id(t)).ok_or_else(unauthorized)?;
-        let mut c = db.conn().map_err(|e| db_error(db, e))?;
-        match users::by_id(&mut c, id).map_err(|e| db_error(db, e))? {
-            Some(u) if u.is_active => Ok(u),
-            _ => Err(unauthorized()),
+        let (found, stale) = load_users(db, &[id])?;
+        match found.into_iter().next() {
+            Some(u) if u.is_active => Ok(Caller { user: u, stale }),
+            Some(_) => Err(unauthorized()),
+            None if stale => Err(db_unavailable()),
+            None => Err(unauthorized()),
         }
     }
 }

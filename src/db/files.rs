@@ -33,6 +33,7 @@ impl FileRecord {
             "content_type": self.content_type,
             "url": format!("/uploads/{}/{}", self.category, self.filename),
             "uploaded_at": crate::util::time::rfc3339(self.uploaded_at),
+            "uploaded_by": self.uploader_id,
         })
     }
 
@@ -56,10 +57,19 @@ const COLS: &str = "filename, original_filename, category, size, content_type, s
 /// is left as it is (`ON CONFLICT DO NOTHING`), so replaying the same record twice is harmless.
 pub fn insert_all(c: &mut postgres::Client, records: &[FileRecord]) -> Result<(), DbError> {
     let mut tx = c.transaction()?;
+    insert_all_in(&mut tx, records)?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// The inserts of [`insert_all`] inside the caller's transaction. An uploader that no longer
+/// exists (a record replayed from the spool long after) is stored as `NULL`, as
+/// `ON DELETE SET NULL` would have made it.
+pub fn insert_all_in(tx: &mut postgres::Transaction<'_>, records: &[FileRecord]) -> Result<(), DbError> {
     for r in records {
         tx.execute(
             "INSERT INTO uploads (filename, original_filename, category, size, content_type, sha256, uploader_id, uploaded_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (filename) DO NOTHING",
+             VALUES ($1, $2, $3, $4, $5, $6, (SELECT id FROM users WHERE id = $7), $8) ON CONFLICT (filename) DO NOTHING",
             &[
                 &r.filename,
                 &r.original_filename,
@@ -72,19 +82,23 @@ pub fn insert_all(c: &mut postgres::Client, records: &[FileRecord]) -> Result<()
             ],
         )?;
     }
-    tx.commit()?;
     Ok(())
 }
 
-/// Records, newest first, optionally of one category.
-pub fn list(c: &mut postgres::Client, category: Option<&str>) -> Result<Vec<FileRecord>, DbError> {
-    let rows = match category {
-        Some(cat) => c.query_typed(
-            &format!("SELECT {COLS} FROM uploads WHERE category = $1 ORDER BY uploaded_at DESC, id DESC"),
-            &[(&cat, Type::TEXT)],
-        )?,
-        None => c.query_typed(&format!("SELECT {COLS} FROM uploads ORDER BY uploaded_at DESC, id DESC"), &[])?,
-    };
+/// Records, newest first, optionally of one category and of one uploader.
+pub fn list(
+    c: &mut postgres::Client,
+    category: Option<&str>,
+    uploader: Option<i64>,
+) -> Result<Vec<FileRecord>, DbError> {
+    // NULL parameters match everything: one statement for the four cases.
+    let rows = c.query_typed(
+        &format!(
+            "SELECT {COLS} FROM uploads WHERE ($1::text IS NULL OR category = $1) \
+             AND ($2::int8 IS NULL OR uploader_id = $2) ORDER BY uploaded_at DESC, id DESC"
+        ),
+        &[(&category, Type::TEXT), (&uploader, Type::INT8)],
+    )?;
     Ok(rows.iter().map(FileRecord::from_row).collect())
 }
 

@@ -17,6 +17,7 @@ use super::pool::DbError;
 pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "accounts", include_str!("../../sql/0001_accounts.sql")),
     (2, "uploads", include_str!("../../sql/0002_uploads.sql")),
+    (3, "spool", include_str!("../../sql/0003_spool.sql")),
 ];
 
 /// Key of the advisory lock that serialises migrators across processes ("adcmigr" in ASCII).

@@ -1,22 +1,49 @@
 //! The database: an r2d2 pool of `postgres::Client`s (`pool.rs`), the schema migrations
-//! (`migrate.rs`), the queries of each resource (`users.rs`, `teams.rs`), and the monitor thread
-//! that knows whether PostgreSQL is up.
+//! (`migrate.rs`), the queries of each resource (`users.rs`, `teams.rs`, `files.rs`), the memory
+//! cache of accounts (`cache.rs`), the write-behind spool of upload records (`spool.rs`), and the
+//! monitor that knows whether PostgreSQL is up (this file).
 //!
-//! The server must start and serve without the database. `Db::probe` (at start, then from the
-//! monitor thread) creates the database when missing and applies pending migrations; until that
-//! has succeeded once, `Db::conn` fails at once with "unavailable" instead of waiting on the pool.
+//! The server must start and serve without the database. Whether PostgreSQL is up is decided by
+//! the monitor alone, from its own probe — never from a request's pool checkout: a checkout that
+//! times out because every pooled connection is busy says nothing about PostgreSQL (no alert, no
+//! degraded trust). A request that sees the database fail only wakes the monitor early.
 //!
-//! Thread: `db-monitor` (one, started by `Db::start_monitor`) probes every second while the
-//! database is down and every five seconds while it is up; it owns no lock across I/O.
-//! Must never: block a request longer than the pool's checkout timeout, or log a password.
+//! The probe: a connection of its own (not from the pool), opened with a 2 s connect timeout;
+//! on first success since start it also creates the database when missing and applies pending
+//! migrations; then `SELECT 1`. It runs on the `db-probe` thread and the monitor waits at most
+//! `PROBE_TIMEOUT` (3 s) for its answer, so a PostgreSQL that hangs (a vanished host, a frozen
+//! server) is declared down in time too. Probing every `PROBE_INTERVAL` (1 s) in both states,
+//! an outage and its end are each seen within about 1 s (stop, refused connection) and at most
+//! `PROBE_INTERVAL + PROBE_TIMEOUT` = 4 s (a hang) — inside the contract's 5 s.
+//!
+//! While the database is known down, `Db::conn` fails at once (no pool wait), so every request
+//! that needs it answers `503` immediately; accounts are served from `cache`, uploads go to the
+//! spool. On the way back up the monitor applies pending migrations (in the probe) and wakes the
+//! `spool-replay` thread.
+//!
+//! Causes: each change of state is logged with its reason (`connection refused`, `password
+//! authentication failed`, `role "x" does not exist`, a host that does not resolve), at `warn`
+//! when down, and again whenever the reason changes while down; a reason that will not heal by
+//! itself (credentials, a missing role) says so.
+//!
+//! Threads: `db-monitor` (one, `Db::start_monitor`): probes, logs, alerts; holds no lock across
+//! I/O except `prober`, which only it (and `main`, once, before the monitor starts) takes.
+//! `db-probe` (one, started by the first probe): owns the probe connection; takes one request at
+//! a time from a channel of capacity 1 (a probe still running is waited for, never queued twice).
+//! `spool-replay` (one, `Db::attach_spool`): see `spool.rs`.
+//! Must never: block a request on the pool while the database is known down, call a busy pool an
+//! outage, or log a password.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
+pub mod cache;
 pub mod files;
 pub mod migrate;
 pub mod pool;
+pub mod spool;
 pub mod teams;
 pub mod users;
 
@@ -30,22 +57,122 @@ pub type Conn = pool::PooledClient;
 /// Called with `true` when the database comes up and `false` when it goes down.
 pub type StateHook = Arc<dyn Fn(bool) + Send + Sync>;
 
+/// How often the monitor probes, whatever the state.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest the monitor waits for one probe before counting it as failed.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Connect timeout of the probe's own connection.
+pub const PROBE_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What one probe found: the migrations it applied, or why the database is not usable.
+type ProbeResult = Result<Vec<i32>, DbError>;
+
+/// The monitor's side of the `db-probe` thread.
+struct Prober {
+    requests: SyncSender<u64>,
+    answers: Receiver<(u64, ProbeResult)>,
+    seq: u64,
+    /// A probe sent and not answered yet (it timed out): wait for it rather than send another.
+    outstanding: Option<u64>,
+}
+
+impl Prober {
+    fn start(cfg: &DbConfig) -> std::io::Result<Prober> {
+        let (requests, rx) = std::sync::mpsc::sync_channel::<u64>(1);
+        let (tx, answers) = std::sync::mpsc::sync_channel::<(u64, ProbeResult)>(1);
+        let mut cfg = cfg.clone();
+        cfg.connect_timeout = cfg.connect_timeout.min(PROBE_CONNECT_TIMEOUT);
+        std::thread::Builder::new().name("db-probe".into()).spawn(move || {
+            let mut conn: Option<postgres::Client> = None;
+            let mut migrated = false;
+            for seq in rx {
+                let r = probe_once(&cfg, &mut conn, &mut migrated);
+                if let Err(e) = &r {
+                    conn = None;
+                    // The database was dropped (or a fresh cluster came up): create and migrate again.
+                    if e.to_string().contains("[3D000]") {
+                        migrated = false;
+                    }
+                }
+                if tx.send((seq, r)).is_err() {
+                    break;
+                }
+            }
+        })?;
+        Ok(Prober { requests, answers, seq: 0, outstanding: None })
+    }
+}
+
+/// One probe on the probe's own connection (see the module doc).
+fn probe_once(cfg: &DbConfig, conn: &mut Option<postgres::Client>, migrated: &mut bool) -> ProbeResult {
+    if !*migrated {
+        pool::ensure_database(cfg)?;
+    }
+    if !conn.as_ref().is_some_and(|c| !c.is_closed()) {
+        *conn = Some(cfg.pg_config()?.connect(postgres::NoTls)?);
+    }
+    let c = conn.as_mut().expect("connected above");
+    let applied = if *migrated { Vec::new() } else { migrate::migrate(c)? };
+    *migrated = true;
+    c.simple_query("SELECT 1")?;
+    Ok(applied)
+}
+
+/// A plain-words note on an outage's cause, for the log: whether it will heal by itself.
+pub fn cause_hint(err: &DbError) -> &'static str {
+    let s = err.to_string();
+    if s.contains("[28P01]") || s.contains("password authentication failed") {
+        " — PostgreSQL refused the password: this will not heal by itself; fix DB_PASSWORD (or DATABASE_URL) \
+         and restart"
+    } else if s.contains("[28000]") && s.contains("does not exist") {
+        " — that role does not exist on this PostgreSQL: this will not heal by itself; fix DB_USER (or \
+         DATABASE_URL), or create the role"
+    } else if s.contains("[28") || s.contains("authentication error") {
+        " — PostgreSQL refuses this login (credentials or pg_hba.conf): this will not heal by itself"
+    } else if s.contains("failed to lookup address") {
+        " — the host name does not resolve: check DB_HOST (or DATABASE_URL) and DNS"
+    } else if s.contains("Connection refused") {
+        " — nothing listens there: PostgreSQL is stopped or restarting, or DB_HOST/DB_PORT are wrong"
+    } else {
+        ""
+    }
+}
+
+/// What was last logged and alerted.
+#[derive(Default)]
+struct Announced {
+    /// `None` before the first check.
+    up: Option<bool>,
+    /// The cause last logged while down.
+    cause: Option<String>,
+}
+
 pub struct Db {
     pool: DbPool,
     cfg: DbConfig,
-    /// Last known state: set by the monitor, cleared by any request that finds it unavailable.
+    /// The monitor's verdict. Only `check` writes it.
     up: AtomicBool,
     /// The database exists and its migrations have been applied since this process started.
     ready: AtomicBool,
     /// Wakes the monitor early (a request saw the database fail).
     nudge: (Mutex<bool>, Condvar),
-    /// The state last logged and alerted (`None` before the first check). Only `check` (the
-    /// monitor, and `main` once at start) takes this lock, never across I/O.
-    announced: Mutex<Option<bool>>,
+    /// The state last logged and alerted. Only `check` takes this lock, never across I/O.
+    announced: Mutex<Announced>,
+    /// The probe thread's channels; created by the first probe. Taken by `check` only.
+    prober: Mutex<Option<Prober>>,
+    /// Accounts seen since start (see `cache.rs`).
+    pub cache: cache::AccountCache,
+    /// The spool, once `main` has attached it.
+    spool: OnceLock<Arc<spool::Spool>>,
 }
 
 impl Db {
     pub fn new(cfg: DbConfig) -> Result<Db, DbError> {
+        Db::with_cache(cfg, cache::DEFAULT_CAPACITY)
+    }
+
+    /// A `Db` whose account cache holds at most `cache_capacity` accounts.
+    pub fn with_cache(cfg: DbConfig, cache_capacity: usize) -> Result<Db, DbError> {
         let pool = pool::build_pool(&cfg)?;
         Ok(Db {
             pool,
@@ -53,7 +180,10 @@ impl Db {
             up: AtomicBool::new(false),
             ready: AtomicBool::new(false),
             nudge: (Mutex::new(false), Condvar::new()),
-            announced: Mutex::new(None),
+            announced: Mutex::new(Announced::default()),
+            prober: Mutex::new(None),
+            cache: cache::AccountCache::new(cache_capacity),
+            spool: OnceLock::new(),
         })
     }
 
@@ -61,24 +191,34 @@ impl Db {
         &self.cfg
     }
 
-    /// Whether the database was reachable at the last check.
+    /// Whether the database was usable at the monitor's last probe.
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::SeqCst)
     }
 
-    /// A connection from the pool; fails fast when the database is known to be unready.
+    /// The spool, when attached.
+    pub fn spool(&self) -> Option<&Arc<spool::Spool>> {
+        self.spool.get()
+    }
+
+    /// Upload records waiting in the spool (0 without one).
+    pub fn spool_depth(&self) -> usize {
+        self.spool().map_or(0, |s| s.depth())
+    }
+
+    /// A connection from the pool. Fails at once, without touching the pool, while the monitor
+    /// says the database is down (or has not been reached and migrated since start).
     pub fn conn(&self) -> Result<Conn, DbError> {
-        if !self.ready.load(Ordering::SeqCst) {
-            return Err(DbError::Unavailable("the database has not been reached since start".into()));
+        if !self.is_up() || !self.ready.load(Ordering::SeqCst) {
+            return Err(DbError::Unavailable("the database is down (the monitor's last probe failed)".into()));
         }
         self.pool.get().map_err(|e| self.saw(DbError::from_pool(e)))
     }
 
-    /// Record an error seen by a request: an "unavailable" one marks the database down and
-    /// wakes the monitor. Returns the error for `?` chains.
+    /// Record an error seen by a request: an "unavailable" one wakes the monitor, which probes at
+    /// once and decides. Returns the error for `?` chains.
     pub fn saw(&self, err: DbError) -> DbError {
-        if err.is_unavailable() && self.up.swap(false, Ordering::SeqCst) {
-            warn!("database went away: {err}");
+        if err.is_unavailable() && self.is_up() {
             let (lock, cv) = &self.nudge;
             *lock.lock().unwrap_or_else(|p| p.into_inner()) = true;
             cv.notify_all();
@@ -86,55 +226,88 @@ impl Db {
         err
     }
 
-    /// One check: on the first success, create the database if missing and migrate; then
-    /// `SELECT 1` through the pool. Returns whether the database is usable.
-    pub fn probe(&self) -> bool {
-        if !self.ready.load(Ordering::SeqCst) {
-            match self.prepare() {
-                Ok(applied) => {
-                    if !applied.is_empty() {
-                        info!("applied migrations {applied:?}");
-                    }
-                    self.ready.store(true, Ordering::SeqCst);
+    /// One probe through the `db-probe` thread, waiting at most `PROBE_TIMEOUT`.
+    fn probe(&self) -> ProbeResult {
+        let mut guard = self.prober.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.is_none() {
+            *guard = Some(
+                Prober::start(&self.cfg)
+                    .map_err(|e| DbError::Unavailable(format!("cannot start the probe thread: {e}")))?,
+            );
+        }
+        let p = guard.as_mut().expect("started above");
+        let want = match p.outstanding {
+            Some(seq) => seq,
+            None => {
+                p.seq += 1;
+                if p.requests.try_send(p.seq).is_err() {
+                    *guard = None;
+                    return Err(DbError::Unavailable("the probe thread is gone; restarting it".into()));
                 }
-                Err(e) => {
-                    crate::debug!("database not ready: {e}");
-                    return false;
+                p.outstanding = Some(p.seq);
+                p.seq
+            }
+        };
+        let deadline = Instant::now() + PROBE_TIMEOUT;
+        loop {
+            match p.answers.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok((seq, r)) if seq == want => {
+                    p.outstanding = None;
+                    return r;
+                }
+                Ok(_) => continue,
+                Err(RecvTimeoutError::Timeout) => {
+                    return Err(DbError::Unavailable(format!(
+                        "no answer from PostgreSQL within {} s (a host that vanished, or a server that hangs)",
+                        PROBE_TIMEOUT.as_secs()
+                    )))
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    *guard = None;
+                    return Err(DbError::Unavailable("the probe thread is gone; restarting it".into()));
                 }
             }
         }
-        match self.pool.get() {
-            Ok(mut c) => c.simple_query("SELECT 1").is_ok(),
-            Err(_) => false,
-        }
     }
 
-    fn prepare(&self) -> Result<Vec<i32>, DbError> {
-        pool::ensure_database(&self.cfg)?;
-        let mut client = self.pool.get()?;
-        migrate::migrate(&mut client)
-    }
-
-    /// Probe now and set the state, logging a change. Returns the new state.
+    /// Probe now and set the state, logging a change (and a change of cause while down).
+    /// Returns the new state.
     pub fn check(&self, hook: Option<&StateHook>) -> bool {
-        let now_up = self.probe();
+        let result = self.probe();
+        if let Ok(applied) = &result {
+            if !applied.is_empty() {
+                info!("applied migrations {applied:?}");
+            }
+            self.ready.store(true, Ordering::SeqCst);
+        }
+        let now_up = result.is_ok();
         self.up.store(now_up, Ordering::SeqCst);
-        // Compare with what was last announced, not with `up`: a request may have cleared `up`
-        // first (`saw`), and the change must still be logged and alerted once.
+        let cause = result.err().map(|e| format!("{e}{}", cause_hint(&e)));
         let mut announced = self.announced.lock().unwrap_or_else(|p| p.into_inner());
-        if *announced != Some(now_up) {
+        if announced.up != Some(now_up) {
             // Starting with the database up is the normal case, not a change worth an alert;
             // starting without it is.
-            let first_and_up = announced.is_none() && now_up;
-            *announced = Some(now_up);
+            let first_and_up = announced.up.is_none() && now_up;
+            announced.up = Some(now_up);
+            announced.cause = cause.clone();
             drop(announced);
-            if now_up {
-                info!("database is up ({})", self.cfg.describe());
-            } else {
-                warn!("database is down ({}); serving in degraded mode", self.cfg.describe());
+            match &cause {
+                None => info!("database is up ({})", self.cfg.describe()),
+                Some(c) => warn!("database is down ({}); serving in degraded mode. Cause: {c}", self.cfg.describe()),
             }
             if let Some(hook) = hook.filter(|_| !first_and_up) {
                 hook(now_up);
+            }
+        } else if !now_up && announced.cause != cause {
+            announced.cause = cause.clone();
+            drop(announced);
+            warn!("database is still down ({}); the cause changed: {}", self.cfg.describe(), cause.unwrap_or_default());
+        } else {
+            drop(announced);
+        }
+        if now_up && self.spool_depth() > 0 {
+            if let Some(s) = self.spool() {
+                s.kick();
             }
         }
         now_up
@@ -144,15 +317,86 @@ impl Db {
     pub fn start_monitor(self: &Arc<Self>, hook: Option<StateHook>) -> std::io::Result<()> {
         let db = self.clone();
         std::thread::Builder::new().name("db-monitor".into()).spawn(move || loop {
-            let up = db.check(hook.as_ref());
-            let wait = if up { Duration::from_secs(5) } else { Duration::from_secs(1) };
+            db.check(hook.as_ref());
             let (lock, cv) = &db.nudge;
             let mut nudged = lock.lock().unwrap_or_else(|p| p.into_inner());
             if !*nudged {
-                nudged = cv.wait_timeout(nudged, wait).unwrap_or_else(|p| p.into_inner()).0;
+                nudged = cv.wait_timeout(nudged, PROBE_INTERVAL).unwrap_or_else(|p| p.into_inner()).0;
             }
             *nudged = false;
         })?;
         Ok(())
+    }
+
+    /// Attach the spool and start its `spool-replay` thread, which writes the spool into the
+    /// database whenever the monitor says it is up (woken by the monitor, and every 5 s).
+    pub fn attach_spool(self: &Arc<Self>, spool: Arc<spool::Spool>) -> std::io::Result<()> {
+        if self.spool.set(spool.clone()).is_err() {
+            return Err(std::io::Error::other("a spool is already attached"));
+        }
+        let db = self.clone();
+        std::thread::Builder::new().name("spool-replay".into()).spawn(move || {
+            let mut last_prune: Option<Instant> = None;
+            loop {
+                spool.wait_kick(Duration::from_secs(5));
+                if !db.is_up() || spool.depth() == 0 {
+                    continue;
+                }
+                let mut c = match db.conn() {
+                    Ok(c) => c,
+                    Err(_) => continue,
+                };
+                if let Err(e) = spool.replay(&mut c) {
+                    warn!("spool: replay stopped ({e}); it resumes when the database is usable again");
+                    db.saw(e);
+                    continue;
+                }
+                if !last_prune.is_some_and(|t| t.elapsed() < Duration::from_secs(3600)) {
+                    last_prune = Some(Instant::now());
+                    if let Err(e) = spool::prune_applied(&mut c) {
+                        warn!("spool: cannot prune spool_applied: {e}");
+                    }
+                }
+            }
+        })?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hints_say_what_will_not_heal() {
+        let pw = DbError::Unavailable("password authentication failed for user \"x\" [28P01]".into());
+        assert!(cause_hint(&pw).contains("will not heal"));
+        let role = DbError::Unavailable("role \"nobody\" does not exist [28000]".into());
+        assert!(cause_hint(&role).contains("DB_USER"));
+        let refused = DbError::Unavailable("error connecting to server: Connection refused (os error 111)".into());
+        assert!(cause_hint(&refused).contains("nothing listens"));
+        let dns = DbError::Unavailable("error connecting to server: failed to lookup address information".into());
+        assert!(cause_hint(&dns).contains("DB_HOST"));
+        assert_eq!(cause_hint(&DbError::Unavailable("something else".into())), "");
+    }
+
+    #[test]
+    fn a_busy_pool_is_not_an_outage_and_a_stopped_server_is_seen_fast() {
+        // Nothing listens on port 1: the probe is refused at once and the state is down.
+        let cfg = DbConfig { host: "127.0.0.1".into(), port: 1, ..DbConfig::default() };
+        let db = Db::new(cfg).unwrap();
+        let t = Instant::now();
+        assert!(!db.check(None));
+        assert!(t.elapsed() < PROBE_TIMEOUT, "a refused probe is answered at once: {:?}", t.elapsed());
+        // While down, a checkout fails without waiting for the pool.
+        let t = Instant::now();
+        assert!(db.conn().err().expect("down").is_unavailable());
+        assert!(t.elapsed() < Duration::from_millis(100));
+        // An unavailable error seen by a request does not flip the state by itself.
+        let test_db = pool::tests::TestDb::new("monitor");
+        let db_up = Db::new(test_db.cfg.clone()).unwrap();
+        assert!(db_up.check(None), "the test PostgreSQL must be reachable");
+        db_up.saw(DbError::Unavailable("no database connection available: timed out waiting for connection".into()));
+        assert!(db_up.is_up(), "a checkout timeout is not an outage");
     }
 }

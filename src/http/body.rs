@@ -12,8 +12,12 @@
 //! actually asks for the body.
 
 use std::fmt;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::TcpStream;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use super::response::Pace;
 
 /// Why reading a body failed. Travels inside `io::Error` (kind `Other`) so that any `Read`
 /// consumer passes it through; `BodyError::of` gets it back out.
@@ -234,6 +238,7 @@ impl ChunkedDecoder {
 
 /// The connection a body is read from: the socket plus bytes already read past the head.
 /// Owned by the worker serving the connection; the handler borrows it through `BodyReader`.
+/// The socket is in non-blocking mode: reads wait in `poll`, so every wait checks the pace.
 pub struct Wire<'c> {
     pub stream: &'c mut TcpStream,
     /// Bytes read from the socket but not yet consumed, starting at `*pos`.
@@ -241,43 +246,27 @@ pub struct Wire<'c> {
     pub pos: &'c mut usize,
 }
 
-impl Wire<'_> {
-    /// Make sure unconsumed bytes are available, reading from the socket when the buffer is
-    /// drained. Returns the available slice (empty at end of stream).
-    fn fill(&mut self) -> io::Result<&[u8]> {
-        if *self.pos >= self.buf.len() {
-            self.buf.clear();
-            *self.pos = 0;
-            if self.buf.capacity() < 64 * 1024 {
-                self.buf.reserve(64 * 1024);
-            }
-            let cap = self.buf.capacity();
-            self.buf.resize(cap, 0);
-            let n = match read_socket(self.stream, &mut self.buf[..]) {
-                Ok(n) => n,
-                Err(e) => {
-                    self.buf.clear();
-                    return Err(e);
-                }
-            };
-            self.buf.truncate(n);
-        }
-        Ok(&self.buf[*self.pos..])
-    }
+/// Whether an I/O error means the client went away (reset, aborted): a `Truncated` body, not a
+/// server fault.
+pub fn is_disconnect(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::NotConnected
+    )
 }
 
-/// One read from the socket; a read timeout (the body stall timeout) is `BodyError::Stalled`.
-fn read_socket(stream: &mut TcpStream, into: &mut [u8]) -> io::Result<usize> {
-    loop {
-        match stream.read(into) {
-            Ok(n) => return Ok(n),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
-                return Err(BodyError::Stalled.into_io())
-            }
-            Err(e) => return Err(e),
-        }
-    }
+/// Wait until `fd` is ready for `events` (`libc::POLLIN`/`POLLOUT`), at most `timeout`.
+/// True when it is (or has an error or hang-up to report).
+pub fn wait_ready(fd: std::os::fd::RawFd, events: libc::c_short, timeout: Duration) -> bool {
+    let mut p = libc::pollfd { fd, events, revents: 0 };
+    let ms = timeout.as_millis().clamp(1, 60_000) as libc::c_int;
+    // SAFETY: one valid, initialised pollfd that outlives the call; poll only writes `revents`.
+    let n = unsafe { libc::poll(&mut p, 1, ms) };
+    n > 0
 }
 
 /// `Read` over one request body. Created by the connection layer; handed to handlers inside
@@ -296,13 +285,15 @@ pub struct BodyReader<'c> {
     pending_continue: bool,
     /// The whole body has been consumed from the wire.
     done: bool,
-    /// Pace: once `grace` has passed since `started`, the body must have averaged at least
-    /// `min_rate` bytes per second beyond it, or reads fail with `Stalled`. Also the drain's
-    /// deadline. See `BodyReader::pace`.
-    started: std::time::Instant,
-    grace: std::time::Duration,
-    min_rate: u64,
-    deadline: Option<std::time::Instant>,
+    /// Pace: once `pace.grace` has passed since `started`, the body must have averaged at least
+    /// `pace.min_rate` bytes per second, and no silence may last `pace.stall`, or reads fail
+    /// with `Stalled`. See `BodyReader::pace`.
+    started: Instant,
+    progress_at: Instant,
+    pace: Pace,
+    /// A total deadline: the whole body by then (its declared length at the minimum rate, or
+    /// the route's limit at that rate for a chunked body); the drain's second.
+    deadline: Option<Instant>,
     /// A read failed (limit, timeout, bad framing): the rest of the body is in an unknown
     /// state and the connection must not be reused.
     failed: bool,
@@ -311,6 +302,7 @@ pub struct BodyReader<'c> {
 pub use super::parse::Framing;
 
 impl<'c> BodyReader<'c> {
+    /// `expect_continue`: the client waits for `100 Continue` and nobody has sent it yet.
     pub fn new(wire: Wire<'c>, framing: Framing, limit: u64, expect_continue: bool) -> Self {
         let left = match framing {
             Framing::Length(n) => n,
@@ -326,34 +318,78 @@ impl<'c> BodyReader<'c> {
             pending_continue: expect_continue && framing != Framing::None,
             done: framing == Framing::None,
             failed: false,
-            started: std::time::Instant::now(),
-            grace: std::time::Duration::MAX,
-            min_rate: 0,
+            started: Instant::now(),
+            progress_at: Instant::now(),
+            pace: Pace { grace: Duration::MAX, min_rate: 0, stall: Duration::from_secs(30) },
             deadline: None,
         }
     }
 
-    /// Require the body to average at least `min_rate` bytes/s once `grace` has passed, so a
-    /// client dribbling a large body cannot hold a worker for long: it may take `grace` plus
-    /// one second per `min_rate` bytes read, then it gets a 408.
-    pub fn pace(mut self, grace: std::time::Duration, min_rate: u64) -> Self {
-        self.grace = grace;
-        self.min_rate = min_rate;
+    /// Require the body to keep `pace`, so a client dribbling a body cannot hold a worker for
+    /// long: it may take `grace` plus one second per `min_rate` bytes read, never fall silent
+    /// for `stall`, and must be complete by the total deadline (declared length, or the route
+    /// limit for a chunked body, at `min_rate`, plus `grace`); then it gets a 408.
+    pub fn pace(mut self, pace: Pace) -> Self {
+        self.pace = pace;
+        if pace.min_rate > 0 {
+            let total = match self.framing {
+                Framing::Length(n) => n,
+                _ => self.limit,
+            };
+            let secs = Duration::from_secs_f64(total as f64 / pace.min_rate as f64);
+            self.deadline = self.started.checked_add(pace.grace.saturating_add(secs));
+        }
         self
     }
 
     fn check_pace(&self) -> io::Result<()> {
-        let elapsed = self.started.elapsed();
-        if self.deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+        let now = Instant::now();
+        let late = self.deadline.is_some_and(|d| now >= d)
+            || now >= self.pace.deadline(self.started, self.read, self.progress_at);
+        if late {
             return Err(BodyError::Stalled.into_io());
         }
-        if self.min_rate > 0 && elapsed > self.grace {
-            let earned = std::time::Duration::from_secs_f64(self.read as f64 / self.min_rate as f64);
-            if elapsed > self.grace.saturating_add(earned) {
-                return Err(BodyError::Stalled.into_io());
+        Ok(())
+    }
+
+    /// One read from the socket, waiting (in `poll`, a second at a time, checking the pace)
+    /// while nothing has arrived.
+    fn read_socket(&mut self, into: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.wire.stream.read(into) {
+                Ok(n) => {
+                    self.progress_at = Instant::now();
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                    self.check_pace()?;
+                    wait_ready(self.wire.stream.as_raw_fd(), libc::POLLIN, Duration::from_secs(1));
+                }
+                Err(e) if is_disconnect(&e) => return Err(BodyError::Truncated.into_io()),
+                Err(e) => return Err(e),
             }
         }
-        Ok(())
+    }
+
+    /// Make sure unconsumed bytes are available, reading from the socket when the buffer is
+    /// drained. Returns how many are available (0 at end of stream).
+    fn fill(&mut self) -> io::Result<usize> {
+        if *self.wire.pos >= self.wire.buf.len() {
+            self.wire.buf.clear();
+            *self.wire.pos = 0;
+            if self.wire.buf.capacity() < 64 * 1024 {
+                self.wire.buf.reserve(64 * 1024);
+            }
+            let cap = self.wire.buf.capacity();
+            let mut buf = std::mem::take(self.wire.buf);
+            buf.resize(cap, 0);
+            let result = self.read_socket(&mut buf[..]);
+            buf.truncate(*result.as_ref().unwrap_or(&0));
+            *self.wire.buf = buf;
+            result?;
+        }
+        Ok(self.wire.buf.len() - *self.wire.pos)
     }
 
     /// True when the whole body has been read (or there was none).
@@ -382,13 +418,9 @@ impl<'c> BodyReader<'c> {
         self.limit = self.read.saturating_add(max);
         // At most a second for what is left: a client dribbling the body of a request we have
         // already answered must not keep the worker.
-        self.deadline = Some(std::time::Instant::now() + std::time::Duration::from_secs(1));
-        let saved = self.wire.stream.read_timeout().ok().flatten();
-        let _ = self.wire.stream.set_read_timeout(Some(std::time::Duration::from_millis(250)));
+        self.deadline = Some(Instant::now() + Duration::from_secs(1));
         let mut scratch = [0u8; 8192];
-        let drained = self.drain_loop(&mut scratch);
-        let _ = self.wire.stream.set_read_timeout(saved);
-        drained
+        self.drain_loop(&mut scratch)
     }
 
     fn drain_loop(&mut self, scratch: &mut [u8]) -> bool {
@@ -405,7 +437,9 @@ impl<'c> BodyReader<'c> {
     fn send_continue(&mut self) -> io::Result<()> {
         if self.pending_continue {
             self.pending_continue = false;
-            self.wire.stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+            if !super::response::send_small(self.wire.stream, b"HTTP/1.1 100 Continue\r\n\r\n") {
+                return Err(BodyError::Truncated.into_io());
+            }
         }
         Ok(())
     }
@@ -450,7 +484,7 @@ impl BodyReader<'_> {
         if matches!(self.framing, Framing::Length(_)) && *self.wire.pos >= self.wire.buf.len() && out.len() >= 16 * 1024
         {
             let want = out.len().min(usize::try_from(self.left).unwrap_or(usize::MAX));
-            let n = read_socket(self.wire.stream, &mut out[..want])?;
+            let n = self.read_socket(&mut out[..want])?;
             if n == 0 {
                 return Err(BodyError::Truncated.into_io());
             }
@@ -462,10 +496,10 @@ impl BodyReader<'_> {
             return Ok(n);
         }
         loop {
-            let avail = self.wire.fill()?;
-            if avail.is_empty() {
+            if self.fill()? == 0 {
                 return Err(BodyError::Truncated.into_io());
             }
+            let avail = &self.wire.buf[*self.wire.pos..];
             match self.framing {
                 Framing::None => unreachable!("done is set for bodiless requests"),
                 Framing::Length(_) => {

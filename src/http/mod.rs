@@ -3,16 +3,20 @@
 //! `Request`s, finds the route, calls the handler and writes the `Response`.
 //!
 //! Where a request goes, in order:
-//! 1. `server.rs` — the dispatcher thread accepts the socket and polls it until a complete head
-//!    has arrived (`parse.rs` decides "complete"), then queues it for a worker;
+//! 1. `server.rs` — the dispatcher thread accepts the socket (`gate.rs` counts it, in all and
+//!    per client address) and polls it until a complete request has arrived — the head
+//!    (`parse.rs` decides "complete"), and a small body too — then queues it for a worker (a
+//!    large body first needs one of the few transfer slots);
 //! 2. a worker parses the head, asks `router.rs` for the route (404, 405, 307 and 413 are
 //!    answered here), wraps the body in a `body::BodyReader`, and calls the handler;
-//! 3. the handler's `Response` (or `HttpError`) is written by `response.rs`; the connection
+//! 3. the handler's `Response` (or `HttpError`) is written by `response.rs`, never waiting on the
+//!    socket: what the client does not take at once, the dispatcher finishes. The connection
 //!    then waits for its next request, or leaves the layer (WebSocket upgrade).
 //!
 //! Must never: hold application state, or know any route's meaning.
 
 pub mod body;
+pub mod gate;
 pub mod multipart;
 
 pub mod parse;

@@ -65,7 +65,11 @@ impl RequestHead {
     }
 
     /// Whether the client asked for a protocol upgrade to `proto` (e.g. `websocket`).
+    /// Never over HTTP/1.0, which has no `Upgrade` (RFC 9110 §7.8: a server must ignore it).
     pub fn wants_upgrade(&self, proto: &str) -> bool {
+        if self.minor_version == 0 {
+            return false;
+        }
         let upgrade =
             self.header("upgrade").is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(proto)));
         upgrade && connection_has(self, "upgrade")
@@ -147,12 +151,39 @@ pub fn parse_head(buf: &[u8], limits: &HeadLimits) -> Result<Parsed, HeadError> 
         keep_alive: false,
         expect_continue: false,
     };
+    if minor_version == 1 {
+        // RFC 9112 §3.2: an HTTP/1.1 request without Host, or with more than one, is a 400.
+        match head.headers.iter().filter(|(n, _)| n == "host").count() {
+            0 => return Err(HeadError::Malformed("missing Host header")),
+            1 => {}
+            _ => return Err(HeadError::Malformed("more than one Host header")),
+        }
+    }
     head.framing = framing(&head)?;
     head.keep_alive =
         if minor_version == 0 { connection_has(&head, "keep-alive") } else { !connection_has(&head, "close") };
     head.expect_continue =
         minor_version == 1 && head.header("expect").is_some_and(|v| v.trim().eq_ignore_ascii_case("100-continue"));
     Ok(Parsed::Complete(head, used))
+}
+
+/// Where a request head ends in `buf` (the index just past its blank line: `\r\n\r\n` or a
+/// bare `\n\n`), searching only from about `from` on: the caller passes how many bytes it has
+/// already searched, so a head that arrives a byte at a time costs linear time in all. Only an
+/// end past `from` is reported.
+pub fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
+    let start = from.saturating_sub(3);
+    for i in memchr::memchr_iter(b'\n', &buf[start.min(buf.len())..]).map(|i| i + start) {
+        let end = match &buf[i + 1..] {
+            [b'\n', ..] => i + 2,
+            [b'\r', b'\n', ..] => i + 3,
+            _ => continue,
+        };
+        if end > from {
+            return Some(end);
+        }
+    }
+    None
 }
 
 /// Split a request target into (path, query). Accepts origin-form (`/a?b`), absolute-form
@@ -301,7 +332,7 @@ mod tests {
         assert!(!h.keep_alive);
         let (h, _) = complete(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n");
         assert!(h.keep_alive);
-        let (h, _) = complete(b"GET / HTTP/1.1\r\nConnection: foo, close\r\n\r\n");
+        let (h, _) = complete(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: foo, close\r\n\r\n");
         assert!(!h.keep_alive);
     }
 
@@ -322,21 +353,21 @@ mod tests {
 
     #[test]
     fn framing_rules() {
-        let (h, _) = complete(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n");
+        let (h, _) = complete(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n");
         assert_eq!(h.framing, Framing::Chunked);
-        let (h, _) = complete(b"POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n");
+        let (h, _) = complete(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\n");
         assert_eq!(h.framing, Framing::Length(5));
         let bad: &[&[u8]] = &[
-            b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
-            b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
-            b"POST / HTTP/1.1\r\nContent-Length: 1e3\r\n\r\n",
-            b"POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n",
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1e3\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
         ];
         for raw in bad {
             assert_eq!(parse_head(raw, &HeadLimits::default()).unwrap_err().status(), 400, "{raw:?}");
         }
-        let gz = b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n";
+        let gz = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n";
         assert_eq!(parse_head(gz, &HeadLimits::default()).unwrap_err(), HeadError::UnsupportedEncoding);
     }
 
@@ -347,11 +378,11 @@ mod tests {
         assert_eq!(parse_head(&long, &limits).unwrap_err(), HeadError::TooLarge);
         let many = b"GET / HTTP/1.1\r\na: 1\r\nb: 2\r\nc: 3\r\nd: 4\r\n\r\n";
         assert_eq!(parse_head(many, &limits).unwrap_err(), HeadError::TooLarge);
-        let three = b"GET / HTTP/1.1\r\na: 1\r\nb: 2\r\nc: 3\r\n\r\n";
+        let three = b"GET / HTTP/1.1\r\nHost: a\r\nb: 2\r\nc: 3\r\n\r\n";
         assert!(matches!(parse_head(three, &limits), Ok(Parsed::Complete(..))));
         // Exactly at the byte limit is fine; one more is not.
-        let base = b"GET / HTTP/1.1\r\nX: \r\n\r\n".len();
-        let fill = |n: usize| [b"GET / HTTP/1.1\r\nX: ".as_slice(), &vec![b'a'; n], b"\r\n\r\n"].concat();
+        let base = b"GET / HTTP/1.1\r\nHost: \r\n\r\n".len();
+        let fill = |n: usize| [b"GET / HTTP/1.1\r\nHost: ".as_slice(), &vec![b'a'; n], b"\r\n\r\n"].concat();
         assert!(matches!(parse_head(&fill(64 - base), &limits), Ok(Parsed::Complete(..))));
         assert_eq!(parse_head(&fill(65 - base), &limits).unwrap_err(), HeadError::TooLarge);
     }
@@ -372,11 +403,48 @@ mod tests {
     #[test]
     fn absolute_form_and_upgrade() {
         let (h, _) = complete(
-            b"GET http://h:1/ws/a?token=t HTTP/1.1\r\nUpgrade: WebSocket\r\nConnection: keep-alive, Upgrade\r\n\r\n",
+            b"GET http://h:1/ws/a?token=t HTTP/1.1\r\nHost: h\r\nUpgrade: WebSocket\r\nConnection: keep-alive, Upgrade\r\n\r\n",
         );
         assert_eq!(h.path, "/ws/a");
         assert_eq!(h.query, "token=t");
         assert!(h.wants_upgrade("websocket"));
+        let (h, _) = complete(b"GET /ws HTTP/1.0\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n");
+        assert!(!h.wants_upgrade("websocket"), "HTTP/1.0 has no upgrade");
+    }
+
+    #[test]
+    fn host_rules_of_rfc_9112() {
+        let none = b"GET / HTTP/1.1\r\nX: y\r\n\r\n";
+        assert_eq!(parse_head(none, &HeadLimits::default()).unwrap_err(), HeadError::Malformed("missing Host header"));
+        let two = b"GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n";
+        assert_eq!(
+            parse_head(two, &HeadLimits::default()).unwrap_err(),
+            HeadError::Malformed("more than one Host header")
+        );
+        // HTTP/1.0 predates Host: none is fine.
+        assert!(matches!(parse_head(b"GET / HTTP/1.0\r\n\r\n", &HeadLimits::default()), Ok(Parsed::Complete(..))));
+    }
+
+    #[test]
+    fn head_end_is_found_incrementally() {
+        let raw = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nBODY";
+        let end = raw.len() - 4;
+        // Fed one byte at a time, each search starts where the last stopped, and the end is found
+        // exactly when its last byte arrives.
+        let mut scanned = 0;
+        for n in 1..=raw.len() {
+            match find_head_end(&raw[..n], scanned) {
+                Some(e) => {
+                    assert_eq!((e, n), (end, end));
+                    break;
+                }
+                None => scanned = n,
+            }
+        }
+        assert_eq!(find_head_end(b"GET / HTTP/1.0\n\n", 0), Some(16));
+        assert_eq!(find_head_end(b"a\r\nb\r\n", 0), None);
+        // An end already reported is not reported again.
+        assert_eq!(find_head_end(b"\n\nGET", 2), None);
     }
 
     #[test]

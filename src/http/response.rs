@@ -1,20 +1,28 @@
 //! Responses: what a handler returns, and how it goes onto the wire.
 //!
-//! A body is bytes in memory, a range of a file, sent with `sendfile(2)` (never loaded whole,
-//! and paced: a reader slower than `Pace` allows is cut off), or a stream a handler produces
-//! while it is sent (`Body::Stream`, for results too big to hold: a database export). Every
-//! response carries `Content-Length`, except a stream, which is sent with
-//! `Transfer-Encoding: chunked` (HTTP/1.0: until the connection closes), so a client can always
-//! tell where one response ends, and a stream that fails half-way is never mistaken for a whole
-//! one (it lacks its final chunk).
+//! A body is bytes in memory or a range of a file, sent with `sendfile(2)` (never loaded whole).
+//! Writing never waits on the socket: `start_response` sends what the socket takes now, and what
+//! is left (`Outgoing`) is finished by the dispatcher when the socket is writable, under `Pace`
+//! (a reader slower than that is cut off). So a client that does not read its response costs a
+//! socket, never a worker. Every response carries `Content-Length`, so a client can always tell
+//! where one response ends.
+//!
+//! One exception, for results too big to hold (a database export): `Body::Stream`, a body a
+//! handler produces while it is sent. It goes with `Transfer-Encoding: chunked` (HTTP/1.0: until
+//! the connection closes), written by the worker itself (the producer needs the worker's state),
+//! which waits on the socket only under `Pace`: a slow reader is cut off as it would be by the
+//! dispatcher. A stream that fails half-way lacks its final chunk, so it is never mistaken for a
+//! whole body.
 //!
 //! Must never: write a body for `HEAD`, `1xx`, `204` or `304`; write a head without
-//! `Content-Length` (streams aside); or let a handler set the framing headers itself (`Content-Length`,
-//! `Transfer-Encoding`, `Connection` are the connection layer's).
+//! `Content-Length` (streams aside); or let a handler set the framing headers itself
+//! (`Content-Length`, `Transfer-Encoding`, `Connection` are the connection layer's).
 
 use std::borrow::Cow;
-use std::io::{self, Write};
+use std::io::{self, IoSlice};
 use std::net::TcpStream;
+use std::num::NonZeroUsize;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -29,7 +37,7 @@ pub type UpgradeFn = Box<dyn FnOnce(TcpStream, Vec<u8>) + Send>;
 /// to a reader slower than `Pace` fail with `TimedOut`, so a slow reader cannot hold the worker
 /// for long. Returning `Err` (its own, or a failed write passed on) ends the response without
 /// its final chunk and closes the connection: the client sees an incomplete body.
-pub type StreamFn = Box<dyn FnOnce(&mut dyn Write) -> io::Result<()> + Send>;
+pub type StreamFn = Box<dyn FnOnce(&mut dyn io::Write) -> io::Result<()> + Send>;
 
 /// Size of the chunks a streamed body is sent in.
 pub const STREAM_CHUNK: usize = 64 * 1024;
@@ -214,199 +222,293 @@ fn is_framing_header(name: &str) -> bool {
     ["content-length", "transfer-encoding", "connection", "date"].iter().any(|h| name.eq_ignore_ascii_case(h))
 }
 
-/// Write a whole response. Small bodies go out in the same `write` as the head. Returns the
-/// number of body bytes written.
-/// How fast a client must read a streamed file: once `grace` has passed, at least `min_rate`
-/// bytes per second on average, else the write fails (and the connection is closed), so a slow
-/// reader cannot hold a worker for the length of a large download. Bytes the kernel buffered
-/// count as read, so the bound is `grace + (bytes sent) / min_rate`.
+/// How fast a client must take a response (and send a large request body): once `grace` has
+/// passed, at least `min_rate` bytes per second on average, and never a silence longer than
+/// `stall`; slower is cut off, so a slow reader costs a socket for a bounded time and never a
+/// worker. Bytes the kernel buffered count as read, so the bound is `grace + sent / min_rate`.
 #[derive(Debug, Clone, Copy)]
 pub struct Pace {
-    pub grace: std::time::Duration,
+    pub grace: Duration,
     pub min_rate: u64,
+    pub stall: Duration,
 }
 
-pub fn write_response(
-    stream: &mut TcpStream,
+impl Pace {
+    /// When a transfer that started at `started`, has moved `sent` bytes and last made progress
+    /// at `progress_at` must be cut off.
+    pub fn deadline(&self, started: Instant, sent: u64, progress_at: Instant) -> Instant {
+        let stall = progress_at + self.stall;
+        if self.min_rate == 0 {
+            return stall;
+        }
+        let earned = Duration::from_secs_f64(sent as f64 / self.min_rate as f64);
+        stall.min(started + self.grace.saturating_add(earned))
+    }
+}
+
+/// What is left of a body to write.
+enum Rest {
+    None,
+    Bytes(Vec<u8>, usize),
+    Static(&'static [u8], usize),
+    File { file: std::fs::File, offset: u64, left: u64 },
+}
+
+/// A response on its way out: written without ever waiting on the socket. What the socket does
+/// not take at once stays here, and the dispatcher writes the rest when `poll` says the socket is
+/// writable (see `server.rs`), under `Pace`.
+pub struct Outgoing {
+    head: Vec<u8>,
+    head_pos: usize,
+    rest: Rest,
+    started: Instant,
+    progress_at: Instant,
+    sent: u64,
+    pace: Pace,
+}
+
+/// The result of starting a response.
+pub enum Written {
+    /// All of it is on its way; the number of body bytes.
+    Done(u64),
+    /// The socket is full: the rest, to be finished by the dispatcher; the body's length.
+    Pending(Outgoing, u64),
+}
+
+/// `send(MSG_DONTWAIT)` of a head and a body slice: what the socket takes now.
+fn send_now(stream: &TcpStream, parts: &[IoSlice<'_>]) -> io::Result<usize> {
+    socket2::SockRef::from(stream).send_vectored_with_flags(parts, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+}
+
+impl Outgoing {
+    /// When the dispatcher gives up on this client (too slow, or silent too long).
+    pub fn deadline(&self) -> Instant {
+        self.pace.deadline(self.started, self.sent, self.progress_at)
+    }
+
+    /// Write what the socket takes now; `Ok(true)` once everything is written. A file part
+    /// needs the socket in non-blocking mode (`sendfile` has no flags argument).
+    pub fn write_some(&mut self, stream: &TcpStream) -> io::Result<bool> {
+        loop {
+            let head = &self.head[self.head_pos..];
+            let body: &[u8] = match &self.rest {
+                Rest::Bytes(b, pos) => &b[*pos..],
+                Rest::Static(b, pos) => &b[*pos..],
+                _ => &[],
+            };
+            let n = if !head.is_empty() || !body.is_empty() {
+                let (hl, bl) = (head.len(), body.len());
+                let n = match send_now(stream, &[IoSlice::new(head), IoSlice::new(body)]) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                };
+                let to_head = n.min(hl);
+                self.head_pos += to_head;
+                if n > to_head {
+                    match &mut self.rest {
+                        Rest::Bytes(_, pos) | Rest::Static(_, pos) => *pos += n - to_head,
+                        _ => unreachable!("body bytes were only sent from a bytes body"),
+                    }
+                }
+                if self.head_pos == self.head.len() && n - to_head == bl && bl > 0 {
+                    self.rest = Rest::None;
+                }
+                n as u64
+            } else if let Rest::File { file, offset, left } = &mut self.rest {
+                if *left == 0 {
+                    self.rest = Rest::None;
+                    continue;
+                }
+                let chunk = NonZeroUsize::new((*left).min(1 << 30) as usize).expect("left > 0");
+                let off = usize::try_from(*offset).map_err(|_| io::Error::other("file offset too large"))?;
+                let n = match socket2::SockRef::from(stream).sendfile(&*file, off, Some(chunk)) {
+                    Ok(0) => {
+                        // The file shrank under us: the client was promised more bytes. Closing
+                        // is the only honest signal left.
+                        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "body shorter than its length"));
+                    }
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                };
+                *offset += n as u64;
+                *left -= n as u64;
+                n as u64
+            } else {
+                return Ok(true);
+            };
+            self.sent += n;
+            self.progress_at = Instant::now();
+        }
+    }
+}
+
+/// Start writing a response: the head (in `scratch`) and as much of the body as the socket
+/// takes now, never waiting. The socket must be in non-blocking mode when the body is a file.
+pub fn start_response(
+    stream: &TcpStream,
     resp: &mut Response,
     minor_version: u8,
     keep_alive: bool,
     head_only: bool,
     scratch: &mut Vec<u8>,
-    pace: Option<Pace>,
-) -> io::Result<u64> {
+    pace: Pace,
+) -> io::Result<Written> {
     scratch.clear();
     encode_head(resp, minor_version, keep_alive, scratch);
     let no_body = head_only || resp.status < 200 || resp.status == 204 || resp.status == 304;
-    if no_body {
-        stream.write_all(scratch)?;
-        return Ok(0);
+    let body = if no_body { Body::Empty } else { std::mem::replace(&mut resp.body, Body::Empty) };
+    if let Body::Stream(produce) = body {
+        return write_stream(stream, scratch, produce, minor_version != 0, pace).map(Written::Done);
     }
-    match &mut resp.body {
-        Body::Empty => {
-            stream.write_all(scratch)?;
-            Ok(0)
+    let len = body.len();
+    // The fast path: head and an in-memory body in one `send`, no allocation.
+    let bytes: &[u8] = match &body {
+        Body::Bytes(b) => b,
+        Body::Static(b) => b,
+        _ => &[],
+    };
+    let mut n = 0;
+    loop {
+        match send_now(stream, &[IoSlice::new(scratch), IoSlice::new(bytes)]) {
+            Ok(k) => n = k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
         }
-        Body::Bytes(b) => write_small(stream, scratch, b),
-        Body::Static(b) => write_small(stream, scratch, b),
-        Body::File { file, offset, len } => {
-            stream.write_all(scratch)?;
-            full_length(send_file(file, *offset, *len, stream, pace)?, *len)
-        }
-        Body::Stream(_) => {
-            let Body::Stream(produce) = std::mem::replace(&mut resp.body, Body::Empty) else {
-                unreachable!("matched a stream above")
-            };
-            stream.write_all(scratch)?;
-            write_stream(stream, produce, minor_version != 0, pace)
-        }
+        break;
     }
+    let all_bytes = scratch.len() + bytes.len();
+    if n == all_bytes && !matches!(body, Body::File { .. }) {
+        return Ok(Written::Done(len));
+    }
+    let now = Instant::now();
+    let head_pos = n.min(scratch.len());
+    let body_done = n - head_pos;
+    let rest = match body {
+        Body::Empty => Rest::None,
+        Body::Bytes(b) => Rest::Bytes(b, body_done),
+        Body::Static(b) => Rest::Static(b, body_done),
+        Body::File { file, offset, len } => Rest::File { file, offset, left: len },
+        Body::Stream(_) => unreachable!("streams are written above"),
+    };
+    let mut out = Outgoing {
+        head: scratch[head_pos..].to_vec(),
+        head_pos: 0,
+        rest,
+        started: now,
+        progress_at: now,
+        sent: n as u64,
+        pace,
+    };
+    if out.write_some(stream)? {
+        return Ok(Written::Done(len));
+    }
+    Ok(Written::Pending(out, len))
 }
 
-/// Run a stream's producer over a buffered (and, for HTTP/1.1, chunked) writer, then end the
-/// body: the final chunk, or for HTTP/1.0 a write shutdown (the end of the body). Returns the
-/// body's length (payload bytes, without the chunk framing).
-fn write_stream(stream: &mut TcpStream, produce: StreamFn, chunked: bool, pace: Option<Pace>) -> io::Result<u64> {
-    let started = std::time::Instant::now();
-    let mut sink = StreamSink { stream, chunked, sent: 0, blocked: std::time::Duration::ZERO, pace };
+/// Write a streamed body on the worker: the head, then the producer's output in chunks, then the
+/// final chunk (HTTP/1.1) or a write shutdown (HTTP/1.0, where the end of the connection ends the
+/// body). Returns the body's length (payload bytes, without the chunk framing).
+fn write_stream(stream: &TcpStream, head: &[u8], produce: StreamFn, chunked: bool, pace: Pace) -> io::Result<u64> {
+    let started = Instant::now();
+    let mut sink = StreamSink { stream, chunked, sent: 0, blocked: Duration::ZERO, pace };
+    sink.send_all(head)?;
     {
         let mut buffered = io::BufWriter::with_capacity(STREAM_CHUNK, &mut sink);
         // A panic in the producer must not kill the worker: it fails the response like an error.
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| produce(&mut buffered)))
             .map_err(|_| io::Error::other("the stream producer panicked"))??;
-        buffered.flush()?;
+        io::Write::flush(&mut buffered)?;
     }
     if chunked {
-        sink.stream.write_all(b"0\r\n\r\n")?;
+        sink.send_all(b"0\r\n\r\n")?;
     } else {
-        sink.stream.shutdown(std::net::Shutdown::Write)?;
+        stream.shutdown(std::net::Shutdown::Write)?;
     }
     crate::debug!("streamed {} bytes in {:?}", sink.sent, started.elapsed());
     Ok(sink.sent)
 }
 
-/// The socket side of a streamed body: one chunk per `write`, and the pace check. Only the time
-/// spent blocked in the socket counts against the pace (a producer that is slow to compute, a
-/// long database query, is not the reader's fault).
+/// The socket side of a streamed body: one chunk per `write`, waiting for the (non-blocking)
+/// socket with `poll` under the pace. Only the time spent waiting for the socket counts against
+/// the pace (a producer that is slow to compute, a long database query, is not the reader's
+/// fault), and no single wait is longer than `pace.stall`.
 struct StreamSink<'s> {
-    stream: &'s mut TcpStream,
+    stream: &'s TcpStream,
     chunked: bool,
     sent: u64,
-    blocked: std::time::Duration,
-    pace: Option<Pace>,
+    blocked: Duration,
+    pace: Pace,
 }
 
-impl Write for StreamSink<'_> {
+impl StreamSink<'_> {
+    /// How long the reader may have kept us waiting so far.
+    fn allowance(&self) -> Duration {
+        if self.pace.min_rate == 0 {
+            return Duration::MAX;
+        }
+        self.pace.grace.saturating_add(Duration::from_secs_f64(self.sent as f64 / self.pace.min_rate as f64))
+    }
+
+    fn send_all(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        while !bytes.is_empty() {
+            match send_now(self.stream, &[IoSlice::new(bytes)]) {
+                Ok(n) => bytes = &bytes[n..],
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let wait = self.allowance().saturating_sub(self.blocked).min(self.pace.stall);
+                    if wait.is_zero() {
+                        return Err(io::Error::new(io::ErrorKind::TimedOut, "client reads too slowly"));
+                    }
+                    let t = Instant::now();
+                    let mut fd = libc::pollfd { fd: self.stream.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
+                    let ms = wait.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
+                    // SAFETY: one valid pollfd for the duration of the call.
+                    let ready = unsafe { libc::poll(&mut fd, 1, ms) };
+                    self.blocked += t.elapsed();
+                    if ready == 0 && t.elapsed() >= self.pace.stall {
+                        return Err(io::Error::new(io::ErrorKind::TimedOut, "client stopped reading"));
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl io::Write for StreamSink<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if buf.is_empty() {
             return Ok(0);
         }
-        let t = std::time::Instant::now();
         if self.chunked {
             let mut frame = Vec::with_capacity(buf.len() + 16);
             frame.extend_from_slice(format!("{:x}\r\n", buf.len()).as_bytes());
             frame.extend_from_slice(buf);
             frame.extend_from_slice(b"\r\n");
-            self.stream.write_all(&frame)?;
+            self.send_all(&frame)?;
         } else {
-            self.stream.write_all(buf)?;
+            self.send_all(buf)?;
         }
-        self.blocked += t.elapsed();
         self.sent += buf.len() as u64;
-        if let Some(p) = self.pace.filter(|p| p.min_rate > 0) {
-            let earned = std::time::Duration::from_secs_f64(self.sent as f64 / p.min_rate as f64);
-            if self.blocked > p.grace.saturating_add(earned) {
-                return Err(io::Error::new(io::ErrorKind::TimedOut, "client reads too slowly"));
-            }
-        }
         Ok(buf.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.stream.flush()
+        Ok(())
     }
 }
 
-/// `sendfile(2)` from `file` at `offset` to the socket until `len` bytes are sent or the file
-/// ends. The socket's write timeout applies (a stalled client fails with `WouldBlock`).
-fn send_file(file: &std::fs::File, offset: u64, len: u64, stream: &TcpStream, pace: Option<Pace>) -> io::Result<u64> {
-    // With a pace, wake at least every second to check it, instead of sleeping in the kernel
-    // for the whole write timeout; the write timeout still bounds a stall (no progress at all).
-    let stall = stream.write_timeout().ok().flatten();
-    let pace = pace.filter(|p| p.min_rate > 0);
-    if pace.is_some() {
-        let tick = std::time::Duration::from_secs(1);
-        stream.set_write_timeout(Some(stall.map_or(tick, |s| s.min(tick))))?;
-    }
-    let result = send_file_paced(file, offset, len, stream, pace, stall);
-    if pace.is_some() {
-        let _ = stream.set_write_timeout(stall);
-    }
-    result
-}
-
-fn send_file_paced(
-    file: &std::fs::File,
-    offset: u64,
-    len: u64,
-    stream: &TcpStream,
-    pace: Option<Pace>,
-    stall: Option<std::time::Duration>,
-) -> io::Result<u64> {
-    use std::os::fd::AsRawFd;
-    let mut off = libc::off_t::try_from(offset).map_err(|_| io::Error::other("file offset too large"))?;
-    let mut sent = 0u64;
-    let started = std::time::Instant::now();
-    let mut progress_at = started;
-    while sent < len {
-        if let Some(p) = pace {
-            let earned = std::time::Duration::from_secs_f64(sent as f64 / p.min_rate as f64);
-            if started.elapsed() > p.grace.saturating_add(earned) {
-                return Err(io::Error::new(io::ErrorKind::TimedOut, "client reads too slowly"));
-            }
-        }
-        let chunk = (len - sent).min(1 << 30) as usize;
-        // SAFETY: both fds are open for the duration of the call; `off` is a valid pointer.
-        let n = unsafe { libc::sendfile(stream.as_raw_fd(), file.as_raw_fd(), &mut off, chunk) };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            match err.kind() {
-                io::ErrorKind::Interrupted => continue,
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    if pace.is_some() && !stall.is_some_and(|s| progress_at.elapsed() >= s) =>
-                {
-                    continue
-                }
-                _ => return Err(err),
-            }
-        }
-        if n == 0 {
-            break;
-        }
-        sent += n as u64;
-        progress_at = std::time::Instant::now();
-    }
-    Ok(sent)
-}
-
-fn full_length(copied: u64, len: u64) -> io::Result<u64> {
-    if copied != len {
-        // The file shrank under us: the client was promised `len` bytes. Closing is the only
-        // honest signal left.
-        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "body shorter than its length"));
-    }
-    Ok(copied)
-}
-
-fn write_small(stream: &mut TcpStream, scratch: &mut Vec<u8>, body: &[u8]) -> io::Result<u64> {
-    if body.len() <= 64 * 1024 {
-        scratch.extend_from_slice(body);
-        stream.write_all(scratch)?;
-    } else {
-        stream.write_all(scratch)?;
-        stream.write_all(body)?;
-    }
-    Ok(body.len() as u64)
+/// Write a small message (a rejection, a `100 Continue`, a `101` head) to a socket we may not
+/// wait on: whatever it takes now. True when all of it went.
+pub fn send_small(stream: &TcpStream, bytes: &[u8]) -> bool {
+    matches!(send_now(stream, &[IoSlice::new(bytes)]), Ok(n) if n == bytes.len())
 }
 
 #[cfg(test)]
@@ -445,57 +547,119 @@ mod tests {
         assert!(h.contains("content-length: 0\r\n"));
     }
 
-    #[test]
-    fn a_stream_is_chunked_and_ends_with_the_last_chunk() {
+    fn pace() -> Pace {
+        Pace { grace: Duration::from_secs(5), min_rate: 1024, stall: Duration::from_secs(5) }
+    }
+
+    /// A connected pair: (client, server side in non-blocking mode, as the layer holds it).
+    fn pair() -> (TcpStream, TcpStream) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (mut server, _) = listener.accept().unwrap();
-        let mut resp = Response::new(200).with_body(Body::Stream(Box::new(|w| {
-            w.write_all(b"hello, ")?;
-            w.write_all(&vec![b'x'; STREAM_CHUNK + 10])?;
-            w.write_all(b"end")
-        })));
-        let head = head_of(&resp, 1, true);
-        assert!(head.contains("transfer-encoding: chunked\r\n") && !head.contains("content-length"), "{head}");
-        let n = write_response(&mut server, &mut resp, 1, true, false, &mut Vec::new(), None).unwrap();
-        assert_eq!(n, 7 + STREAM_CHUNK as u64 + 10 + 3);
-        drop(server);
-        let mut raw = Vec::new();
-        std::io::Read::read_to_end(&mut client, &mut raw).unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        (client, server)
+    }
+
+    /// Decode a chunked body; `None` when the final chunk is missing.
+    fn dechunk(raw: &[u8]) -> (String, Option<Vec<u8>>) {
         let at = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-        // Decode the chunks.
+        let head = String::from_utf8(raw[..at].to_vec()).unwrap();
         let (mut rest, mut body) = (&raw[at..], Vec::new());
         loop {
-            let eol = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+            let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else { return (head, None) };
             let len = usize::from_str_radix(std::str::from_utf8(&rest[..eol]).unwrap(), 16).unwrap();
             rest = &rest[eol + 2..];
             if len == 0 {
                 assert_eq!(rest, b"\r\n");
-                break;
+                return (head, Some(body));
+            }
+            if rest.len() < len + 2 {
+                return (head, None);
             }
             body.extend_from_slice(&rest[..len]);
             assert_eq!(&rest[len..len + 2], b"\r\n");
             rest = &rest[len + 2..];
         }
+    }
+
+    #[test]
+    fn a_stream_is_chunked_and_ends_with_the_last_chunk() {
+        let (mut client, server) = pair();
+        // Bigger than the socket buffers, so the writer must wait for the reader.
+        let big = vec![b'x'; 8 << 20];
+        let reader = std::thread::spawn(move || {
+            let mut raw = Vec::new();
+            std::io::Read::read_to_end(&mut client, &mut raw).unwrap();
+            raw
+        });
+        let mut resp = Response::new(200).with_body(Body::Stream(Box::new(move |w| {
+            w.write_all(b"hello, ")?;
+            w.write_all(&big)?;
+            w.write_all(b"end")
+        })));
+        let head = head_of(&resp, 1, true);
+        assert!(head.contains("transfer-encoding: chunked\r\n") && !head.contains("content-length"), "{head}");
+        let n = match start_response(&server, &mut resp, 1, true, false, &mut Vec::new(), pace()).unwrap() {
+            Written::Done(n) => n,
+            Written::Pending(..) => panic!("a stream is written whole by the worker"),
+        };
+        assert_eq!(n, 7 + (8 << 20) + 3);
+        drop(server);
+        let (head, body) = dechunk(&reader.join().unwrap());
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"));
+        let body = body.expect("the final chunk");
         assert_eq!(body.len() as u64, n);
         assert!(body.starts_with(b"hello, xx") && body.ends_with(b"xend"));
     }
 
     #[test]
     fn a_failed_stream_has_no_last_chunk_and_http10_streams_end_with_the_connection() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (mut server, _) = listener.accept().unwrap();
+        use std::io::Write as _;
+        let (mut client, server) = pair();
         let mut resp = Response::new(200)
             .with_body(Body::Stream(Box::new(|w| w.write_all(b"partial").and(Err(io::Error::other("query failed"))))));
-        assert!(write_response(&mut server, &mut resp, 1, true, false, &mut Vec::new(), None).is_err());
+        assert!(start_response(&server, &mut resp, 1, true, false, &mut Vec::new(), pace()).is_err());
         drop(server);
         let mut raw = Vec::new();
         std::io::Read::read_to_end(&mut client, &mut raw).unwrap();
-        assert!(!raw.ends_with(b"0\r\n\r\n"), "{:?}", String::from_utf8_lossy(&raw));
+        assert_eq!(dechunk(&raw).1, None, "{:?}", String::from_utf8_lossy(&raw));
+
+        let mut panicking = Response::new(200).with_body(Body::Stream(Box::new(|_| panic!("producer bug"))));
+        let (_c, server) = pair();
+        assert!(start_response(&server, &mut panicking, 1, true, false, &mut Vec::new(), pace()).is_err());
 
         let h = head_of(&Response::new(200).with_body(Body::Stream(Box::new(|_| Ok(())))), 0, true);
         assert!(h.contains("connection: close\r\n") && !h.contains("chunked") && !h.contains("content-length"), "{h}");
+        let (mut client, server) = pair();
+        let mut resp = Response::new(200).with_body(Body::Stream(Box::new(|w| w.write_all(b"old client"))));
+        assert!(matches!(
+            start_response(&server, &mut resp, 0, true, false, &mut Vec::new(), pace()),
+            Ok(Written::Done(10))
+        ));
+        client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut raw = Vec::new();
+        std::io::Read::read_to_end(&mut client, &mut raw).unwrap();
+        assert!(raw.ends_with(b"\r\n\r\nold client"));
+        let _ = client.flush();
+    }
+
+    #[test]
+    fn a_reader_that_stops_reading_is_cut_off() {
+        let (_client, server) = pair();
+        let quick = Pace { grace: Duration::from_millis(200), min_rate: 1024, stall: Duration::from_millis(300) };
+        let mut resp = Response::new(200).with_body(Body::Stream(Box::new(|w| {
+            let block = vec![b'y'; 1 << 20];
+            loop {
+                w.write_all(&block)?;
+            }
+        })));
+        let t = Instant::now();
+        let err = match start_response(&server, &mut resp, 1, true, false, &mut Vec::new(), quick) {
+            Err(e) => e,
+            Ok(_) => panic!("an unread stream cannot finish"),
+        };
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
     }
 
     #[test]

@@ -164,6 +164,9 @@ pub struct Route {
     segs: Vec<Seg>,
     /// Largest request body accepted, in bytes.
     pub body_limit: u64,
+    /// The `detail` of the 413 for a body over `body_limit`, when the route words its own limit
+    /// (uploads state the per-file limit, not the body's); `None`: `BodyError`'s wording.
+    pub too_large_detail: Option<String>,
     /// The OpenAPI operation object for this route; `None` keeps it out of the document
     /// (the docs pages themselves, as FastAPI does).
     pub doc: Option<serde_json::Value>,
@@ -174,6 +177,12 @@ impl Route {
     /// Set this route's body limit (bytes).
     pub fn limit(&mut self, bytes: u64) -> &mut Route {
         self.body_limit = bytes;
+        self
+    }
+
+    /// Word the 413 this route's body limit gives (see `too_large_detail`).
+    pub fn too_large_detail(&mut self, detail: impl Into<String>) -> &mut Route {
+        self.too_large_detail = Some(detail.into());
         self
     }
 
@@ -221,6 +230,7 @@ impl Router {
             pattern,
             segs,
             body_limit: self.default_body_limit,
+            too_large_detail: None,
             doc: None,
             handler: Box::new(handler),
         });

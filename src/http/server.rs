@@ -3,50 +3,75 @@
 //!
 //! Threads:
 //! - **dispatcher** (one, `http-dispatch`): owns the listening socket and every connection that
-//!   is *not* ready for a worker: freshly accepted ones, idle keep-alive ones, and ones whose
-//!   request head is still arriving. It `poll(2)`s them all, reads what arrives, and moves a
-//!   connection to the worker queue only once a complete request head is buffered. So an idle
-//!   client or a slow-loris client (one header byte every few seconds) costs one socket and a
-//!   few bytes here, never a worker. It closes connections whose head does not complete within
-//!   `head_timeout` (408) and idle ones after `idle_timeout`. Accept errors (EMFILE and the
-//!   like) are logged and retried after a pause; they never stop the listener.
-//! - **workers** (`workers` of them, `http-worker-N`): take a connection from the queue, serve the
-//!   request (reading its body, calling the handler, writing the response), then wait briefly
-//!   (`keepalive_linger`) for the next request on the same connection — but only while nobody is
-//!   queued for a worker. Otherwise the connection goes back to the dispatcher. A handler may
-//!   ask for the connection's next request to be held back (`Response::hold`, at most
-//!   `MAX_HOLD`): the connection then waits in the dispatcher, out of its poll set, costing no
-//!   worker — how a 503 with `Retry-After` is enforced on a client that ignores it.
+//!   is *not* in a worker's hands: freshly accepted ones, idle keep-alive ones, ones whose request
+//!   head or small body is still arriving, ones parked until a transfer slot frees, and ones whose
+//!   response the socket did not take at once. It `poll(2)`s them all — for reading or for
+//!   writing — and never waits on any one of them. A connection goes to the worker queue only
+//!   once its request is complete in memory: the head, plus the body when it is small
+//!   (`preread_body_bytes`, whatever its framing: `Content-Length`, chunked, or after a
+//!   `100 Continue` the dispatcher sends itself). So an idle client, a slow-loris head, a stalled
+//!   or dribbled small body, and a client that does not read its response each cost one socket
+//!   and a few bytes here, never a worker. Every such wait has a fixed deadline that bytes
+//!   arriving do not push back: `head_timeout` for a head, `body_timeout` plus the body's length
+//!   at `min_body_rate` for a small body (then 408), `idle_timeout` between requests, and `Pace`
+//!   for a response (a reader slower than `min_body_rate` after `body_timeout`, or silent for
+//!   `write_timeout`, is cut off). Accept errors (EMFILE and the like) are logged and retried
+//!   after a pause; they never stop the listener.
+//! - **workers** (`workers` of them, `http-worker-N`): take a complete request from the queue,
+//!   call the handler, and start writing its response without ever waiting on the socket: what
+//!   the socket does not take at once is handed to the dispatcher to finish. Then a worker waits
+//!   briefly (`keepalive_linger`) for the next request on the same connection — only while
+//!   nobody is queued — and otherwise hands the connection back. A handler may ask for the
+//!   connection's next request to be held back (`Response::hold`, at most `MAX_HOLD`): the
+//!   connection then waits in the dispatcher, out of its poll set, costing no worker.
+//!
+//! Long transfers — a request body too large to pre-read (uploads) — are the one thing a worker
+//! still waits on a client for, and only under `Pace` (so each ends in bounded time). At most
+//! `transfer_workers` workers do so at once (by default half the pool; the rest are kept for
+//! short requests) and at most `max_transfers_per_addr` for one client address. A large-body
+//! request beyond those caps is parked in the dispatcher, unread, until a slot frees (or 503
+//! after `body_timeout`). See `docs/decisions.md` ("Slow peers cost a socket").
 //!
 //! Queues and their bounds:
 //! - the **worker queue** (`Shared::queue`, a `Mutex<VecDeque>` + `Condvar`): filled by the
 //!   dispatcher, drained by workers. Every connection is in exactly one place (dispatcher,
-//!   queue, or a worker) and the dispatcher refuses connections beyond `max_connections` (it
-//!   answers 503 and closes), so the queue never holds more than `max_connections`.
+//!   queue, or a worker), and `gate.rs` refuses connections beyond `max_connections` (503) and
+//!   beyond `max_connections_per_addr` from one address (429), so no list here holds more than
+//!   `max_connections`.
 //! - the **return list** (`Shared::returns`): connections a worker hands back to the dispatcher;
-//!   bounded the same way. A byte on the wake pipe tells the dispatcher to look.
+//!   bounded the same way. A byte on the wake socket tells the dispatcher to look.
+//! - the **parked list** (the dispatcher's own): large-body requests waiting for a transfer slot.
 //!
 //! Shutdown (`ShutdownHandle::trigger`, from SIGINT/SIGTERM): the dispatcher stops accepting and
-//! closes the connections it holds; workers finish the requests they have and those already
-//! queued (answering with `Connection: close`), then exit. `run` waits for them up to
-//! `shutdown_grace` and returns.
+//! closes the connections it holds that have no response in progress; workers finish the
+//! requests they have and those already queued (answering with `Connection: close`), then exit;
+//! the dispatcher finishes writing the responses it holds and exits after the last worker. `run`
+//! waits for all of them up to `shutdown_grace` and returns. A connection handed back after the
+//! dispatcher has gone is closed by whoever hands it back (`Returns::closed`), never lost.
 //!
-//! Must never: block the dispatcher on a socket (it only reads sockets `poll` says are
-//! readable), hold a lock while doing socket I/O, or let a handler panic kill a worker.
+//! Panics: a handler's panic is a 500 (`catch_unwind` around the call); anything else that
+//! panics in a worker (writing, draining, an upgrade closure) loses that one connection — its
+//! counts are given back by `Conn`'s slots on unwinding — and the worker goes on serving. The
+//! pool's live count is kept by a drop guard, so even a worker that dies is counted out.
+//!
+//! Must never: wait on a socket in the dispatcher (it reads and writes only what `poll` says is
+//! ready, non-blocking), hold a lock while doing socket I/O, or let a panic shrink the pool.
 
 use std::collections::VecDeque;
-use std::io::{self, Read};
-use std::net::{Shutdown as NetShutdown, SocketAddr, TcpListener, TcpStream};
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Shutdown as NetShutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::body::{BodyError, BodyReader, Wire};
-use super::parse::{parse_head, Framing, HeadError, HeadLimits, Parsed, RequestHead};
-use super::response::{write_response, Pace, Response};
+use super::body::{is_disconnect, wait_ready, BodyError, BodyReader, ChunkedDecoder, Wire};
+use super::gate::{ConnSlot, Gate, GateLimits, Refusal, TransferSlot};
+use super::parse::{find_head_end, parse_head, Framing, HeadLimits, Parsed, RequestHead};
+use super::response::{encode_head, send_small, start_response, Outgoing, Pace, Response, Written};
 use super::router::{HttpError, Match, Request, Router};
 use crate::{debug, error, info, warn};
 
@@ -55,16 +80,24 @@ use crate::{debug, error, info, warn};
 pub struct ServerConfig {
     /// Size of the worker pool.
     pub workers: usize,
-    /// Most connections held at once (idle, arriving, queued and in service). Beyond it new
-    /// connections get a 503 and are closed.
+    /// Most connections held at once (idle, arriving, queued, in service, being written).
+    /// Beyond it new connections get a 503 and are closed.
     pub max_connections: usize,
-    /// Time allowed for a whole request head to arrive, from its first byte (or from accept).
+    /// Most connections from one client address at once; beyond it a 429.
+    pub max_connections_per_addr: usize,
+    /// Most workers busy with a long transfer (a large request body) at once; 0: half the pool
+    /// (at least one). The others are kept for short requests.
+    pub transfer_workers: usize,
+    /// Most long transfers from one client address at once.
+    pub max_transfers_per_addr: usize,
+    /// Time allowed for a whole request head to arrive, from its first byte.
     pub head_timeout: Duration,
-    /// Longest silence allowed while reading a request body.
+    /// How long a request body (or a response) may take before it must keep `min_body_rate`;
+    /// also the longest silence allowed while a large body arrives.
     pub body_timeout: Duration,
     /// How long an idle keep-alive connection is kept open.
     pub idle_timeout: Duration,
-    /// Longest stall allowed while writing a response.
+    /// Longest silence allowed while a client takes a response.
     pub write_timeout: Duration,
     /// How long a worker waits for the next request on its connection before handing it back
     /// to the dispatcher (only while no connection is queued).
@@ -73,14 +106,11 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Head size and header count limits.
     pub head_limits: HeadLimits,
-    /// A request whose `Content-Length` body is at most this big is handed to a worker only
-    /// once the whole body has arrived (the dispatcher reads it), so a client dribbling a small
-    /// body costs a socket, not a worker. Larger bodies (uploads) stream in the worker, under
-    /// `body_timeout` and `min_body_rate`.
+    /// A request whose body (any framing) is at most this big is handed to a worker only once
+    /// the whole body has arrived (the dispatcher reads it). Larger bodies are long transfers.
     pub preread_body_bytes: u64,
-    /// Slowest average rate (bytes per second) a streamed body may arrive at, once
-    /// `body_timeout` has passed (slower gets a 408), and a streamed file may be read at (slower
-    /// is cut off). Bounds how long one upload or download holds a worker.
+    /// Slowest average rate (bytes per second) a request body may arrive at, and a response be
+    /// read at, once `body_timeout` has passed. Slower is cut off (a body gets a 408).
     pub min_body_rate: u64,
 }
 
@@ -89,6 +119,9 @@ impl Default for ServerConfig {
         ServerConfig {
             workers: 64,
             max_connections: 4096,
+            max_connections_per_addr: 1024,
+            transfer_workers: 0,
+            max_transfers_per_addr: 16,
             head_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(30),
@@ -102,40 +135,81 @@ impl Default for ServerConfig {
     }
 }
 
-/// How many buffered bytes make a request ready for a worker: its head, plus its body when that
-/// is small enough to pre-read (and the client is not waiting for `100 Continue`). `Ok(None)`
-/// while the head is incomplete.
-fn ready_len(buf: &[u8], cfg: &ServerConfig) -> Result<Option<usize>, HeadError> {
-    match parse_head(buf, &cfg.head_limits)? {
-        Parsed::Partial => Ok(None),
-        Parsed::Complete(head, used) => Ok(Some(match head.framing {
-            Framing::Length(n) if n <= cfg.preread_body_bytes && !head.expect_continue => used + n as usize,
-            _ => used,
-        })),
+impl ServerConfig {
+    fn transfer_share(&self) -> usize {
+        let n = if self.transfer_workers == 0 { self.workers / 2 } else { self.transfer_workers };
+        n.clamp(1, self.workers.max(1))
+    }
+
+    fn pace(&self) -> Pace {
+        Pace { grace: self.body_timeout, min_rate: self.min_body_rate, stall: self.write_timeout }
+    }
+
+    /// The fixed deadline of a body of `len` bytes that starts arriving now.
+    fn body_deadline(&self, len: u64) -> Instant {
+        let rate = if self.min_body_rate == 0 { u64::MAX } else { self.min_body_rate };
+        Instant::now() + self.body_timeout + Duration::from_secs_f64(len as f64 / rate as f64)
     }
 }
 
-/// Whether a buffered request is ready for a worker (complete, or bad: the worker answers it).
-fn is_ready(buf: &[u8], cfg: &ServerConfig) -> bool {
-    match ready_len(buf, cfg) {
-        Ok(Some(n)) => buf.len() >= n,
-        Ok(None) => false,
-        Err(_) => true,
+/// A small body being read by the dispatcher.
+enum PreBody {
+    /// Nothing to pre-read (no body, or a long transfer).
+    None,
+    /// `Content-Length`: the request is complete at this many unconsumed bytes (head + body).
+    Length(usize),
+    /// Chunked: the decoder has seen `fed` bytes of the body so far.
+    Chunked { dec: ChunkedDecoder, fed: usize },
+}
+
+/// How far a connection's next request has arrived. Kept between reads, so a head or body that
+/// trickles in is looked at once per new byte, never from the start again.
+struct ReqState {
+    /// The first byte of the request is in (the head clock runs).
+    started: bool,
+    /// Unconsumed bytes already searched for the end of the head.
+    scanned: usize,
+    /// Length of the complete head, once found and valid.
+    head_len: Option<usize>,
+    body: PreBody,
+    /// `100 Continue` was sent for this request.
+    continued: bool,
+    /// The body is too large to pre-read: a long transfer.
+    transfer: bool,
+}
+
+impl Default for ReqState {
+    fn default() -> Self {
+        ReqState { started: false, scanned: 0, head_len: None, body: PreBody::None, continued: false, transfer: false }
     }
 }
 
-/// A connection and the bytes read from it but not yet consumed.
+/// What to do with a connection after a response the dispatcher is finishing.
+#[derive(Clone, Copy)]
+struct AfterWrite {
+    keep_alive: bool,
+    hold: Option<Duration>,
+}
+
+/// A connection and the bytes read from it but not yet consumed. Its socket is non-blocking
+/// for as long as it is ours. Dropping it closes the socket and gives its counts back.
 struct Conn {
     stream: TcpStream,
     peer: SocketAddr,
     buf: Vec<u8>,
     /// Start of the unconsumed bytes in `buf`.
     pos: usize,
-    /// When the dispatcher gives up on it (head timeout or idle timeout).
+    /// When the dispatcher gives up on it (head, body, idle, parked or write deadline).
     deadline: Instant,
     /// Not to be read before this instant (a handler's `Response::hold`): the dispatcher leaves
     /// the socket out of its poll set until then.
     not_before: Option<Instant>,
+    req: ReqState,
+    /// A response the socket did not take at once, and what follows it.
+    out: Option<(Box<Outgoing>, AfterWrite)>,
+    /// Held while a worker reads a large body.
+    transfer: Option<TransferSlot>,
+    _slot: ConnSlot,
 }
 
 impl Conn {
@@ -153,68 +227,159 @@ impl Conn {
             self.buf = Vec::new();
         }
     }
+
+    fn ip(&self) -> IpAddr {
+        self.peer.ip()
+    }
+}
+
+/// What the buffered bytes of a connection amount to.
+enum Progress {
+    /// More bytes are needed.
+    Wait,
+    /// A complete request (head, and its small body) is buffered, or a bad one a worker answers.
+    Ready,
+    /// A complete head whose body is a long transfer: needs a transfer slot.
+    Transfer,
+    /// Answer this status and close.
+    Reject(u16, String),
+}
+
+/// Look at what a connection has buffered since last time: find the end of the head (searching
+/// only the new bytes), parse it once, and follow a small body's arrival. May send the
+/// `100 Continue` of a small body (the dispatcher reads that body itself).
+fn advance(conn: &mut Conn, cfg: &ServerConfig) -> Progress {
+    let avail = conn.buf.len() - conn.pos;
+    if !conn.req.started {
+        if avail == 0 {
+            return Progress::Wait;
+        }
+        // The first byte of a new request starts the head clock.
+        conn.req.started = true;
+        conn.deadline = Instant::now() + cfg.head_timeout;
+    }
+    let head_len = match conn.req.head_len {
+        Some(n) => n,
+        None => {
+            let buf = &conn.buf[conn.pos..];
+            let Some(end) = find_head_end(buf, conn.req.scanned) else {
+                conn.req.scanned = buf.len();
+                if buf.len() >= cfg.head_limits.max_head_bytes {
+                    return Progress::Reject(431, super::parse::HeadError::TooLarge.to_string());
+                }
+                return Progress::Wait;
+            };
+            let head = match parse_head(&buf[..end], &cfg.head_limits) {
+                Ok(Parsed::Complete(head, used)) => {
+                    conn.req.head_len = Some(used);
+                    head
+                }
+                Ok(Parsed::Partial) => {
+                    // Blank lines before a request line: keep looking after them.
+                    conn.req.scanned = end;
+                    return Progress::Wait;
+                }
+                Err(e) => return Progress::Reject(e.status(), e.to_string()),
+            };
+            let used = conn.req.head_len.unwrap_or(end);
+            match head.framing {
+                Framing::None => return Progress::Ready,
+                Framing::Length(n) if n <= cfg.preread_body_bytes => {
+                    conn.req.body = PreBody::Length(used + n as usize);
+                    conn.deadline = cfg.body_deadline(n);
+                }
+                Framing::Chunked => {
+                    conn.req.body = PreBody::Chunked { dec: ChunkedDecoder::new(), fed: 0 };
+                    conn.deadline = cfg.body_deadline(cfg.preread_body_bytes);
+                }
+                Framing::Length(_) => {
+                    conn.req.transfer = true;
+                    return Progress::Transfer;
+                }
+            }
+            if head.expect_continue {
+                // The body is small and read here, so ask for it now. (A handler that refuses
+                // the request without reading the body finds it already buffered.)
+                conn.req.continued = true;
+                if !send_small(&conn.stream, b"HTTP/1.1 100 Continue\r\n\r\n") {
+                    return Progress::Reject(400, "Connection unusable".into());
+                }
+            }
+            used
+        }
+    };
+    if conn.req.transfer {
+        return Progress::Transfer;
+    }
+    let buf = &conn.buf[conn.pos..];
+    match &mut conn.req.body {
+        PreBody::None => Progress::Ready,
+        PreBody::Length(total) => {
+            if buf.len() >= *total {
+                Progress::Ready
+            } else {
+                Progress::Wait
+            }
+        }
+        PreBody::Chunked { dec, fed } => {
+            let mut rest = &buf[head_len + *fed..];
+            while !rest.is_empty() && !dec.is_done() {
+                match dec.feed(rest) {
+                    Ok((used, _)) => {
+                        *fed += used;
+                        rest = &rest[used..];
+                    }
+                    // Bad framing: the worker's body reader finds it again and answers 400.
+                    Err(_) => return Progress::Ready,
+                }
+            }
+            if dec.is_done() {
+                Progress::Ready
+            } else if *fed as u64 > cfg.preread_body_bytes {
+                conn.req.transfer = true;
+                Progress::Transfer
+            } else {
+                Progress::Wait
+            }
+        }
+    }
 }
 
 /// State shared by the dispatcher and the workers.
 struct Shared {
     cfg: ServerConfig,
     router: Arc<Router>,
-    /// Connections with a complete head, waiting for a worker. See the module doc for its bound.
+    gate: Arc<Gate>,
+    /// Connections with a complete request, waiting for a worker. See the module doc for its bound.
     queue: Mutex<VecDeque<Conn>>,
     queue_cv: Condvar,
     /// Length of `queue`, readable without the lock (workers check it before lingering).
     queued: AtomicUsize,
     /// Connections handed back by workers, for the dispatcher to poll.
-    returns: Mutex<Vec<Conn>>,
-    /// Connections currently owned by this layer, wherever they are.
-    open: AtomicUsize,
+    returns: Mutex<Returns>,
     stopping: AtomicBool,
-    wake: WakePipe,
+    /// Write end of the dispatcher's wake socket (non-blocking; a full buffer already means
+    /// "wake up").
+    wake: UnixStream,
+}
+
+#[derive(Default)]
+struct Returns {
+    conns: Vec<Conn>,
+    /// The dispatcher has exited: nobody will take these any more.
+    closed: bool,
+}
+
+impl Shared {
+    fn wake(&self) {
+        let _ = (&self.wake).write(b"x");
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding one of these locks cannot leave the data half-changed (each
     // critical section is a single push or pop), so a poisoned lock is still usable.
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// A non-blocking pipe the dispatcher polls, so other threads can wake it.
-struct WakePipe {
-    read_fd: RawFd,
-    write_fd: RawFd,
-}
-
-impl WakePipe {
-    fn new() -> io::Result<WakePipe> {
-        let mut fds = [0; 2];
-        // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(WakePipe { read_fd: fds[0], write_fd: fds[1] })
-    }
-
-    fn wake(&self) {
-        // A full pipe already means "wake up"; any error here is harmless.
-        // SAFETY: writing one byte from a valid buffer to a fd we own.
-        unsafe { libc::write(self.write_fd, b"x".as_ptr().cast(), 1) };
-    }
-
-    fn drain(&self) {
-        let mut buf = [0u8; 256];
-        // SAFETY: reading into a valid buffer from a non-blocking fd we own.
-        while unsafe { libc::read(self.read_fd, buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
-    }
-}
-
-impl Drop for WakePipe {
-    fn drop(&mut self) {
-        // SAFETY: closing fds we own, once.
-        unsafe {
-            libc::close(self.read_fd);
-            libc::close(self.write_fd);
-        }
-    }
 }
 
 /// Stops a running server. Cheap to clone; safe to call from any thread, any number of times.
@@ -228,7 +393,7 @@ impl ShutdownHandle {
         if !self.shared.stopping.swap(true, Ordering::SeqCst) {
             info!("shutting down: no new connections; finishing requests in flight");
         }
-        self.shared.wake.wake();
+        self.shared.wake();
         let _guard = lock(&self.shared.queue);
         self.shared.queue_cv.notify_all();
     }
@@ -241,25 +406,52 @@ impl ShutdownHandle {
 /// A bound, not yet running server.
 pub struct Server {
     listener: TcpListener,
+    wake_rx: UnixStream,
     shared: Arc<Shared>,
+}
+
+/// The number of live pool threads (workers and the dispatcher), kept by drop guards.
+type Alive = Arc<(Mutex<usize>, Condvar)>;
+
+/// Counts its thread out when it ends, however it ends (a panic included).
+struct AliveGuard(Alive);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        let (count, cv) = &*self.0;
+        *lock(count) -= 1;
+        cv.notify_all();
+    }
 }
 
 impl Server {
     pub fn bind(addr: &str, cfg: ServerConfig, router: Arc<Router>) -> io::Result<Server> {
         let listener = TcpListener::bind(addr)?;
         listener.set_nonblocking(true)?;
+        let (wake, wake_rx) = UnixStream::pair()?;
+        wake.set_nonblocking(true)?;
+        wake_rx.set_nonblocking(true)?;
+        let gate = Gate::new(
+            GateLimits {
+                max_open: cfg.max_connections,
+                max_open_per_addr: cfg.max_connections_per_addr.max(1),
+                max_transfers: cfg.transfer_share(),
+                max_transfers_per_addr: cfg.max_transfers_per_addr.max(1),
+            },
+            wake.try_clone()?,
+        );
         let shared = Arc::new(Shared {
             cfg,
             router,
+            gate,
             queue: Mutex::new(VecDeque::new()),
             queue_cv: Condvar::new(),
             queued: AtomicUsize::new(0),
-            returns: Mutex::new(Vec::new()),
-            open: AtomicUsize::new(0),
+            returns: Mutex::new(Returns::default()),
             stopping: AtomicBool::new(false),
-            wake: WakePipe::new()?,
+            wake,
         });
-        Ok(Server { listener, shared })
+        Ok(Server { listener, wake_rx, shared })
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -270,36 +462,44 @@ impl Server {
         ShutdownHandle { shared: self.shared.clone() }
     }
 
-    /// Serve until shut down. Returns once the dispatcher has stopped and the workers have
-    /// finished (or `shutdown_grace` has passed).
+    /// Serve until shut down. Returns once the dispatcher and the workers have finished (or
+    /// `shutdown_grace` has passed).
     pub fn run(self) -> io::Result<()> {
-        let Server { listener, shared } = self;
-        let alive = Arc::new((Mutex::new(shared.cfg.workers), Condvar::new()));
-        for i in 0..shared.cfg.workers {
+        let Server { listener, wake_rx, shared } = self;
+        let workers = shared.cfg.workers;
+        let alive: Alive = Arc::new((Mutex::new(workers + 1), Condvar::new()));
+        for i in 0..workers {
             let shared = shared.clone();
-            let alive = alive.clone();
+            let guard = AliveGuard(alive.clone());
             thread::Builder::new().name(format!("http-worker-{i}")).spawn(move || {
+                let _guard = guard;
                 worker_loop(&shared);
-                let (count, cv) = &*alive;
-                *lock(count) -= 1;
-                cv.notify_all();
             })?;
         }
-        let dispatcher = {
+        {
             let shared = shared.clone();
-            thread::Builder::new().name("http-dispatch".into()).spawn(move || dispatcher_loop(listener, &shared))?
-        };
-        if dispatcher.join().is_err() {
-            error!("the dispatcher thread panicked; shutting down");
+            let guard = AliveGuard(alive.clone());
+            let alive = alive.clone();
+            thread::Builder::new().name("http-dispatch".into()).spawn(move || {
+                let _guard = guard;
+                if catch_unwind(AssertUnwindSafe(|| dispatcher_loop(listener, wake_rx, &shared, &alive))).is_err() {
+                    error!("the dispatcher thread panicked; shutting down");
+                    ShutdownHandle { shared: shared.clone() }.trigger();
+                    lock(&shared.returns).closed = true;
+                }
+            })?;
         }
-        ShutdownHandle { shared: shared.clone() }.trigger();
-        let deadline = Instant::now() + shared.cfg.shutdown_grace;
         let (count, cv) = &*alive;
+        // Serve until shutdown is triggered (or the dispatcher dies), then allow the grace.
         let mut left = lock(count);
+        while !shared.stopping.load(Ordering::SeqCst) {
+            left = cv.wait_timeout(left, Duration::from_millis(500)).unwrap_or_else(|p| p.into_inner()).0;
+        }
+        let deadline = Instant::now() + shared.cfg.shutdown_grace;
         while *left > 0 {
             let now = Instant::now();
             if now >= deadline {
-                warn!("shutdown grace period over with {} worker(s) still busy; exiting anyway", *left);
+                warn!("shutdown grace period over with {} HTTP thread(s) still busy; exiting anyway", *left);
                 break;
             }
             left = cv.wait_timeout(left, deadline - now).unwrap_or_else(|p| p.into_inner()).0;
@@ -311,62 +511,86 @@ impl Server {
 // ---------------------------------------------------------------------------------------------
 // The dispatcher
 
-fn dispatcher_loop(listener: TcpListener, shared: &Shared) {
+fn dispatcher_loop(listener: TcpListener, mut wake_rx: UnixStream, shared: &Shared, alive: &Alive) {
     let cfg = &shared.cfg;
+    let mut listener = Some(listener);
     let mut waiting: Vec<Conn> = Vec::new();
+    let mut parked: VecDeque<Conn> = VecDeque::new();
     let mut fds: Vec<libc::pollfd> = Vec::new();
     let mut accept_paused_until: Option<Instant> = None;
     let mut read_buf = vec![0u8; 16 * 1024];
     loop {
-        if shared.stopping.load(Ordering::SeqCst) {
-            break;
+        let stopping = shared.stopping.load(Ordering::SeqCst);
+        if stopping && listener.is_some() {
+            // Drop the listener (new connects are refused) and what we hold that is not a
+            // response in progress.
+            listener = None;
+            let before = waiting.len() + parked.len();
+            waiting.retain(|c| c.out.is_some());
+            parked.clear();
+            debug!("dispatcher stopping; closed {} waiting connection(s)", before - waiting.len());
         }
-        waiting.append(&mut lock(&shared.returns));
+        let returned = std::mem::take(&mut lock(&shared.returns).conns);
+        for conn in returned {
+            place(shared, conn, &mut waiting, &mut parked);
+        }
+        if stopping {
+            waiting.retain(|c| c.out.is_some());
+            // Exit once no response is left to finish and every worker has gone (none can hand
+            // a connection back after that).
+            if waiting.is_empty() && *lock(&alive.0) <= 1 {
+                break;
+            }
+        }
         let now = Instant::now();
-        expire(&mut waiting, now, shared);
+        expire(&mut waiting, &mut parked, now);
+        admit_parked(shared, &mut parked);
 
         if accept_paused_until.is_some_and(|t| t <= now) {
             accept_paused_until = None;
         }
         fds.clear();
-        fds.push(pollfd(shared.wake.read_fd));
-        let listening = accept_paused_until.is_none();
-        if listening {
-            fds.push(pollfd(listener.as_raw_fd()));
-        }
+        fds.push(pollfd(wake_rx.as_raw_fd(), libc::POLLIN));
+        let listening = match &listener {
+            Some(l) if accept_paused_until.is_none() => {
+                fds.push(pollfd(l.as_raw_fd(), libc::POLLIN));
+                true
+            }
+            _ => false,
+        };
         // Held connections whose time has come: serve what they already sent, or poll them again.
         for i in (0..waiting.len()).rev() {
             if waiting[i].not_before.is_some_and(|t| t <= now) {
-                waiting[i].not_before = None;
-                if is_ready(waiting[i].unconsumed(), cfg) {
-                    let conn = waiting.swap_remove(i);
-                    enqueue(shared, conn);
-                }
+                let mut conn = waiting.swap_remove(i);
+                conn.not_before = None;
+                place(shared, conn, &mut waiting, &mut parked);
             }
         }
         let base = fds.len();
-        // A held connection is polled for nothing (events 0): it stays in step with `waiting`
-        // but cannot wake the dispatcher.
-        fds.extend(waiting.iter().map(|c| {
-            let mut p = pollfd(c.stream.as_raw_fd());
-            if c.not_before.is_some() {
-                p.events = 0;
-            }
-            p
-        }));
-
-        let mut timeout = Duration::from_secs(1);
-        if let Some(t) = waiting.iter().filter_map(|c| c.not_before).min() {
-            timeout = timeout.min(t.saturating_duration_since(now));
+        for c in &waiting {
+            let events = if c.out.is_some() {
+                libc::POLLOUT
+            } else if c.not_before.is_some() {
+                0
+            } else {
+                libc::POLLIN
+            };
+            fds.push(pollfd(c.stream.as_raw_fd(), events));
         }
-        if let Some(t) = accept_paused_until {
+        let mut timeout = if stopping { Duration::from_millis(50) } else { Duration::from_secs(1) };
+        let soonest = waiting
+            .iter()
+            .flat_map(|c| [Some(c.deadline), c.not_before])
+            .chain(parked.iter().map(|c| Some(c.deadline)))
+            .chain([accept_paused_until])
+            .flatten()
+            .min();
+        if let Some(t) = soonest {
             timeout = timeout.min(t.saturating_duration_since(now));
-        }
-        if let Some(d) = waiting.iter().map(|c| c.deadline).min() {
-            timeout = timeout.min(d.saturating_duration_since(now));
         }
         let ms = timeout.as_millis().clamp(1, 1000) as libc::c_int;
-        // SAFETY: `fds` is a valid, initialised slice of pollfd for the duration of the call.
+        // SAFETY: `fds` is a valid, initialised slice of pollfd that outlives the call; poll only
+        // writes the `revents` fields.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
         if n < 0 {
             let err = io::Error::last_os_error();
@@ -377,13 +601,21 @@ fn dispatcher_loop(listener: TcpListener, shared: &Shared) {
             continue;
         }
         if fds[0].revents != 0 {
-            shared.wake.drain();
+            let mut sink = [0u8; 256];
+            while matches!(wake_rx.read(&mut sink), Ok(n) if n > 0) {}
         }
 
-        // Readable connections, back to front so `swap_remove` only moves visited entries.
+        // Ready connections, back to front so `swap_remove` only moves visited entries.
         for i in (0..waiting.len()).rev() {
             let revents = fds[base + i].revents;
             if revents == 0 {
+                continue;
+            }
+            if waiting[i].out.is_some() {
+                let conn = waiting.swap_remove(i);
+                if let Some(conn) = write_pending(conn, cfg) {
+                    place(shared, conn, &mut waiting, &mut parked);
+                }
                 continue;
             }
             if waiting[i].not_before.is_some() {
@@ -391,91 +623,151 @@ fn dispatcher_loop(listener: TcpListener, shared: &Shared) {
                 // the peer is gone. Left in the set it would make every poll return at once.
                 if revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 {
                     waiting.swap_remove(i);
-                    shared.open.fetch_sub(1, Ordering::SeqCst);
                 }
                 continue;
             }
-            match read_waiting(&mut waiting[i], &mut read_buf, cfg) {
-                Progress::Wait => {}
-                Progress::Ready => {
-                    let conn = waiting.swap_remove(i);
-                    enqueue(shared, conn);
-                }
-                Progress::Close => {
-                    waiting.swap_remove(i);
-                    shared.open.fetch_sub(1, Ordering::SeqCst);
-                }
-                Progress::Reject(err) => {
-                    let mut conn = waiting.swap_remove(i);
-                    reject(&mut conn, err.status(), &err.to_string());
-                    shared.open.fetch_sub(1, Ordering::SeqCst);
-                }
+            if !read_more(&mut waiting[i], &mut read_buf, cfg) {
+                waiting.swap_remove(i);
+                continue;
             }
+            let conn = waiting.swap_remove(i);
+            place(shared, conn, &mut waiting, &mut parked);
         }
 
         if listening && fds[1].revents != 0 {
-            accept_some(&listener, shared, &mut waiting, &mut accept_paused_until);
+            if let Some(l) = &listener {
+                accept_some(l, shared, &mut waiting, &mut accept_paused_until);
+            }
         }
     }
-    // Shutting down: drop the listener (new connects are refused) and what we hold.
-    drop(listener);
-    let n = waiting.len() + lock(&shared.returns).len();
-    shared.open.fetch_sub(n, Ordering::SeqCst);
-    debug!("dispatcher stopped; closed {n} waiting connection(s)");
+    // Whatever a worker hands back from now on, it closes itself.
+    let late = {
+        let mut r = lock(&shared.returns);
+        r.closed = true;
+        std::mem::take(&mut r.conns)
+    };
+    debug!("dispatcher stopped ({} late connection(s) closed)", late.len());
 }
 
-fn pollfd(fd: RawFd) -> libc::pollfd {
-    libc::pollfd { fd, events: libc::POLLIN, revents: 0 }
+fn pollfd(fd: RawFd, events: libc::c_short) -> libc::pollfd {
+    libc::pollfd { fd, events, revents: 0 }
 }
 
-/// Close connections past their deadline: idle ones silently, half-sent heads with a 408.
-fn expire(waiting: &mut Vec<Conn>, now: Instant, shared: &Shared) {
-    let before = waiting.len();
-    waiting.retain_mut(|c| {
+/// Put a connection where it belongs now: a worker (complete request), a transfer slot or the
+/// parked list (large body), closed (bad request), or the poll set.
+fn place(shared: &Shared, mut conn: Conn, waiting: &mut Vec<Conn>, parked: &mut VecDeque<Conn>) {
+    if conn.out.is_some() || conn.not_before.is_some() {
+        waiting.push(conn);
+        return;
+    }
+    match advance(&mut conn, &shared.cfg) {
+        Progress::Wait => waiting.push(conn),
+        Progress::Ready => enqueue(shared, conn),
+        Progress::Transfer => match shared.gate.transfer(conn.ip()) {
+            Ok(slot) => {
+                conn.transfer = Some(slot);
+                enqueue(shared, conn);
+            }
+            Err(_) => {
+                // Unread until a slot frees; the client waits (for `100 Continue`, or with its
+                // body in the socket buffers).
+                conn.deadline = Instant::now() + shared.cfg.body_timeout;
+                parked.push_back(conn);
+            }
+        },
+        Progress::Reject(status, detail) => reject(&conn.stream, conn.peer, status, &detail, None),
+    }
+}
+
+/// Give free transfer slots to parked requests, oldest first (skipping addresses at their own
+/// cap).
+fn admit_parked(shared: &Shared, parked: &mut VecDeque<Conn>) {
+    let mut i = 0;
+    while i < parked.len() {
+        match shared.gate.transfer(parked[i].ip()) {
+            Ok(slot) => {
+                let mut conn = parked.remove(i).expect("in range");
+                conn.transfer = Some(slot);
+                enqueue(shared, conn);
+            }
+            Err(Refusal::AddrFull) => i += 1,
+            Err(Refusal::Full) => return,
+        }
+    }
+}
+
+/// Write more of a pending response. Returns the connection unless it is finished with.
+fn write_pending(mut conn: Conn, cfg: &ServerConfig) -> Option<Conn> {
+    let (out, after) = conn.out.as_mut().expect("a pending response");
+    match out.write_some(&conn.stream) {
+        Ok(false) => {
+            conn.deadline = out.deadline();
+            Some(conn)
+        }
+        Ok(true) => {
+            let after = *after;
+            conn.out = None;
+            if !after.keep_alive {
+                let _ = conn.stream.shutdown(NetShutdown::Write);
+                return None;
+            }
+            let now = Instant::now();
+            conn.not_before = after.hold.map(|d| now + d);
+            conn.deadline = conn.not_before.unwrap_or(now) + cfg.idle_timeout;
+            conn.compact();
+            Some(conn)
+        }
+        Err(e) => {
+            debug!("writing a response to {} failed: {e}", conn.peer);
+            None
+        }
+    }
+}
+
+/// Close connections past their deadline: idle ones and slow readers silently, half-sent
+/// requests with a 408, parked ones with a 503.
+fn expire(waiting: &mut Vec<Conn>, parked: &mut VecDeque<Conn>, now: Instant) {
+    waiting.retain(|c| {
         if c.deadline > now {
             return true;
         }
-        if !c.unconsumed().is_empty() {
-            let head_done = matches!(parse_head(c.unconsumed(), &shared.cfg.head_limits), Ok(Parsed::Complete(..)));
-            reject(c, 408, if head_done { "Request body timeout" } else { "Request header timeout" });
+        if c.out.is_some() {
+            debug!("{} reads its response too slowly; closing", c.peer);
+        } else if c.not_before.is_none() && c.req.started {
+            let what = if c.req.head_len.is_some() { "Request body timeout" } else { "Request header timeout" };
+            reject(&c.stream, c.peer, 408, what, None);
         }
         false
     });
-    shared.open.fetch_sub(before - waiting.len(), Ordering::SeqCst);
-}
-
-enum Progress {
-    Wait,
-    Ready,
-    Close,
-    Reject(HeadError),
-}
-
-/// Read what a readable waiting connection has sent and see whether a head is complete.
-fn read_waiting(conn: &mut Conn, read_buf: &mut [u8], cfg: &ServerConfig) -> Progress {
-    let was_idle = conn.unconsumed().is_empty();
-    let cap = cfg.head_limits.max_head_bytes + 1 + cfg.preread_body_bytes as usize;
-    let room = cap.saturating_sub(conn.buf.len()).clamp(1, read_buf.len());
-    match conn.stream.read(&mut read_buf[..room]) {
-        Ok(0) => return Progress::Close,
-        Ok(n) => conn.buf.extend_from_slice(&read_buf[..n]),
-        Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => return Progress::Wait,
-        Err(_) => return Progress::Close,
+    while parked.front().is_some_and(|c| c.deadline <= now) {
+        let c = parked.pop_front().expect("checked");
+        reject(&c.stream, c.peer, 503, "Server busy: too many uploads in progress; try again", Some("5"));
     }
-    if was_idle {
-        // The first byte of a new request starts the head clock.
-        conn.deadline = Instant::now() + cfg.head_timeout;
-    }
-    match ready_len(conn.unconsumed(), cfg) {
-        Ok(Some(n)) if conn.unconsumed().len() >= n => Progress::Ready,
-        Ok(Some(_)) => {
-            // The head is in; the (small) body is arriving. Each piece of it restarts the body
-            // clock; the connection costs a socket here, never a worker.
-            conn.deadline = Instant::now() + cfg.body_timeout;
-            Progress::Wait
+    // Parked connections are in arrival order, but one re-parked after a hold may be later than
+    // its neighbours; catch those too.
+    parked.retain(|c| {
+        if c.deadline > now {
+            return true;
         }
-        Ok(None) => Progress::Wait,
-        Err(e) => Progress::Reject(e),
+        reject(&c.stream, c.peer, 503, "Server busy: too many uploads in progress; try again", Some("5"));
+        false
+    });
+}
+
+/// Read what a readable waiting connection has sent. False when it is gone.
+fn read_more(conn: &mut Conn, read_buf: &mut [u8], cfg: &ServerConfig) -> bool {
+    // Enough for the largest head and pre-read body (with room for chunk framing), no more.
+    let cap = cfg.head_limits.max_head_bytes + cfg.preread_body_bytes as usize + 4096;
+    let room = cap.saturating_sub(conn.buf.len() - conn.pos).clamp(1, read_buf.len());
+    match conn.stream.read(&mut read_buf[..room]) {
+        Ok(0) => false,
+        Ok(n) => {
+            conn.compact();
+            conn.buf.extend_from_slice(&read_buf[..n]);
+            true
+        }
+        Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => true,
+        Err(_) => false,
     }
 }
 
@@ -485,24 +777,41 @@ fn accept_some(listener: &TcpListener, shared: &Shared, waiting: &mut Vec<Conn>,
     for _ in 0..256 {
         match listener.accept() {
             Ok((stream, peer)) => {
-                if shared.open.load(Ordering::SeqCst) >= cfg.max_connections {
-                    warn!("connection limit ({}) reached; refusing {peer}", cfg.max_connections);
-                    let mut conn = new_conn(stream, peer, cfg);
-                    reject(&mut conn, 503, "Server busy: too many connections");
+                // Ours are non-blocking for as long as we hold them: nobody here waits on a
+                // socket except through poll.
+                if stream.set_nonblocking(true).is_err() {
                     continue;
                 }
-                shared.open.fetch_add(1, Ordering::SeqCst);
-                waiting.push(new_conn(stream, peer, cfg));
+                let _ = stream.set_nodelay(true);
+                match shared.gate.admit(peer.ip()) {
+                    Ok(slot) => waiting.push(Conn {
+                        stream,
+                        peer,
+                        buf: Vec::new(),
+                        pos: 0,
+                        deadline: Instant::now() + cfg.head_timeout,
+                        not_before: None,
+                        req: ReqState::default(),
+                        out: None,
+                        transfer: None,
+                        _slot: slot,
+                    }),
+                    Err(Refusal::Full) => {
+                        warn!("connection limit ({}) reached; refusing {peer}", cfg.max_connections);
+                        reject(&stream, peer, 503, "Server busy: too many connections", Some("5"));
+                    }
+                    Err(Refusal::AddrFull) => {
+                        debug!("per-address connection limit ({}) reached for {peer}", cfg.max_connections_per_addr);
+                        reject(&stream, peer, 429, "Too many connections from your address", Some("5"));
+                    }
+                }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
             Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted) => {}
             Err(e) => {
                 // EMFILE, ENFILE, ENOBUFS, ENOMEM: out of a resource. Pausing lets in-flight
                 // connections finish and free it; the listener itself is fine.
-                warn!(
-                    "accept failed: {e}; pausing accepts for 100 ms (open connections: {})",
-                    shared.open.load(Ordering::SeqCst)
-                );
+                warn!("accept failed: {e}; pausing accepts for 100 ms (open connections: {})", shared.gate.open());
                 *paused = Some(Instant::now() + Duration::from_millis(100));
                 return;
             }
@@ -510,22 +819,21 @@ fn accept_some(listener: &TcpListener, shared: &Shared, waiting: &mut Vec<Conn>,
     }
 }
 
-fn new_conn(stream: TcpStream, peer: SocketAddr, cfg: &ServerConfig) -> Conn {
-    // Accepted sockets inherit nothing from the non-blocking listener on Linux, but be explicit:
-    // workers use blocking reads with timeouts; the dispatcher only reads when poll says so.
-    let _ = stream.set_nonblocking(false);
-    let _ = stream.set_nodelay(true);
-    Conn { stream, peer, buf: Vec::new(), pos: 0, deadline: Instant::now() + cfg.head_timeout, not_before: None }
-}
-
-/// Answer an error on a connection we are about to close, without waiting on the client.
-fn reject(conn: &mut Conn, status: u16, detail: &str) {
-    let _ = conn.stream.set_write_timeout(Some(Duration::from_millis(200)));
+/// Answer an error on a connection we are about to close, without waiting on the client: what
+/// the socket takes now, then our side is shut. The caller drops the connection.
+fn reject(stream: &TcpStream, peer: SocketAddr, status: u16, detail: &str, retry_after: Option<&str>) {
     let mut resp = Response::detail(status, detail);
-    let mut scratch = Vec::new();
-    let _ = write_response(&mut conn.stream, &mut resp, 1, false, false, &mut scratch, None);
-    let _ = conn.stream.shutdown(NetShutdown::Write);
-    info!("- - {status} - 0us {}", conn.peer);
+    if let Some(s) = retry_after {
+        resp = resp.header("retry-after", s);
+    }
+    let mut bytes = Vec::with_capacity(256);
+    encode_head(&resp, 1, false, &mut bytes);
+    if let super::response::Body::Bytes(b) = &resp.body {
+        bytes.extend_from_slice(b);
+    }
+    send_small(stream, &bytes);
+    let _ = stream.shutdown(NetShutdown::Write);
+    info!("- - {status} - 0us {peer}");
 }
 
 fn enqueue(shared: &Shared, conn: Conn) {
@@ -542,8 +850,22 @@ fn enqueue(shared: &Shared, conn: Conn) {
 fn worker_loop(shared: &Shared) {
     let mut scratch = Vec::with_capacity(16 * 1024);
     while let Some(conn) = next_conn(shared) {
-        serve_conn(shared, conn, &mut scratch);
+        let peer = conn.peer;
+        // A handler's panic is caught closer to it (a 500); this catches the rest, so the
+        // worker lives on. The connection is dropped during the unwinding (its slots with it).
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| serve_conn(shared, conn, &mut scratch))) {
+            error!("a worker caught a panic while serving {peer}: {}; connection closed", panic_message(&*panic));
+            scratch = Vec::with_capacity(16 * 1024);
+        }
     }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic".into())
 }
 
 fn next_conn(shared: &Shared) -> Option<Conn> {
@@ -565,6 +887,8 @@ enum After {
     KeepAlive,
     /// Keep the connection, but do not read its next request before this long.
     Hold(Duration),
+    /// The response is not all written: the dispatcher finishes it.
+    Pending,
     Close,
     /// The connection left the HTTP layer (WebSocket).
     Upgraded,
@@ -572,29 +896,27 @@ enum After {
 
 fn serve_conn(shared: &Shared, mut conn: Conn, scratch: &mut Vec<u8>) {
     let cfg = &shared.cfg;
-    let _ = conn.stream.set_read_timeout(Some(cfg.body_timeout));
-    let _ = conn.stream.set_write_timeout(Some(cfg.write_timeout));
     loop {
-        let (head, used) = match parse_head(conn.unconsumed(), &cfg.head_limits) {
-            Ok(Parsed::Complete(head, used)) => (head, used),
-            Ok(Parsed::Partial) => return give_back(shared, conn),
-            Err(e) => {
-                reject(&mut conn, e.status(), &e.to_string());
-                return close(shared, conn);
+        let head_len = conn.req.head_len.unwrap_or(0);
+        let head = match parse_head(&conn.buf[conn.pos..conn.pos + head_len], &cfg.head_limits) {
+            Ok(Parsed::Complete(head, _)) => head,
+            _ => {
+                reject(&conn.stream, conn.peer, 400, "Malformed request", None);
+                return;
             }
         };
-        conn.pos += used;
-        match serve_one(shared, &mut conn, head, scratch) {
+        conn.pos += head_len;
+        let continued = std::mem::take(&mut conn.req).continued;
+        let after = serve_one(shared, &mut conn, head, continued, scratch);
+        conn.transfer = None;
+        match after {
             After::KeepAlive => {}
             After::Hold(d) => {
                 conn.not_before = Some(Instant::now() + d);
                 return give_back(shared, conn);
             }
-            After::Close => return close(shared, conn),
-            After::Upgraded => {
-                shared.open.fetch_sub(1, Ordering::SeqCst);
-                return;
-            }
+            After::Pending => return give_back(shared, conn),
+            After::Close | After::Upgraded => return,
         }
         conn.compact();
         match wait_for_next_request(shared, conn) {
@@ -606,61 +928,78 @@ fn serve_conn(shared: &Shared, mut conn: Conn, scratch: &mut Vec<u8>) {
 
 /// After a response: keep the connection while the next request arrives quickly and nobody is
 /// waiting for a worker; otherwise hand it back to the dispatcher (or close it when stopping).
-/// Returns the connection when a complete head (or a bad one, for `serve_conn` to answer) is
-/// buffered.
+/// Returns the connection when a complete request is buffered (with its transfer slot if it
+/// needs one).
 fn wait_for_next_request(shared: &Shared, mut conn: Conn) -> Option<Conn> {
     let cfg = &shared.cfg;
     let until = Instant::now() + cfg.keepalive_linger;
     let mut tmp = [0u8; 8192];
     loop {
-        if is_ready(conn.unconsumed(), cfg) {
-            return Some(conn);
+        match advance(&mut conn, cfg) {
+            Progress::Ready => return Some(conn),
+            Progress::Transfer => match shared.gate.transfer(conn.ip()) {
+                Ok(slot) => {
+                    conn.transfer = Some(slot);
+                    return Some(conn);
+                }
+                Err(_) => {
+                    give_back(shared, conn);
+                    return None;
+                }
+            },
+            Progress::Reject(status, detail) => {
+                reject(&conn.stream, conn.peer, status, &detail, None);
+                return None;
+            }
+            Progress::Wait => {}
         }
         let now = Instant::now();
         let stopping = shared.stopping.load(Ordering::SeqCst);
         if stopping && conn.unconsumed().is_empty() {
-            close(shared, conn);
             return None;
         }
         if now >= until || stopping || shared.queued.load(Ordering::SeqCst) > 0 {
             give_back(shared, conn);
             return None;
         }
-        let slice = (until - now).min(Duration::from_millis(5));
-        let mut fd = pollfd(conn.stream.as_raw_fd());
-        // SAFETY: one valid pollfd for the duration of the call.
-        let ready = unsafe { libc::poll(&mut fd, 1, slice.as_millis().max(1) as libc::c_int) };
-        if ready > 0 {
+        if wait_ready(conn.stream.as_raw_fd(), libc::POLLIN, (until - now).min(Duration::from_millis(5))) {
             match conn.stream.read(&mut tmp) {
-                Ok(0) | Err(_) => {
-                    close(shared, conn);
-                    return None;
-                }
+                Ok(0) => return None,
                 Ok(n) => conn.buf.extend_from_slice(&tmp[..n]),
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
+                Err(_) => return None,
             }
         }
     }
 }
 
+/// Hand a connection to the dispatcher (to finish its response, hold it, or wait for its next
+/// request). If the dispatcher has already exited, the connection is closed here.
 fn give_back(shared: &Shared, mut conn: Conn) {
-    if shared.stopping.load(Ordering::SeqCst) {
-        return close(shared, conn);
+    if conn.out.is_none() {
+        if shared.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        conn.compact();
+        if !conn.req.started {
+            conn.deadline = conn.not_before.unwrap_or_else(Instant::now) + shared.cfg.idle_timeout;
+        }
     }
-    conn.compact();
-    let from = conn.not_before.unwrap_or_else(Instant::now);
-    conn.deadline = from + if conn.buf.is_empty() { shared.cfg.idle_timeout } else { shared.cfg.head_timeout };
-    lock(&shared.returns).push(conn);
-    shared.wake.wake();
-}
-
-fn close(shared: &Shared, conn: Conn) {
-    drop(conn);
-    shared.open.fetch_sub(1, Ordering::SeqCst);
+    let mut r = lock(&shared.returns);
+    if r.closed {
+        drop(r);
+        drop(conn);
+        return;
+    }
+    r.conns.push(conn);
+    drop(r);
+    shared.wake();
 }
 
 /// Serve one request whose head has been parsed and consumed.
-fn serve_one(shared: &Shared, conn: &mut Conn, head: RequestHead, scratch: &mut Vec<u8>) -> After {
+fn serve_one(shared: &Shared, conn: &mut Conn, head: RequestHead, continued: bool, scratch: &mut Vec<u8>) -> After {
     let started = Instant::now();
+    let cfg = &shared.cfg;
     let router = &shared.router;
     let minor = head.minor_version;
     let head_only = head.method == "HEAD";
@@ -675,10 +1014,9 @@ fn serve_one(shared: &Shared, conn: &mut Conn, head: RequestHead, scratch: &mut 
     };
     let query = head.query.clone();
     let framing = head.framing;
-    let expect_continue = head.expect_continue;
+    let expect_continue = head.expect_continue && !continued;
     let wire = Wire { stream: &mut conn.stream, buf: &mut conn.buf, pos: &mut conn.pos };
-    let body =
-        BodyReader::new(wire, framing, limit, expect_continue).pace(shared.cfg.body_timeout, shared.cfg.min_body_rate);
+    let body = BodyReader::new(wire, framing, limit, expect_continue).pace(cfg.pace());
     let mut req = Request { head, peer: conn.peer, params: Vec::new(), body };
 
     let mut resp = match found {
@@ -687,19 +1025,17 @@ fn serve_one(shared: &Shared, conn: &mut Conn, head: RequestHead, scratch: &mut 
                 // Refused on its declared length, before reading a byte of it (and before any
                 // `100 Continue`).
                 keep_alive = false;
-                HttpError::from(BodyError::TooLarge { limit: route.body_limit }).into_response()
+                match &route.too_large_detail {
+                    Some(detail) => HttpError::new(413, detail.clone()).into_response(),
+                    None => HttpError::from(BodyError::TooLarge { limit: route.body_limit }).into_response(),
+                }
             } else {
                 req.params = params;
                 match catch_unwind(AssertUnwindSafe(|| route.call(&mut req))) {
                     Ok(Ok(resp)) => resp,
                     Ok(Err(err)) => err.into_response(),
                     Err(panic) => {
-                        let what = panic
-                            .downcast_ref::<&str>()
-                            .map(|s| s.to_string())
-                            .or_else(|| panic.downcast_ref::<String>().cloned())
-                            .unwrap_or_else(|| "non-string panic".into());
-                        error!("handler for {method} {path} panicked: {what}");
+                        error!("handler for {method} {path} panicked: {}", panic_message(&*panic));
                         keep_alive = false;
                         Response::detail(500, "Internal Server Error")
                     }
@@ -730,12 +1066,29 @@ fn serve_one(shared: &Shared, conn: &mut Conn, head: RequestHead, scratch: &mut 
 
     let upgrade = resp.upgrade.take();
     let hold = resp.hold;
-    let pace = Pace { grace: shared.cfg.body_timeout, min_rate: shared.cfg.min_body_rate };
-    let result = write_response(&mut conn.stream, &mut resp, minor, keep_alive, head_only, scratch, Some(pace));
-    log_request(&method, &path, resp.status, result.as_ref().ok().copied(), started, conn.peer);
-    if let Err(e) = result {
-        debug!("write to {} failed: {e}", conn.peer);
-        return After::Close;
+    let result = start_response(&conn.stream, &mut resp, minor, keep_alive, head_only, scratch, cfg.pace());
+    let (written, len) = match result {
+        Ok(Written::Done(len)) => (true, len),
+        Ok(Written::Pending(out, len)) => {
+            if upgrade.is_some() || body_left {
+                // A 101 head is tiny; a socket that cannot take it is not worth keeping. After a
+                // refused body, close rather than hand a half-read connection around.
+                log_request(&method, &path, resp.status, None, started, conn.peer);
+                return After::Close;
+            }
+            conn.deadline = out.deadline();
+            conn.out = Some((Box::new(out), AfterWrite { keep_alive, hold: hold.map(|d| d.min(MAX_HOLD)) }));
+            (false, len)
+        }
+        Err(e) => {
+            log_request(&method, &path, resp.status, None, started, conn.peer);
+            debug!("write to {} failed: {e}", conn.peer);
+            return After::Close;
+        }
+    };
+    log_request(&method, &path, resp.status, Some(len), started, conn.peer);
+    if !written {
+        return After::Pending;
     }
     if let Some(then) = upgrade {
         if resp.status == 101 {
@@ -747,14 +1100,14 @@ fn serve_one(shared: &Shared, conn: &mut Conn, head: RequestHead, scratch: &mut 
                     return After::Close;
                 }
             };
-            let _ = stream.set_read_timeout(None);
-            let _ = stream.set_write_timeout(None);
+            // The session reads with timeouts and writes with MSG_DONTWAIT: a blocking socket.
+            let _ = stream.set_nonblocking(false);
             then(stream, leftover);
             return After::Upgraded;
         }
     }
     if body_left {
-        linger_close(&mut conn.stream);
+        linger_close(&conn.stream);
         return After::Close;
     }
     match (keep_alive, hold) {
@@ -769,16 +1122,22 @@ pub const MAX_HOLD: Duration = Duration::from_secs(5);
 
 /// Close after refusing a body the client may still be sending: stop writing, then read and
 /// discard for a short while, so the client reads our response instead of a reset.
-fn linger_close(stream: &mut TcpStream) {
+fn linger_close(stream: &TcpStream) {
     let _ = stream.shutdown(NetShutdown::Write);
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
     let until = Instant::now() + Duration::from_millis(500);
     let mut sink = [0u8; 16 * 1024];
     let mut budget: usize = 4 * 1024 * 1024;
-    while Instant::now() < until && budget > 0 {
-        match stream.read(&mut sink) {
-            Ok(0) | Err(_) => break,
+    while budget > 0 {
+        let now = Instant::now();
+        if now >= until || !wait_ready(stream.as_raw_fd(), libc::POLLIN, until - now) {
+            break;
+        }
+        match (&*stream).read(&mut sink) {
+            Ok(0) => break,
             Ok(n) => budget = budget.saturating_sub(n),
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
+            Err(e) if is_disconnect(&e) => break,
+            Err(_) => break,
         }
     }
 }
@@ -798,8 +1157,23 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let stream = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let peer = stream.local_addr().unwrap();
-        let mut conn =
-            Conn { stream, peer, buf: b"abcdef".to_vec(), pos: 4, deadline: Instant::now(), not_before: None };
+        let (wake, _rx) = UnixStream::pair().unwrap();
+        let gate = Gate::new(
+            GateLimits { max_open: 1, max_open_per_addr: 1, max_transfers: 1, max_transfers_per_addr: 1 },
+            wake,
+        );
+        let mut conn = Conn {
+            stream,
+            peer,
+            buf: b"abcdef".to_vec(),
+            pos: 4,
+            deadline: Instant::now(),
+            not_before: None,
+            req: ReqState::default(),
+            out: None,
+            transfer: None,
+            _slot: gate.admit(peer.ip()).unwrap(),
+        };
         conn.compact();
         assert_eq!(conn.buf, b"ef");
         conn.buf = Vec::with_capacity(100_000);

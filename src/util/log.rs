@@ -5,6 +5,12 @@
 //! Each line is written with a single `write_all` on a locked stderr, so lines from different
 //! threads never interleave.
 //!
+//! The `log` facade (used by r2d2 for its connection errors, and by postgres/tokio-postgres) is
+//! bridged into the same lines by `bridge()`, as `<LEVEL> <crate>: <message>`, for `error` and
+//! `warn` (and r2d2's `info`) only: tokio-postgres logs every statement *with its parameters* at `debug`, which
+//! would put password hashes and emails in the log, so `debug` and `trace` from other crates are
+//! never forwarded, whatever `LOG_LEVEL` says.
+//!
 //! Must never: log a password, a token, a `SECRET_KEY`, a database password or a query string
 //! (tokens travel in `?token=`). Callers pass paths, not targets; config is logged redacted.
 
@@ -63,6 +69,51 @@ pub fn write(level: Level, args: std::fmt::Arguments<'_>) {
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
+/// The `log` facade's records, into our lines (see the module doc).
+struct Bridge;
+
+/// Map a `log` level to ours; `None` for the levels never forwarded (`debug`, `trace`).
+fn from_facade(level: log::Level) -> Option<Level> {
+    match level {
+        log::Level::Error => Some(Level::Error),
+        log::Level::Warn => Some(Level::Warn),
+        log::Level::Info => Some(Level::Info),
+        log::Level::Debug | log::Level::Trace => None,
+    }
+}
+
+/// The level a record is forwarded at: errors and warnings of any crate, `info` of r2d2 only
+/// (postgres turns every server NOTICE into an `info` line, e.g. "relation already exists,
+/// skipping" on each start), never `debug`.
+fn forwarded(level: log::Level, target: &str) -> Option<Level> {
+    let ours = from_facade(level)?;
+    (ours <= Level::Warn || target.starts_with("r2d2")).then_some(ours)
+}
+
+impl log::Log for Bridge {
+    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+        forwarded(m.level(), m.target()).is_some_and(enabled)
+    }
+
+    fn log(&self, r: &log::Record<'_>) {
+        if let Some(level) = forwarded(r.level(), r.target()).filter(|l| enabled(*l)) {
+            let target = r.target().split("::").next().unwrap_or("");
+            write(level, format_args!("{target}: {}", r.args()));
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+static BRIDGE: Bridge = Bridge;
+
+/// Install the `log` facade bridge (once; later calls do nothing).
+pub fn bridge() {
+    if log::set_logger(&BRIDGE).is_ok() {
+        log::set_max_level(log::LevelFilter::Info);
+    }
+}
+
 #[macro_export]
 macro_rules! log_at {
     ($lvl:expr, $($arg:tt)*) => {
@@ -83,6 +134,21 @@ macro_rules! debug { ($($arg:tt)*) => { $crate::log_at!($crate::util::log::Level
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bridge_never_forwards_debug() {
+        assert_eq!(from_facade(log::Level::Error), Some(Level::Error));
+        assert_eq!(from_facade(log::Level::Info), Some(Level::Info));
+        assert_eq!(from_facade(log::Level::Debug), None);
+        assert_eq!(from_facade(log::Level::Trace), None);
+        assert_eq!(forwarded(log::Level::Info, "postgres::notice"), None);
+        assert_eq!(forwarded(log::Level::Info, "r2d2"), Some(Level::Info));
+        assert_eq!(forwarded(log::Level::Warn, "tokio_postgres::x"), Some(Level::Warn));
+        bridge();
+        bridge();
+        assert_eq!(log::max_level(), log::LevelFilter::Info);
+        assert!(!log::logger().enabled(&log::Metadata::builder().level(log::Level::Debug).target("x").build()));
+    }
 
     #[test]
     fn parses_levels() {

@@ -2,9 +2,11 @@
 // server's vendored assets, list the API, and Swagger UI's Authorize (OAuth2 password flow) plus
 // "Try it out" on GET /users/me work against the live server. Screenshots go to SCREENSHOT_DIR.
 //
-// Builds nothing: it runs the binary in ADCLUSTER_BIN (default target/debug/adcluster) built
-// after scripts/vendor-docs.sh (scripts/browser-test.sh does both). It creates its own database
-// (on TEST_PG_URL) and temp dirs, and removes them, and stops the server, even when it fails.
+// Builds nothing: it runs the release binary in ADCLUSTER_BIN (scripts/browser-test.sh builds it
+// from the committed tree) and checks that it is one: its log says "release build" and every
+// /__test/* route is 404 although the server is started with ADCLUSTER_TEST_ROUTES=true. It
+// creates its own database (on TEST_PG_URL) and temp dirs, and removes them, and stops the
+// server, even when it fails.
 //
 // Must never: let the browser reach anything but the server under test (every other request is
 // blocked and fails the test), print or save the test user's password or a token (the curl line
@@ -25,7 +27,7 @@ import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
-const BIN = path.resolve(ROOT, process.env.ADCLUSTER_BIN || 'target/debug/adcluster');
+const BIN = path.resolve(ROOT, process.env.ADCLUSTER_BIN || 'target/release/adcluster');
 const PG_URL = process.env.TEST_PG_URL || 'postgres://postgres@127.0.0.1:5432/postgres';
 const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
 const SHOTS = path.resolve(ROOT, process.env.SCREENSHOT_DIR || 'target/screenshots');
@@ -72,6 +74,8 @@ function serverEnv() {
     BACKUP_DIR: path.join(workDir, 'backups'),
     WORKERS: '8',
     LOG_LEVEL: 'info',
+    // Asks for the test routes: a release binary must not have them, whatever this says.
+    ADCLUSTER_TEST_ROUTES: 'true',
   };
 }
 
@@ -326,6 +330,17 @@ describe('API docs in headless Chromium', () => {
     }
   });
 
+  it('the binary is a release build: no /__test/* route, whatever the environment says', async () => {
+    assert.match(serverLog, /starting adcluster \S+ \(release build\)/, `ADCLUSTER_BIN is not a release build; log:\n${serverLog}`);
+    assert.match(serverLog, /ADCLUSTER_TEST_ROUTES is ignored: a release build has no test routes/);
+    for (const [method, route] of [['GET', '/__test/panic'], ['GET', '/__test/sleep?ms=1'], ['GET', '/__test/hold?ms=1'], ['POST', '/__test/echo']]) {
+      const res = await fetch(`${base}${route}`, { method, body: method === 'POST' ? 'x' : undefined });
+      assert.equal(res.status, 404, `${method} ${route}`);
+      assert.deepEqual(await res.json(), { detail: 'Not Found' }, `${method} ${route}`);
+    }
+    assert.doesNotMatch(serverLog, /panicked/, 'nothing panicked');
+  });
+
   it('/redoc renders the API from this server', { timeout: 120_000 }, async () => {
     const { page, seen } = await openPage();
     try {
@@ -339,6 +354,17 @@ describe('API docs in headless Chromium', () => {
       assert.match(await title.textContent(), /^Adcluster API\b/);
       // The operations are rendered too, not only the title.
       await page.locator('[data-section-id="operation/read_users_me"]').first().waitFor({ state: 'attached' });
+      // The sidebar lists the operations; one of its entries leads to the operation's section.
+      const sidebar = page.locator('.menu-content');
+      await sidebar.waitFor();
+      const entry = sidebar.locator('li[data-item-id="operation/read_users_me"]');
+      await entry.waitFor();
+      const entries = await sidebar.locator('li[data-item-id^="operation/"]').count();
+      const doc = await (await fetch(`${base}/openapi.json`)).json();
+      const operations = Object.values(doc.paths).reduce((n, item) => n + Object.keys(item).length, 0);
+      assert.equal(entries, operations, 'one sidebar entry per operation of /openapi.json');
+      await entry.click();
+      await page.waitForURL(/#operation\/read_users_me$/);
       assertClean(seen);
       await page.screenshot({ path: path.join(SHOTS, 'redoc.png') });
     } finally {

@@ -9,6 +9,7 @@
 
 #![allow(dead_code)]
 
+pub mod pgcluster;
 pub mod ws;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -203,6 +204,24 @@ impl TestServer {
             let _ = child.kill();
             let _ = child.wait();
         }
+        let (child, addr, log) = spawn_server(&self.env, &self.args, self.dir.path());
+        self.child = Some(child);
+        self.addr = addr;
+        self.log = log;
+    }
+
+    /// Kill the server (SIGKILL) and leave it stopped, so a test can change its files before
+    /// `start_again`.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Start the server again after `kill`, with the same database, directories and settings.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "the server is still running");
         let (child, addr, log) = spawn_server(&self.env, &self.args, self.dir.path());
         self.child = Some(child);
         self.addr = addr;
