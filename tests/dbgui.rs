@@ -358,7 +358,11 @@ fn tables_and_table_detail_with_names_that_need_quoting() {
            INSERT INTO "Weird Table" ("Odd ""Col""", n) SELECT 'row ' || g, g FROM generate_series(1, 5) g;
            CREATE TABLE "My Schema".plain (k bigint);
            INSERT INTO "My Schema".plain VALUES (1), (2), (3);
-           CREATE VIEW v AS SELECT 1 AS one;"#,
+           CREATE VIEW v AS SELECT 1 AS one;
+           CREATE TABLE parted (k int, at date) PARTITION BY RANGE (at);
+           CREATE TABLE parted_2023 PARTITION OF parted FOR VALUES FROM ('2023-01-01') TO ('2024-01-01');
+           CREATE TABLE parted_2024 PARTITION OF parted FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+           INSERT INTO parted SELECT g, date '2023-06-01' + g FROM generate_series(1, 400) g;"#,
     );
     let gui = Gui::start(&db, &_dir, &[], &[]);
     let r = gui.api("GET", "/api/tables", None);
@@ -371,6 +375,15 @@ fn tables_and_table_detail_with_names_that_need_quoting() {
     assert!(weird["size_bytes"].as_i64().unwrap() > 0);
     assert_eq!(find("My Schema", "plain").expect("plain listed")["rows"], 3);
     assert!(tables.iter().all(|t| t["schema"] != "pg_catalog" && t["schema"] != "information_schema"));
+    // A view is listed, not counted (counting could run any query); a partitioned table counts
+    // its partitions, and its size is theirs.
+    let view = find("public", "v").expect("the view listed");
+    assert_eq!((view["kind"].as_str(), view["rows"].is_null()), (Some("view"), true));
+    let parted = find("public", "parted").expect("the partitioned table listed");
+    assert_eq!(parted["kind"], "partitioned table");
+    assert_eq!(parted["rows"], 400);
+    assert_eq!(parted["rows_exact"], true);
+    assert!(parted["size_bytes"].as_i64().unwrap() > 0);
 
     let r = gui.api("GET", "/api/tables/public/Weird%20Table?limit=2&offset=1", None);
     assert_eq!(r.status, 200, "{}", r.text());

@@ -228,9 +228,10 @@ fn kind_name(k: &str) -> &'static str {
     }
 }
 
-/// Rows of a relation: exact for tables and materialized views up to
-/// `EXACT_COUNT_MAX_BYTES` (and views, when counting finishes in time), else PostgreSQL's
-/// estimate. `(rows, exact)`; `None` when there is neither.
+/// Rows of a relation: exact (`count(*)`) for tables, partitioned tables and materialized views
+/// whose data is at most `EXACT_COUNT_MAX_BYTES`, else PostgreSQL's estimate; `(rows, exact)`.
+/// Views and foreign tables are not counted (that could run any query for as long as the
+/// timeout allows): `None`.
 fn row_count(
     s: &mut Session,
     quoted: &str,
@@ -238,17 +239,28 @@ fn row_count(
     heap_bytes: i64,
     estimate: f64,
 ) -> Result<(Option<i64>, bool), SqlError> {
-    let small = heap_bytes <= query::EXACT_COUNT_MAX_BYTES;
-    if matches!(kind, "r" | "m" | "p" | "v") && (small || kind == "v" || kind == "p") {
+    if !matches!(kind, "r" | "m" | "p") {
+        return Ok((None, false));
+    }
+    if heap_bytes <= query::EXACT_COUNT_MAX_BYTES {
         if let Some(n) = s.try_savepoint(|s| s.count(quoted))? {
             return Ok((Some(n), true));
         }
     }
-    if kind == "v" || kind == "f" {
-        return Ok((None, false));
-    }
     Ok((Some(estimate.max(0.0).round() as i64), false))
 }
+
+/// SQL for a relation's estimated rows and data size; a partitioned table's are its leaf
+/// partitions' (its own are empty).
+const ESTIMATE: &str = "CASE WHEN c.relkind = 'p' THEN \
+       (SELECT coalesce(sum(greatest(p.reltuples, 0)), 0)::float8 FROM pg_partition_tree(c.oid) t \
+        JOIN pg_class p ON p.oid = t.relid WHERE t.isleaf) ELSE c.reltuples::float8 END";
+const HEAP: &str = "CASE WHEN c.relkind = 'p' THEN \
+       (SELECT coalesce(sum(pg_relation_size(t.relid)), 0)::int8 FROM pg_partition_tree(c.oid) t WHERE t.isleaf) \
+       ELSE pg_relation_size(c.oid) END";
+const TOTAL: &str = "CASE WHEN c.relkind = 'p' THEN \
+       (SELECT coalesce(sum(pg_total_relation_size(t.relid)), 0)::int8 FROM pg_partition_tree(c.oid) t WHERE t.isleaf) \
+       ELSE pg_total_relation_size(c.oid) END";
 
 fn tables(gui: &Arc<Gui>, _req: &mut Request<'_>) -> Result<Response, HttpError> {
     let result = (|| -> Result<Vec<Value>, SqlError> {
@@ -256,8 +268,8 @@ fn tables(gui: &Arc<Gui>, _req: &mut Request<'_>) -> Result<Response, HttpError>
         s.set_lock_timeout(1000)?;
         let rows = s.catalog(
             &format!(
-                "SELECT n.nspname::text, c.relname::text, c.relkind::text, c.reltuples::float8, \
-                        pg_total_relation_size(c.oid), pg_relation_size(c.oid) \
+                "SELECT n.nspname::text, c.relname::text, c.relkind::text, {ESTIMATE}, \
+                        {TOTAL}, {HEAP} \
                  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
                  WHERE c.relkind IN {KINDS} AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%' \
                  ORDER BY n.nspname, lower(c.relname::text), c.relname"
@@ -295,7 +307,7 @@ fn table(gui: &Arc<Gui>, req: &mut Request<'_>) -> Result<Response, HttpError> {
         s.set_lock_timeout(1000)?;
         let found = s.catalog(
             &format!(
-                "SELECT c.oid, c.relkind::text, c.reltuples::float8, pg_relation_size(c.oid) \
+                "SELECT c.oid, c.relkind::text, {ESTIMATE}, {HEAP} \
                  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
                  WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN {KINDS}"
             ),
