@@ -833,3 +833,34 @@ fn bad_flags_and_an_unreachable_database() {
     assert_eq!(r.json()["detail"], "Database unavailable");
     assert_eq!(gui.api("GET", "/api/tables", None).status, 503);
 }
+
+#[test]
+fn a_running_statement_can_be_cancelled_by_its_request_id() {
+    let (db, dir) = setup("");
+    let gui = Gui::start(&db, &dir, &[], &[]);
+    let (addr, auth) = (gui.addr, gui.bearer());
+    let started = Instant::now();
+    let slow = std::thread::spawn(move || {
+        let body = json!({"sql": "select pg_sleep(20)", "request_id": "tab-1-run-7"}).to_string();
+        request(addr, "POST", "/api/query", &[("Authorization", &auth)], body.as_bytes())
+    });
+    // Nothing runs under another id.
+    let r = gui.api("POST", "/api/cancel", Some(json!({"request_id": "nope"})));
+    assert_eq!(r.json(), json!({"cancelled": false}));
+    // Wait until the statement is running, then cancel it.
+    let mut cancelled = false;
+    while started.elapsed() < Duration::from_secs(10) && !cancelled {
+        std::thread::sleep(Duration::from_millis(100));
+        cancelled =
+            gui.api("POST", "/api/cancel", Some(json!({"request_id": "tab-1-run-7"}))).json()["cancelled"] == true;
+    }
+    assert!(cancelled);
+    let r = slow.join().unwrap();
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["detail"], "canceling statement due to user request");
+    assert!(started.elapsed() < Duration::from_secs(15), "{:?}", started.elapsed());
+    assert_eq!(open_gui_transactions(&db), 0);
+    // Cancelling needs the token and the same origin, like every POST.
+    assert_eq!(request(gui.addr, "POST", "/api/cancel", &[], br#"{"request_id": "x"}"#).status, 401);
+    assert_eq!(gui.api("POST", "/api/cancel", Some(json!({}))).status, 422);
+}

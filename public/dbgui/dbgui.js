@@ -17,7 +17,13 @@
     result: null, // last query result {columns, column_types, numeric, rows, ...}
     view: 'grid',
     saved: [],
+    // Each loader's latest request: an answer to an older one (the user clicked on) is dropped.
+    seq: { table: 0, history: 0, saved: 0, tables: 0 },
   };
+
+  /** A ticket for `kind`'s next request; `current(kind, t)` says whether it is still the latest. */
+  const ticket = (kind) => ++state.seq[kind];
+  const current = (kind, t) => state.seq[kind] === t;
 
   // ---------------------------------------------------------------- helpers
 
@@ -161,8 +167,10 @@
 
   async function loadTables() {
     const box = $('tables');
+    const t0 = ticket('tables');
     try {
       const { tables } = await api('/api/tables');
+      if (!current('tables', t0)) return;
       state.tables = tables;
       renderTables();
     } catch (e) {
@@ -206,8 +214,10 @@
       (b.dataset.tab === 'data' || b.dataset.tab === 'structure'))) showTab('data');
     const path = `/api/tables/${encodeURIComponent(schema)}/${encodeURIComponent(name)}?limit=${state.page.limit}&offset=${offset}`;
     const grid = $('data-grid');
+    const t0 = ticket('table');
     try {
       const t = await api(path);
+      if (!current('table', t0)) return;
       state.page.total = t.row_count;
       state.page.exact = t.row_count_exact;
       renderStructure(t);
@@ -216,7 +226,7 @@
       }, offset);
       renderPager(t.rows.length);
     } catch (e) {
-      grid.replaceChildren(el('div', { class: 'empty', text: e.message }));
+      if (current('table', t0)) grid.replaceChildren(el('div', { class: 'empty', text: e.message }));
     }
   }
 
@@ -382,17 +392,38 @@
   }
 
   let running = false;
+  let runningId = null;
+
+  function newRequestId() {
+    const b = new Uint8Array(12);
+    crypto.getRandomValues(b);
+    return [...b].map((x) => x.toString(16).padStart(2, '0')).join('');
+  }
+
+  async function cancelQuery() {
+    if (!runningId) return;
+    try {
+      const r = await api('/api/cancel', { method: 'POST', body: { request_id: runningId } });
+      if (r.cancelled) setStatus([el('span', { text: 'Cancelling…' })]);
+    } catch (e) {
+      toast('Cannot cancel: ' + e.message, true);
+    }
+  }
+
   async function runQuery() {
     if (running) return;
     const { sql, offset } = currentSql();
     if (!sql.trim()) { editor().focus(); return; }
     running = true;
+    runningId = newRequestId();
     $('run').disabled = true;
+    // Offer Cancel only for statements that take a while.
+    const cancelTimer = setTimeout(() => { if (running) $('cancel').hidden = false; }, 400);
     $('error').hidden = true;
     setStatus([el('span', { text: 'Running…' })]);
     const limit = Number($('limit').value);
     try {
-      const res = await api('/api/query', { method: 'POST', body: { sql, limit } });
+      const res = await api('/api/query', { method: 'POST', body: { sql, limit, request_id: runningId } });
       state.result = res;
       const st = [el('b', { text: res.columns.length ? `${res.row_count.toLocaleString('en-US')} row${res.row_count === 1 ? '' : 's'}` : `OK, ${res.row_count.toLocaleString('en-US')} row${res.row_count === 1 ? '' : 's'} affected` }),
         el('span', { text: ` · ${res.elapsed_ms.toFixed(1)} ms` })];
@@ -414,7 +445,10 @@
       $('result-grid').classList.add('stale');
       $('result-grid').title = 'The result of the previous query (this one failed)';
     } finally {
+      clearTimeout(cancelTimer);
       running = false;
+      runningId = null;
+      $('cancel').hidden = true;
       $('run').disabled = false;
     }
   }
@@ -638,8 +672,10 @@
 
   async function loadSaved() {
     const box = $('saved-list');
+    const t0 = ticket('saved');
     try {
       const { queries } = await api('/api/saved');
+      if (!current('saved', t0)) return;
       state.saved = queries;
       $('saved-count').textContent = queries.length ? String(queries.length) : '';
       if (!queries.length) {
@@ -715,8 +751,10 @@
 
   async function loadHistory() {
     const box = $('history-list');
+    const t0 = ticket('history');
     try {
       const { queries } = await api('/api/history');
+      if (!current('history', t0)) return;
       if (!queries.length) {
         box.replaceChildren(el('ul', { class: 'list' }, el('li', { class: 'empty', text: 'No queries run yet.' })));
         return;
@@ -764,12 +802,14 @@
     });
     document.addEventListener('keydown', (ev) => {
       if ((ev.ctrlKey || ev.metaKey) && ev.key === 'Enter' && document.activeElement !== ed) { ev.preventDefault(); showTab('sql'); runQuery(); }
+      if (ev.key === 'Escape' && running && !document.querySelector('dialog[open]')) { ev.preventDefault(); cancelQuery(); }
       if (ev.key === '/' && !['INPUT', 'TEXTAREA', 'SELECT'].includes(document.activeElement.tagName) && !document.querySelector('dialog[open]')) {
         ev.preventDefault();
         $('filter').focus();
       }
     });
     $('run').addEventListener('click', runQuery);
+    $('cancel').addEventListener('click', cancelQuery);
     $('limit').addEventListener('change', () => localStorage.setItem(LS.limit, $('limit').value));
     $('export-csv').addEventListener('click', () => exportResult('csv'));
     $('export-json').addEventListener('click', () => exportResult('json'));

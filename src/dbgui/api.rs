@@ -45,6 +45,7 @@ pub fn build_router(gui: Arc<Gui>, body_limit: u64) -> Router {
         ("GET", "/api/tables/{schema}/{name}", table),
         ("POST", "/api/query", run_query),
         ("POST", "/api/export", export),
+        ("POST", "/api/cancel", cancel),
         ("GET", "/api/saved", saved_list),
         ("POST", "/api/saved", saved_add),
         ("DELETE", "/api/saved/{id}", saved_delete),
@@ -384,13 +385,72 @@ fn table(gui: &Arc<Gui>, req: &mut Request<'_>) -> Result<Response, HttpError> {
     }
 }
 
+/// The optional `request_id` of a query or export: what `POST /api/cancel` names it by.
+fn request_id(body: &Value) -> Result<Option<String>, HttpError> {
+    match body.get("request_id") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= 64 => Ok(Some(s.clone())),
+        Some(_) => Err(HttpError::validation(
+            &["body", "request_id"],
+            "request_id must be a string of 1 to 64 bytes",
+            "value_error",
+        )),
+    }
+}
+
+/// A statement that can be cancelled by its request id while it runs; unregistered when dropped.
+struct Running {
+    gui: Arc<Gui>,
+    id: Option<String>,
+}
+
+impl Running {
+    fn register(gui: &Arc<Gui>, id: Option<String>, session: &Session) -> Running {
+        if let Some(id) = &id {
+            super::lock(&gui.running).insert(id.clone(), session.cancel_token());
+        }
+        Running { gui: gui.clone(), id }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(id) = &self.id {
+            super::lock(&self.gui.running).remove(id);
+        }
+    }
+}
+
+/// `POST /api/cancel {"request_id"}`: ask PostgreSQL to cancel that statement (as psql's Ctrl+C
+/// does). `{"cancelled": false}` when nothing runs under that id.
+fn cancel(gui: &Arc<Gui>, req: &mut Request<'_>) -> Result<Response, HttpError> {
+    let body = json_body(req)?;
+    let id = request_id(&body)?
+        .ok_or_else(|| HttpError::validation(&["body", "request_id"], "Field required", "missing"))?;
+    // Take the token out of the lock before the network round trip.
+    let token = super::lock(&gui.running).get(&id).cloned();
+    let cancelled = match token {
+        Some(t) => match t.cancel_query(postgres::NoTls) {
+            Ok(()) => true,
+            Err(e) => {
+                crate::warn!("db-gui: cannot cancel a statement: {e}");
+                return Err(HttpError::new(503, "Database unavailable").header("retry-after", "5"));
+            }
+        },
+        None => false,
+    };
+    Ok(Response::json(200, &json!({ "cancelled": cancelled })))
+}
+
 fn run_query(gui: &Arc<Gui>, req: &mut Request<'_>) -> Result<Response, HttpError> {
     let body = json_body(req)?;
     let sql = sql_field(&body)?;
     let limit = bounded(body.get("limit"), &["body", "limit"], DEFAULT_QUERY_LIMIT.min(gui.max_rows), 1, gui.max_rows)?;
+    let id = request_id(&body)?;
     let started = Instant::now();
     let result = (|| {
         let mut s = Session::begin(&gui.pool, gui.mode)?;
+        let _running = Running::register(gui, id, &s);
         let r = query::run(&mut s, &sql, limit)?;
         s.finish()?;
         Ok::<_, SqlError>(r)
@@ -419,9 +479,14 @@ fn export(gui: &Arc<Gui>, req: &mut Request<'_>) -> Result<Response, HttpError> 
     };
     let body = json_body(req)?;
     let sql = sql_field(&body)?;
+    let id = request_id(&body)?;
     let kind = if format == Format::Csv { "export-csv" } else { "export-json" };
     let started = Instant::now();
-    let export = match Session::begin(&gui.pool, gui.mode).and_then(|s| Export::start(s, &sql)) {
+    let mut running = None;
+    let export = match Session::begin(&gui.pool, gui.mode).and_then(|s| {
+        running = Some(Running::register(gui, id, &s));
+        Export::start(s, &sql)
+    }) {
         Ok(e) => e,
         Err(e) => {
             record(gui, &sql, kind, started, None, Some(&e.message));
@@ -432,6 +497,7 @@ fn export(gui: &Arc<Gui>, req: &mut Request<'_>) -> Result<Response, HttpError> 
     let name = if name.is_empty() { format!("query-{}", compact_now()) } else { name };
     let gui = gui.clone();
     let produce = move |w: &mut dyn std::io::Write| {
+        let _running = running;
         let result = export.write_all(format, w);
         match &result {
             Ok(rows) => record(&gui, &sql, kind, started, Some(*rows), None),

@@ -21,7 +21,8 @@ pub mod export;
 pub mod query;
 pub mod store;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::config::Config;
@@ -65,6 +66,15 @@ pub struct Gui {
     pub database: String,
     pub saved: store::Saved,
     pub history: store::History,
+    /// Statements running under a client's `request_id`, for `POST /api/cancel`. Held only to
+    /// insert, remove or clone one token (never across I/O); at most one entry per running
+    /// statement, so bounded by the pool size.
+    pub running: Mutex<HashMap<String, postgres::CancelToken>>,
+}
+
+/// Lock a mutex whose data a panic cannot leave half-changed (single inserts and removes).
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Gui {
@@ -93,6 +103,7 @@ impl Gui {
             database: db.describe(),
             saved: store::Saved::open(&cfg.data_dir)?,
             history: store::History::new(cfg.db_gui_history),
+            running: Mutex::new(HashMap::new()),
         }))
     }
 }

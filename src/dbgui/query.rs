@@ -152,6 +152,11 @@ impl Session {
         Ok(Session { conn, mode, open: true })
     }
 
+    /// What cancels the statement running on this session's connection.
+    pub fn cancel_token(&self) -> postgres::CancelToken {
+        self.conn.cancel_token()
+    }
+
     /// End the transaction: commit in write mode, roll back otherwise.
     pub fn finish(mut self) -> Result<(), SqlError> {
         self.open = false;

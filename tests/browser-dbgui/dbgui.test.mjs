@@ -202,6 +202,15 @@ test("running a query with Ctrl+Enter shows a grid; a failing one shows PostgreS
   await shot("error");
 });
 
+test("a long statement can be cancelled with Esc", async () => {
+  await runSql("SELECT pg_sleep(30)");
+  await page.waitForSelector("#cancel:not([hidden])");
+  await page.keyboard.press("Escape");
+  await page.waitForSelector("#error:not([hidden])", { timeout: 10_000 });
+  assert.match(await page.textContent("#error"), /canceling statement due to user request/);
+  assert.ok(await page.isHidden("#cancel"));
+});
+
 test("a write is refused with the GUI's read-only message", async () => {
   await runSql("DELETE FROM sales WHERE region = 'north'");
   await page.waitForSelector("#error:not([hidden])");
