@@ -291,6 +291,14 @@ fn start_line_token_cookie_and_bearer() {
     assert_eq!(r.status, 200);
     assert!(r.header("content-type").unwrap().starts_with("text/html"));
     assert_eq!(r.header("referrer-policy"), Some("no-referrer"));
+    let csp = r.header("content-security-policy").expect("a CSP").to_string();
+    assert!(csp.contains("default-src 'none'") && csp.contains("connect-src 'self'"), "{csp}");
+    assert!(r.text().contains("/dbgui.js"));
+    for (asset, ty) in [("/dbgui.js", "text/javascript"), ("/dbgui.css", "text/css")] {
+        let a = request(gui.addr, "GET", asset, &[], b"");
+        assert_eq!(a.status, 200, "{asset}");
+        assert!(a.header("content-type").unwrap().starts_with(ty), "{asset}");
+    }
     let cookie = r.header("set-cookie").expect("a session cookie").to_string();
     assert!(cookie.contains("HttpOnly"), "{cookie}");
     assert!(cookie.contains("SameSite=Strict"), "{cookie}");

@@ -190,7 +190,7 @@
         frag.append(el('div', { class: 'schema', text: schema }));
       }
       const current = state.current && state.current.schema === t.schema && state.current.name === t.name;
-      const meta = (t.rows === null ? '' : (t.rows_exact ? '' : '≈') + fmtCount(t.rows) + ' rows · ') + fmtBytes(t.size_bytes);
+      const meta = t.rows === null ? '' : (t.rows_exact ? '' : '≈') + fmtCount(t.rows) + ' rows · ' + fmtBytes(t.size_bytes);
       frag.append(el('button', {
         class: 'table-item', 'aria-current': current ? 'true' : 'false', 'data-schema': t.schema, 'data-name': t.name,
         title: `${t.schema}.${t.name} (${t.kind}) — ${t.rows === null ? '?' : t.rows} rows${t.rows_exact ? '' : ' (estimate)'}, ${fmtBytes(t.size_bytes)}`,
