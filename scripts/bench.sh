@@ -20,6 +20,9 @@
 #                             per idle client), /send_to latency at a fixed rate, /group fan-out to
 #                             1,000 members at 10 msg/s (first and last receiver), and flat out
 #                             (deliveries/s, server CPU time per delivery)
+#   scripts/bench.sh dbgui    a 1,000,000-row CSV export from `adcluster db-gui` side by side with
+#                             psql --csv of the same statement, the JSON export, the GUI's peak RSS
+#                             (scripts/bench/dbgui.sh; BENCH_DBGUI_ROWS=1000000)
 #
 # Every subcommand writes its figures only into BENCH_MD, and leaves no server, load generator or
 # database behind (cleanup runs on every exit).
@@ -1888,6 +1891,8 @@ usage: scripts/bench.sh <subcommand>
           (scripts/bench/abuse.sh; writes "## abuse" in BENCHMARKS.md)
   drill   60 s of mixed load with a 20 s PostgreSQL outage in the middle (scripts/bench/drill.sh;
           writes "## drill" in BENCHMARKS.md)
+  dbgui   a 1,000,000-row CSV export from db-gui against psql --csv, the JSON export, the GUI's
+          peak RSS (scripts/bench/dbgui.sh; writes "## dbgui" in BENCHMARKS.md)
 EOF2
     exit 2
 }
@@ -1902,6 +1907,7 @@ main() {
         ws) cmd_ws ;;
         abuse) source "$ROOT/scripts/bench/abuse.sh"; cmd_abuse ;;
         drill) exec "$ROOT/scripts/bench/drill.sh" ;;
+        dbgui) source "$LUA_DIR/dbgui.sh" && cmd_dbgui ;;
         -h | --help | help) usage ;;
         *) usage ;;
     esac
