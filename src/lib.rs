@@ -8,14 +8,18 @@
 //! - `ws/`     WebSocket sessions, the client registry and groups (hub), the protocol;
 //! - `cluster/` several instances on one database: LISTEN/NOTIFY, presence, the hub's link;
 //! - `config`  settings: defaults < .env < environment < flags;
+//! - `dbgui/`  the database web GUI (`adcluster db-gui`): its own router on the same `http/` layer;
 //! - `ops/`    operator concerns: database alerts;
 //! - `util/`   logging, time formatting, the open-files limit.
+
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod api;
 pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod db;
+pub mod dbgui;
 pub mod http;
 pub mod ops;
 pub mod util;

@@ -87,6 +87,11 @@ pub struct RemoteClient {
     pub connected_at: SystemTime,
 }
 
+/// An error frame (`client_not_found`) about recipients on other instances.
+fn error_frame(text: &str) -> Encoded {
+    ServerFrame::Error { code: ErrorCode::ClientNotFound, message: text }.encode()
+}
+
 /// The outbox of a remote client: its own instance delivers, so this drops everything.
 struct Elsewhere;
 
@@ -141,12 +146,14 @@ impl State {
         }
         if let Some(old) = &old {
             self.leave_group(old, id);
-            outgoing.add(self.members(old, None), ServerFrame::Leave { client_id: id, group: old });
+            let (i, o) = (id.clone(), old.clone());
+            outgoing.add(self.members(old, None), move || ServerFrame::Leave { client_id: &i, group: &o }.encode());
         }
         if let Some(g) = &group {
             let others = self.members(g, None);
             self.groups.entry(g.clone()).or_default().insert(id.clone());
-            outgoing.add(others, ServerFrame::Join { client_id: id, group: g });
+            let (i, g) = (id.clone(), g.clone());
+            outgoing.add(others, move || ServerFrame::Join { client_id: &i, group: &g }.encode());
         }
         if let Some(c) = self.clients.get_mut(id) {
             c.group = group;
@@ -216,10 +223,10 @@ impl Hub {
                     Err(Unreachable(format!("instance {instance} cannot be reached now")))
                 };
                 match result {
-                    Ok(()) => outgoing.add(me, ServerFrame::Sent { to: &to, message: &message }),
+                    Ok(()) => outgoing.add(me, move || ServerFrame::Sent { to: &to, message: &message }.encode()),
                     Err(Unreachable(why)) => {
                         let text = format!("client {to} is connected to another instance and {why}: not delivered");
-                        outgoing.add(me, ServerFrame::Error { code: ErrorCode::ClientNotFound, message: &text })
+                        outgoing.add(me, move || error_frame(&text))
                     }
                 }
             }
@@ -230,7 +237,7 @@ impl Hub {
                         "{missed} member(s) of group {group} are on instances that cannot be reached now: \
                          they did not get this message"
                     );
-                    outgoing.add(me, ServerFrame::Error { code: ErrorCode::ClientNotFound, message: &text });
+                    outgoing.add(me, move || error_frame(&text));
                 }
             }
             Relay::Broadcast { message } => {
@@ -239,7 +246,7 @@ impl Hub {
                     let text = format!(
                         "{missed} client(s) are on instances that cannot be reached now: they did not get this message"
                     );
-                    outgoing.add(me, ServerFrame::Error { code: ErrorCode::ClientNotFound, message: &text });
+                    outgoing.add(me, move || error_frame(&text));
                 }
             }
         }
@@ -277,17 +284,23 @@ impl Hub {
         if let Some(old_group) = old.as_ref().and_then(|o| o.group.clone()) {
             st.leave_group(&old_group, &id);
             if group.as_ref() != Some(&old_group) {
-                outgoing.add(st.members(&old_group, None), ServerFrame::Leave { client_id: &id, group: &old_group });
+                let (i, g) = (id.clone(), old_group.clone());
+                outgoing.add(st.members(&old_group, None), move || {
+                    ServerFrame::Leave { client_id: &i, group: &g }.encode()
+                });
             }
         }
         let serial = self.next_serial.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let out: Arc<dyn Outbox> = Arc::new(Elsewhere);
-        st.clients
-            .insert(id.clone(), Client { serial, out, group: group.clone(), connected_at, home: Home::Remote(origin) });
+        // `admin` only matters for `/join admins`, which the client's own instance decides.
+        let client =
+            Client { serial, admin: false, out, group: group.clone(), connected_at, home: Home::Remote(origin) };
+        st.clients.insert(id.clone(), client);
         if let Some(g) = &group {
             let others = st.members(g, None);
             st.groups.entry(g.clone()).or_default().insert(id.clone());
-            outgoing.add(others, ServerFrame::Join { client_id: &id, group: g });
+            let (i, g) = (id.clone(), g.clone());
+            outgoing.add(others, move || ServerFrame::Join { client_id: &i, group: &g }.encode());
         }
         if let Some(old) = &old {
             if old.home == Home::Local {
@@ -384,7 +397,8 @@ impl Hub {
         };
         let Some(target) = target else { return false };
         let mut outgoing = Outgoing::default();
-        outgoing.add(vec![target], ServerFrame::Private { from, to, message });
+        let (f, t, m): (Arc<str>, Arc<str>, Arc<str>) = (from.into(), to.into(), message.into());
+        outgoing.add(vec![target], move || ServerFrame::Private { from: &f, to: &t, message: &m }.encode());
         self.deliver(outgoing) == 1
     }
 
@@ -392,7 +406,8 @@ impl Hub {
     pub fn remote_group(&self, from: &str, group: &str, message: &str) {
         let targets = self.lock().members(group, None);
         let mut outgoing = Outgoing::default();
-        outgoing.add(targets, ServerFrame::Group { from, group, message });
+        let (f, g, m): (Arc<str>, Arc<str>, Arc<str>) = (from.into(), group.into(), message.into());
+        outgoing.add(targets, move || ServerFrame::Group { from: &f, group: &g, message: &m }.encode());
         self.deliver(outgoing);
     }
 
@@ -403,7 +418,8 @@ impl Hub {
             st.clients.iter().filter(|(_, c)| c.home == Home::Local).filter_map(|(id, _)| st.target(id)).collect()
         };
         let mut outgoing = Outgoing::default();
-        outgoing.add(targets, ServerFrame::Broadcast { from, message });
+        let (f, m): (Arc<str>, Arc<str>) = (from.into(), message.into());
+        outgoing.add(targets, move || ServerFrame::Broadcast { from: &f, message: &m }.encode());
         self.deliver(outgoing);
     }
 
@@ -434,7 +450,8 @@ impl Hub {
         };
         let Some(target) = target else { return false };
         let mut outgoing = Outgoing::default();
-        outgoing.add(vec![target], ServerFrame::Error { code, message });
+        let message = message.to_string();
+        outgoing.add(vec![target], move || ServerFrame::Error { code, message: &message }.encode());
         self.deliver(outgoing) == 1
     }
 }
