@@ -14,7 +14,8 @@
 #
 # With BENCH_WS_REF_BIN=<another adcluster binary> (e.g. one built from main), each round also
 # runs the single-instance scenarios with it, first, and the table gets a column for it: the A/B
-# that shows whether CLUSTER=off costs the single instance anything.
+# that shows whether CLUSTER=off costs the single instance anything. BENCH_WS_REF_DESC says what
+# it is (e.g. "main at fef8b32") in the section.
 #
 # Environment: BENCH_SECONDS (10), BENCH_ROUNDS (1; each round runs single then cluster),
 # BENCH_MD, BENCH_SERVER_BIN, BENCH_KEEP_TMP, BENCH_WS_RTT_CLIENTS (200), BENCH_WS_RTT_RATE (1000),
@@ -182,8 +183,8 @@ sec="$TMP/section.md"
     echo "- Command: \`scripts/bench.sh ws-cluster\` (BENCH_SECONDS=$BENCH_SECONDS, BENCH_ROUNDS=$BENCH_ROUNDS, BENCH_WS_RTT_CLIENTS=$BENCH_WS_RTT_CLIENTS, BENCH_WS_RTT_RATE=$BENCH_WS_RTT_RATE, BENCH_WS_MEMBERS=$BENCH_WS_MEMBERS, BENCH_WS_FANOUT_RATE=$BENCH_WS_FANOUT_RATE, BENCH_WS_WINDOW=$BENCH_WS_WINDOW)"
     echo "- Servers: \`target/release/adcluster serve\` on 127.0.0.1, LOG_LEVEL=info, WS_MAX_CLIENTS=5000; single: CLUSTER=off; cluster: three processes with CLUSTER=postgres, INSTANCE_ID=bench-n1..3, other settings default; PostgreSQL $pgv on $PGHOST:$PGPORT, a fresh database dropped after the run. All processes share the machine's cores with the load generator (and with whatever else runs on it)."
     echo "- Clients: \`ws-bench --url ws://A[,ws://B,ws://C]\`: client i connects to the (i mod 3)-th instance, so the two ends of each /send_to pair are always on different instances and 2/3 of the group's members are remote to the sender."
-    echo
-    [ -n "$REF" ] && echo "- Reference: BENCH_WS_REF_BIN=\`$REF\` (CLUSTER unset), run first in each round with the same scenarios."
+    [ -n "$REF" ] && echo "- Reference: BENCH_WS_REF_BIN=\`$REF\`${BENCH_WS_REF_DESC:+ ($BENCH_WS_REF_DESC)}, CLUSTER unset, run first in each round with the same scenarios: the A/B of the single instance before and after this feature."
+    echo "- Load average at the end of the run: $(cut -d' ' -f1-3 /proc/loadavg) (the machine is shared; every figure is noisy to that extent)"
     echo
     if [ -n "$REF" ]; then
         echo "| measure | single instance, reference binary | single instance (CLUSTER=off) | 3 instances | goal | result |"
