@@ -545,3 +545,35 @@ fn an_instance_stopped_with_sigterm_says_goodbye() {
     let exited = eventually(Duration::from_secs(10), || nodes[1].child.as_mut().unwrap().try_wait().unwrap().is_some());
     assert!(exited, "the instance did not exit after SIGTERM");
 }
+
+#[test]
+fn notifications_from_nowhere_are_skipped_or_forgotten() {
+    let (db, nodes) = cluster(2, 2);
+    let mut alice = nodes[0].join("/ws/alice/room");
+    nodes[1].sees(&["alice"]);
+    let mut c = db.client();
+    // Garbage on the shared channel, and a reference to a payload row that does not exist.
+    for junk in ["not json", "{\"o\":\"x\",\"k\":\"zz\"}", "@987654", "@dnope"] {
+        c.execute("SELECT pg_notify('adcluster', $1)", &[&junk]).unwrap();
+    }
+    // A client announced by an instance that never registered (no row, no heartbeat).
+    let now_us = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64;
+    let fake = json!({"o": "ghost", "k": "c", "id": "phantom", "s": 1, "g": "room", "t": now_us}).to_string();
+    c.execute("SELECT pg_notify('adcluster', $1)", &[&fake]).unwrap();
+    let j = alice.recv();
+    assert_eq!((kind(&j), j["client_id"].as_str()), ("join", Some("phantom")), "{j}");
+    nodes[0].sees(&["alice", "phantom"]);
+    // Neither registered nor heard: dropped with a leave, on every instance.
+    let l = alice.recv();
+    assert_eq!((kind(&l), l["client_id"].as_str()), ("leave", Some("phantom")), "{l}");
+    for n in &nodes {
+        n.sees(&["alice"]);
+    }
+    // Both instances are still serving, and still linked.
+    let mut bob = nodes[1].join("/ws/bob");
+    nodes[0].sees(&["alice", "bob"]);
+    alice.send("/send_to bob still fine");
+    assert_eq!(bob.recv()["message"], "still fine");
+    let log = nodes[0].log();
+    assert!(log.contains("does not parse was skipped") && log.contains("is gone"), "{log}");
+}

@@ -93,6 +93,12 @@ impl Shared {
         }
     }
 
+    /// Whether `instance` was heard within the window.
+    pub fn recently_heard(&self, instance: &str) -> bool {
+        let h = self.heard.lock().unwrap_or_else(|p| p.into_inner());
+        h.get(instance).is_some_and(|t| t.elapsed() <= self.window)
+    }
+
     pub fn forget(&self, instance: Option<&str>) {
         let mut h = self.heard.lock().unwrap_or_else(|p| p.into_inner());
         match instance {

@@ -103,6 +103,7 @@ fn session(
             heartbeat(&mut c, shared)?;
             if since.elapsed() >= timing.stale {
                 reap(&mut c, shared, timing)?;
+                prune(&mut c, shared, ws)?;
             }
             if beats % 50 == 0 {
                 sweep(&mut c)?;
@@ -214,6 +215,23 @@ fn reap(c: &mut postgres::Client, shared: &Shared, timing: Timing) -> Result<(),
     for row in rows {
         let dead: String = row.get(0);
         crate::warn!("cluster: instance {dead} stopped heartbeating; its clients are dropped");
+    }
+    Ok(())
+}
+
+/// Drop the clients of instances that have no row and have not been heard lately: reaped while
+/// this listener missed the `d` notification, or never registered at all (a notification
+/// written by hand). An instance that was reaped but lives goes on heartbeating, so it is kept
+/// until it registers again.
+fn prune(c: &mut postgres::Client, shared: &Shared, ws: &Ws) -> Result<(), String> {
+    let rows = c.query("SELECT instance_id FROM ws_instances", &[]).map_err(|e| e.to_string())?;
+    let live: std::collections::HashSet<String> = rows.iter().map(|r| r.get(0)).collect();
+    for instance in ws.hub.remote_instances() {
+        if !live.contains(&*instance) && !shared.recently_heard(&instance) {
+            crate::warn!("cluster: instance {instance} is neither registered nor heard; its clients are dropped");
+            shared.forget(Some(&instance));
+            ws.hub.remote_replace(&instance, &[]);
+        }
     }
     Ok(())
 }
