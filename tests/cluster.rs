@@ -271,6 +271,13 @@ fn groups_notices_lists_and_the_rest_api_span_the_instances() {
     assert_eq!(g["message"], "from n3", "{g}");
     alice.send("/members");
     assert_eq!(alice.recv()["members"], json!(["alice", "bob", "carol"]));
+    // A group message over NOTIFY's limit (through a shared payload row) reaches every instance.
+    let big: String = (0..60_000).map(|i| (b'A' + (i % 26) as u8) as char).collect();
+    carol.send(&format!("/group {big}"));
+    for c in [&mut alice, &mut bob, &mut carol] {
+        let g = c.recv();
+        assert!(g["type"] == "group" && g["message"] == big.as_str(), "a 60 KB group message changed on the way");
+    }
 
     // REST, through any instance, to clients held by another.
     let token = token(&nodes[0], "ops@example.com");
