@@ -1260,7 +1260,7 @@ cmd_files() {
     listed="$(curl -sS --max-time 30 -H "Authorization: Bearer $token" "$base/api/files?category=files" \
         | grep -oE '"count" *: *[0-9]+' | grep -oE '[0-9]+$' || echo '?')"
     on_disk="$(find "$TMP/uploads/files" -maxdepth 1 -type f | wc -l)"
-    left_tmp="$(find "$TMP/uploads/.tmp" -type f 2>/dev/null | wc -l)"
+    left_tmp="$(find "$TMP/uploads/.tmp" -type f ! -name "*.lock" 2>/dev/null | wc -l)"
 
     # --- results ----------------------------------------------------------------------------------
     local up_rate up_secs dd_rate dd_secs o_rate o_secs n_rate n_secs
@@ -1355,7 +1355,7 @@ cmd_files() {
         echo "| \`201\` with the right size | $((n201 - bad_size)) / $BENCH_CONCURRENT |"
         echo "| statuses; curl failures | $statuses; $curl_fail |"
         echo "| records listed afterwards (\`GET /api/files?category=files\`, incl. the kept big file) | $listed |"
-        echo "| files in UPLOAD_DIR/files; left in UPLOAD_DIR/.tmp | $on_disk; $left_tmp |"
+        echo "| files in UPLOAD_DIR/files; left in UPLOAD_DIR/.tmp (not counting the owner lock) | $on_disk; $left_tmp |"
         echo "| server VmRSS peak, sampled (KiB) | $conc_peak (idle $idle_kib) |"
         echo
         echo "### Goals"

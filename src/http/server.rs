@@ -660,6 +660,10 @@ fn place(shared: &Shared, mut conn: Conn, waiting: &mut Vec<Conn>, parked: &mut 
         waiting.push(conn);
         return;
     }
+    if shared.stopping.load(Ordering::SeqCst) {
+        // No new request is started once shutdown has begun (the workers may be gone).
+        return;
+    }
     match advance(&mut conn, &shared.cfg) {
         Progress::Wait => waiting.push(conn),
         Progress::Ready => enqueue(shared, conn),
