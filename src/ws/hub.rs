@@ -141,6 +141,17 @@ impl Outgoing {
 pub struct Hub {
     state: Mutex<State>,
     next_serial: AtomicU64,
+    /// Counters for `/metrics` (relaxed atomics, never a lock).
+    pub stats: HubStats,
+}
+
+/// What the hub has done since start, for `/metrics`.
+#[derive(Default)]
+pub struct HubStats {
+    /// Frames queued to clients by `deliver` (one per recipient).
+    pub delivered: AtomicU64,
+    /// Clients closed with 1008 because their outbound queue was full.
+    pub slow_consumer_closes: AtomicU64,
 }
 
 impl Default for Hub {
@@ -163,7 +174,7 @@ fn anon_id() -> String {
 
 impl Hub {
     pub fn new() -> Hub {
-        Hub { state: Mutex::new(State::default()), next_serial: AtomicU64::new(1) }
+        Hub { state: Mutex::new(State::default()), next_serial: AtomicU64::new(1), stats: HubStats::default() }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -271,16 +282,19 @@ impl Hub {
         let mut slow = Vec::new();
         let mut first = None;
         let mut fanout = Vec::new();
+        let mut total = 0;
         for (targets, encode) in outgoing.0 {
             let frame = encode();
             let queued = push_all(&targets, &frame, &mut slow);
             first.get_or_insert(queued);
+            total += queued;
             if let Some(me) = sender {
                 if targets.iter().filter(|t| t.id != me.id).nth(1).is_some() {
                     fanout.push(frame);
                 }
             }
         }
+        self.stats.delivered.fetch_add(total as u64, Ordering::Relaxed);
         self.evict(slow);
         (first.unwrap_or(0), fanout)
     }
@@ -293,6 +307,7 @@ impl Hub {
     /// group — whose members may turn out slow in turn, hence the work list (no recursion).
     fn evict(&self, mut slow: Vec<Target>) {
         while let Some(t) = slow.pop() {
+            self.stats.slow_consumer_closes.fetch_add(1, Ordering::Relaxed);
             let mut outgoing = Outgoing::default();
             let m = Member { id: t.id.clone(), serial: t.serial };
             if self.remove(&m, &mut outgoing) {
