@@ -41,9 +41,11 @@ use std::time::{Duration, Instant};
 
 pub mod cache;
 pub mod files;
+pub mod gate;
 pub mod migrate;
 pub mod pool;
 pub mod spool;
+pub mod stmt;
 pub mod teams;
 pub mod users;
 
@@ -211,6 +213,12 @@ impl Db {
         self.spool.get()
     }
 
+    /// Pooled connections `(in use, idle)`, for metrics (r2d2 takes its lock for a moment).
+    pub fn pool_state(&self) -> (u32, u32) {
+        let st = self.pool.state();
+        (st.connections.saturating_sub(st.idle_connections), st.idle_connections)
+    }
+
     /// Upload records waiting in the spool (0 without one).
     pub fn spool_depth(&self) -> usize {
         self.spool().map_or(0, |s| s.depth())
@@ -287,6 +295,8 @@ impl Db {
         if let Ok(applied) = &result {
             if !applied.is_empty() {
                 info!("applied migrations {applied:?}");
+                // Prepared statements of the old schema must not outlive it (`stmt.rs`).
+                self.pool.schema_changed();
             }
             self.ready.store(true, Ordering::SeqCst);
         }
