@@ -73,6 +73,10 @@
 #   BENCH_WS_MEMBERS=1000     members of the fan-out group of (c) and (d)
 #   BENCH_WS_FANOUT_RATE=10   /group messages per second in (c)
 #   BENCH_WS_WINDOW=8         (d) flat out: most /group messages in flight
+#   BENCH_WS_SCENARIOS="idle rtt fanout fanout20 fanout10k"  which runs: (a) idle, (b) rtt,
+#                             (c, d) fanout (1 group of BENCH_WS_MEMBERS), (e) fanout20 (2,000
+#                             clients in 20 groups, one sender each), (f) fanout10k (10,000
+#                             clients in 10 groups of 1,000, 10 senders)
 #   BENCH_SECONDS is the hold time of (a) and the measured time of (b), (c) and (d) each.
 #
 # Why worker_processes auto: this machine has 2 cores and our server uses both (its worker pool is
@@ -118,6 +122,7 @@ BENCH_WS_RTT_RATE="${BENCH_WS_RTT_RATE:-1000}"
 BENCH_WS_MEMBERS="${BENCH_WS_MEMBERS:-1000}"
 BENCH_WS_FANOUT_RATE="${BENCH_WS_FANOUT_RATE:-10}"
 BENCH_WS_WINDOW="${BENCH_WS_WINDOW:-8}"
+BENCH_WS_SCENARIOS="${BENCH_WS_SCENARIOS:-idle rtt fanout fanout20 fanout10k}"
 WRK_THREADS=2
 WRK_CONNS=64
 
@@ -149,6 +154,7 @@ GOAL_FILES_DOWNLOAD_RATIO=0.7  # ours/nginx MB/s at least this
 GOAL_WS_CLIENTS=10000          # concurrent clients held (connected, idle, every one answering a ping)
 GOAL_WS_CPU_RATIO=1.0          # our server CPU per delivery (flat out) at most Node's times this
 GOAL_WS_FANOUT_LAST_P99_MS=30  # /group to 1,000 members at 10 msg/s: last receiver p99 below this
+GOAL_WS_CPU_VS_NODE=0.6        # each fan-out scenario: server CPU per delivery (flat) at most Node's times this
 GOAL_WS_RSS_PER_CLIENT_KIB=64  # server RSS per idle client below this
 
 TMP=""
@@ -1727,6 +1733,14 @@ cmd_ws() {
     local cd_args=(--clients "$BENCH_WS_MEMBERS" --groups 1 --mode "$cd_modes" --rate "$BENCH_WS_FANOUT_RATE"
         --window "$BENCH_WS_WINDOW" --seconds "$BENCH_SECONDS")
 
+    local e_args=(--clients 2000 --groups 20 --mode "$cd_modes" --rate "$BENCH_WS_FANOUT_RATE"
+        --window "$BENCH_WS_WINDOW" --seconds "$BENCH_SECONDS")
+    local f_args=(--clients 10000 --groups 10 --mode "$cd_modes" --rate "$BENCH_WS_FANOUT_RATE"
+        --window "$BENCH_WS_WINDOW" --seconds "$BENCH_SECONDS" --connect-threads 16)
+    for scen in $BENCH_WS_SCENARIOS; do
+        case "$scen" in idle | rtt | fanout | fanout20 | fanout10k) ;; *) die "BENCH_WS_SCENARIOS: unknown '$scen' (idle rtt fanout fanout20 fanout10k)" ;; esac
+    done
+
     local r who scen order=()
     for r in $(seq 1 "$BENCH_ROUNDS"); do
         # Fresh processes each round: RSS per idle client is measured on a server that has not
@@ -1745,12 +1759,14 @@ cmd_ws() {
             fi
         fi
         [ -n "$WS_HAS_NODE" ] && start_node
-        for scen in idle rtt fanout; do
+        for scen in $BENCH_WS_SCENARIOS; do
             for who in "${order[@]}"; do
                 case "$scen" in
                     idle) ws_run "$who" idle "$r" "${a_args[@]}" ;;
                     rtt) ws_run "$who" rtt "$r" "${b_args[@]}" ;;
                     fanout) ws_run "$who" fanout "$r" "${cd_args[@]}" ;;
+                    fanout20) ws_run "$who" fanout20 "$r" "${e_args[@]}" ;;
+                    fanout10k) ws_run "$who" fanout10k "$r" "${f_args[@]}" ;;
                 esac
             done
         done
@@ -1816,6 +1832,8 @@ cmd_ws() {
         echo "- (b) \`/send_to\`: \`$tool ${b_args[*]}\`: client 2k sends \`/send_to b-(2k+1) <mark>\`; latency = the recipient's \`private\` frame (one way, exact: both ends in one process), and the sender's \`sent\` frame (round trip)"
         echo "- (c) fan-out: \`$tool ${cd_args[*]}\`, phase fanout: the first member sends \`/group <mark>\` at $BENCH_WS_FANOUT_RATE msg/s to its $BENCH_WS_MEMBERS-member group (sender included); per message the first and the last member's arrival"
         echo "- (d) flat out: same run, phase flat: a new \`/group\` message whenever fewer than $BENCH_WS_WINDOW are in flight (sent, not yet at every member)"
+        echo "- (e) \`$tool ${e_args[*]}\`: 2,000 clients in 20 groups of 100, one sender per group (messages go round the groups); both phases"
+        echo "- (f) \`$tool ${f_args[*]}\`: 10,000 clients in 10 groups of 1,000, one sender per group; both phases; the server's peak RSS (VmHWM) at the end"
         echo "- Each phase sends 1 s of unmeasured messages first; connecting the $BENCH_WS_MEMBERS members costs a join storm first (each connect is announced to the members already there: about $((BENCH_WS_MEMBERS * (BENCH_WS_MEMBERS - 1) / 2)) \`join\` frames), counted in (c)'s connect time but not in any measured window"
         echo
         echo "| figure | ours | Node ws | ours/Node |"
@@ -1842,6 +1860,13 @@ cmd_ws() {
         ws_row "(d) ws-bench CPU, % of one core" fanout flat.tool_cpu_pct min
         ws_row "(d) last receiver p99, ms" fanout flat.last_p99_ms min
         ws_row "(c, d) server VmHWM, KiB" fanout server.hwm_end_kib min
+        ws_row "(e) 2,000 in 20 groups: last receiver p99, ms" fanout20 fanout.last_p99_ms min
+        ws_row "(e) server CPU per delivery (flat), µs" fanout20 flat.server_cpu_us_per_delivery min
+        ws_row "(e) flat last receiver p99, ms" fanout20 flat.last_p99_ms min
+        ws_row "(f) 10,000 in 10 groups: last receiver p99, ms" fanout10k fanout.last_p99_ms min
+        ws_row "(f) server CPU per delivery (flat), µs" fanout10k flat.server_cpu_us_per_delivery min
+        ws_row "(f) flat last receiver p99, ms" fanout10k flat.last_p99_ms min
+        ws_row "(f) server VmHWM (peak RSS), KiB" fanout10k server.hwm_end_kib min
         echo
         echo "### Goals"
         echo
@@ -1853,6 +1878,29 @@ cmd_ws() {
         [ -n "$WS_HAS_NODE" ] && nc_desc="$(ws_pick fanout node flat.server_cpu_us_per_delivery min) µs"
         echo "| server CPU per delivery (flat out) at most Node's | ours $oc_desc, Node $nc_desc | $(goal_cell "$cpu_ok") |"
         echo "| \`/group\` to $BENCH_WS_MEMBERS members at $BENCH_WS_FANOUT_RATE msg/s: last receiver p99 < $GOAL_WS_FANOUT_LAST_P99_MS ms, every message complete | worst round ${worst_p99:-–} ms | $(goal_cell "$p99_ok") |"
+        if [ -n "$WS_HAS_OURS" ] && [ -n "$WS_HAS_NODE" ]; then
+            local sc key o n ok
+            for sc in fanout fanout20 fanout10k; do
+                case " $BENCH_WS_SCENARIOS " in *" $sc "*) ;; *) continue ;; esac
+                for key in flat.server_cpu_us_per_delivery fanout.last_p99_ms; do
+                    o="$(ws_pick "$sc" ours "$key" min)" n="$(ws_pick "$sc" node "$key" min)"
+                    if [ "$key" = flat.server_cpu_us_per_delivery ]; then
+                        ok="$(awk -v o="$o" -v n="$n" -v g="$GOAL_WS_CPU_VS_NODE" 'BEGIN { print ((o != "" && n != "" && o + 0 <= n * g) ? 1 : 0) }')"
+                        echo "| $sc: server CPU per delivery (flat) <= $GOAL_WS_CPU_VS_NODE x Node's | ours ${o:-–} µs, Node ${n:-–} µs ($(ratio "${o:-0}" "${n:-0}")) | $(pass_fail "$ok") |"
+                    else
+                        ok="$(awk -v o="$o" -v n="$n" 'BEGIN { print ((o != "" && n != "" && o + 0 <= n + 0) ? 1 : 0) }')"
+                        echo "| $sc: last receiver p99 (at $BENCH_WS_FANOUT_RATE msg/s) <= Node's | ours ${o:-–} ms, Node ${n:-–} ms ($(ratio "${o:-0}" "${n:-0}")) | $(pass_fail "$ok") |"
+                    fi
+                done
+            done
+            case " $BENCH_WS_SCENARIOS " in
+                *" fanout10k "*)
+                    o="$(ws_pick fanout10k ours server.hwm_end_kib min)" n="$(ws_pick fanout10k node server.hwm_end_kib min)"
+                    ok="$(awk -v o="$o" -v n="$n" 'BEGIN { print ((o != "" && n != "" && o + 0 <= n + 0) ? 1 : 0) }')"
+                    echo "| fanout10k: peak RSS <= Node's | ours ${o:-–} KiB, Node ${n:-–} KiB | $(pass_fail "$ok") |"
+                    ;;
+            esac
+        fi
         echo "| server RSS per idle client < $GOAL_WS_RSS_PER_CLIENT_KIB KiB | worst round ${worst_rss:-–} KiB | $(goal_cell "$rss_ok") |"
         echo
         echo "All runs:"
