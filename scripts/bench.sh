@@ -21,6 +21,9 @@
 #                             per idle client), /send_to latency at a fixed rate, /group fan-out to
 #                             1,000 members at 10 msg/s (first and last receiver), and flat out
 #                             (deliveries/s, server CPU time per delivery)
+#   scripts/bench.sh dbgui    a 1,000,000-row CSV export from `adcluster db-gui` side by side with
+#                             psql --csv of the same statement, the JSON export, the GUI's peak RSS
+#                             (scripts/bench/dbgui.sh; BENCH_DBGUI_ROWS=1000000)
 #
 # Every subcommand writes its figures only into BENCH_MD, and leaves no server, load generator or
 # database behind (cleanup runs on every exit).
@@ -1935,6 +1938,12 @@ usage: scripts/bench.sh <subcommand>
           1 MiB uploads (writes "## files" in BENCHMARKS.md)
   ws      10,000 idle clients, /send_to latency, /group fan-out to 1,000 members at 10 msg/s and
           flat out, against a Node ws server (writes "## ws" in BENCHMARKS.md)
+  abuse   /health under wrk while 500 hostile sockets of each kind are held, against none
+          (scripts/bench/abuse.sh; writes "## abuse" in BENCHMARKS.md)
+  drill   60 s of mixed load with a 20 s PostgreSQL outage in the middle (scripts/bench/drill.sh;
+          writes "## drill" in BENCHMARKS.md)
+  dbgui   a 1,000,000-row CSV export from db-gui against psql --csv, the JSON export, the GUI's
+          peak RSS (scripts/bench/dbgui.sh; writes "## dbgui" in BENCHMARKS.md)
 EOF2
     exit 2
 }
@@ -1947,6 +1956,9 @@ main() {
         sizing) cmd_sizing ;;
         files) cmd_files ;;
         ws) cmd_ws ;;
+        abuse) source "$ROOT/scripts/bench/abuse.sh"; cmd_abuse ;;
+        drill) exec "$ROOT/scripts/bench/drill.sh" ;;
+        dbgui) source "$LUA_DIR/dbgui.sh" && cmd_dbgui ;;
         -h | --help | help) usage ;;
         *) usage ;;
     esac
