@@ -128,7 +128,15 @@ pub enum CheckoutError {
 impl fmt::Display for CheckoutError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            CheckoutError::Busy(t) => write!(f, "every pooled connection stayed busy for {} ms", t.as_millis()),
+            // Ends like r2d2's own bare timeout, which `db::is_busy_pool` recognises: a busy
+            // pool, not evidence of an outage.
+            CheckoutError::Busy(t) => {
+                write!(
+                    f,
+                    "every pooled connection stayed busy for {} ms: timed out waiting for connection",
+                    t.as_millis()
+                )
+            }
             CheckoutError::Pool(e) => write!(f, "{e}"),
         }
     }
@@ -312,7 +320,7 @@ mod tests {
         let err = quitter.join().unwrap().expect("the quitter must time out");
         assert!(matches!(err, CheckoutError::Busy(_)), "{err}");
         let err = crate::db::DbError::from(err);
-        assert!(err.is_unavailable(), "{err}");
+        assert!(err.is_unavailable() && crate::db::is_busy_pool(&err), "{err}");
         until_waiting(&pool, 1);
         drop(held);
         assert_eq!(patient.join().unwrap().unwrap(), 2);
