@@ -1665,6 +1665,8 @@ usage: scripts/bench.sh <subcommand>
           1 MiB uploads (writes "## files" in BENCHMARKS.md)
   ws      10,000 idle clients, /send_to latency, /group fan-out to 1,000 members at 10 msg/s and
           flat out, against a Node ws server (writes "## ws" in BENCHMARKS.md)
+  backup  adcluster backup/restore of 100k users and 10k file records against pg_dump/psql by
+          hand (scripts/bench/backup.sh; writes "## backup" in BENCHMARKS.md)
 EOF2
     exit 2
 }
@@ -1676,6 +1678,7 @@ main() {
         users) cmd_users ;;
         files) cmd_files ;;
         ws) cmd_ws ;;
+        backup) exec "$ROOT/scripts/bench/backup.sh" ;;
         -h | --help | help) usage ;;
         *) usage ;;
     esac

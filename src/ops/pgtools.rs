@@ -17,7 +17,7 @@
 //! password (`--no-password`: it fails instead); leave the child running after we are gone.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use crate::db::DbConfig;
 
@@ -47,6 +47,9 @@ pub fn parse_tool_version(output: &str) -> Option<PgVersion> {
     Some(PgVersion { major, text: text.trim_end_matches('.').to_string() })
 }
 
+/// The libpq environment of a child: `(PGHOST, "...")` and so on.
+pub type ChildEnv = Vec<(&'static str, String)>;
+
 /// A client program found on this machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tool {
@@ -74,8 +77,11 @@ pub fn choose(name: &str, server: &PgVersion, on_path: Option<Tool>, installed: 
 }
 
 /// Run `program --version` and parse it; `None` when it does not run or says nothing we know.
-fn probe(path: &Path) -> Option<Tool> {
-    let out = Command::new(path).arg("--version").env_clear().output().ok()?;
+/// It runs with the same environment as the real run: Debian's `/usr/bin/pg_dump` is a wrapper
+/// that picks a version by `PGHOST`/`PGPORT`/`PGCLUSTER`, so the answer must be the one the real
+/// run will get.
+fn probe(path: &Path, env: &[(&'static str, String)]) -> Option<Tool> {
+    let out = command_for(path, env).arg("--version").stdin(Stdio::null()).stderr(Stdio::null()).output().ok()?;
     let version = parse_tool_version(&String::from_utf8_lossy(&out.stdout))?;
     Some(Tool { path: path.to_path_buf(), version })
 }
@@ -85,26 +91,52 @@ fn is_executable(p: &Path) -> bool {
     std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
 }
 
-/// Find `name` (pg_dump, pg_dumpall, psql) for a server of version `server`.
-pub fn find(name: &str, server: &PgVersion) -> Result<Tool, String> {
-    let on_path = std::env::var_os("PATH")
+/// The `name` on `PATH`, with its version.
+fn on_path(name: &str, env: &[(&'static str, String)]) -> Option<Tool> {
+    std::env::var_os("PATH")
         .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(name)).find(|p| is_executable(p)))
-        .and_then(|p| probe(&p));
+        .and_then(|p| probe(&p, env))
+}
+
+/// Find `name` (pg_dump, pg_dumpall, psql) for a server of version `server`, given what is on
+/// `PATH`: the `/usr/lib/postgresql/*/bin` ones are asked only when that is not good enough.
+fn find_with(
+    name: &str,
+    server: &PgVersion,
+    path_tool: Option<Tool>,
+    env: &[(&'static str, String)],
+) -> Result<Tool, String> {
     let mut installed = Vec::new();
-    if let Ok(dirs) = std::fs::read_dir("/usr/lib/postgresql") {
-        for d in dirs.flatten() {
-            let p = d.path().join("bin").join(name);
-            if is_executable(&p) {
-                installed.extend(probe(&p));
+    if !path_tool.as_ref().is_some_and(|t| t.version.major >= server.major) {
+        if let Ok(dirs) = std::fs::read_dir("/usr/lib/postgresql") {
+            for d in dirs.flatten() {
+                let p = d.path().join("bin").join(name);
+                if is_executable(&p) {
+                    installed.extend(probe(&p, env));
+                }
             }
         }
     }
-    choose(name, server, on_path, installed)
+    choose(name, server, path_tool, installed)
+}
+
+/// The server's version and the `name` to run against it. The server is asked (which proves it
+/// reachable before any file is made) while the `PATH` program says its version, at the same time.
+pub fn server_and_tool(cfg: &DbConfig, name: &str) -> Result<(PgVersion, Tool, ChildEnv), String> {
+    let env = child_env(cfg)?;
+    let (server, path_tool) = std::thread::scope(|s| {
+        let probing = s.spawn(|| on_path(name, &env));
+        let server = server_version(cfg);
+        (server, probing.join().ok().flatten())
+    });
+    let server = server?;
+    let tool = find_with(name, &server, path_tool, &env)?;
+    Ok((server, tool, env))
 }
 
 /// The connection settings of `cfg` as libpq environment variables, password included.
 /// These go into the child's environment and nowhere else.
-pub fn child_env(cfg: &DbConfig) -> Result<Vec<(&'static str, String)>, String> {
+pub fn child_env(cfg: &DbConfig) -> Result<ChildEnv, String> {
     let pg = cfg.pg_config().map_err(|e| e.to_string())?;
     let mut env = Vec::new();
     match pg.get_hosts().first() {
@@ -145,7 +177,11 @@ const INHERITED_PG_VARS: &[&str] = &[
 /// variables removed, signals unblocked (the caller blocks them to handle them itself), and
 /// SIGTERM delivered to the child if this process dies first.
 pub fn command(tool: &Tool, env: &[(&'static str, String)]) -> Command {
-    let mut cmd = Command::new(&tool.path);
+    command_for(&tool.path, env)
+}
+
+fn command_for(path: &Path, env: &[(&'static str, String)]) -> Command {
+    let mut cmd = Command::new(path);
     for v in INHERITED_PG_VARS {
         cmd.env_remove(v);
     }

@@ -270,8 +270,7 @@ fn restore(
     }
     let check = check_file(&file).map_err(|e| OpsError::failed(format!("{e}; the database was not touched")))?;
     let dbc = super::db_config(cfg);
-    let server = pgtools::server_version(&dbc).map_err(OpsError::failed)?;
-    let tool = pgtools::find("psql", &server).map_err(OpsError::failed)?;
+    let (server, tool, env) = pgtools::server_and_tool(&dbc, "psql").map_err(OpsError::failed)?;
     eprintln!(
         "using {} (psql {}) for PostgreSQL {} at {}",
         tool.path.display(),
@@ -279,7 +278,6 @@ fn restore(
         server.text,
         dbc.describe()
     );
-    let env = pgtools::child_env(&dbc).map_err(OpsError::failed)?;
     let args = psql_args(&file);
     let verified = if check.checksum { "checksum verified" } else { "no checksum line; ends with pg_dump's end line" };
     if a.dry_run {
