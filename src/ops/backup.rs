@@ -19,7 +19,7 @@
 //! database password (see `pgtools.rs`).
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -270,14 +270,17 @@ fn backup(cfg: &Config, a: &Args, guard: &Guard) -> Result<(PathBuf, u64), OpsEr
         .map_err(|e| OpsError::failed(format!("cannot create BACKUP_DIR {}: {e}", cfg.backup_dir.display())))?;
     let dbc = super::db_config(cfg);
     let program = if a.all { "pg_dumpall" } else { "pg_dump" };
-    let (server, tool, env) = pgtools::server_and_tool(&dbc, program).map_err(OpsError::failed)?;
-    eprintln!(
-        "using {} ({program} {}) for PostgreSQL {} at {}",
-        tool.path.display(),
-        tool.version.text,
-        server.text,
-        dbc.describe()
-    );
+    let env = pgtools::child_env(&dbc).map_err(OpsError::failed)?;
+    let server = pgtools::server_version(&dbc).map_err(OpsError::failed)?;
+    // The PATH one is run without asking its version first: pg_dump itself refuses a server of
+    // a newer major version (before writing anything), and then the ones under
+    // /usr/lib/postgresql are asked. That saves a `--version` run of Debian's Perl wrapper
+    // (~90 ms) on every backup.
+    let mut tool_path = match pgtools::path_candidate(program) {
+        Some(p) => p,
+        None => pgtools::fallback(program, &server, None, &env).map_err(OpsError::failed)?.path,
+    };
+    let mut fell_back = false;
 
     let final_path = match &a.output {
         Some(p) => {
@@ -316,39 +319,28 @@ fn backup(cfg: &Config, a: &Args, guard: &Guard) -> Result<(PathBuf, u64), OpsEr
     // pg_dump writes straight into the temporary file (a pipe through us was measurably slower);
     // a thread of ours reads the file behind it and hashes what it finds, so the checksum is
     // ready almost when the dump is.
-    let out = file.try_clone().map_err(|e| OpsError::failed(format!("cannot use {}: {e}", tmp_path.display())))?;
-    let mut cmd = pgtools::command(&tool, &env);
-    if !a.all {
-        cmd.args(["--clean", "--if-exists"]);
-    }
-    cmd.arg("--no-password").stdin(Stdio::null()).stdout(Stdio::from(out)).stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|e| OpsError::failed(format!("cannot run {}: {e}", tool.path.display())))?;
-    guard.set_child(Some(child.id()));
-    let stderr = collect_stderr(child.stderr.take().expect("piped"));
-    let dumped = AtomicBool::new(false);
-    let (status, hashed) = std::thread::scope(|s| {
-        let hashing = s.spawn(|| hash_growing_file(&tmp_path, &dumped));
-        let status = child.wait();
-        dumped.store(true, Ordering::SeqCst);
-        (status, hashing.join().unwrap_or_else(|_| Err(std::io::Error::other("the hashing thread panicked"))))
-    });
-    let status = status.map_err(|e| OpsError::failed(format!("cannot wait for {program}: {e}")))?;
-    guard.set_child(None);
-    let stderr = stderr.join().unwrap_or_default();
-    if let Some(sig) = guard.interrupted() {
-        return Err(OpsError::failed(format!("interrupted by {sig}; no backup was written")));
-    }
-    if !status.success() {
-        return Err(OpsError::failed(format!(
-            "{program} failed ({status}): {}; no backup was written",
-            pgtools::stderr_reason(&stderr)
-        )));
-    }
-    let (hasher, bytes) = hashed.map_err(|e| {
-        OpsError::failed(format!("cannot read back {}: {e}; no backup was written", tmp_path.display()))
-    })?;
+    let (hasher, bytes) = loop {
+        eprintln!("using {} for PostgreSQL {} at {}", tool_path.display(), server.text, dbc.describe());
+        match dump_once(&tool_path, &env, a.all, &file, &tmp_path, guard)? {
+            Dumped::Done(h, n) => break (h, n),
+            Dumped::VersionMismatch(reason) => {
+                let better = pgtools::fallback(program, &server, Some(&tool_path), &env).map_err(OpsError::failed)?;
+                if fell_back || better.path == tool_path {
+                    return Err(OpsError::failed(format!("{program} refused the server: {reason}")));
+                }
+                fell_back = true;
+                tool_path = better.path;
+                file.set_len(0)
+                    .and_then(|_| file.seek(std::io::SeekFrom::Start(0)))
+                    .map_err(|e| OpsError::failed(format!("cannot reuse {}: {e}", tmp_path.display())))?;
+            }
+        }
+    };
     if bytes == 0 {
         return Err(OpsError::failed(format!("{program} wrote nothing; no backup was written")));
+    }
+    if let Some(by) = dumped_by(&tmp_path) {
+        eprintln!("dumped by {by}");
     }
     let hex: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
     let done = file
@@ -367,6 +359,72 @@ fn backup(cfg: &Config, a: &Args, guard: &Guard) -> Result<(PathBuf, u64), OpsEr
     sync_dir(if dir.as_os_str().is_empty() { Path::new(".") } else { &dir })
         .map_err(|e| OpsError::failed(format!("cannot sync {}: {e}", dir.display())))?;
     Ok((final_path, size))
+}
+
+/// How one run of pg_dump ended (other failures are `OpsError`s).
+enum Dumped {
+    /// The SHA-256 of what it wrote, and how many bytes.
+    Done(Sha256, u64),
+    /// It refused the server as newer than itself (its message).
+    VersionMismatch(String),
+}
+
+/// Run `tool` once into `file` (empty, at offset 0), hashing as it writes.
+fn dump_once(
+    tool: &Path,
+    env: &[(&'static str, String)],
+    all: bool,
+    file: &File,
+    tmp_path: &Path,
+    guard: &Guard,
+) -> Result<Dumped, OpsError> {
+    let program = tool.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let out = file.try_clone().map_err(|e| OpsError::failed(format!("cannot use {}: {e}", tmp_path.display())))?;
+    let mut cmd = pgtools::command_for(tool, env);
+    if !all {
+        cmd.args(["--clean", "--if-exists"]);
+    }
+    cmd.arg("--no-password").stdin(Stdio::null()).stdout(Stdio::from(out)).stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| OpsError::failed(format!("cannot run {}: {e}", tool.display())))?;
+    guard.set_child(Some(child.id()));
+    let stderr = collect_stderr(child.stderr.take().expect("piped"));
+    let dumped = AtomicBool::new(false);
+    let (status, hashed) = std::thread::scope(|s| {
+        let hashing = s.spawn(|| hash_growing_file(tmp_path, &dumped));
+        let status = child.wait();
+        dumped.store(true, Ordering::SeqCst);
+        (status, hashing.join().unwrap_or_else(|_| Err(std::io::Error::other("the hashing thread panicked"))))
+    });
+    let status = status.map_err(|e| OpsError::failed(format!("cannot wait for {program}: {e}")))?;
+    guard.set_child(None);
+    let stderr = stderr.join().unwrap_or_default();
+    if let Some(sig) = guard.interrupted() {
+        return Err(OpsError::failed(format!("interrupted by {sig}; no backup was written")));
+    }
+    if !status.success() {
+        if pgtools::is_version_mismatch(&stderr) {
+            return Ok(Dumped::VersionMismatch(pgtools::stderr_reason(&stderr)));
+        }
+        return Err(OpsError::failed(format!(
+            "{program} failed ({status}): {}; no backup was written",
+            pgtools::stderr_reason(&stderr)
+        )));
+    }
+    let (hasher, bytes) = hashed.map_err(|e| {
+        OpsError::failed(format!("cannot read back {}: {e}; no backup was written", tmp_path.display()))
+    })?;
+    Ok(Dumped::Done(hasher, bytes))
+}
+
+/// `pg_dump 15.20` from the dump's own header (`-- Dumped by pg_dump version 15.20 (...)`).
+fn dumped_by(path: &Path) -> Option<String> {
+    let mut head = vec![0u8; 2048];
+    let n = File::open(path).and_then(|mut f| f.read(&mut head)).ok()?;
+    let text = String::from_utf8_lossy(&head[..n]);
+    let line = text.lines().find_map(|l| l.strip_prefix("-- Dumped by "))?;
+    let mut words = line.split_whitespace();
+    let (prog, _, version) = (words.next()?, words.next()?, words.next()?);
+    Some(format!("{prog} {version}"))
 }
 
 /// SHA-256 and length of a file that another process is still writing: read what is there,

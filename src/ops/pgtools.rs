@@ -93,9 +93,43 @@ fn is_executable(p: &Path) -> bool {
 
 /// The `name` on `PATH`, with its version.
 fn on_path(name: &str, env: &[(&'static str, String)]) -> Option<Tool> {
+    path_candidate(name).and_then(|p| probe(&p, env))
+}
+
+/// The `name` on `PATH`, not yet asked its version.
+pub fn path_candidate(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")
         .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(name)).find(|p| is_executable(p)))
-        .and_then(|p| probe(&p, env))
+}
+
+/// The program to use when `tried` (the one on `PATH`, if any) refused the server: the newest
+/// new-enough one under `/usr/lib/postgresql/*/bin`, or the one-line message of what to install.
+pub fn fallback(
+    name: &str,
+    server: &PgVersion,
+    tried: Option<&Path>,
+    env: &[(&'static str, String)],
+) -> Result<Tool, String> {
+    let path_tool = tried.and_then(|p| probe(p, env));
+    // Asked for its version now, the PATH one may claim to be new enough; it refused all the
+    // same, so only the installed ones count (it still shows in the message).
+    let on_path_ok = path_tool.as_ref().is_some_and(|t| t.version.major >= server.major);
+    let mut installed = Vec::new();
+    if let Ok(dirs) = std::fs::read_dir("/usr/lib/postgresql") {
+        for d in dirs.flatten() {
+            let p = d.path().join("bin").join(name);
+            if is_executable(&p) && Some(p.as_path()) != tried {
+                installed.extend(probe(&p, env));
+            }
+        }
+    }
+    choose(name, server, path_tool.filter(|_| !on_path_ok), installed)
+}
+
+/// Whether pg_dump/pg_dumpall refused the server for being of a newer major version
+/// (`aborting because of server version mismatch`; messages are in English: `LC_MESSAGES=C`).
+pub fn is_version_mismatch(stderr: &str) -> bool {
+    stderr.contains("server version mismatch")
 }
 
 /// Find `name` (pg_dump, pg_dumpall, psql) for a server of version `server`, given what is on
@@ -154,6 +188,8 @@ pub fn child_env(cfg: &DbConfig) -> Result<ChildEnv, String> {
     let timeout = pg.get_connect_timeout().copied().unwrap_or(cfg.connect_timeout);
     env.push(("PGCONNECT_TIMEOUT", timeout.as_secs().max(2).to_string()));
     env.push(("PGAPPNAME", "adcluster".into()));
+    // English messages, so a version mismatch can be recognised.
+    env.push(("LC_MESSAGES", "C".into()));
     Ok(env)
 }
 
@@ -180,7 +216,7 @@ pub fn command(tool: &Tool, env: &[(&'static str, String)]) -> Command {
     command_for(&tool.path, env)
 }
 
-fn command_for(path: &Path, env: &[(&'static str, String)]) -> Command {
+pub fn command_for(path: &Path, env: &[(&'static str, String)]) -> Command {
     let mut cmd = Command::new(path);
     for v in INHERITED_PG_VARS {
         cmd.env_remove(v);
@@ -211,7 +247,7 @@ fn command_for(path: &Path, env: &[(&'static str, String)]) -> Command {
 pub fn display_command(tool: &Tool, env: &[(&'static str, String)], args: &[String]) -> String {
     let mut parts: Vec<String> = env
         .iter()
-        .filter(|(k, _)| *k != "PGAPPNAME" && *k != "PGCONNECT_TIMEOUT")
+        .filter(|(k, _)| !matches!(*k, "PGAPPNAME" | "PGCONNECT_TIMEOUT" | "LC_MESSAGES"))
         .map(|(k, v)| if *k == "PGPASSWORD" { format!("{k}=***") } else { format!("{k}={}", shell_quote(v)) })
         .collect();
     parts.push(shell_quote(&tool.path.display().to_string()));
