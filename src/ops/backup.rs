@@ -271,7 +271,10 @@ fn backup(cfg: &Config, a: &Args, guard: &Guard) -> Result<(PathBuf, u64), OpsEr
     let dbc = super::db_config(cfg);
     let program = if a.all { "pg_dumpall" } else { "pg_dump" };
     let env = pgtools::child_env(&dbc).map_err(OpsError::failed)?;
-    let server = pgtools::server_version(&dbc).map_err(OpsError::failed)?;
+    let (server, exists) = pgtools::server_version(&dbc).map_err(OpsError::failed)?;
+    if !exists {
+        return Err(OpsError::failed(format!("the database {} does not exist; nothing to back up", dbc.describe())));
+    }
     // The PATH one is run without asking its version first: pg_dump itself refuses a server of
     // a newer major version (before writing anything), and then the ones under
     // /usr/lib/postgresql are asked. That saves a `--version` run of Debian's Perl wrapper

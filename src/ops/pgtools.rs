@@ -154,18 +154,27 @@ fn find_with(
     choose(name, server, path_tool, installed)
 }
 
+/// What a command runs against: the server's version, whether the database exists, the client
+/// program to use and its environment.
+pub struct Target {
+    pub server: PgVersion,
+    pub db_exists: bool,
+    pub tool: Tool,
+    pub env: ChildEnv,
+}
+
 /// The server's version and the `name` to run against it. The server is asked (which proves it
 /// reachable before any file is made) while the `PATH` program says its version, at the same time.
-pub fn server_and_tool(cfg: &DbConfig, name: &str) -> Result<(PgVersion, Tool, ChildEnv), String> {
+pub fn server_and_tool(cfg: &DbConfig, name: &str) -> Result<Target, String> {
     let env = child_env(cfg)?;
     let (server, path_tool) = std::thread::scope(|s| {
         let probing = s.spawn(|| on_path(name, &env));
         let server = server_version(cfg);
         (server, probing.join().ok().flatten())
     });
-    let server = server?;
+    let (server, db_exists) = server?;
     let tool = find_with(name, &server, path_tool, &env)?;
-    Ok((server, tool, env))
+    Ok(Target { server, db_exists, tool, env })
 }
 
 /// The connection settings of `cfg` as libpq environment variables, password included.
@@ -265,21 +274,30 @@ pub fn shell_quote(s: &str) -> String {
 }
 
 /// The server's version, asked over a direct connection (which also proves the database is
-/// reachable before any file is created).
-pub fn server_version(cfg: &DbConfig) -> Result<PgVersion, String> {
-    let pg = cfg.pg_config().map_err(|e| e.to_string())?;
-    let mut client = pg.connect(postgres::NoTls).map_err(|e| {
+/// reachable before any file is created), and whether the configured database exists (when it
+/// does not, the version is asked of the maintenance database `postgres`).
+pub fn server_version(cfg: &DbConfig) -> Result<(PgVersion, bool), String> {
+    let unreachable = |e: postgres::Error| {
         format!(
             "cannot reach the database {}: {} (is PostgreSQL running? check DATABASE_URL or DB_HOST/DB_PORT)",
             cfg.describe(),
             crate::db::DbError::from(e)
         )
-    })?;
+    };
+    let mut pg = cfg.pg_config().map_err(|e| e.to_string())?;
+    let (mut client, exists) = match pg.connect(postgres::NoTls) {
+        Ok(c) => (c, true),
+        Err(e) if e.code() == Some(&postgres::error::SqlState::INVALID_CATALOG_NAME) => {
+            pg.dbname("postgres");
+            (pg.connect(postgres::NoTls).map_err(unreachable)?, false)
+        }
+        Err(e) => return Err(unreachable(e)),
+    };
     let row = client.query_one("SELECT current_setting('server_version_num')::int", &[]).map_err(|e| {
         format!("cannot read the server version of {}: {}", cfg.describe(), crate::db::DbError::from(e))
     })?;
     let num: i32 = row.get(0);
-    Ok(version_from_num(num.max(0) as u32))
+    Ok((version_from_num(num.max(0) as u32), exists))
 }
 
 /// The first line of a child's standard error that says what went wrong (`ERROR:`, `FATAL:`,
