@@ -111,10 +111,10 @@ sec="$TMP/section.md"
     echo
     echo "All runs (s): ours backup $(all_runs "$TMP/ours_backup"); pg_dump $(all_runs "$TMP/ref_backup");"
     echo "ours restore $(all_runs "$TMP/ours_restore"); psql $(all_runs "$TMP/ref_restore")."
-    echo "Ours does more than the reference: it connects once to read the server's version and find"
-    echo "the right pg_dump/psql (runs it with \`--version\`), hashes the dump (SHA-256) as pg_dump writes it to"
-    echo "a temporary file, then fsyncs and links it (backup); it reads the whole file once to check its checksum"
-    echo "before psql reads it again (restore)."
+    echo "Ours does more than the reference: before pg_dump it connects once for the server's version;"
+    echo "it hashes the dump (SHA-256) as pg_dump writes it to a temporary file, appends the checksum"
+    echo "line, fsyncs and links it (backup). Before psql it reads the whole file once to check that"
+    echo "checksum, while asking the server's version and psql's (\`psql --version\`) at the same time (restore)."
     echo
 } >"$sec"
 
