@@ -4,9 +4,11 @@
 #      Debian's postgresql when absent and we are root; otherwise stop with a clear message);
 #   2. cargo fmt --check, cargo clippy --workspace --all-targets -D warnings (the server and tools/);
 #   3. every test (cargo nextest when installed, cargo test otherwise);
-#   4. the API docs in headless Chromium (scripts/browser-test.sh: vendors the docs assets,
-#      rebuilds so they are embedded, installs Chromium with apt-get when missing and root);
-#   5. the WebSocket pages in headless Chromium (scripts/browser-ws-test.sh).
+#   4. the API docs in headless Chromium (scripts/browser-test.sh: checks the vendored docs
+#      assets, builds a release binary from the committed tree, checks it has no test routes,
+#      installs Chromium with apt-get when missing and root);
+#   5. the WebSocket pages in headless Chromium (scripts/browser-ws-test.sh);
+#   6. the database GUI page in headless Chromium (scripts/browser-dbgui-test.sh).
 # Tests create and drop their own databases; they need a role that may CREATE DATABASE.
 # Override the connection with TEST_PG_URL (default postgres://postgres@127.0.0.1:5432/postgres).
 set -euo pipefail
@@ -115,6 +117,9 @@ scripts/browser-test.sh 2>&1 | tee "$logs/browser.log" || status=1
 
 say "browser tests (WebSocket pages)"
 scripts/browser-ws-test.sh 2>&1 | tee "$logs/browser-ws.log" || status=1
+
+say "browser tests (database GUI)"
+scripts/browser-dbgui-test.sh 2>&1 | tee "$logs/browser-dbgui.log" || status=1
 
 # Totals: nextest's "N tests run: P passed, F failed", cargo test's "test result: ok. P passed;
 # F failed", node's "# pass P" / "# fail F".

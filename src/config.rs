@@ -123,6 +123,19 @@ pub const SETTINGS: &[Setting] = &[
     ),
     s("KEEPALIVE_TIMEOUT_SECS", "--keepalive-timeout-secs", "30", "idle keep-alive connections are closed after this"),
     s("SHUTDOWN_GRACE_SECS", "--shutdown-grace-secs", "30", "on SIGTERM, how long requests in flight may take"),
+    secret(
+        "DB_GUI_TOKEN",
+        "access token of `adcluster db-gui` (unset: a random one per start, printed on its start line)",
+    ),
+    s("DB_GUI_TOKEN_FILE", "--db-gui-token-file", "", "file holding DB_GUI_TOKEN"),
+    s("DB_GUI_TIMEOUT_SECS", "--db-gui-timeout-secs", "30", "db-gui: statement_timeout of every query it runs"),
+    s(
+        "DB_GUI_MAX_ROWS",
+        "--db-gui-max-rows",
+        "10000",
+        "db-gui: most rows a query or a table page shows (exports are whole)",
+    ),
+    s("DB_GUI_HISTORY", "--db-gui-history", "200", "db-gui: how many recent queries the history keeps (in memory)"),
     s("LOG_LEVEL", "--log-level", "info", "error, warn, info or debug (RUST_LOG is read too)"),
     s(
         "ADCLUSTER_TEST_ROUTES",
@@ -384,6 +397,10 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub log_level: crate::util::log::Level,
     pub test_routes: bool,
+    pub db_gui_token: Option<String>,
+    pub db_gui_timeout: Duration,
+    pub db_gui_max_rows: usize,
+    pub db_gui_history: usize,
 }
 
 impl std::fmt::Debug for Config {
@@ -460,6 +477,10 @@ impl Config {
             shutdown_grace: secs("SHUTDOWN_GRACE_SECS")?,
             log_level,
             test_routes: raw.boolean("ADCLUSTER_TEST_ROUTES")?,
+            db_gui_token: raw.opt("DB_GUI_TOKEN"),
+            db_gui_timeout: secs("DB_GUI_TIMEOUT_SECS")?,
+            db_gui_max_rows: raw.num_in::<u32>("DB_GUI_MAX_ROWS", 1, 1_000_000)? as usize,
+            db_gui_history: raw.num_in::<u32>("DB_GUI_HISTORY", 0, 100_000)? as usize,
         })
     }
 
@@ -606,6 +627,7 @@ pub fn help_text() -> String {
          COMMANDS:\n    serve      run the server (the default)\n    migrate    create the database if missing, apply the schema, exit\n    \
          user create --email E --password P|- [--superuser] [--full-name N]\n               create a user (the way to make the first superuser); - reads the password from stdin\n    backup [--all] [--output FILE] [--keep N]\n               a plain-SQL backup to BACKUP_DIR (see `adcluster backup --help`)\n    \
          restore [FILE] [--dry-run] [--yes]\n               restore a backup, all or nothing (see `adcluster restore --help`)\n    \
+         db-gui [--host 127.0.0.1] [--port 3030] [--allow-writes]\n               the database web GUI (read-only unless --allow-writes); prints its URL with the token\n    \
          help       print this text\n\n\
          SETTINGS (flag, environment variable, default). Later wins: defaults < .env < environment < flags.\n",
     );

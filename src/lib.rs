@@ -7,13 +7,17 @@
 //! - `db/`     the PostgreSQL pool, migrations, queries, the monitor thread;
 //! - `ws/`     WebSocket sessions, the client registry and groups (hub), the protocol;
 //! - `config`  settings: defaults < .env < environment < flags;
+//! - `dbgui/`  the database web GUI (`adcluster db-gui`): its own router on the same `http/` layer;
 //! - `ops/`    operator concerns: database alerts;
 //! - `util/`   logging, time formatting, the open-files limit.
+
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod api;
 pub mod auth;
 pub mod config;
 pub mod db;
+pub mod dbgui;
 pub mod http;
 pub mod ops;
 pub mod util;

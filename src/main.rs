@@ -8,6 +8,8 @@
 //! `http/server.rs`, the WebSocket sessions' in `ws/mod.rs`. `backup` and `restore` start the
 //! `interrupt` thread of `ops/interrupt.rs`.
 
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
@@ -38,6 +40,8 @@ impl From<ops::OpsError> for Failure {
 }
 
 fn main() -> ExitCode {
+    // Before any thread exists: large blocks (Argon2's) go back to the kernel when freed.
+    util::mem::bound_heap_retention();
     let args: Vec<String> = std::env::args().skip(1).collect();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
@@ -71,6 +75,7 @@ fn run(args: Vec<String>) -> Result<(), Failure> {
         "serve" => serve(rest),
         "migrate" => migrate(rest),
         "user" => user(rest),
+        "db-gui" => db_gui(rest),
         "help" => {
             print!("{}", config::help_text());
             Ok(())
@@ -179,6 +184,8 @@ fn serve(args: &[String]) -> Result<(), Failure> {
     .map_err(|e| failed(format!("cannot start the signal thread: {e}")))?;
 
     server.run().map_err(|e| failed(format!("server failed: {e}")))?;
+    // Uploads cut short by the end of the grace leave no temp file behind.
+    api::files::remove_own_temp(&app.config.upload_dir);
     ws.shutdown();
     if !ws.wait_idle(std::time::Duration::from_secs(2)) {
         warn!("{} WebSocket session(s) still closing; exiting anyway", ws.sessions());
@@ -205,6 +212,92 @@ fn serve_metrics(addr: &str, base: http::ServerConfig, app: Arc<api::App>) -> Re
         .map_err(|e| failed(format!("cannot start the metrics thread: {e}")))?;
     info!("metrics: GET /metrics served at http://{bound}/metrics");
     Ok(handle)
+}
+
+/// `adcluster db-gui [--host 127.0.0.1] [--port 3030] [--allow-writes]`: the database web GUI.
+/// Its `--host`/`--port` are its own (not the server's `HOST`/`PORT`); every other setting is
+/// shared with the server. Prints one line with the URL and token on standard output.
+fn db_gui(args: &[String]) -> Result<(), Failure> {
+    use adcluster::dbgui;
+    const USAGE: &str = "usage: adcluster db-gui [--host 127.0.0.1] [--port 3030] [--allow-writes]";
+    let mut opts = dbgui::Options::default();
+    let mut rest = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let (name, inline) = match args[i].split_once('=') {
+            Some((n, v)) if n.starts_with("--") => (n.to_string(), Some(v.to_string())),
+            _ => (args[i].clone(), None),
+        };
+        let mut value = |what: &str| -> Result<String, Failure> {
+            if let Some(v) = inline.clone() {
+                return Ok(v);
+            }
+            i += 1;
+            args.get(i).cloned().ok_or_else(|| usage(format!("{what} needs a value; {USAGE}")))
+        };
+        match name.as_str() {
+            "--host" => opts.host = value("--host")?,
+            "--port" => {
+                let v = value("--port")?;
+                opts.port =
+                    v.parse().map_err(|_| usage(format!("--port {v:?} is not a port number (0-65535); {USAGE}")))?;
+            }
+            "--allow-writes" => opts.allow_writes = true,
+            _ => rest.push(args[i].clone()),
+        }
+        i += 1;
+    }
+    let cfg = load_config(&rest)?;
+    let signals = signals::block().map_err(|e| failed(format!("cannot set up signal handling: {e}")))?;
+    let dbc = db_config(&cfg);
+    let gui = dbgui::Gui::new(&cfg, &dbc, opts.allow_writes).map_err(failed)?;
+    let router = Arc::new(dbgui::api::build_router(gui.clone(), cfg.max_json_bytes));
+    let http_cfg = http::ServerConfig {
+        workers: dbgui::WORKERS,
+        max_connections: 256,
+        head_timeout: cfg.head_timeout,
+        body_timeout: cfg.body_timeout,
+        idle_timeout: cfg.keepalive_timeout,
+        min_body_rate: cfg.min_body_rate,
+        shutdown_grace: cfg.shutdown_grace,
+        head_limits: http::parse::HeadLimits { max_head_bytes: cfg.max_header_bytes, max_headers: cfg.max_headers },
+        ..http::ServerConfig::default()
+    };
+    let host = opts.host.trim_start_matches('[').trim_end_matches(']').to_string();
+    let addr = if host.contains(':') { format!("[{host}]:{}", opts.port) } else { format!("{host}:{}", opts.port) };
+    let server = http::Server::bind(&addr, http_cfg, router).map_err(|e| {
+        failed(format!("cannot listen on {addr}: {e} (is something else using the port? choose one with --port)"))
+    })?;
+    let bound = server.local_addr().map_err(|e| failed(format!("cannot read the bound address: {e}")))?;
+    let ip_loopback = bound.ip().is_loopback();
+    let mode = if opts.allow_writes { "read-write (--allow-writes)" } else { "read-only" };
+    info!("db-gui listening on http://{bound}, {mode}, database {}", gui.database);
+    if !ip_loopback {
+        warn!("db-gui listens on {bound}: anyone who can reach it and has the token can read the database");
+    }
+    match gui.pool.get() {
+        Ok(_) => {}
+        Err(e) => warn!("database {} is not reachable yet ({e}); the GUI answers 503 until it is", gui.database),
+    }
+    {
+        use std::io::Write;
+        let shown = if host.contains(':') { format!("[{host}]") } else { host.clone() };
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "db-gui: http://{shown}:{}/?token={}", bound.port(), gui.token);
+        let _ = out.flush();
+    }
+    let handle = server.shutdown_handle();
+    signals::spawn_waiter(signals, move |sig| {
+        if handle.is_triggered() {
+            std::process::exit(1);
+        }
+        info!("received {sig}");
+        handle.trigger();
+    })
+    .map_err(|e| failed(format!("cannot start the signal thread: {e}")))?;
+    server.run().map_err(|e| failed(format!("db-gui failed: {e}")))?;
+    info!("db-gui stopped");
+    Ok(())
 }
 
 /// The database settings of the configuration.

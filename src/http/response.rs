@@ -4,12 +4,19 @@
 //! Writing never waits on the socket: `start_response` sends what the socket takes now, and what
 //! is left (`Outgoing`) is finished by the dispatcher when the socket is writable, under `Pace`
 //! (a reader slower than that is cut off). So a client that does not read its response costs a
-//! socket, never a worker. Every response carries `Content-Length`; we never use chunked
-//! responses, so a client can always tell where one response ends.
+//! socket, never a worker. Every response carries `Content-Length`, so a client can always tell
+//! where one response ends.
+//!
+//! One exception, for results too big to hold (a database export): `Body::Stream`, a body a
+//! handler produces while it is sent. It goes with `Transfer-Encoding: chunked` (HTTP/1.0: until
+//! the connection closes), written by the worker itself (the producer needs the worker's state),
+//! which waits on the socket only under `Pace`: a slow reader is cut off as it would be by the
+//! dispatcher. A stream that fails half-way lacks its final chunk, so it is never mistaken for a
+//! whole body.
 //!
 //! Must never: write a body for `HEAD`, `1xx`, `204` or `304`; write a head without
-//! `Content-Length`; or let a handler set the framing headers itself (`Content-Length`,
-//! `Transfer-Encoding`, `Connection` are the connection layer's).
+//! `Content-Length` (streams aside); or let a handler set the framing headers itself
+//! (`Content-Length`, `Transfer-Encoding`, `Connection` are the connection layer's).
 
 use std::borrow::Cow;
 use std::io::{self, IoSlice};
@@ -24,6 +31,17 @@ use serde::Serialize;
 /// It must return quickly (start a thread if it needs one): it runs on an HTTP worker.
 pub type UpgradeFn = Box<dyn FnOnce(TcpStream, Vec<u8>) + Send>;
 
+/// Produces a streamed body: writes it, in as many `write`s as it likes, to the writer it is
+/// given (buffered for it: chunks of about [`STREAM_CHUNK`] bytes go out), then returns. It runs
+/// on the HTTP worker, after the head is sent, and holds that worker until it returns; writes
+/// to a reader slower than `Pace` fail with `TimedOut`, so a slow reader cannot hold the worker
+/// for long. Returning `Err` (its own, or a failed write passed on) ends the response without
+/// its final chunk and closes the connection: the client sees an incomplete body.
+pub type StreamFn = Box<dyn FnOnce(&mut dyn io::Write) -> io::Result<()> + Send>;
+
+/// Size of the chunks a streamed body is sent in.
+pub const STREAM_CHUNK: usize = 64 * 1024;
+
 /// A response body.
 pub enum Body {
     Empty,
@@ -36,6 +54,8 @@ pub enum Body {
         offset: u64,
         len: u64,
     },
+    /// A body of unknown length, produced while it is sent (see [`StreamFn`]).
+    Stream(StreamFn),
 }
 
 impl Body {
@@ -45,6 +65,8 @@ impl Body {
             Body::Bytes(b) => b.len() as u64,
             Body::Static(b) => b.len() as u64,
             Body::File { len, .. } => *len,
+            // Unknown until sent; never used for the head (a stream is chunked).
+            Body::Stream(_) => 0,
         }
     }
 
@@ -167,6 +189,20 @@ pub fn encode_head(resp: &Response, minor_version: u8, keep_alive: bool, out: &m
     out.extend_from_slice(b"\r\n");
     if resp.status == 101 {
         out.extend_from_slice(b"connection: upgrade\r\n\r\n");
+        return;
+    }
+    let streamed = matches!(resp.body, Body::Stream(_));
+    if streamed && !(resp.status < 200 || resp.status == 204 || resp.status == 304) {
+        // HTTP/1.1: chunked. HTTP/1.0 has no chunks: the body ends when the connection closes.
+        if minor_version == 0 {
+            out.extend_from_slice(b"connection: close\r\n\r\n");
+        } else {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+            if !keep_alive {
+                out.extend_from_slice(b"connection: close\r\n");
+            }
+            out.extend_from_slice(b"\r\n");
+        }
         return;
     }
     if !(resp.status < 200 || resp.status == 204 || resp.status == 304) {
@@ -325,6 +361,9 @@ pub fn start_response(
     encode_head(resp, minor_version, keep_alive, scratch);
     let no_body = head_only || resp.status < 200 || resp.status == 204 || resp.status == 304;
     let body = if no_body { Body::Empty } else { std::mem::replace(&mut resp.body, Body::Empty) };
+    if let Body::Stream(produce) = body {
+        return write_stream(stream, scratch, produce, minor_version != 0, pace).map(Written::Done);
+    }
     let len = body.len();
     // The fast path: head and an in-memory body in one `send`, no allocation.
     let bytes: &[u8] = match &body {
@@ -354,6 +393,7 @@ pub fn start_response(
         Body::Bytes(b) => Rest::Bytes(b, body_done),
         Body::Static(b) => Rest::Static(b, body_done),
         Body::File { file, offset, len } => Rest::File { file, offset, left: len },
+        Body::Stream(_) => unreachable!("streams are written above"),
     };
     let mut out = Outgoing {
         head: scratch[head_pos..].to_vec(),
@@ -368,6 +408,101 @@ pub fn start_response(
         return Ok(Written::Done(len));
     }
     Ok(Written::Pending(out, len))
+}
+
+/// Write a streamed body on the worker: the head, then the producer's output in chunks, then the
+/// final chunk (HTTP/1.1) or a write shutdown (HTTP/1.0, where the end of the connection ends the
+/// body). Returns the body's length (payload bytes, without the chunk framing).
+fn write_stream(stream: &TcpStream, head: &[u8], produce: StreamFn, chunked: bool, pace: Pace) -> io::Result<u64> {
+    let started = Instant::now();
+    let mut sink = StreamSink { stream, chunked, sent: 0, blocked: Duration::ZERO, pace };
+    sink.send_all(head)?;
+    {
+        let mut buffered = io::BufWriter::with_capacity(STREAM_CHUNK, &mut sink);
+        // A panic in the producer must not kill the worker: it fails the response like an error.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| produce(&mut buffered)))
+            .map_err(|_| io::Error::other("the stream producer panicked"))??;
+        io::Write::flush(&mut buffered)?;
+    }
+    if chunked {
+        sink.send_all(b"0\r\n\r\n")?;
+    } else {
+        stream.shutdown(std::net::Shutdown::Write)?;
+    }
+    crate::debug!("streamed {} bytes in {:?}", sink.sent, started.elapsed());
+    Ok(sink.sent)
+}
+
+/// The socket side of a streamed body: one chunk per `write`, waiting for the (non-blocking)
+/// socket with `poll` under the pace. Only the time spent waiting for the socket counts against
+/// the pace (a producer that is slow to compute, a long database query, is not the reader's
+/// fault), and no single wait is longer than `pace.stall`.
+struct StreamSink<'s> {
+    stream: &'s TcpStream,
+    chunked: bool,
+    sent: u64,
+    blocked: Duration,
+    pace: Pace,
+}
+
+impl StreamSink<'_> {
+    /// How long the reader may have kept us waiting so far.
+    fn allowance(&self) -> Duration {
+        if self.pace.min_rate == 0 {
+            return Duration::MAX;
+        }
+        self.pace.grace.saturating_add(Duration::from_secs_f64(self.sent as f64 / self.pace.min_rate as f64))
+    }
+
+    fn send_all(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        while !bytes.is_empty() {
+            match send_now(self.stream, &[IoSlice::new(bytes)]) {
+                Ok(n) => bytes = &bytes[n..],
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let wait = self.allowance().saturating_sub(self.blocked).min(self.pace.stall);
+                    if wait.is_zero() {
+                        return Err(io::Error::new(io::ErrorKind::TimedOut, "client reads too slowly"));
+                    }
+                    let t = Instant::now();
+                    let mut fd = libc::pollfd { fd: self.stream.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
+                    let ms = wait.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
+                    // SAFETY: one valid pollfd for the duration of the call.
+                    let ready = unsafe { libc::poll(&mut fd, 1, ms) };
+                    self.blocked += t.elapsed();
+                    if ready == 0 && t.elapsed() >= self.pace.stall {
+                        return Err(io::Error::new(io::ErrorKind::TimedOut, "client stopped reading"));
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl io::Write for StreamSink<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        if self.chunked {
+            let mut frame = Vec::with_capacity(buf.len() + 16);
+            frame.extend_from_slice(format!("{:x}\r\n", buf.len()).as_bytes());
+            frame.extend_from_slice(buf);
+            frame.extend_from_slice(b"\r\n");
+            self.send_all(&frame)?;
+        } else {
+            self.send_all(buf)?;
+        }
+        self.sent += buf.len() as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Write a small message (a rejection, a `100 Continue`, a `101` head) to a socket we may not
@@ -410,6 +545,121 @@ mod tests {
         assert!(!h.to_ascii_lowercase().contains("transfer-encoding"));
         assert!(h.contains("x-evil: a  set-cookie: b\r\n"));
         assert!(h.contains("content-length: 0\r\n"));
+    }
+
+    fn pace() -> Pace {
+        Pace { grace: Duration::from_secs(5), min_rate: 1024, stall: Duration::from_secs(5) }
+    }
+
+    /// A connected pair: (client, server side in non-blocking mode, as the layer holds it).
+    fn pair() -> (TcpStream, TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        (client, server)
+    }
+
+    /// Decode a chunked body; `None` when the final chunk is missing.
+    fn dechunk(raw: &[u8]) -> (String, Option<Vec<u8>>) {
+        let at = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let head = String::from_utf8(raw[..at].to_vec()).unwrap();
+        let (mut rest, mut body) = (&raw[at..], Vec::new());
+        loop {
+            let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else { return (head, None) };
+            let len = usize::from_str_radix(std::str::from_utf8(&rest[..eol]).unwrap(), 16).unwrap();
+            rest = &rest[eol + 2..];
+            if len == 0 {
+                assert_eq!(rest, b"\r\n");
+                return (head, Some(body));
+            }
+            if rest.len() < len + 2 {
+                return (head, None);
+            }
+            body.extend_from_slice(&rest[..len]);
+            assert_eq!(&rest[len..len + 2], b"\r\n");
+            rest = &rest[len + 2..];
+        }
+    }
+
+    #[test]
+    fn a_stream_is_chunked_and_ends_with_the_last_chunk() {
+        let (mut client, server) = pair();
+        // Bigger than the socket buffers, so the writer must wait for the reader.
+        let big = vec![b'x'; 8 << 20];
+        let reader = std::thread::spawn(move || {
+            let mut raw = Vec::new();
+            std::io::Read::read_to_end(&mut client, &mut raw).unwrap();
+            raw
+        });
+        let mut resp = Response::new(200).with_body(Body::Stream(Box::new(move |w| {
+            w.write_all(b"hello, ")?;
+            w.write_all(&big)?;
+            w.write_all(b"end")
+        })));
+        let head = head_of(&resp, 1, true);
+        assert!(head.contains("transfer-encoding: chunked\r\n") && !head.contains("content-length"), "{head}");
+        let n = match start_response(&server, &mut resp, 1, true, false, &mut Vec::new(), pace()).unwrap() {
+            Written::Done(n) => n,
+            Written::Pending(..) => panic!("a stream is written whole by the worker"),
+        };
+        assert_eq!(n, 7 + (8 << 20) + 3);
+        drop(server);
+        let (head, body) = dechunk(&reader.join().unwrap());
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"));
+        let body = body.expect("the final chunk");
+        assert_eq!(body.len() as u64, n);
+        assert!(body.starts_with(b"hello, xx") && body.ends_with(b"xend"));
+    }
+
+    #[test]
+    fn a_failed_stream_has_no_last_chunk_and_http10_streams_end_with_the_connection() {
+        use std::io::Write as _;
+        let (mut client, server) = pair();
+        let mut resp = Response::new(200)
+            .with_body(Body::Stream(Box::new(|w| w.write_all(b"partial").and(Err(io::Error::other("query failed"))))));
+        assert!(start_response(&server, &mut resp, 1, true, false, &mut Vec::new(), pace()).is_err());
+        drop(server);
+        let mut raw = Vec::new();
+        std::io::Read::read_to_end(&mut client, &mut raw).unwrap();
+        assert_eq!(dechunk(&raw).1, None, "{:?}", String::from_utf8_lossy(&raw));
+
+        let mut panicking = Response::new(200).with_body(Body::Stream(Box::new(|_| panic!("producer bug"))));
+        let (_c, server) = pair();
+        assert!(start_response(&server, &mut panicking, 1, true, false, &mut Vec::new(), pace()).is_err());
+
+        let h = head_of(&Response::new(200).with_body(Body::Stream(Box::new(|_| Ok(())))), 0, true);
+        assert!(h.contains("connection: close\r\n") && !h.contains("chunked") && !h.contains("content-length"), "{h}");
+        let (mut client, server) = pair();
+        let mut resp = Response::new(200).with_body(Body::Stream(Box::new(|w| w.write_all(b"old client"))));
+        assert!(matches!(
+            start_response(&server, &mut resp, 0, true, false, &mut Vec::new(), pace()),
+            Ok(Written::Done(10))
+        ));
+        client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut raw = Vec::new();
+        std::io::Read::read_to_end(&mut client, &mut raw).unwrap();
+        assert!(raw.ends_with(b"\r\n\r\nold client"));
+        let _ = client.flush();
+    }
+
+    #[test]
+    fn a_reader_that_stops_reading_is_cut_off() {
+        let (_client, server) = pair();
+        let quick = Pace { grace: Duration::from_millis(200), min_rate: 1024, stall: Duration::from_millis(300) };
+        let mut resp = Response::new(200).with_body(Body::Stream(Box::new(|w| {
+            let block = vec![b'y'; 1 << 20];
+            loop {
+                w.write_all(&block)?;
+            }
+        })));
+        let t = Instant::now();
+        let err = match start_response(&server, &mut resp, 1, true, false, &mut Vec::new(), quick) {
+            Err(e) => e,
+            Ok(_) => panic!("an unread stream cannot finish"),
+        };
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
     }
 
     #[test]

@@ -1,0 +1,206 @@
+//! Exports: a whole result as CSV or JSON, written while it is read from a cursor, one batch at
+//! a time (see `query::next_batch`), so a million-row export costs one batch of memory.
+//!
+//! CSV is what `psql --csv` prints, byte for byte: a header row of column names; fields that
+//! hold the separator, a double quote, CR or LF (or are exactly `\.`) are quoted with quotes
+//! doubled (RFC 4180); NULL is an empty field (so is the empty string, as in `psql`: use JSON
+//! when the difference matters); lines end with LF. JSON is an array of objects, one per row,
+//! keyed by column name, values as in `query::write_json_value`.
+//!
+//! Must never: hold a whole result in memory, or end a failed export as if it were complete
+//! (an error is returned, and the HTTP layer leaves out the final chunk).
+
+use std::io::{self, Write};
+
+use super::query::{self, Column, Cursor, Session, SqlError, TextRow};
+
+/// The export formats of `POST /api/export?format=`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Csv,
+    Json,
+}
+
+impl Format {
+    pub fn parse(s: &str) -> Option<Format> {
+        match s {
+            "csv" => Some(Format::Csv),
+            "json" => Some(Format::Json),
+            _ => None,
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Csv => "text/csv; charset=utf-8",
+            Format::Json => "application/json",
+        }
+    }
+
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Csv => "csv",
+            Format::Json => "json",
+        }
+    }
+}
+
+/// Append one CSV field, quoted when `psql --csv` would quote it.
+pub fn csv_field(s: &str, out: &mut Vec<u8>) {
+    if s.contains([',', '"', '\r', '\n']) || s == "\\." {
+        out.push(b'"');
+        for b in s.bytes() {
+            if b == b'"' {
+                out.push(b'"');
+            }
+            out.push(b);
+        }
+        out.push(b'"');
+    } else {
+        out.extend_from_slice(s.as_bytes());
+    }
+}
+
+/// The header of an export.
+pub fn header(format: Format, columns: &[Column], out: &mut Vec<u8>) {
+    match format {
+        Format::Csv => {
+            for (i, c) in columns.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                csv_field(&c.name, out);
+            }
+            out.push(b'\n');
+        }
+        Format::Json => out.push(b'['),
+    }
+}
+
+/// One row of an export; `first` is whether it is the first row (JSON separators).
+pub fn row(format: Format, columns: &[Column], row: &TextRow, first: bool, out: &mut Vec<u8>) {
+    match format {
+        Format::Csv => {
+            for (i, v) in row.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                if let Some(v) = v {
+                    csv_field(v, out);
+                }
+            }
+            out.push(b'\n');
+        }
+        Format::Json => {
+            out.extend_from_slice(if first { b"\n{" } else { b",\n{" });
+            for (i, (c, v)) in columns.iter().zip(row).enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                query::write_json_str(&c.name, out);
+                out.push(b':');
+                query::write_json_value(&c.conv, v.as_deref(), out);
+            }
+            out.push(b'}');
+        }
+    }
+}
+
+/// The end of an export.
+pub fn footer(format: Format, any_rows: bool, out: &mut Vec<u8>) {
+    if format == Format::Json {
+        out.extend_from_slice(if any_rows { b"\n]\n" } else { b"]\n" });
+    }
+}
+
+/// A started export: the session, its cursor, and the first batch (fetched before the response
+/// head is sent, so that an error in the statement is still a `400`).
+pub struct Export {
+    pub session: Session,
+    pub columns: Vec<Column>,
+    pub cursor: Cursor,
+    pub first: Vec<TextRow>,
+}
+
+impl Export {
+    /// Start exporting `sql`: prepare, open the cursor, fetch the first batch.
+    pub fn start(mut session: Session, sql: &str) -> Result<Export, SqlError> {
+        match session.start(sql)? {
+            query::Started::Done { .. } => {
+                Err(SqlError::new("the statement returns no rows, so there is nothing to export (export a SELECT)"))
+            }
+            query::Started::Rows { columns, mut cursor } => {
+                let first = session.fetch(&mut cursor, query::EXPORT_BATCH)?;
+                Ok(Export { session, columns, cursor, first })
+            }
+        }
+    }
+
+    /// Write the whole result to `w`; returns the number of rows. Ends the transaction.
+    pub fn write_all(self, format: Format, w: &mut dyn Write) -> io::Result<u64> {
+        let Export { mut session, columns, mut cursor, first } = self;
+        let mut buf = Vec::with_capacity(64 * 1024);
+        header(format, &columns, &mut buf);
+        let mut batch = first;
+        let mut rows = 0u64;
+        while !batch.is_empty() {
+            let n = batch.len();
+            let before = buf.len();
+            for r in &batch {
+                row(format, &columns, r, rows == 0, &mut buf);
+                rows += 1;
+                if buf.len() >= 64 * 1024 {
+                    w.write_all(&buf)?;
+                    buf.clear();
+                }
+            }
+            let size = buf.len().saturating_sub(before).max(1);
+            drop(batch);
+            batch = session.fetch(&mut cursor, query::next_batch(n, size)).map_err(|e| io::Error::other(e.message))?;
+        }
+        footer(format, rows > 0, &mut buf);
+        w.write_all(&buf)?;
+        session.finish().map_err(|e| io::Error::other(e.message))?;
+        Ok(rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn csv(s: &str) -> String {
+        let mut out = Vec::new();
+        csv_field(s, &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn csv_quotes_like_psql() {
+        assert_eq!(csv("plain"), "plain");
+        assert_eq!(csv("a,b"), "\"a,b\"");
+        assert_eq!(csv("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(csv("two\nlines"), "\"two\nlines\"");
+        assert_eq!(csv("cr\r"), "\"cr\r\"");
+        assert_eq!(csv("\\."), "\"\\.\"");
+        assert_eq!(csv("한글 ünïcode"), "한글 ünïcode");
+        assert_eq!(csv(""), "");
+    }
+
+    #[test]
+    fn json_rows_are_objects() {
+        let ty = postgres::types::Type::INT4;
+        let cols = vec![Column::new("n", &ty), Column::new("t", &postgres::types::Type::TEXT)];
+        let mut out = Vec::new();
+        header(Format::Json, &cols, &mut out);
+        row(Format::Json, &cols, &vec![Some("1".into()), None], true, &mut out);
+        row(Format::Json, &cols, &vec![Some("2".into()), Some("x".into())], false, &mut out);
+        footer(Format::Json, true, &mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v, serde_json::json!([{"n": 1, "t": null}, {"n": 2, "t": "x"}]));
+        let mut empty = Vec::new();
+        header(Format::Json, &cols, &mut empty);
+        footer(Format::Json, false, &mut empty);
+        assert_eq!(empty, b"[]\n");
+    }
+}
