@@ -134,9 +134,10 @@ sec="$TMP/section.md"
     echo "it hashes the dump (SHA-256) as pg_dump writes it to a temporary file, appends the checksum"
     echo "line, fsyncs and links it (backup). Before psql it reads the whole file once to check that"
     echo "checksum, while asking the server's version and psql's (\`psql --version\`) at the same time (restore)."
-    echo "The fixed cost, on the empty schema (10 backups each, mean): ours $tiny_ours s, pg_dump $tiny_ref s."
-    echo "What ours adds beyond that grows with the dump (the SHA-256 read of it), so on a loaded machine,"
-    echo "where that CPU is not free, the backup ratio moves with the load: compare the rounds side by side."
+    echo "The fixed cost, on the empty schema (10 backups each, mean): ours $tiny_ours s, pg_dump $tiny_ref s"
+    echo "(ours starts one more process, connects once more, and fsyncs the folder after the link)."
+    echo "The machine is shared and loaded: single rounds swing by 2x either way, so compare the medians"
+    echo "and the rounds side by side, not one pair."
     echo
 } >"$sec"
 
