@@ -1944,6 +1944,8 @@ usage: scripts/bench.sh <subcommand>
           writes "## drill" in BENCHMARKS.md)
   dbgui   a 1,000,000-row CSV export from db-gui against psql --csv, the JSON export, the GUI's
           peak RSS (scripts/bench/dbgui.sh; writes "## dbgui" in BENCHMARKS.md)
+  backup  adcluster backup/restore of 100k users and 10k file records against pg_dump/psql by
+          hand (scripts/bench/backup.sh; writes "## backup" in BENCHMARKS.md)
 EOF2
     exit 2
 }
@@ -1959,6 +1961,7 @@ main() {
         abuse) source "$ROOT/scripts/bench/abuse.sh"; cmd_abuse ;;
         drill) exec "$ROOT/scripts/bench/drill.sh" ;;
         dbgui) source "$LUA_DIR/dbgui.sh" && cmd_dbgui ;;
+        backup) exec "$ROOT/scripts/bench/backup.sh" ;;
         -h | --help | help) usage ;;
         *) usage ;;
     esac
