@@ -3,9 +3,13 @@
 # "## <subcommand>" section per subcommand; re-running a subcommand replaces only its own section.
 #
 #   scripts/bench.sh http     GET /health under wrk, side by side with nginx returning the same JSON
-#   scripts/bench.sh users    GET /users/{id} under wrk, side by side with pgbench running the same
-#                             SELECT on the same database; then POST /auth/login at full load with
-#                             GET /health latency measured under it
+#   scripts/bench.sh users    GET /users/{id} under wrk, side by side with pgbench -M prepared
+#                             running the same SELECT on the same database (as many clients as our
+#                             pool) and with a FastAPI reference; a 60 s run for the worst request;
+#                             then POST /auth/login at full load with GET /health latency under it
+#   scripts/bench.sh sizing   GET /users/{id} for each WORKERS x DB_POOL_SIZE of BENCH_SIZING_GRID
+#                             (default "64:8 64:16 64:32 64:64 32:16 16:16"): req/s, p99, the
+#                             server's CPU time and wake-ups per request: evidence for the defaults
 #   scripts/bench.sh files    one 1 GiB upload (POST /api/upload) side by side with dd writing the
 #                             same bytes to the same disk, the server's RSS during it, the download
 #                             (GET /uploads/...) side by side with nginx serving the same stored
@@ -44,6 +48,9 @@
 #   BENCH_USERS=1000          rows inserted by SQL (plus the one login account made by the CLI)
 #   BENCH_HEALTH_CONNS=4      connections of the paced /health probe during the login load
 #   BENCH_HEALTH_DELAY_MS=20  pause of each probe connection before each request
+#   BENCH_LONG_SECONDS=60     the long GET /users/{id} run (its worst request); 0: none
+#   BENCH_FASTAPI=1           also measure the FastAPI reference (scripts/bench/fastapi-ref; pip
+#                             installs its pinned requirements into target/bench-fastapi-venv)
 #   DB_HOST, DB_PORT, DB_USER, DB_PASSWORD   PostgreSQL (default 127.0.0.1:5432, postgres, none);
 #                             a fresh database is created there and dropped at exit (users, files)
 #   files (BENCH_SECONDS is not used: each run moves one file; BENCH_ROUNDS alternates the sides):
@@ -82,10 +89,10 @@
 # Whatever the directory, the source file, UPLOAD_DIR and dd's output share it, so both sides of the
 # comparison write to the same filesystem, and `stat -f` refuses tmpfs/ramfs.
 #
-# Why pgbench's simple protocol is the users reference: our server sends each query with
-# `query_typed` (an unnamed statement: Parse, Bind, Execute, Sync in one round trip, parsed and
-# planned every time), which is what the simple protocol costs PostgreSQL too; `-M prepared` parses
-# and plans once per connection, which our server never does. Both are measured and reported.
+# Why pgbench -M prepared with DB_POOL_SIZE clients is the users reference: our server prepares
+# its statements once per pooled connection and runs them on at most DB_POOL_SIZE connections, so
+# that is what PostgreSQL alone can do with the same statement and the same connections; the
+# ratio says what the HTTP layer, the token check and JSON cost on top.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -97,6 +104,8 @@ BENCH_NGINX_WORKERS="${BENCH_NGINX_WORKERS:-auto}"
 BENCH_USERS="${BENCH_USERS:-1000}"
 BENCH_HEALTH_CONNS="${BENCH_HEALTH_CONNS:-4}"
 BENCH_HEALTH_DELAY_MS="${BENCH_HEALTH_DELAY_MS:-20}"
+BENCH_LONG_SECONDS="${BENCH_LONG_SECONDS:-60}"
+BENCH_FASTAPI="${BENCH_FASTAPI:-1}"
 BENCH_FILE_MB="${BENCH_FILE_MB:-1024}"
 BENCH_CONCURRENT="${BENCH_CONCURRENT:-64}"
 BENCH_CONCURRENT_KB="${BENCH_CONCURRENT_KB:-1024}"
@@ -120,6 +129,8 @@ for v in BENCH_SECONDS BENCH_ROUNDS BENCH_USERS BENCH_HEALTH_CONNS BENCH_HEALTH_
     [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || { echo "bench: error: $v must be a positive integer, not '${!v}'" >&2; exit 2; }
 done
 [ "$BENCH_FILE_MB" -le 1100 ] || { echo "bench: error: BENCH_FILE_MB must be at most 1100 (MAX_UPLOAD_MB)" >&2; exit 2; }
+[[ "$BENCH_LONG_SECONDS" =~ ^[0-9]+$ ]] || { echo "bench: error: BENCH_LONG_SECONDS must be a whole number of seconds (0: no long run)" >&2; exit 2; }
+[[ "$BENCH_FASTAPI" =~ ^[01]$ ]] || { echo "bench: error: BENCH_FASTAPI must be 0 or 1" >&2; exit 2; }
 [[ "$BENCH_DROP_CACHES" =~ ^[01]$ ]] || { echo "bench: error: BENCH_DROP_CACHES must be 0 or 1" >&2; exit 2; }
 [[ "$BENCH_NGINX_SENDFILE" =~ ^(on|off)$ ]] || { echo "bench: error: BENCH_NGINX_SENDFILE must be on or off" >&2; exit 2; }
 
@@ -128,8 +139,10 @@ GOAL_HTTP_RATIO=0.5   # ours/nginx req/s at least this
 GOAL_HTTP_P99_MS=10   # our p99 below this
 # Goals of the users section.
 GOAL_HEALTH_UNDER_LOGIN_P99_MS=20  # /health p99 while logins saturate the hashing gate, below this
-GOAL_USERS_READ_RATIO=0.5          # ours/pgbench (simple) at least this; provisional: the spec sets
-                                   # no figure, this is the same bar as http's ours/nginx
+GOAL_USERS_P99_MS=10               # GET /users/{id} p99 at 64 connections at most this
+GOAL_USERS_P99_VS_FASTAPI=0.2      # ... and at most this times the FastAPI reference's p99
+GOAL_USERS_PGBENCH_RATIO=0.5       # ours/pgbench -M prepared (as many clients as our pool) at least this
+GOAL_USERS_MAX_MS=100              # no GET /users/{id} slower than this in the long run
 # Goals of the files section.
 GOAL_FILES_UPLOAD_RATIO=0.7    # ours/dd MB/s at least this
 GOAL_FILES_RSS_MIB=32          # server VmRSS peak during the big upload at most this above idle
@@ -739,6 +752,58 @@ wrk_avg_ms() {
         END { printf "%.3f\n", avg + 0 }' "$1"
 }
 
+# wrk_us_ms OUTFILE KEY: a "KEY <microseconds>" line of users_get.lua's output, in ms.
+wrk_us_ms() { awk -v k="$2" '$1 == k { printf "%.2f\n", $2 / 1000; f = 1 } END { if (!f) print "?" }' "$1"; }
+
+FASTAPI_DIR="$ROOT/scripts/bench/fastapi-ref"
+FASTAPI_PID=""
+FASTAPI_PORT=""
+
+fastapi_venv() { echo "$(target_dir)/bench-fastapi-venv"; }
+
+# The reference's pinned requirements in target/bench-fastapi-venv (pip from PyPI), once.
+ensure_fastapi() {
+    local venv stamp
+    venv="$(fastapi_venv)"
+    stamp="$venv/.requirements.txt"
+    if [ -x "$venv/bin/uvicorn" ] && cmp -s "$FASTAPI_DIR/requirements.txt" "$stamp"; then return 0; fi
+    command -v python3 >/dev/null 2>&1 || die "the FastAPI reference needs python3 (or run with BENCH_FASTAPI=0)"
+    log "pip install -r scripts/bench/fastapi-ref/requirements.txt into $venv"
+    python3 -m venv "$venv" >&2 || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
+    "$venv/bin/pip" install -q -r "$FASTAPI_DIR/requirements.txt" >&2 || die "pip install of the FastAPI reference failed"
+    cp "$FASTAPI_DIR/requirements.txt" "$stamp"
+}
+
+fastapi_versions() {
+    "$(fastapi_venv)/bin/python" -c 'import fastapi, uvicorn, asyncpg; print(f"fastapi {fastapi.__version__}, uvicorn {uvicorn.__version__}, asyncpg {asyncpg.__version__}")' 2>/dev/null || echo "versions unknown"
+}
+
+# start_fastapi POOL_PER_WORKER: the reference on BENCH_DB with our server's SECRET_KEY
+# ($BENCH_SECRET); sets FASTAPI_PID (its process group) and FASTAPI_PORT.
+start_fastapi() {
+    ensure_fastapi
+    FASTAPI_PORT="$(free_port)"
+    env SECRET_KEY="$BENCH_SECRET" "${DB_ENV[@]}" DB_POOL_SIZE="$1" \
+        setsid bash -c "cd '$FASTAPI_DIR' && exec '$(fastapi_venv)/bin/uvicorn' app:app --workers 2 --host 127.0.0.1 --port $FASTAPI_PORT --no-access-log --log-level warning" \
+        >"$TMP/fastapi.log" 2>&1 </dev/null &
+    FASTAPI_PID=$!
+    BG_PIDS+=("$FASTAPI_PID")
+    local _
+    for _ in $(seq 1 100); do
+        curl -sf -o /dev/null --max-time 1 "http://127.0.0.1:$FASTAPI_PORT/health" && { log "FastAPI reference pid $FASTAPI_PID on port $FASTAPI_PORT"; return 0; }
+        kill -0 "$FASTAPI_PID" 2>/dev/null || break
+        sleep 0.2
+    done
+    tail -n 20 "$TMP/fastapi.log" >&2
+    die "the FastAPI reference did not start"
+}
+
+stop_fastapi() {
+    stop_group "$FASTAPI_PID"
+    bg_forget "$FASTAPI_PID"
+    FASTAPI_PID=""
+}
+
 cmd_users() {
     [ -z "${BENCH_SERVER_CMD:-}" ] \
         || die "users runs the real server (and 'adcluster user create'): unset BENCH_SERVER_CMD"
@@ -770,7 +835,8 @@ SQL
     fi
 
     # A token that outlives any run length (the default lifetime is 30 minutes).
-    start_server "${DB_ENV[@]}" SECRET_KEY="$(random_hex 32)" ACCESS_TOKEN_EXPIRE_MINUTES=1440
+    BENCH_SECRET="$(random_hex 32)"
+    start_server "${DB_ENV[@]}" SECRET_KEY="$BENCH_SECRET" ACCESS_TOKEN_EXPIRE_MINUTES=1440
     local base="http://127.0.0.1:$SERVER_PORT"
     local code token
     token="$(login_token "$base" "$email" "$password")"
@@ -793,38 +859,66 @@ SQL
     free_slots="$(pg -d postgres -c "SELECT current_setting('max_connections')::int - count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'")"
     pool_size="$(server_setting DB_POOL_SIZE)"
     workers="$(server_setting WORKERS)"
-    if [ "$free_slots" -lt $((WRK_CONNS + pool_size)) ]; then
-        log "warning: PostgreSQL has $free_slots free connection slots; pgbench needs $WRK_CONNS besides our pool's $pool_size"
+    if [ "$free_slots" -lt $((3 * pool_size)) ]; then
+        log "warning: PostgreSQL has $free_slots free connection slots; pgbench and the FastAPI reference need $pool_size each besides our pool's $pool_size"
     fi
 
-    # --- read: GET /users/{id} against pgbench's same SELECT, alternating ----------------------
+    # --- read: GET /users/{id} against pgbench's same SELECT and FastAPI, alternating ----------
+    local caller_id
+    caller_id="$(pg -d "$BENCH_DB" -c "SELECT id FROM users WHERE lower(email) = lower('$email')")"
+    local fa_port=""
+    if [ "$BENCH_FASTAPI" = 1 ]; then
+        start_fastapi "$((pool_size / 2 > 0 ? pool_size / 2 : 1))"
+        fa_port=$FASTAPI_PORT
+        code="$(curl -sS -o /dev/null -w '%{http_code}' --max-time 5 -H "Authorization: Bearer $token" "http://127.0.0.1:$fa_port/users/$max_id" || true)"
+        [ "$code" = 200 ] || die "GET /users/$max_id on the FastAPI reference answered '$code', not 200"
+    fi
     local ours_args=("${WRK_STD[@]}" -H "Authorization: Bearer $token" -s "$LUA_DIR/users_get.lua" "$base" -- "$min_id" "$max_id")
-    local pgb_args=(-n -c "$WRK_CONNS" -j "$WRK_THREADS" -T "$BENCH_SECONDS" -f "$LUA_DIR/users_select.pgbench"
-        -D "min_id=$min_id" -D "max_id=$max_id")
-    local best_ours="" best_simple="" best_prepared="" r res out mode runs=""
+    local fa_args=("${WRK_STD[@]}" -H "Authorization: Bearer $token" -s "$LUA_DIR/users_get.lua" "http://127.0.0.1:$fa_port" -- "$min_id" "$max_id")
+    local pgb_args=(-n -M prepared -c "$pool_size" -j "$WRK_THREADS" -T "$BENCH_SECONDS" -f "$LUA_DIR/users_select_ours.pgbench"
+        -D "caller=$caller_id" -D "min_id=$min_id" -D "max_id=$max_id")
+    local load_before
+    load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
+    local best_ours="" best_pgb="" best_fa="" r res out runs="" who
     for r in $(seq 1 "$BENCH_ROUNDS"); do
-        out="$TMP/read-ours-$r.txt"
-        log "round $r: ours, GET /users/{id} (${BENCH_SECONDS}s)"
-        res="$(run_wrk "$out" "${ours_args[@]}")"
-        # req/s p99 non2xx socket_errors avg_ms count_200 responses statuses
-        res+=" $(wrk_avg_ms "$out") $(wrk_status "$out" 200) $(wrk_responses "$out") $(wrk_statuses "$out" | tr ' ' ',')"
-        log "  req/s p99_ms non2xx socket_errors avg_ms n200 responses statuses: $res"
-        runs+="$(echo "$res" | awk -v r="$r" '{ printf "| %s | adcluster | %s | %.2f | %.2f | %s non-200, %s socket errors |", r, $1, $2, $5, $7 - $6, $4 }')"$'\n'
-        if is_better "$res" "$best_ours"; then best_ours=$res; fi
-        server_alive
-        for mode in simple prepared; do
-            out="$TMP/read-pgbench-$mode-$r.txt"
-            log "round $r: pgbench -M $mode (${BENCH_SECONDS}s)"
-            res="$(run_pgbench "$out" "${pgb_args[@]}" -M "$mode" "$BENCH_DB")"
-            log "  tps latency_avg_ms failed: $res"
-            runs+="$(echo "$res" | awk -v r="$r" -v m="$mode" '{ printf "| %s | pgbench -M %s | %s | | %.2f | %s failed |", r, m, $1, $2, $3 }')"$'\n'
-            if [ "$mode" = simple ]; then
-                if is_better "$res" "$best_simple"; then best_simple=$res; fi
+        for who in ours fastapi; do
+            [ "$who" = fastapi ] && [ -z "$fa_port" ] && continue
+            out="$TMP/read-$who-$r.txt"
+            log "round $r: $who, GET /users/{id} (${BENCH_SECONDS}s)"
+            if [ "$who" = ours ]; then res="$(run_wrk "$out" "${ours_args[@]}")"; else res="$(run_wrk "$out" "${fa_args[@]}")"; fi
+            # req/s p99 non2xx socket_errors avg_ms count_200 responses statuses max_ms
+            res+=" $(wrk_avg_ms "$out") $(wrk_status "$out" 200) $(wrk_responses "$out") $(wrk_statuses "$out" | tr ' ' ',') $(wrk_us_ms "$out" latency_max_us)"
+            log "  req/s p99_ms non2xx socket_errors avg_ms n200 responses statuses max_ms: $res"
+            runs+="$(echo "$res" | awk -v r="$r" -v w="$who" '{ printf "| %s | %s | %s | %.2f | %.2f | %.2f | %s non-200, %s socket errors |", r, (w == "ours" ? "adcluster" : "FastAPI"), $1, $2, $9, $5, $7 - $6, $4 }')"$'\n'
+            if [ "$who" = ours ]; then
+                if is_better "$res" "$best_ours"; then best_ours=$res; fi
+                server_alive
             else
-                if is_better "$res" "$best_prepared"; then best_prepared=$res; fi
+                if is_better "$res" "$best_fa"; then best_fa=$res; fi
             fi
         done
+        out="$TMP/read-pgbench-$r.txt"
+        log "round $r: pgbench -M prepared -c $pool_size (${BENCH_SECONDS}s)"
+        res="$(run_pgbench "$out" "${pgb_args[@]}" "$BENCH_DB")"
+        log "  tps latency_avg_ms failed: $res"
+        runs+="$(echo "$res" | awk -v r="$r" -v c="$pool_size" '{ printf "| %s | pgbench -M prepared -c %s | %s | | | %.2f | %s failed |", r, c, $1, $2, $3 }')"$'\n'
+        if is_better "$res" "$best_pgb"; then best_pgb=$res; fi
     done
+    [ -n "$fa_port" ] && stop_fastapi
+
+    # --- the long run: GET /users/{id} for BENCH_LONG_SECONDS, the worst request ----------------
+    local long_res="" long_out="$TMP/read-ours-long.txt"
+    if [ "$BENCH_LONG_SECONDS" -gt 0 ]; then
+        log "long run: ours, GET /users/{id} (${BENCH_LONG_SECONDS}s)"
+        long_res="$(run_wrk "$long_out" -t"$WRK_THREADS" -c"$WRK_CONNS" -d"${BENCH_LONG_SECONDS}s" --latency \
+            -H "Authorization: Bearer $token" -s "$LUA_DIR/users_get.lua" "$base" -- "$min_id" "$max_id")"
+        # req/s p99 non2xx socket_errors max_ms p999_ms over_100ms_pct
+        long_res+=" $(wrk_us_ms "$long_out" latency_max_us) $(wrk_us_ms "$long_out" latency_p999_us) $(awk '$1 == "over_100ms_pct" { print $2 }' "$long_out")"
+        log "  req/s p99_ms non2xx socket_errors max_ms p999_ms over_100ms_pct: $long_res"
+        server_alive
+    fi
+    local load_after
+    load_after="$(cut -d' ' -f1-3 /proc/loadavg)"
 
     # --- login: POST /auth/login at full load, a paced /health probe alongside ----------------
     local probe_args=(-t1 -c"$BENCH_HEALTH_CONNS" -d"${BENCH_SECONDS}s" --latency -s "$LUA_DIR/health_paced.lua"
@@ -867,15 +961,25 @@ SQL
     done
 
     # --- results ------------------------------------------------------------------------------
-    local o_rps o_p99 o_non2xx o_serr o_avg o_n200 o_all o_statuses
-    read -r o_rps o_p99 o_non2xx o_serr o_avg o_n200 o_all o_statuses <<<"$best_ours"
-    local s_tps s_lat s_failed p_tps p_lat p_failed
-    read -r s_tps s_lat s_failed <<<"$best_simple"
-    read -r p_tps p_lat p_failed <<<"$best_prepared"
-    local ratio_s ratio_p ratio_ok
-    ratio_s="$(ratio "$o_rps" "$s_tps")"
+    local o_rps o_p99 o_non2xx o_serr o_avg o_n200 o_all o_statuses o_max
+    read -r o_rps o_p99 o_non2xx o_serr o_avg o_n200 o_all o_statuses o_max <<<"$best_ours"
+    local f_rps="" f_p99="" f_avg="" f_max="" f_n200="" f_all="" f_statuses=""
+    [ -n "$best_fa" ] && read -r f_rps f_p99 _ _ f_avg f_n200 f_all f_statuses f_max <<<"$best_fa"
+    local p_tps p_lat p_failed
+    read -r p_tps p_lat p_failed <<<"$best_pgb"
+    local ratio_p ratio_ok p99_ratio="" p99_ratio_ok=0 p99_abs_ok
     ratio_p="$(ratio "$o_rps" "$p_tps")"
-    ratio_ok="$(at_least "$ratio_s" "$GOAL_USERS_READ_RATIO")"
+    ratio_ok="$(at_least "$ratio_p" "$GOAL_USERS_PGBENCH_RATIO")"
+    p99_abs_ok="$(at_least "$GOAL_USERS_P99_MS" "$o_p99")"
+    if [ -n "$f_p99" ]; then
+        p99_ratio="$(awk -v a="$o_p99" -v b="$f_p99" 'BEGIN { printf "%.3f", (b > 0 ? a / b : 0) }')"
+        p99_ratio_ok="$(at_least "$GOAL_USERS_P99_VS_FASTAPI" "$p99_ratio")"
+    fi
+    local lg_rps="" lg_p99="" lg_non2xx="" lg_serr="" lg_max="" lg_p999="" lg_over="" long_ok=0
+    if [ -n "$long_res" ]; then
+        read -r lg_rps lg_p99 lg_non2xx lg_serr lg_max lg_p999 lg_over <<<"$long_res"
+        long_ok="$(at_least "$GOAL_USERS_MAX_MS" "$lg_max")"
+    fi
     local l_lps l_n200 l_n503 l_other l_serr l_statuses
     read -r l_lps l_n200 l_n503 l_other l_serr l_statuses <<<"$best_login"
     local w_p99 w_round p99_ok
@@ -886,8 +990,14 @@ SQL
     if [ "$o_n200" != "$o_all" ] || [ "$o_serr" != 0 ]; then
         note="Warning: our best read run had $((o_all - o_n200)) non-200 responses ($o_statuses) and $o_serr socket errors."
     fi
-    if [ "$s_failed" != 0 ] || [ "$p_failed" != 0 ]; then
-        note="${note:+$note }Warning: pgbench's best runs had failed transactions (simple $s_failed, prepared $p_failed)."
+    if [ "$p_failed" != 0 ]; then
+        note="${note:+$note }Warning: pgbench's best run had $p_failed failed transactions."
+    fi
+    if [ -n "$f_n200" ] && [ "$f_n200" != "$f_all" ]; then
+        note="${note:+$note }Warning: FastAPI's best run had $((f_all - f_n200)) non-200 responses ($f_statuses)."
+    fi
+    if [ -n "$long_res" ] && { [ "$lg_non2xx" != 0 ] || [ "$lg_serr" != 0 ]; }; then
+        note="${note:+$note }Warning: the long run had $lg_non2xx non-2xx responses and $lg_serr socket errors."
     fi
     if [ "$bad_probe" != 0 ]; then
         note="${note:+$note }Warning: the /health probe saw non-200 answers or socket errors (timeouts) under the login load; its goal counts as FAIL."
@@ -901,25 +1011,34 @@ SQL
 
     local sec="$TMP/section-users.md"
     {
-        section_head users "\`GET /users/{id}\` (token-checked primary-key read) against pgbench running the same \`SELECT\` on the same database, same run, same machine; then \`POST /auth/login\` at full load, with \`GET /health\` latency measured under it." \
-            "BENCH_USERS=$BENCH_USERS"
+        section_head users "\`GET /users/{id}\` (token-checked primary-key read) against pgbench running the same \`SELECT\` and against the seed's stack (FastAPI) serving the same read, same run, same machine; a ${BENCH_LONG_SECONDS} s run for the worst request; then \`POST /auth/login\` at full load, with \`GET /health\` latency measured under it." \
+            "BENCH_USERS=$BENCH_USERS, BENCH_LONG_SECONDS=$BENCH_LONG_SECONDS, BENCH_FASTAPI=$BENCH_FASTAPI"
         echo "- Ours: \`target/release/adcluster serve --host 127.0.0.1 --port 0\`, LOG_LEVEL=warn, SECRET_KEY random (64 hex chars), ACCESS_TOKEN_EXPIRE_MINUTES=1440, WORKERS=$workers, DB_POOL_SIZE=$pool_size; DATA_DIR and UPLOAD_DIR in a temp dir"
         echo "- PostgreSQL $pg_version at $PGHOST:$PGPORT; a fresh database made for the run and dropped after it; $n_users users (ids $min_id..$max_id): one made by \`adcluster user create\` (the login account), $BENCH_USERS inserted by SQL with a copy of its Argon2id hash"
+        echo "- Load average of the machine (shared with other engineers' builds and tests; /proc/loadavg, 1/5/15 min): $load_before before the read runs, $load_after after them. Absolute latencies move with it; the ratios are from runs side by side"
         echo
-        echo "### Read: \`GET /users/{id}\` against pgbench"
+        echo "### Read: \`GET /users/{id}\` against pgbench and FastAPI"
         echo
-        echo "- Ours: \`$WRK_CMD_DESC -H 'Authorization: Bearer <token>' -s scripts/bench/users_get.lua URL -- $min_id $max_id\` (a uniformly random id per request)"
-        echo "- pgbench: \`pgbench -n -c $WRK_CONNS -j $WRK_THREADS -T $BENCH_SECONDS -f scripts/bench/users_select.pgbench -D min_id=$min_id -D max_id=$max_id -M simple|prepared\`: \`SELECT id, email, hashed_password, full_name, is_active, is_superuser, created_at FROM users WHERE id = :id\`, \`\\set id random(min_id, max_id)\`"
-        echo "- Reference: pgbench with the default simple protocol. Our server sends each query as an unnamed statement (\`query_typed\`: parsed and planned every time, like the simple protocol); \`-M prepared\` plans once per connection, which our server never does, so it is shown but not the reference"
-        echo "- Rounds alternate (ours, pgbench simple, pgbench prepared) $BENCH_ROUNDS times; best of each; our p99 is from our best run. pgbench gives an average latency, not percentiles"
+        echo "- Ours: \`$WRK_CMD_DESC -H 'Authorization: Bearer <token>' -s scripts/bench/users_get.lua URL -- $min_id $max_id\` (a uniformly random id per request; the server checks the caller and reads the user in one prepared statement)"
+        echo "- pgbench: \`pgbench -n -M prepared -c $pool_size -j $WRK_THREADS -T $BENCH_SECONDS -f scripts/bench/users_select_ours.pgbench -D caller=$caller_id -D min_id=$min_id -D max_id=$max_id\`: our very statement (\`SELECT id, email, hashed_password, full_name, is_active, is_superuser, created_at FROM users WHERE id = ANY(ARRAY[:caller, :id]::bigint[])\`), prepared, with as many clients as our pool has connections (DB_POOL_SIZE=$pool_size): what PostgreSQL alone does with those connections"
+        if [ -n "$f_rps" ]; then
+            echo "- FastAPI: \`scripts/bench/fastapi-ref/app.py\` under \`uvicorn app:app --workers 2\` (uvloop, httptools; $(fastapi_versions)), asyncpg pool of $((pool_size / 2 > 0 ? pool_size / 2 : 1)) per worker, the same token (HS256, same key) and the same one-query read; loaded with the same wrk command"
+        else
+            echo "- FastAPI: not measured (BENCH_FASTAPI=0)"
+        fi
+        echo "- Rounds alternate (ours, FastAPI, pgbench) $BENCH_ROUNDS times; best req/s of each, p99 and max from that same run. pgbench gives an average latency, not percentiles"
         echo
-        echo "| | req/s or tps | p99 (ms) | avg latency (ms) |"
-        echo "|---|---:|---:|---:|"
-        echo "| adcluster \`GET /users/{id}\` | $o_rps | $o_p99 | $o_avg |"
-        echo "| pgbench \`-M simple\` (reference) | $s_tps | | $s_lat |"
-        echo "| pgbench \`-M prepared\` | $p_tps | | $p_lat |"
-        echo "| ratio ours / pgbench simple | $ratio_s | | |"
-        echo "| ratio ours / pgbench prepared | $ratio_p | | |"
+        echo "| | req/s or tps | p99 (ms) | max (ms) | avg latency (ms) |"
+        echo "|---|---:|---:|---:|---:|"
+        echo "| adcluster \`GET /users/{id}\` | $o_rps | $o_p99 | $o_max | $o_avg |"
+        [ -n "$f_rps" ] && echo "| FastAPI \`GET /users/{id}\` | $f_rps | $f_p99 | $f_max | $f_avg |"
+        echo "| pgbench \`-M prepared -c $pool_size\`, same statement | $p_tps | | | $p_lat |"
+        echo "| ratio ours / pgbench (throughput) | $ratio_p | | | |"
+        [ -n "$f_rps" ] && echo "| ratio ours / FastAPI | $(ratio "$o_rps" "$f_rps") | $p99_ratio | | |"
+        if [ -n "$long_res" ]; then
+            echo
+            echo "Long run, ours alone: \`wrk -t$WRK_THREADS -c$WRK_CONNS -d${BENCH_LONG_SECONDS}s --latency ... users_get.lua\`: $lg_rps req/s, p99 $lg_p99 ms, p99.9 $lg_p999 ms, **max $lg_max ms**, $lg_over % of requests over 100 ms ($lg_non2xx non-2xx, $lg_serr socket errors)."
+        fi
         echo
         echo "### Login: \`POST /auth/login\` at full load, \`/health\` latency under it"
         echo
@@ -942,12 +1061,21 @@ SQL
         echo "| goal | measured | result |"
         echo "|---|---:|---|"
         echo "| \`/health\` p99 under login load < $GOAL_HEALTH_UNDER_LOGIN_P99_MS ms, every round, all 200 | $w_p99 ms | $(pass_fail "$p99_ok") |"
-        echo "| read ratio ours / pgbench simple >= $GOAL_USERS_READ_RATIO (provisional: the spec sets no figure) | $ratio_s | $(pass_fail "$ratio_ok") |"
+        echo "| read: our p99 at $WRK_CONNS connections <= $GOAL_USERS_P99_MS ms | $o_p99 ms | $(pass_fail "$p99_abs_ok") |"
+        if [ -n "$p99_ratio" ]; then
+            echo "| read: our p99 <= $GOAL_USERS_P99_VS_FASTAPI x FastAPI's | $p99_ratio | $(pass_fail "$p99_ratio_ok") |"
+        else
+            echo "| read: our p99 <= $GOAL_USERS_P99_VS_FASTAPI x FastAPI's | not measured | – |"
+        fi
+        echo "| read: ours >= $GOAL_USERS_PGBENCH_RATIO x pgbench -M prepared -c $pool_size | $ratio_p | $(pass_fail "$ratio_ok") |"
+        if [ -n "$long_res" ]; then
+            echo "| read: no request over $GOAL_USERS_MAX_MS ms in ${BENCH_LONG_SECONDS} s | max $lg_max ms | $(pass_fail "$long_ok") |"
+        fi
         echo
         echo "All read runs:"
         echo
-        echo "| round | target | req/s or tps | p99 (ms) | avg (ms) | errors |"
-        echo "|---:|---|---:|---:|---:|---|"
+        echo "| round | target | req/s or tps | p99 (ms) | max (ms) | avg (ms) | errors |"
+        echo "|---:|---|---:|---:|---:|---:|---|"
         printf '%s' "$runs"
         echo
         echo "All login runs:"
@@ -962,6 +1090,94 @@ SQL
     echo
     cat "$sec"
     write_section users "$sec"
+}
+
+# ---------------------------------------------------------------------------------------------
+# subcommand: sizing
+
+# proc_cpu_ticks PID: user + system CPU ticks of a process (all its threads).
+proc_cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+# proc_ctxsw PID: voluntary context switches of all its threads (a thread's sleep on a lock, a
+# socket or a queue: what each request pays in wake-ups).
+proc_ctxsw() { cat "/proc/$1"/task/*/status 2>/dev/null | awk '/^voluntary_ctxt_switches/ { n += $2 } END { print n + 0 }'; }
+
+# pg_backends_ticks DB: CPU ticks of every PostgreSQL backend connected to database DB.
+pg_backends_ticks() {
+    local pid t=0
+    for pid in $(pg -d postgres -c "SELECT pid FROM pg_stat_activity WHERE datname = '$1'"); do
+        [ -r "/proc/$pid/stat" ] && t=$((t + $(proc_cpu_ticks "$pid")))
+    done
+    echo "$t"
+}
+
+# The WORKERS x DB_POOL_SIZE grid of `sizing` (pairs "workers:pool").
+BENCH_SIZING_GRID="${BENCH_SIZING_GRID:-64:8 64:16 64:32 64:64 32:16 16:16}"
+
+cmd_sizing() {
+    [ -z "${BENCH_SERVER_CMD:-}" ] || die "sizing runs the real server: unset BENCH_SERVER_CMD"
+    need_tools wrk:wrk curl:curl ss:iproute2 psql:postgresql-client
+    pg_env
+    build_server
+    make_tmp
+    create_bench_db
+    local email="bench-login@example.com" password
+    password="bench-$(random_hex 12)"
+    create_account "$email" "$password" "Bench Login"
+    pg -d "$BENCH_DB" -v n="$BENCH_USERS" <<'SQL' || die "the bulk insert failed"
+INSERT INTO users (email, hashed_password, full_name)
+SELECT 'bench-user-' || g || '@example.com', 'not-a-hash', 'Bench User ' || g FROM generate_series(1, :n) AS g;
+ANALYZE users;
+SQL
+    local min_id max_id
+    read -r min_id max_id <<<"$(pg -d "$BENCH_DB" -F ' ' -c 'SELECT min(id), max(id) FROM users')"
+    BENCH_SECRET="$(random_hex 32)"
+    local cores load_before rows="" r cell w p res out t0 t1 c0 c1 g0 g1 n cpu_us csw pg_us
+    cores="$(nproc)"
+    load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
+    for r in $(seq 1 "$BENCH_ROUNDS"); do
+        for cell in $BENCH_SIZING_GRID; do
+            w=${cell%%:*} p=${cell#*:}
+            [[ "$w" =~ ^[1-9][0-9]*$ && "$p" =~ ^[1-9][0-9]*$ ]] || die "BENCH_SIZING_GRID: '$cell' is not WORKERS:POOL"
+            start_server "${DB_ENV[@]}" SECRET_KEY="$BENCH_SECRET" ACCESS_TOKEN_EXPIRE_MINUTES=1440 WORKERS="$w" DB_POOL_SIZE="$p"
+            local base="http://127.0.0.1:$SERVER_PORT" token
+            token="$(login_token "$base" "$email" "$password")"
+            # Warm the pool (connections opened, statements prepared) before measuring.
+            wrk -t1 -c"$p" -d1s -H "Authorization: Bearer $token" -s "$LUA_DIR/users_get.lua" "$base" -- "$min_id" "$max_id" >/dev/null 2>&1 || true
+            out="$TMP/sizing-$w-$p-$r.txt"
+            log "round $r: WORKERS=$w DB_POOL_SIZE=$p (${BENCH_SECONDS}s)"
+            t0="$(proc_cpu_ticks "$SERVER_PID")" c0="$(proc_ctxsw "$SERVER_PID")" g0="$(pg_backends_ticks "$BENCH_DB")"
+            res="$(run_wrk "$out" "${WRK_STD[@]}" -H "Authorization: Bearer $token" -s "$LUA_DIR/users_get.lua" "$base" -- "$min_id" "$max_id")"
+            t1="$(proc_cpu_ticks "$SERVER_PID")" c1="$(proc_ctxsw "$SERVER_PID")" g1="$(pg_backends_ticks "$BENCH_DB")"
+            n="$(wrk_responses "$out")"
+            cpu_us="$(awk -v a="$t0" -v b="$t1" -v n="$n" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", (n > 0 ? (b - a) / hz * 1e6 / n : 0) }')"
+            csw="$(awk -v a="$c0" -v b="$c1" -v n="$n" 'BEGIN { printf "%.2f", (n > 0 ? (b - a) / n : 0) }')"
+            # Backends that ended during the run are missed; ours live as long as the pool.
+            pg_us="$(awk -v a="$g0" -v b="$g1" -v n="$n" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", (n > 0 ? (b - a) / hz * 1e6 / n : 0) }')"
+            log "  req/s p99_ms non2xx socket_errors: $res; server CPU $cpu_us us/request, $csw wake-ups/request, PostgreSQL CPU $pg_us us/request"
+            rows+="| $r | $w | $p | $(echo "$res" | awk '{ printf "%s | %.2f", $1, $2 }') | $(wrk_us_ms "$out" latency_max_us) | $cpu_us | $pg_us | $csw | $(echo "$res" | awk '{ print $3 + $4 }') |"$'\n'
+            server_alive
+            stop_group "$SERVER_PID"
+            SERVER_PID=""
+        done
+    done
+    local load_after
+    load_after="$(cut -d' ' -f1-3 /proc/loadavg)"
+    local sec="$TMP/section-sizing.md"
+    {
+        section_head sizing "How many HTTP workers and pooled connections: \`GET /users/{id}\` (the token-checked one-query read) at $WRK_CONNS connections for each WORKERS x DB_POOL_SIZE, with the server's CPU time and voluntary context switches (wake-ups) per request. The evidence for the defaults in \`docs/decisions.md\`." \
+            "BENCH_USERS=$BENCH_USERS, BENCH_SIZING_GRID=\"$BENCH_SIZING_GRID\""
+        echo "- Load: \`$WRK_CMD_DESC -H 'Authorization: Bearer <token>' -s scripts/bench/users_get.lua URL -- $min_id $max_id\` after a 1 s warm-up; a fresh server for every cell, cells alternating within each of $BENCH_ROUNDS rounds"
+        echo "- CPU per request: utime + stime of the server process (/proc/PID/stat) over the run / responses, and the same for the PostgreSQL backends of the run's database (pg_stat_activity); wake-ups: the sum of the server threads' \`voluntary_ctxt_switches\`, per response. CPU time is what the shared machine's load disturbs least; req/s and p99 move with it"
+        echo "- Machine load average (1/5/15 min, shared with other engineers): $load_before before, $load_after after"
+        echo
+        echo "| round | WORKERS | DB_POOL_SIZE | req/s | p99 (ms) | max (ms) | server CPU (µs/request) | PostgreSQL CPU (µs/request) | server wake-ups/request | errors |"
+        echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        printf '%s' "$rows"
+        echo
+    } >"$sec"
+    echo
+    cat "$sec"
+    write_section sizing "$sec"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -1105,7 +1321,8 @@ cmd_files() {
     local email="bench-files@example.com" password
     password="bench-$(random_hex 12)"
     create_account "$email" "$password" "Bench Files"
-    start_server "${DB_ENV[@]}" SECRET_KEY="$(random_hex 32)" ACCESS_TOKEN_EXPIRE_MINUTES=1440 MAX_UPLOAD_MB=1100
+    BENCH_SECRET="$(random_hex 32)"
+    start_server "${DB_ENV[@]}" SECRET_KEY="$BENCH_SECRET" ACCESS_TOKEN_EXPIRE_MINUTES=1440 MAX_UPLOAD_MB=1100
     local base="http://127.0.0.1:$SERVER_PORT" token
     token="$(login_token "$base" "$email" "$password")"
     local workers pool_size body_timeout
@@ -1664,10 +1881,16 @@ usage: scripts/bench.sh <subcommand>
   http    GET /health under wrk, against nginx (writes "## http" in BENCHMARKS.md)
   users   GET /users/{id} against pgbench's same SELECT; logins/s with /health p99 under it
           (writes "## users" in BENCHMARKS.md)
+  sizing  GET /users/{id} for each WORKERS x DB_POOL_SIZE of BENCH_SIZING_GRID: req/s, p99, server
+          CPU and wake-ups per request (writes "## sizing" in BENCHMARKS.md)
   files   a 1 GiB upload against dd, RSS during it, its download against nginx, 64 concurrent
           1 MiB uploads (writes "## files" in BENCHMARKS.md)
   ws      10,000 idle clients, /send_to latency, /group fan-out to 1,000 members at 10 msg/s and
           flat out, against a Node ws server (writes "## ws" in BENCHMARKS.md)
+  abuse   /health under wrk while 500 hostile sockets of each kind are held, against none
+          (scripts/bench/abuse.sh; writes "## abuse" in BENCHMARKS.md)
+  drill   60 s of mixed load with a 20 s PostgreSQL outage in the middle (scripts/bench/drill.sh;
+          writes "## drill" in BENCHMARKS.md)
   dbgui   a 1,000,000-row CSV export from db-gui against psql --csv, the JSON export, the GUI's
           peak RSS (scripts/bench/dbgui.sh; writes "## dbgui" in BENCHMARKS.md)
 EOF2
@@ -1679,8 +1902,11 @@ main() {
     case "$1" in
         http) cmd_http ;;
         users) cmd_users ;;
+        sizing) cmd_sizing ;;
         files) cmd_files ;;
         ws) cmd_ws ;;
+        abuse) source "$ROOT/scripts/bench/abuse.sh"; cmd_abuse ;;
+        drill) exec "$ROOT/scripts/bench/drill.sh" ;;
         dbgui) source "$LUA_DIR/dbgui.sh" && cmd_dbgui ;;
         -h | --help | help) usage ;;
         *) usage ;;

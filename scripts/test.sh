@@ -4,8 +4,9 @@
 #      Debian's postgresql when absent and we are root; otherwise stop with a clear message);
 #   2. cargo fmt --check, cargo clippy --workspace --all-targets -D warnings (the server and tools/);
 #   3. every test (cargo nextest when installed, cargo test otherwise);
-#   4. the API docs in headless Chromium (scripts/browser-test.sh: vendors the docs assets,
-#      rebuilds so they are embedded, installs Chromium with apt-get when missing and root);
+#   4. the API docs in headless Chromium (scripts/browser-test.sh: checks the vendored docs
+#      assets, builds a release binary from the committed tree, checks it has no test routes,
+#      installs Chromium with apt-get when missing and root);
 #   5. the WebSocket pages in headless Chromium (scripts/browser-ws-test.sh);
 #   6. the database GUI page in headless Chromium (scripts/browser-dbgui-test.sh).
 # Tests create and drop their own databases; they need a role that may CREATE DATABASE.
@@ -70,6 +71,28 @@ ensure_postgres() {
 say "checking PostgreSQL"
 ensure_postgres
 say "PostgreSQL is reachable"
+
+# python3 -m venv: tests/metrics.rs makes a venv with the prometheus-client parser in target/.
+if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing python3-venv (for the Prometheus parser of tests/metrics.rs)"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null; } \
+      || die "cannot install python3-venv; tests/metrics.rs needs it to parse /metrics"
+  else
+    die "python3 with venv is needed by tests/metrics.rs (apt-get install python3-venv)"
+  fi
+fi
+# systemd-analyze: tests/deploy.rs verifies the units in deploy/ with it (and says it skipped where
+# it cannot be had). The Prometheus text parser of tests/metrics.rs is installed by that test.
+if ! command -v systemd-analyze >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing systemd (systemd-analyze, for the deploy/ units)"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd >/dev/null; } \
+      || say "could not install systemd: tests/deploy.rs will report that it skipped"
+  else
+    say "systemd-analyze is missing and cannot be installed here: tests/deploy.rs will report that it skipped"
+  fi
+fi
 
 say "cargo fmt --check"
 cargo fmt --all -- --check || die "code is not formatted: run 'cargo fmt'"

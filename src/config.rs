@@ -84,6 +84,12 @@ pub const SETTINGS: &[Setting] = &[
     s("WS_PING_INTERVAL_SECS", "--ws-ping-interval-secs", "30", "the server pings each WebSocket client this often"),
     s("WS_PING_TIMEOUT_SECS", "--ws-ping-timeout-secs", "60", "a WebSocket client silent this long is dropped"),
     s("ALERT_COMMAND", "--alert-command", "", "shell command run with each database alert as JSON on stdin"),
+    s(
+        "METRICS_ADDR",
+        "--metrics-addr",
+        "",
+        "host:port of a separate listener for GET /metrics (Prometheus text); unset: no metrics",
+    ),
     s("WORKERS", "--workers", "64", "HTTP worker threads"),
     s("MAX_CONNECTIONS", "--max-connections", "4096", "most open HTTP connections (over it: 503 and close)"),
     s(
@@ -374,6 +380,8 @@ pub struct Config {
     pub ws_ping_interval: Duration,
     pub ws_ping_timeout: Duration,
     pub alert_command: Option<String>,
+    /// `METRICS_ADDR`: where `GET /metrics` listens (never on the API's port); `None`: off.
+    pub metrics_addr: Option<String>,
     pub workers: usize,
     pub max_connections: usize,
     pub max_connections_per_addr: usize,
@@ -453,6 +461,7 @@ impl Config {
             ws_ping_interval: secs("WS_PING_INTERVAL_SECS")?,
             ws_ping_timeout: secs("WS_PING_TIMEOUT_SECS")?,
             alert_command: raw.opt("ALERT_COMMAND"),
+            metrics_addr: raw.opt("METRICS_ADDR"),
             workers: raw.num_in::<u32>("WORKERS", 1, 65_536)? as usize,
             max_connections: count(raw, "MAX_CONNECTIONS", 1)?,
             max_connections_per_addr: count(raw, "MAX_CONNECTIONS_PER_ADDR", 1)?,
@@ -616,7 +625,8 @@ pub fn help_text() -> String {
         "adcluster — the Adcluster server\n\n\
          USAGE:\n    adcluster [serve] [FLAGS]\n\n\
          COMMANDS:\n    serve      run the server (the default)\n    migrate    create the database if missing, apply the schema, exit\n    \
-         user create --email E --password P|- [--superuser] [--full-name N]\n               create a user (the way to make the first superuser); - reads the password from stdin\n    \
+         user create --email E --password P|- [--superuser] [--full-name N]\n               create a user (the way to make the first superuser); - reads the password from stdin\n    backup [--all] [--output FILE] [--keep N]\n               a plain-SQL backup to BACKUP_DIR (see `adcluster backup --help`)\n    \
+         restore [FILE] [--dry-run] [--yes]\n               restore a backup, all or nothing (see `adcluster restore --help`)\n    \
          db-gui [--host 127.0.0.1] [--port 3030] [--allow-writes]\n               the database web GUI (read-only unless --allow-writes); prints its URL with the token\n    \
          help       print this text\n\n\
          SETTINGS (flag, environment variable, default). Later wins: defaults < .env < environment < flags.\n",

@@ -11,6 +11,8 @@
 //! - `ops/`    operator concerns: database alerts;
 //! - `util/`   logging, time formatting, the open-files limit.
 
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 pub mod api;
 pub mod auth;
 pub mod config;

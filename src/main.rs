@@ -3,8 +3,12 @@
 //! success, 1 when the operation failed, 2 for bad usage.
 //!
 //! Threads started here: the signal thread (`signals`, waits for SIGINT/SIGTERM and triggers
-//! the shutdown); the HTTP layer's own threads are listed in `http/server.rs`, the WebSocket
-//! sessions' in `ws/mod.rs`.
+//! the shutdown); `metrics-server` (only with `METRICS_ADDR`: a second instance of the HTTP
+//! layer, two workers, serving `GET /metrics`); the HTTP layer's own threads are listed in
+//! `http/server.rs`, the WebSocket sessions' in `ws/mod.rs`. `backup` and `restore` start the
+//! `interrupt` thread of `ops/interrupt.rs`.
+
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -13,7 +17,7 @@ use std::time::Instant;
 use adcluster::auth::{self, password, token};
 use adcluster::config::{self, Config};
 use adcluster::db::{self, Db, DbConfig};
-use adcluster::{api, http, info, util, warn};
+use adcluster::{api, http, info, ops, util, warn};
 
 /// A failure with the exit code it maps to.
 struct Failure {
@@ -29,7 +33,15 @@ fn failed(message: impl Into<String>) -> Failure {
     Failure { code: 1, message: message.into() }
 }
 
+impl From<ops::OpsError> for Failure {
+    fn from(e: ops::OpsError) -> Failure {
+        Failure { code: e.code, message: e.message }
+    }
+}
+
 fn main() -> ExitCode {
+    // Before any thread exists: large blocks (Argon2's) go back to the kernel when freed.
+    util::mem::bound_heap_retention();
     let args: Vec<String> = std::env::args().skip(1).collect();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
@@ -41,6 +53,12 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Vec<String>) -> Result<(), Failure> {
+    // `backup` and `restore` have their own `--help`.
+    match args.first().map(String::as_str) {
+        Some("backup") => return ops::backup::run(&args[1..]).map_err(Failure::from),
+        Some("restore") => return ops::restore::run(&args[1..]).map_err(Failure::from),
+        _ => {}
+    }
     if args.iter().any(|a| a == "--help" || a == "-h") {
         print!("{}", config::help_text());
         return Ok(());
@@ -132,14 +150,20 @@ fn serve(args: &[String]) -> Result<(), Failure> {
     }
     db.start_monitor(Some(hook)).map_err(|e| failed(format!("cannot start the database monitor: {e}")))?;
     api::files::sweep_temp(&cfg.upload_dir);
-    let app = Arc::new(api::App { config: cfg, started: Instant::now(), db, auth, ws: ws.clone() });
+    let metrics = Arc::new(api::metrics::Metrics::default());
+    let app = Arc::new(api::App { config: cfg, started: Instant::now(), db, auth, ws: ws.clone(), metrics });
     let router = Arc::new(api::build_router(app.clone()));
-    let server = http::Server::bind(&addr, http_cfg, router).map_err(|e| {
+    let server = http::Server::bind(&addr, http_cfg.clone(), router).map_err(|e| {
         failed(format!(
             "cannot listen on {addr}: {e} (is another server using the port? choose one with --port or PORT)"
         ))
     })?;
     let bound = server.local_addr().map_err(|e| failed(format!("cannot read the bound address: {e}")))?;
+    app.metrics.attach_server(server.stats());
+    let metrics_handle = match app.config.metrics_addr.clone() {
+        Some(maddr) => Some(serve_metrics(&maddr, http_cfg, app.clone())?),
+        None => None,
+    };
     info!("listening on http://{bound}");
 
     let handle = server.shutdown_handle();
@@ -151,18 +175,43 @@ fn serve(args: &[String]) -> Result<(), Failure> {
         }
         info!("received {sig}");
         handle.trigger();
+        if let Some(h) = &metrics_handle {
+            h.trigger();
+        }
         // WebSocket clients get a close 1001 now, while HTTP requests in flight finish.
         ws_on_signal.shutdown();
     })
     .map_err(|e| failed(format!("cannot start the signal thread: {e}")))?;
 
     server.run().map_err(|e| failed(format!("server failed: {e}")))?;
+    // Uploads cut short by the end of the grace leave no temp file behind.
+    api::files::remove_own_temp(&app.config.upload_dir);
     ws.shutdown();
     if !ws.wait_idle(std::time::Duration::from_secs(2)) {
         warn!("{} WebSocket session(s) still closing; exiting anyway", ws.sessions());
     }
     info!("stopped");
     Ok(())
+}
+
+/// `GET /metrics` on its own listener (`METRICS_ADDR`), with a pool of its own: two workers, a
+/// few connections. Thread: `metrics-server`, which runs that server until shutdown.
+fn serve_metrics(addr: &str, base: http::ServerConfig, app: Arc<api::App>) -> Result<http::ShutdownHandle, Failure> {
+    let cfg = http::ServerConfig { workers: 2, max_connections: 64, max_connections_per_addr: 16, ..base };
+    let server = http::Server::bind(addr, cfg, Arc::new(api::metrics::router(app)))
+        .map_err(|e| failed(format!("cannot listen on METRICS_ADDR={addr}: {e}")))?;
+    let bound = server.local_addr().map_err(|e| failed(format!("cannot read the metrics address: {e}")))?;
+    let handle = server.shutdown_handle();
+    std::thread::Builder::new()
+        .name("metrics-server".into())
+        .spawn(move || {
+            if let Err(e) = server.run() {
+                warn!("metrics listener failed: {e}");
+            }
+        })
+        .map_err(|e| failed(format!("cannot start the metrics thread: {e}")))?;
+    info!("metrics: GET /metrics served at http://{bound}/metrics");
+    Ok(handle)
 }
 
 /// `adcluster db-gui [--host 127.0.0.1] [--port 3030] [--allow-writes]`: the database web GUI.
@@ -253,17 +302,7 @@ fn db_gui(args: &[String]) -> Result<(), Failure> {
 
 /// The database settings of the configuration.
 fn db_config(cfg: &Config) -> DbConfig {
-    DbConfig {
-        host: cfg.db_host.clone(),
-        port: cfg.db_port,
-        dbname: cfg.db_name.clone(),
-        user: cfg.db_user.clone(),
-        password: cfg.db_password.clone(),
-        url: cfg.database_url.clone(),
-        pool_size: cfg.db_pool_size,
-        checkout_timeout: cfg.db_checkout_timeout,
-        ..DbConfig::default()
-    }
+    ops::db_config(cfg)
 }
 
 /// Token keys (from `SECRET_KEY` or `DATA_DIR/secret_key`), the login limiter, the hashing gate.

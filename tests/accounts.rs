@@ -192,6 +192,10 @@ fn inactive_users_cannot_log_in_and_their_tokens_stop_working() {
     let r = post_json(&srv, "/auth/login", None, &json!({ "email": "idle@example.com", "password": "nope-nope" }));
     assert_eq!(r.status, 401);
     assert_401(&get_auth(&srv, "/users/me", &token));
+    // Every authenticated read checks the caller in the same query as the read.
+    assert_401(&get_auth(&srv, "/users/", &token));
+    assert_401(&get_auth(&srv, "/users/?skip=1000", &token));
+    assert_401(&get_auth(&srv, &format!("/users/{}", user["id"]), &token));
 }
 
 #[test]

@@ -691,8 +691,16 @@ fn a_client_can_be_reached_as_soon_as_it_has_read_its_101() {
 
 #[test]
 fn a_client_that_sends_but_never_reads_is_evicted_too() {
-    // Its own pongs fill its queue (16 frames here); it must not hold its session forever.
-    let srv = TestServer::start_with(Opts::default().env("WS_QUEUE_FRAMES", "16").env("WS_QUEUE_KB", "64"));
+    // Its own pongs fill its queue past the high-water mark (8 of 16 frames here): it is no
+    // longer read, and once its queue has not drained for the ping timeout it is dropped — it
+    // must not hold its session forever.
+    let srv = TestServer::start_with(
+        Opts::default()
+            .env("WS_QUEUE_FRAMES", "16")
+            .env("WS_QUEUE_KB", "64")
+            .env("WS_PING_INTERVAL_SECS", "1")
+            .env("WS_PING_TIMEOUT_SECS", "3"),
+    );
     let mut pinger = raw_handshake(&srv, "/ws/pinger");
     pinger.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
     // 125 bytes: the most a control frame may carry.
@@ -708,4 +716,131 @@ fn a_client_that_sends_but_never_reads_is_evicted_too() {
     });
     assert!(gone, "a client that never reads kept its session");
     assert!(srv.log().contains("pinger is not reading"), "{}", srv.log());
+}
+
+#[test]
+fn a_sender_flooding_its_own_group_is_slowed_not_closed() {
+    // The contract: a client whose own queue fills because it sends faster than it reads (its
+    // copies of its /group messages) is slowed down, not disconnected. 256 x 60 KB is ~15 MB,
+    // far over the 1 MiB queue set here.
+    let srv = TestServer::start_with(Opts::default().env("WS_QUEUE_KB", "1024"));
+    let stream = raw_handshake(&srv, "/ws/flooder/room");
+    let mut writer = stream.try_clone().unwrap();
+    let (mut a, _) = WsClient::join(&srv, "/ws/a");
+    let (mut b, _) = WsClient::join(&srv, "/ws/b");
+    const N: usize = 256;
+    let flood = std::thread::spawn(move || {
+        for i in 0..N {
+            let text = format!("/group {i:04} {}", "x".repeat(60_000));
+            writer.write_all(&masked_frame(0x1, text.as_bytes())).expect("the flooder's connection was closed");
+        }
+        writer
+    });
+    let mut flooder = WsClient::from_raw(stream);
+    assert_eq!(flooder.recv()["type"], "welcome");
+    for i in 0..N {
+        let g = flooder.recv();
+        assert_eq!(g["type"], "group", "copy {i}: {}", &g.to_string()[..g.to_string().len().min(200)]);
+        let m = g["message"].as_str().unwrap();
+        assert_eq!(&m[..4], format!("{i:04}"), "copies arrive in order");
+        assert_eq!(m.len(), 5 + 60_000);
+        if i == N / 2 {
+            // Mid-flood, others are served at once.
+            a.send("/send_to b still served");
+            let p = b.recv_type("private");
+            assert_eq!((p["from"].as_str(), p["message"].as_str()), (Some("a"), Some("still served")));
+        }
+    }
+    let mut writer = flood.join().unwrap();
+    writer.write_all(&masked_frame(0x1, b"/members")).unwrap();
+    let m = flooder.recv_type("members");
+    assert_eq!(m["members"], json!(["flooder"]), "still connected and in its group");
+    assert!(!srv.log().contains("flooder is not reading"), "{}", srv.log());
+}
+
+#[test]
+fn a_broadcast_flood_reaches_every_reader_in_order() {
+    // A groupless client's text goes to every client; its reading is paused while that fan-out
+    // is queued, so readers keep up and nobody is evicted.
+    let srv = TestServer::start_with(Opts::default().env("WS_QUEUE_KB", "256"));
+    let mut readers: Vec<WsClient> = (0..4).map(|i| WsClient::join(&srv, &format!("/ws/r{i}")).0).collect();
+    let stream = raw_handshake(&srv, "/ws/caster");
+    let mut writer = stream.try_clone().unwrap();
+    const N: usize = 64;
+    let flood = std::thread::spawn(move || {
+        for i in 0..N {
+            let text = format!("{i:04} {}", "y".repeat(30_000));
+            writer.write_all(&masked_frame(0x1, text.as_bytes())).unwrap();
+        }
+    });
+    let mut caster = WsClient::from_raw(stream);
+    let drain_caster = std::thread::spawn(move || {
+        assert_eq!(caster.recv()["type"], "welcome");
+        for _ in 0..N {
+            assert_eq!(caster.recv()["type"], "broadcast");
+        }
+        caster
+    });
+    for r in readers.iter_mut() {
+        for i in 0..N {
+            let v = r.recv_type("broadcast");
+            assert_eq!(&v["message"].as_str().unwrap()[..4], format!("{i:04}"));
+        }
+    }
+    flood.join().unwrap();
+    let _caster = drain_caster.join().unwrap();
+    assert_eq!(get_json(&srv, "/api/ws/clients")["count"], 5, "nobody was evicted");
+}
+
+fn superuser_token(srv: &TestServer, email: &str) -> String {
+    let out = srv.cli(&["user", "create", "--email", email, "--password", "password1", "--superuser"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let body = json!({ "email": email, "password": "password1" }).to_string();
+    let r = post_json(srv, "/auth/login", None, &body);
+    r.json()["access_token"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn the_admins_group_is_reserved_for_superusers() {
+    let srv = server();
+    let user = token(&srv, "user@example.com");
+    let boss = superuser_token(&srv, "boss@example.com");
+    // Before the upgrade: 403 without a token and with an ordinary user's.
+    for path in ["/ws/x/admins".to_string(), format!("/ws/x/admins?token={user}")] {
+        let r = upgrade_response(&srv, &path, &[]);
+        assert_eq!(r.status, 403, "{path}: {}", r.text());
+        assert!(r.json()["detail"].as_str().unwrap().contains("superuser"));
+    }
+    let (mut ops, w) = WsClient::join(&srv, &format!("/ws/ops/admins?token={boss}"));
+    assert_eq!(w["group"], "admins");
+    // `/join admins` without one: `forbidden`, and the client stays where it was.
+    let (mut u, _) = WsClient::join(&srv, &format!("/ws/u/room?token={user}"));
+    u.send("/join admins");
+    let e = u.recv_type("error");
+    assert_eq!(e["error"], "forbidden");
+    u.send(r#"{"action": "join", "group": "admins"}"#);
+    assert_eq!(u.recv_type("error")["error"], "forbidden");
+    assert_eq!(get_json(&srv, "/api/ws/groups/admins")["members"], json!(["ops"]));
+    assert_eq!(get_json(&srv, "/api/ws/groups/room")["members"], json!(["u"]));
+    ops.assert_silent(Duration::from_millis(200));
+    // A superuser connected elsewhere may join it.
+    let (mut boss2, _) = WsClient::join(&srv, &format!("/ws/boss2?token={boss}"));
+    boss2.send("/join admins");
+    assert_eq!(boss2.recv_type("joined")["group"], "admins");
+    assert_eq!(ops.recv_type("join")["client_id"], "boss2");
+}
+
+#[test]
+fn no_websocket_upgrade_over_http_1_0() {
+    let srv = server();
+    let mut c = srv.connect();
+    let mut req = "GET /ws HTTP/1.0\r\n".to_string();
+    for (k, v) in common::ws::upgrade_headers() {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    c.write(req.as_bytes());
+    let r = c.read_response(false);
+    assert_eq!(r.status, 426, "{}", r.text());
+    assert_eq!(get_json(&srv, "/api/ws/clients")["count"], 0);
 }

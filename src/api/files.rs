@@ -15,7 +15,7 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use serde_json::{json, Value};
 
@@ -168,7 +168,7 @@ fn receive(
                 }
                 let original = client_basename(&filename);
                 let name = stored_name(&original).map_err(MultipartError::Io)?;
-                let tmp = tmp_dir.join(&name);
+                let tmp = tmp_dir.join(crate::util::tmp_owner::temp_name(&name));
                 let file = File::options().write(true).create_new(true).open(&tmp).map_err(MultipartError::Io)?;
                 let content_type = head
                     .content_type
@@ -313,17 +313,16 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Remove temp files older than an hour (left by a crash mid-upload). Called at start-up.
+/// At start-up: claim this process's temp-file tag and remove what dead processes left
+/// (see `util::tmp_owner`).
 pub fn sweep_temp(upload_dir: &Path) {
-    let Ok(entries) = fs::read_dir(upload_dir.join(".tmp")) else { return };
-    let cutoff = SystemTime::now() - Duration::from_secs(3600);
-    for e in entries.flatten() {
-        if e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t < cutoff) {
-            if let Err(err) = fs::remove_file(e.path()) {
-                warn!("cannot remove stale upload temp file: {err}");
-            }
-        }
-    }
+    crate::util::tmp_owner::claim(&upload_dir.join(".tmp"));
+}
+
+/// At exit: remove this process's temp files (uploads interrupted by the end of the shutdown
+/// grace).
+pub fn remove_own_temp(upload_dir: &Path) {
+    crate::util::tmp_owner::remove_own(&upload_dir.join(".tmp"));
 }
 
 pub fn routes(r: &mut Router, app: &Arc<App>) {

@@ -15,6 +15,7 @@ pub mod docs;
 pub mod extract;
 pub mod files;
 pub mod general;
+pub mod metrics;
 pub mod openapi;
 pub mod pages;
 pub mod teams;
@@ -35,6 +36,8 @@ pub struct App {
     pub auth: crate::auth::Auth,
     /// WebSocket sessions and the hub (registry and groups).
     pub ws: Arc<crate::ws::Ws>,
+    /// Request counters and the rest of `/metrics` (served on `METRICS_ADDR` only).
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 impl App {
@@ -66,6 +69,8 @@ pub fn build_router(app: Arc<App>) -> Router {
     }
     // Last, so the document sees every route above.
     docs::routes(&mut r);
+    // Last of all: every route above gets its request counters and timer.
+    app.metrics.instrument(&mut r);
     r
 }
 
@@ -90,7 +95,7 @@ mod tests {
             hasher: crate::auth::HashPool::start(1, 1).unwrap(),
         };
         let ws = Arc::new(crate::ws::Ws::new(crate::ws::WsSettings::from_config(&config)));
-        Arc::new(App { config, started: Instant::now(), db, auth, ws })
+        Arc::new(App { config, started: Instant::now(), db, auth, ws, metrics: Default::default() })
     }
 
     /// Routes deliberately left out of the OpenAPI document.
@@ -125,7 +130,7 @@ mod tests {
     #[test]
     fn every_contract_route_exists() {
         let router = build_router(offline_app(false));
-        // The HTTP routes of API.md that exist so far.
+        // The HTTP routes of the contract (docs/api.md).
         let contract = [
             ("GET", "/"),
             ("GET", "/health"),
@@ -201,6 +206,27 @@ mod tests {
                 || (path == "/metrics" && method == "GET");
             assert!(exists, "docs/api.md documents {method} {path}, which the router does not have");
         }
+    }
+
+    /// Every server frame type and error code the WebSocket protocol code can send is named in
+    /// `docs/api.md` (as `` `name` ``). Read from the source of `ws/protocol.rs`, where each
+    /// frame is built with `frame_json("type", ...)` and each code is `ErrorCode::X => "code"`,
+    /// so a new frame or code cannot be added without its docs.
+    #[test]
+    fn docs_api_md_names_every_websocket_frame_and_error_code() {
+        let doc = include_str!("../../docs/api.md");
+        let protocol = include_str!("../ws/protocol.rs");
+        let code = protocol.split("\n#[cfg(test)]").next().unwrap();
+        let quoted_after = |marker: &str| -> Vec<String> {
+            code.split(marker).skip(1).filter_map(|rest| rest.split('"').next().map(str::to_string)).collect()
+        };
+        let frames = quoted_after("frame_json(\"");
+        let codes = quoted_after("=> \"");
+        assert!(frames.len() >= 12 && frames.contains(&"welcome".to_string()), "frames read: {frames:?}");
+        assert!(codes.contains(&"client_not_found".to_string()), "codes read: {codes:?}");
+        let missing: Vec<&String> =
+            frames.iter().chain(&codes).filter(|name| !doc.contains(&format!("`{name}`"))).collect();
+        assert!(missing.is_empty(), "docs/api.md does not name the WebSocket frame types or codes {missing:?}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Routes for the test suite only, under `/__test/`, added when `ADCLUSTER_TEST_ROUTES=true`
 //! (never by default). They give the connection-layer tests a body to read, a handler that
-//! panics and one that takes its time, against the real binary.
+//! panics (and an upgrade that does), a large in-memory response and a handler that takes its
+//! time, against the real binary.
 //!
 //! This module is compiled only with `debug_assertions` (`cargo build`, and the binary that
 //! `cargo nextest run` / `cargo test` build for the integration tests); a release binary does
@@ -28,6 +29,16 @@ pub fn routes(r: &mut Router) {
         let ms: u64 =
             req.query()?.iter().find(|(k, _)| k == "ms").and_then(|(_, v)| v.parse().ok()).unwrap_or(1000).min(5000);
         Err(HttpError::new(503, "held").header("retry-after", "1").hold(Duration::from_millis(ms)))
+    });
+    // An upgrade whose closure panics (after the 101 is written): the worker must live on.
+    r.add("GET", "/__test/panic_upgrade", |_| {
+        Ok(Response::upgrade(Vec::new(), Box::new(|_, _| panic!("test panic in an upgrade"))))
+    });
+    // An in-memory body of `kb` KiB (at most 64 MiB), for clients that do not read it.
+    r.add("GET", "/__test/big", |req| {
+        let kb: usize =
+            req.query()?.iter().find(|(k, _)| k == "kb").and_then(|(_, v)| v.parse().ok()).unwrap_or(1024).min(65536);
+        Ok(Response::bytes(200, "application/octet-stream", vec![b'b'; kb * 1024]))
     });
     r.add("GET", "/__test/sleep", |req| {
         let ms: u64 =

@@ -2,9 +2,10 @@
 //! `/ws/{client_id}/{group}`) and the REST API under `/api/ws/` (the contract's "WebSocket
 //! REST API"). The sessions themselves live in `crate::ws`.
 //!
-//! An upgrade is checked completely before the `101`: a WebSocket handshake (else `426`), valid
-//! id and group (`400`), a valid token when `WS_AUTH=required` or when one is given (`401`), a
-//! free session slot and thread (`503`).
+//! An upgrade is checked completely before the `101`: a WebSocket handshake over HTTP/1.1 (else
+//! `426`), valid id and group (`400`), a valid token when `WS_AUTH=required` or when one is given
+//! (`401`), a superuser's token for the reserved group `admins` (`403`), a free session slot and
+//! thread (`503`).
 //!
 //! Tokens and the database: a token's signature and expiry are always checked. Whether its user
 //! still exists and is active is checked too while PostgreSQL is up; while it is down (degraded
@@ -23,7 +24,7 @@ use super::App;
 use crate::auth::{bearer_token, unauthorized};
 use crate::config::WsAuth;
 use crate::http::{HttpError, Request, Response, Router};
-use crate::ws::protocol::valid_name;
+use crate::ws::protocol::{valid_name, ADMINS_GROUP};
 
 pub fn routes(r: &mut Router, app: &Arc<App>) {
     // The upgrade routes: not HTTP operations, so not in the OpenAPI document.
@@ -114,9 +115,17 @@ fn upgrade(
         return Err(HttpError::new(400, "Missing or invalid Sec-WebSocket-Key"));
     }
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
-    check_ws_token(app, req)?;
-    let then =
-        app.ws.open_session(id, group, req.peer).map_err(|e| HttpError::new(503, e.0).header("retry-after", "5"))?;
+    let admin = check_ws_token(app, req)?;
+    if group.as_deref() == Some(ADMINS_GROUP) && !admin {
+        return Err(HttpError::new(
+            403,
+            "The group admins is reserved for superusers: connect with a superuser's token",
+        ));
+    }
+    let then = app
+        .ws
+        .open_session(id, group, admin, req.peer)
+        .map_err(|e| HttpError::new(503, e.0).header("retry-after", "5"))?;
     Ok(Response::upgrade(vec![("upgrade".into(), "websocket".into()), ("sec-websocket-accept".into(), accept)], then))
 }
 
@@ -128,29 +137,32 @@ fn valid_key(key: &str) -> bool {
 
 /// The token of a connect: `?token=` or `Authorization: Bearer`. Required with `WS_AUTH=required`;
 /// checked whenever one is given (a stale token is better refused than silently ignored).
-fn check_ws_token(app: &App, req: &Request<'_>) -> Result<(), HttpError> {
+/// Returns whether it is a superuser's (who may be in the reserved group `admins`).
+fn check_ws_token(app: &App, req: &Request<'_>) -> Result<bool, HttpError> {
     let from_query = req.query()?.into_iter().find(|(k, _)| k == "token").map(|(_, v)| v).filter(|t| !t.is_empty());
     let token = from_query.or_else(|| bearer_token(req).map(str::to_string));
     match token {
         None if app.config.ws_auth == WsAuth::Required => Err(unauthorized()),
-        None => Ok(()),
+        None => Ok(false),
         Some(t) => token_user_ok(app, &t),
     }
 }
 
 /// A token is good when it verifies and (while the database is up) names an active user.
-fn token_user_ok(app: &App, token: &str) -> Result<(), HttpError> {
+/// Returns whether that user is a superuser; while the database is down that cannot be known,
+/// and the answer is no (the reserved group waits for the database).
+fn token_user_ok(app: &App, token: &str) -> Result<bool, HttpError> {
     let id = app.auth.token_user_id(token).ok_or_else(unauthorized)?;
     let db = &app.db;
     if !db.is_up() {
-        return Ok(());
+        return Ok(false);
     }
     let found =
         db.conn().map_err(|e| db.saw(e)).and_then(|mut c| crate::db::users::by_id(&mut c, id).map_err(|e| db.saw(e)));
     match found {
-        Ok(Some(u)) if u.is_active => Ok(()),
+        Ok(Some(u)) if u.is_active => Ok(u.is_superuser),
         Ok(_) => Err(unauthorized()),
-        Err(e) if e.is_unavailable() => Ok(()),
+        Err(e) if e.is_unavailable() => Ok(false),
         Err(e) => {
             crate::error!("database error while checking a WebSocket token: {e}");
             Err(HttpError::new(500, "Internal Server Error"))
@@ -161,7 +173,7 @@ fn token_user_ok(app: &App, token: &str) -> Result<(), HttpError> {
 /// The caller of a POST route: a bearer token (see the module doc for the database's part).
 fn require_caller(app: &App, req: &Request<'_>) -> Result<(), HttpError> {
     let token = bearer_token(req).ok_or_else(unauthorized)?;
-    token_user_ok(app, token)
+    token_user_ok(app, token).map(|_| ())
 }
 
 fn clients(app: &App) -> Response {

@@ -178,8 +178,8 @@ pub fn stale_mark(stale: bool, resp: Response) -> Response {
 }
 
 /// Users by id: from the database while it is up (refreshing the account cache, and dropping
-/// from it the ids the database no longer has), else — or when the database fails on the way —
-/// from the cache. Returns the users found and whether they came from the cache. From the cache,
+/// from it the ids the database no longer has), else — or when the connection fails on the way,
+/// but not when the pool is merely busy (`db::is_busy_pool`: that answers 503) — from the cache. Returns the users found and whether they came from the cache. From the cache,
 /// a missing id is unknown rather than absent: the caller answers 503 for it, not 404.
 pub fn load_users(db: &Db, ids: &[i64]) -> Result<(Vec<User>, bool), HttpError> {
     if db.is_up() {
@@ -193,7 +193,8 @@ pub fn load_users(db: &Db, ids: &[i64]) -> Result<(Vec<User>, bool), HttpError> 
                 }
                 return Ok((found, false));
             }
-            Err(e) if e.is_unavailable() => {
+            // A busy pool is not an outage: no answers from memory for it.
+            Err(e) if e.is_unavailable() && !crate::db::is_busy_pool(&e) => {
                 db.saw(e);
             }
             Err(e) => return Err(db_error(db, e)),
@@ -213,7 +214,7 @@ pub fn load_user_by_email(db: &Db, email: &str) -> Result<(Option<User>, bool), 
                 }
                 return Ok((found, false));
             }
-            Err(e) if e.is_unavailable() => {
+            Err(e) if e.is_unavailable() && !crate::db::is_busy_pool(&e) => {
                 db.saw(e);
             }
             Err(e) => return Err(db_error(db, e)),

@@ -1,12 +1,13 @@
-//! Queries on `uploads`, the records of uploaded files. Every query is parameterised.
+//! Queries on `uploads`, the records of uploaded files. Every query is parameterised and is one of
+//! the statements prepared once per pooled connection (`stmt.rs`).
 //! Must never: delete a record without the caller having checked who may (the API does).
 
 use std::time::SystemTime;
 
-use postgres::types::Type;
-use postgres::Row;
+use postgres::{GenericClient, Row, Statement};
 use serde_json::{json, Value};
 
+use super::stmt::{self, Prepared, Stmt};
 use super::DbError;
 
 /// An upload record.
@@ -51,25 +52,51 @@ impl FileRecord {
     }
 }
 
-const COLS: &str = "filename, original_filename, category, size, content_type, sha256, uploader_id, uploaded_at";
+/// The columns of [`FileRecord::from_row`], in its order.
+macro_rules! cols {
+    () => {
+        "filename, original_filename, category, size, content_type, sha256, uploader_id, uploaded_at"
+    };
+}
+
+// The statements of this file, prepared once per pooled connection (`stmt.rs` lists them).
+/// An uploader that no longer exists (a record replayed from the spool long after) is stored as
+/// `NULL`, as `ON DELETE SET NULL` would have made it.
+pub(super) const INSERT: &str = concat!(
+    "INSERT INTO uploads (",
+    cols!(),
+    ") VALUES ($1, $2, $3, $4, $5, $6, (SELECT id FROM users WHERE id = $7), $8) ON CONFLICT (filename) DO NOTHING"
+);
+/// NULL parameters match everything: one statement for the four cases.
+pub(super) const LIST: &str = concat!(
+    "SELECT ",
+    cols!(),
+    " FROM uploads WHERE ($1::text IS NULL OR category = $1) \
+     AND ($2::int8 IS NULL OR uploader_id = $2) ORDER BY uploaded_at DESC, id DESC"
+);
+pub(super) const BY_FILENAME: &str = concat!("SELECT ", cols!(), " FROM uploads WHERE filename = $1");
+pub(super) const DELETE: &str = "DELETE FROM uploads WHERE filename = $1";
 
 /// Insert records in one transaction (all or nothing). A record whose `filename` already exists
 /// is left as it is (`ON CONFLICT DO NOTHING`), so replaying the same record twice is harmless.
-pub fn insert_all(c: &mut postgres::Client, records: &[FileRecord]) -> Result<(), DbError> {
-    let mut tx = c.transaction()?;
-    insert_all_in(&mut tx, records)?;
-    tx.commit()?;
-    Ok(())
+pub fn insert_all(c: &mut impl Prepared, records: &[FileRecord]) -> Result<(), DbError> {
+    stmt::run(c, Stmt::FileInsert, |client, st| {
+        let mut tx = client.transaction()?;
+        insert_each(&mut tx, st, records)?;
+        tx.commit()
+    })
 }
 
-/// The inserts of [`insert_all`] inside the caller's transaction. An uploader that no longer
-/// exists (a record replayed from the spool long after) is stored as `NULL`, as
-/// `ON DELETE SET NULL` would have made it.
+/// The inserts of [`insert_all`] inside the caller's transaction.
 pub fn insert_all_in(tx: &mut postgres::Transaction<'_>, records: &[FileRecord]) -> Result<(), DbError> {
+    let (tx, st) = tx.prepared(Stmt::FileInsert)?;
+    Ok(insert_each(tx, &st, records)?)
+}
+
+fn insert_each(c: &mut impl GenericClient, st: &Statement, records: &[FileRecord]) -> Result<(), postgres::Error> {
     for r in records {
-        tx.execute(
-            "INSERT INTO uploads (filename, original_filename, category, size, content_type, sha256, uploader_id, uploaded_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, (SELECT id FROM users WHERE id = $7), $8) ON CONFLICT (filename) DO NOTHING",
+        c.execute(
+            st,
             &[
                 &r.filename,
                 &r.original_filename,
@@ -86,28 +113,15 @@ pub fn insert_all_in(tx: &mut postgres::Transaction<'_>, records: &[FileRecord])
 }
 
 /// Records, newest first, optionally of one category and of one uploader.
-pub fn list(
-    c: &mut postgres::Client,
-    category: Option<&str>,
-    uploader: Option<i64>,
-) -> Result<Vec<FileRecord>, DbError> {
-    // NULL parameters match everything: one statement for the four cases.
-    let rows = c.query_typed(
-        &format!(
-            "SELECT {COLS} FROM uploads WHERE ($1::text IS NULL OR category = $1) \
-             AND ($2::int8 IS NULL OR uploader_id = $2) ORDER BY uploaded_at DESC, id DESC"
-        ),
-        &[(&category, Type::TEXT), (&uploader, Type::INT8)],
-    )?;
-    Ok(rows.iter().map(FileRecord::from_row).collect())
+pub fn list(c: &mut impl Prepared, category: Option<&str>, uploader: Option<i64>) -> Result<Vec<FileRecord>, DbError> {
+    Ok(stmt::query(c, Stmt::FilesList, &[&category, &uploader])?.iter().map(FileRecord::from_row).collect())
 }
 
-pub fn by_filename(c: &mut postgres::Client, filename: &str) -> Result<Option<FileRecord>, DbError> {
-    let rows = c.query_typed(&format!("SELECT {COLS} FROM uploads WHERE filename = $1"), &[(&filename, Type::TEXT)])?;
-    Ok(rows.first().map(FileRecord::from_row))
+pub fn by_filename(c: &mut impl Prepared, filename: &str) -> Result<Option<FileRecord>, DbError> {
+    Ok(stmt::query(c, Stmt::FileByName, &[&filename])?.first().map(FileRecord::from_row))
 }
 
 /// Delete a record; true when one was deleted.
-pub fn delete(c: &mut postgres::Client, filename: &str) -> Result<bool, DbError> {
-    Ok(c.execute("DELETE FROM uploads WHERE filename = $1", &[&filename])? > 0)
+pub fn delete(c: &mut impl Prepared, filename: &str) -> Result<bool, DbError> {
+    Ok(stmt::execute(c, Stmt::FileDelete, &[&filename])? > 0)
 }

@@ -41,9 +41,11 @@ use std::time::{Duration, Instant};
 
 pub mod cache;
 pub mod files;
+pub mod gate;
 pub mod migrate;
 pub mod pool;
 pub mod spool;
+pub mod stmt;
 pub mod teams;
 pub mod users;
 
@@ -138,6 +140,16 @@ pub fn cause_hint(err: &DbError) -> &'static str {
     }
 }
 
+/// Whether an "unavailable" error is only a pool checkout that timed out with no connection error
+/// behind it: every pooled connection was busy, which says nothing about PostgreSQL. Such an error
+/// must not lead to degraded trust (serving accounts from memory); a connection error (refused,
+/// closed mid-query) is evidence of an outage. r2d2 gives the last connection error to one waiter
+/// only, so in the first moment of an outage some waiters see a bare timeout too: they answer 503
+/// until the monitor, woken by the first error, has decided (within about a second).
+pub fn is_busy_pool(err: &DbError) -> bool {
+    matches!(err, DbError::Unavailable(m) if m.ends_with("timed out waiting for connection"))
+}
+
 /// What was last logged and alerted.
 #[derive(Default)]
 struct Announced {
@@ -199,6 +211,12 @@ impl Db {
     /// The spool, when attached.
     pub fn spool(&self) -> Option<&Arc<spool::Spool>> {
         self.spool.get()
+    }
+
+    /// Pooled connections `(in use, idle)`, for metrics (r2d2 takes its lock for a moment).
+    pub fn pool_state(&self) -> (u32, u32) {
+        let st = self.pool.state();
+        (st.connections.saturating_sub(st.idle_connections), st.idle_connections)
     }
 
     /// Upload records waiting in the spool (0 without one).
@@ -277,6 +295,8 @@ impl Db {
         if let Ok(applied) = &result {
             if !applied.is_empty() {
                 info!("applied migrations {applied:?}");
+                // Prepared statements of the old schema must not outlive it (`stmt.rs`).
+                self.pool.schema_changed();
             }
             self.ready.store(true, Ordering::SeqCst);
         }
@@ -366,6 +386,32 @@ impl Db {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bare_checkout_timeout_is_a_busy_pool() {
+        // The pool's only connection is held: the next checkout times out with no cause.
+        let test_db = pool::tests::TestDb::new("busy");
+        let mut cfg = test_db.cfg.clone();
+        cfg.pool_size = 1;
+        cfg.checkout_timeout = Duration::from_millis(200);
+        pool::ensure_database(&cfg).unwrap();
+        let p = pool::build_pool(&cfg).unwrap();
+        let held = p.get().unwrap();
+        let busy = DbError::from_pool(p.get().err().expect("busy"));
+        assert!(busy.is_unavailable() && is_busy_pool(&busy), "{busy}");
+        drop(held);
+        // Nothing listens: the timeout carries the connection error, which is not "busy".
+        let cfg = DbConfig {
+            host: "127.0.0.1".into(),
+            port: 1,
+            checkout_timeout: Duration::from_millis(300),
+            ..DbConfig::default()
+        };
+        let down = DbError::from_pool(pool::build_pool(&cfg).unwrap().get().err().expect("down"));
+        assert!(down.is_unavailable() && !is_busy_pool(&down), "{down}");
+        let closed = DbError::Unavailable("connection closed".into());
+        assert!(!is_busy_pool(&closed));
+    }
 
     #[test]
     fn hints_say_what_will_not_heal() {

@@ -21,20 +21,22 @@ use postgres::error::SqlState;
 use postgres::NoTls;
 use r2d2_postgres::PostgresConnectionManager;
 
-/// The pool type the server uses.
-pub type DbPool = r2d2::Pool<Manager>;
+/// The pool type the server uses: r2d2 behind a first-come-first-served gate (`gate.rs`).
+pub type DbPool = super::gate::FairPool;
 
 /// A connection borrowed from [`DbPool`]; goes back to the pool when dropped. Derefs to
-/// `postgres::Client`.
-pub type PooledClient = r2d2::PooledConnection<Manager>;
+/// [`Tracked`] and through it to `postgres::Client`.
+pub type PooledClient = super::gate::Checkout;
 
 /// How long after a connection was last seen healthy a checkout skips the health check.
 pub const RECENTLY_HEALTHY: Duration = Duration::from_secs(1);
 
-/// A pooled client and when it was last known to work.
+/// A pooled client, when it was last known to work, and its prepared statements (`stmt.rs`),
+/// which live and die with the connection: a replaced connection starts with none.
 pub struct Tracked {
-    client: postgres::Client,
+    pub(super) client: postgres::Client,
     healthy_at: Instant,
+    pub(super) stmts: super::stmt::StmtCache,
 }
 
 impl Deref for Tracked {
@@ -55,14 +57,18 @@ impl DerefMut for Tracked {
 /// the pool unbroken less than [`RECENTLY_HEALTHY`] ago. Under load that is almost every
 /// checkout, which halves the round trips of a one-query request; an idle connection (the
 /// case a PostgreSQL restart leaves dead) is still checked before use.
-pub struct Manager(PostgresConnectionManager<NoTls>);
+pub struct Manager(PostgresConnectionManager<NoTls>, super::stmt::SchemaEpoch);
 
 impl r2d2::ManageConnection for Manager {
     type Connection = Tracked;
     type Error = postgres::Error;
 
     fn connect(&self) -> Result<Tracked, postgres::Error> {
-        Ok(Tracked { client: self.0.connect()?, healthy_at: Instant::now() })
+        Ok(Tracked {
+            client: self.0.connect()?,
+            healthy_at: Instant::now(),
+            stmts: super::stmt::StmtCache::new(self.1.clone()),
+        })
     }
 
     fn is_valid(&self, conn: &mut Tracked) -> Result<(), postgres::Error> {
@@ -282,7 +288,7 @@ impl DbError {
 
     /// The error for a failed pool checkout: always "unavailable" (the pool could not produce a
     /// healthy connection within the checkout timeout).
-    pub fn from_pool(e: r2d2::Error) -> DbError {
+    pub fn from_pool(e: impl fmt::Display) -> DbError {
         DbError::Unavailable(format!("no database connection available: {e}"))
     }
 }
@@ -302,6 +308,12 @@ impl std::error::Error for DbError {}
 
 impl From<r2d2::Error> for DbError {
     fn from(e: r2d2::Error) -> DbError {
+        DbError::from_pool(e)
+    }
+}
+
+impl From<super::gate::CheckoutError> for DbError {
+    fn from(e: super::gate::CheckoutError) -> DbError {
         DbError::from_pool(e)
     }
 }
@@ -413,10 +425,12 @@ fn connect_maintenance(cfg: &DbConfig) -> Result<postgres::Client, DbError> {
 
 /// Builds the pool without connecting: it never blocks and never fails because PostgreSQL is
 /// down. Connections are opened on demand (by r2d2's own small helper thread pool) up to
-/// `pool_size`; a checkout that cannot get a healthy connection within `checkout_timeout` fails
-/// with an [`DbError::is_unavailable`] error (convert with `DbError::from` / `?`).
+/// `pool_size`; checkouts are served in arrival order (`gate.rs`); a checkout that cannot get a
+/// healthy connection within `checkout_timeout` fails with an [`DbError::is_unavailable`] error
+/// (convert with `DbError::from` / `?`).
 pub fn build_pool(cfg: &DbConfig) -> Result<DbPool, DbError> {
-    let manager = Manager(PostgresConnectionManager::new(cfg.pg_config()?, NoTls));
+    let epoch = super::stmt::SchemaEpoch::default();
+    let manager = Manager(PostgresConnectionManager::new(cfg.pg_config()?, NoTls), epoch.clone());
     let pool = r2d2::Pool::builder()
         .max_size(cfg.pool_size.max(1))
         // No connection at start: start-up must not wait for (or fail on) the database.
@@ -435,7 +449,7 @@ pub fn build_pool(cfg: &DbConfig) -> Result<DbPool, DbError> {
         .idle_timeout(Some(Duration::from_secs(600)))
         .max_lifetime(Some(Duration::from_secs(1800)))
         .build_unchecked(manager);
-    Ok(pool)
+    Ok(super::gate::FairPool::new(pool, cfg.checkout_timeout, epoch))
 }
 
 #[cfg(test)]

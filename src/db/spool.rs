@@ -9,10 +9,11 @@
 //!
 //! Replay (`replay`): one replayer at a time (the `spool-replay` thread, woken by the monitor
 //! when the database is up and the spool is not empty, and once at start). It reads the lines
-//! present when it starts, in order, and writes each entry in its own transaction that first
+//! present when it starts, in order, and writes each entry in a transaction that first
 //! claims the entry's id in `spool_applied` (`ON CONFLICT DO NOTHING`): an entry already applied
 //! — the replayer was killed after the commit and before the truncation — is skipped, so
-//! whatever crashes in between, each entry lands once. Records also insert with
+//! whatever crashes in between, each entry lands once. Consecutive entries go in batches of up
+//! to 64 per transaction (all claimed and written, or none). Records also insert with
 //! `ON CONFLICT (filename) DO NOTHING`. Then it truncates what it wrote: the lines appended
 //! meanwhile are copied to `journal.tmp`, synced, and renamed over the journal (atomic: after a
 //! crash the journal is either the old one, replayed again as no-ops, or the new tail).
@@ -30,8 +31,8 @@
 //! Bound: the journal grows while the database is down, one line (~300 bytes) per file; its size
 //! is the uploads' business (they take far more room themselves).
 //! Test hook: in debug builds only, `ADCLUSTER_TEST_REPLAY_DELAY_MS` makes the replayer pause
-//! that long before each entry, so a test can kill the server in the middle of a replay. Release
-//! builds do not read it.
+//! that long before each entry and commit each entry on its own, so a test can kill the server in
+//! the middle of a replay. Release builds do not read it.
 //! Must never: answer before the record is on disk, replay a line twice or a torn line ever, or
 //! hold the append lock across database I/O.
 
@@ -277,26 +278,50 @@ impl Spool {
         }
         let bytes = read_prefix(&path, len).map_err(io_err)?;
         let (lines, _torn) = split_lines(&bytes);
+        // Entries go in batches of consecutive entries, one transaction each (a commit per
+        // upload would make the replay of a long outage take as many fsyncs as uploads). The test
+        // hook makes every entry its own batch, so a kill can land between commits.
+        let batch_max = if self.replay_delay.is_zero() { REPLAY_BATCH } else { 1 };
         let mut done = 0usize;
         let mut written = 0usize;
         let mut result = Ok(());
-        for (line, end) in &lines {
-            match line {
-                Line::Entry(entry) => {
-                    if !self.replay_delay.is_zero() {
-                        std::thread::sleep(self.replay_delay);
+        let mut batch: Vec<&Entry> = Vec::new();
+        let mut batch_end = 0usize;
+        let mut i = 0;
+        while i <= lines.len() {
+            let next = lines.get(i);
+            let flush = match next {
+                Some((Line::Entry(_), _)) => batch.len() >= batch_max,
+                _ => !batch.is_empty(),
+            };
+            if flush {
+                if !self.replay_delay.is_zero() {
+                    std::thread::sleep(self.replay_delay);
+                }
+                match apply_batch(c, &batch) {
+                    Ok(n) => {
+                        written += n;
+                        done = batch_end;
+                        batch.clear();
                     }
-                    match apply(c, entry) {
-                        Ok(n) => written += n,
-                        Err(e) => {
-                            result = Err(e);
-                            break;
-                        }
+                    Err(e) => {
+                        result = Err(e);
+                        break;
                     }
                 }
-                Line::Bad(raw) => self.reject(raw),
             }
-            done = *end;
+            match next {
+                Some((Line::Entry(entry), end)) => {
+                    batch.push(entry);
+                    batch_end = *end;
+                }
+                Some((Line::Bad(raw), end)) => {
+                    self.reject(raw);
+                    done = *end;
+                }
+                None => {}
+            }
+            i += 1;
         }
         if done > 0 {
             self.truncate_front(done as u64).map_err(io_err)?;
@@ -361,18 +386,25 @@ fn io_err(e: io::Error) -> DbError {
     DbError::Config(format!("spool: {e}"))
 }
 
-/// Apply one entry in one transaction; 0 when it had been applied before.
-fn apply(c: &mut postgres::Client, entry: &Entry) -> Result<usize, DbError> {
+/// Entries per replay transaction.
+const REPLAY_BATCH: usize = 64;
+
+/// Apply entries in one transaction; an entry whose id is already claimed (applied before) is
+/// skipped. Returns the records written.
+fn apply_batch(c: &mut postgres::Client, entries: &[&Entry]) -> Result<usize, DbError> {
     let mut tx = c.transaction()?;
-    let claimed = tx.execute("INSERT INTO spool_applied (id) VALUES ($1) ON CONFLICT DO NOTHING", &[&entry.id])?;
-    if claimed == 0 {
-        tx.rollback()?;
-        return Ok(0);
+    let mut written = 0;
+    for entry in entries {
+        let claimed = tx.execute("INSERT INTO spool_applied (id) VALUES ($1) ON CONFLICT DO NOTHING", &[&entry.id])?;
+        if claimed == 0 {
+            continue;
+        }
+        let records: Vec<FileRecord> = entry.records.iter().map(SpooledRecord::to_record).collect();
+        super::files::insert_all_in(&mut tx, &records)?;
+        written += records.len();
     }
-    let records: Vec<FileRecord> = entry.records.iter().map(SpooledRecord::to_record).collect();
-    super::files::insert_all_in(&mut tx, &records)?;
     tx.commit()?;
-    Ok(records.len())
+    Ok(written)
 }
 
 /// Forget applied ids older than a week (an id is only needed until its line is truncated away,
@@ -462,6 +494,40 @@ mod tests {
         let (lines, torn) = split_lines(&bytes);
         assert!(torn.is_none());
         assert_eq!(lines.iter().filter(|(l, _)| matches!(l, Line::Entry(_))).count(), 3);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn replay_writes_each_entry_once_and_truncates_what_it_wrote() {
+        let db = crate::db::pool::tests::TestDb::new("spool");
+        let mut c = db.create_and_connect();
+        crate::db::migrate::migrate(&mut c).unwrap();
+        let dir = tempdir("replay");
+        let spool = Spool::open(&dir).unwrap();
+        let mut a = record("a.txt");
+        a.uploader_id = None;
+        spool.append(&[a]).unwrap();
+        // An uploader that does not exist (any more) is stored as NULL, not refused.
+        spool.append(&[record("b.txt"), record("c.txt")]).unwrap();
+        let journal = fs::read(spool.path()).unwrap();
+        fs::OpenOptions::new().append(true).open(spool.path()).unwrap().write_all(b"garbage\n").unwrap();
+        assert_eq!(spool.replay(&mut c).unwrap(), 3);
+        assert_eq!(spool.depth(), 0);
+        assert_eq!(fs::read(spool.path()).unwrap(), b"");
+        assert_eq!(fs::read(dir.join("spool").join(REJECTED)).unwrap(), b"garbage\n");
+        // A killed replayer's journal comes back whole: nothing is written twice.
+        fs::write(spool.path(), &journal).unwrap();
+        let spool = Spool::open(&dir).unwrap();
+        assert_eq!(spool.depth(), 3);
+        assert_eq!(spool.replay(&mut c).unwrap(), 0);
+        let n: i64 = c.query_one("SELECT count(*) FROM uploads", &[]).unwrap().get(0);
+        assert_eq!(n, 3);
+        let by: Option<i64> =
+            c.query_one("SELECT uploader_id FROM uploads WHERE filename = 'b.txt'", &[]).unwrap().get(0);
+        assert_eq!(by, None);
+        let at: SystemTime =
+            c.query_one("SELECT uploaded_at FROM uploads WHERE filename = 'a.txt'", &[]).unwrap().get(0);
+        assert_eq!(journal_time(at), at, "microseconds survive the journal");
         fs::remove_dir_all(&dir).unwrap();
     }
 

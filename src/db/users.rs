@@ -1,14 +1,15 @@
-//! Queries on `users`. Every query is parameterised; each runs in one round trip
-//! (`query_typed`: no separate prepare).
+//! Queries on `users`. Every query is parameterised; each is one of the statements prepared once
+//! per pooled connection (`stmt.rs`), so it runs in one round trip (bind and execute).
 //! Must never: return the password hash to anything but the login check (`User::to_json`
 //! leaves it out).
 
 use std::time::SystemTime;
 
-use postgres::types::{ToSql, Type};
+use postgres::types::ToSql;
 use postgres::Row;
 use serde_json::{json, Value};
 
+use super::stmt::{self, Prepared, Stmt};
 use super::DbError;
 
 /// A user row.
@@ -37,62 +38,131 @@ impl User {
     }
 
     fn from_row(row: &Row) -> User {
+        User::from_row_at(row, 0)
+    }
+
+    /// The user in the columns [`cols!`] of `row`, starting at column `base`.
+    fn from_row_at(row: &Row, base: usize) -> User {
         User {
-            id: row.get(0),
-            email: row.get(1),
-            hashed_password: row.get(2),
-            full_name: row.get(3),
-            is_active: row.get(4),
-            is_superuser: row.get(5),
-            created_at: row.get(6),
+            id: row.get(base),
+            email: row.get(base + 1),
+            hashed_password: row.get(base + 2),
+            full_name: row.get(base + 3),
+            is_active: row.get(base + 4),
+            is_superuser: row.get(base + 5),
+            created_at: row.get(base + 6),
         }
     }
 }
 
-const COLS: &str = "id, email, hashed_password, full_name, is_active, is_superuser, created_at";
+/// The columns of [`User::from_row`], in its order.
+macro_rules! cols {
+    () => {
+        "id, email, hashed_password, full_name, is_active, is_superuser, created_at"
+    };
+}
 
-fn rows(c: &mut postgres::Client, sql: &str, params: &[(&(dyn ToSql + Sync), Type)]) -> Result<Vec<User>, DbError> {
-    Ok(c.query_typed(sql, params)?.iter().map(User::from_row).collect())
+// The statements of this file, prepared once per pooled connection (`stmt.rs` lists them).
+pub(super) const INSERT: &str = concat!(
+    "INSERT INTO users (email, hashed_password, full_name, is_superuser) VALUES ($1, $2, $3, $4) RETURNING ",
+    cols!()
+);
+pub(super) const BY_ID: &str = concat!("SELECT ", cols!(), " FROM users WHERE id = $1");
+pub(super) const BY_IDS: &str = concat!("SELECT ", cols!(), " FROM users WHERE id = ANY($1)");
+pub(super) const BY_EMAIL: &str = concat!("SELECT ", cols!(), " FROM users WHERE lower(email) = lower($1)");
+pub(super) const LIST: &str = concat!("SELECT ", cols!(), " FROM users ORDER BY id OFFSET $1 LIMIT $2");
+/// The caller's `is_active` ($1) and a page of users ($2 skip, $3 limit) in one round trip: no
+/// row when the caller does not exist, one row with a NULL user when the page is empty.
+pub(super) const PAGE_FOR_CALLER: &str = concat!(
+    "SELECT c.is_active, u.* FROM (SELECT is_active FROM users WHERE id = $1) c \
+     LEFT JOIN LATERAL (SELECT ",
+    cols!(),
+    " FROM users ORDER BY id OFFSET $2 LIMIT $3) u ON true ORDER BY u.id"
+);
+
+fn rows(c: &mut impl Prepared, s: Stmt, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<User>, DbError> {
+    Ok(stmt::query(c, s, params)?.iter().map(User::from_row).collect())
 }
 
 /// Insert a user. A duplicate email (in any case) is `DbError::is_unique_violation`.
 pub fn insert(
-    c: &mut postgres::Client,
+    c: &mut impl Prepared,
     email: &str,
     hash: &str,
     full_name: Option<&str>,
     superuser: bool,
 ) -> Result<User, DbError> {
-    let sql = format!(
-        "INSERT INTO users (email, hashed_password, full_name, is_superuser) VALUES ($1, $2, $3, $4) RETURNING {COLS}"
-    );
-    let mut out = rows(
-        c,
-        &sql,
-        &[(&email, Type::TEXT), (&hash, Type::TEXT), (&full_name, Type::TEXT), (&superuser, Type::BOOL)],
-    )?;
+    let mut out = rows(c, Stmt::UserInsert, &[&email, &hash, &full_name, &superuser])?;
     out.pop().ok_or_else(|| DbError::Query { code: None, message: "INSERT returned no row".into() })
 }
 
-pub fn by_id(c: &mut postgres::Client, id: i64) -> Result<Option<User>, DbError> {
-    Ok(rows(c, &format!("SELECT {COLS} FROM users WHERE id = $1"), &[(&id, Type::INT8)])?.pop())
+pub fn by_id(c: &mut impl Prepared, id: i64) -> Result<Option<User>, DbError> {
+    Ok(rows(c, Stmt::UserById, &[&id])?.pop())
 }
 
 /// Several users by id in one round trip (the caller and the user asked for, say).
-pub fn by_ids(c: &mut postgres::Client, ids: &[i64]) -> Result<Vec<User>, DbError> {
-    rows(c, &format!("SELECT {COLS} FROM users WHERE id = ANY($1)"), &[(&ids, Type::INT8_ARRAY)])
+pub fn by_ids(c: &mut impl Prepared, ids: &[i64]) -> Result<Vec<User>, DbError> {
+    rows(c, Stmt::UsersByIds, &[&ids])
 }
 
 /// By email, case-insensitively (the unique index is on `lower(email)`).
-pub fn by_email(c: &mut postgres::Client, email: &str) -> Result<Option<User>, DbError> {
-    Ok(rows(c, &format!("SELECT {COLS} FROM users WHERE lower(email) = lower($1)"), &[(&email, Type::TEXT)])?.pop())
+pub fn by_email(c: &mut impl Prepared, email: &str) -> Result<Option<User>, DbError> {
+    Ok(rows(c, Stmt::UserByEmail, &[&email])?.pop())
 }
 
 /// A page of users, ordered by id.
-pub fn list(c: &mut postgres::Client, skip: i64, limit: i64) -> Result<Vec<User>, DbError> {
-    rows(
-        c,
-        &format!("SELECT {COLS} FROM users ORDER BY id OFFSET $1 LIMIT $2"),
-        &[(&skip, Type::INT8), (&limit, Type::INT8)],
-    )
+pub fn list(c: &mut impl Prepared, skip: i64, limit: i64) -> Result<Vec<User>, DbError> {
+    rows(c, Stmt::UsersList, &[&skip, &limit])
+}
+
+/// What [`page_for_caller`] found.
+pub enum CallerPage {
+    /// The caller exists and is active: here is the page.
+    Page(Vec<User>),
+    /// The caller does not exist or is not active (answer 401, and show nothing of the page).
+    Refused,
+}
+
+/// A page of users, ordered by id, for the token owner `caller`, checking in the same round trip
+/// that the caller exists and is active: the bearer check and the read it guards in one query,
+/// with no window between them and no cache to go stale.
+pub fn page_for_caller(c: &mut impl Prepared, caller: i64, skip: i64, limit: i64) -> Result<CallerPage, DbError> {
+    let rows = stmt::query(c, Stmt::UsersPageForCaller, &[&caller, &skip, &limit])?;
+    match rows.first() {
+        Some(first) if first.get::<_, bool>(0) => Ok(CallerPage::Page(
+            rows.iter().filter(|r| r.get::<_, Option<i64>>(1).is_some()).map(|r| User::from_row_at(r, 1)).collect(),
+        )),
+        _ => Ok(CallerPage::Refused),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::pool::tests::TestDb;
+
+    #[test]
+    fn page_for_caller_checks_the_caller_in_the_same_query() {
+        let db = TestDb::new("page_caller");
+        let mut c = db.create_and_connect();
+        crate::db::migrate::migrate(&mut c).unwrap();
+        let ids: Vec<i64> =
+            (0..3).map(|i| insert(&mut c, &format!("u{i}@x.io"), "h", None, false).unwrap().id).collect();
+        let page =
+            |c: &mut postgres::Client, caller, skip, limit| match page_for_caller(c, caller, skip, limit).unwrap() {
+                CallerPage::Page(p) => Some(p.iter().map(|u| u.id).collect::<Vec<_>>()),
+                CallerPage::Refused => None,
+            };
+        assert_eq!(page(&mut c, ids[0], 0, 100), Some(ids.clone()));
+        assert_eq!(page(&mut c, ids[0], 1, 1), Some(vec![ids[1]]));
+        // An empty page for an active caller is an empty page, not a refusal.
+        assert_eq!(page(&mut c, ids[0], 10, 100), Some(vec![]));
+        // A caller that does not exist, or is inactive, is refused, whatever the page.
+        assert_eq!(page(&mut c, 999_999, 0, 100), None);
+        c.execute("UPDATE users SET is_active = false WHERE id = $1", &[&ids[2]]).unwrap();
+        assert_eq!(page(&mut c, ids[2], 0, 100), None);
+        assert_eq!(page(&mut c, ids[2], 10, 100), None);
+        // The inactive user is still listed for an active caller.
+        assert_eq!(page(&mut c, ids[1], 0, 100), Some(ids.clone()));
+    }
 }

@@ -4,8 +4,10 @@
 //! `ChunkedDecoder` never buffers data: it hands back slices of the input it was given, so a
 //! multi-gigabyte chunked upload streams through in constant memory. `BodyReader` enforces the
 //! route's byte limit while reading (a body that crosses it fails the read with
-//! `BodyError::TooLarge`, which the handler answers 413), and turns a socket read timeout into
-//! `BodyError::Stalled`.
+//! `BodyError::TooLarge`, which the handler answers 413), keeps the body to its `Pace` (waiting
+//! in `poll` a second at a time on the non-blocking socket; too slow, silent too long or past
+//! its total deadline is `BodyError::Stalled`, 408), and reports a client that reset the
+//! connection as `BodyError::Truncated` (the client's doing, not a server error).
 //!
 //! Must never: read past the end of the body (the next pipelined request lives there), accept a
 //! chunk size or chunk extension without bound, or send `100 Continue` before the handler

@@ -28,4 +28,4 @@ pub mod static_file;
 pub use body::BodyError;
 pub use response::{Body, Response};
 pub use router::{HttpError, Request, Router};
-pub use server::{Server, ServerConfig, ShutdownHandle};
+pub use server::{Server, ServerConfig, ShutdownHandle, Stats};

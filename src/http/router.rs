@@ -241,6 +241,16 @@ impl Router {
         &self.routes
     }
 
+    /// Replace every handler registered so far by `wrap(method, pattern, handler)`: a seam for
+    /// the app to observe its routes (e.g. count and time them) without this layer knowing how.
+    pub fn wrap_handlers(&mut self, mut wrap: impl FnMut(&'static str, &'static str, Handler) -> Handler) {
+        for route in &mut self.routes {
+            let placeholder: Handler = Box::new(|_| Err(HttpError::new(500, "Internal Server Error")));
+            let handler = std::mem::replace(&mut route.handler, placeholder);
+            route.handler = wrap(route.method, route.pattern, handler);
+        }
+    }
+
     /// Look up `method path`. `HEAD` falls back to `GET`.
     pub fn find(&self, method: &str, raw_path: &str) -> Match<'_> {
         let Some(segments) = split_path(raw_path) else {

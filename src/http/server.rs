@@ -424,7 +424,23 @@ impl Drop for AliveGuard {
     }
 }
 
+/// Read-only figures of a server, for metrics. Cheap to clone; reading takes the admission
+/// lock for a moment (a scrape, not the request path).
+#[derive(Clone)]
+pub struct Stats(Arc<Gate>);
+
+impl Stats {
+    /// Open HTTP connections (not counting upgraded WebSockets).
+    pub fn open_connections(&self) -> usize {
+        self.0.open()
+    }
+}
+
 impl Server {
+    pub fn stats(&self) -> Stats {
+        Stats(self.shared.gate.clone())
+    }
+
     pub fn bind(addr: &str, cfg: ServerConfig, router: Arc<Router>) -> io::Result<Server> {
         let listener = TcpListener::bind(addr)?;
         listener.set_nonblocking(true)?;

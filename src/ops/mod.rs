@@ -1,5 +1,57 @@
 //! Operations: what the server does for the people who run it, beside serving clients.
-//! `alert.rs` tells them when the database goes away and comes back.
-//! Must never: hold up a request, or leak a secret into an alert or a log line.
+//! `alert.rs` tells them when the database goes away and comes back; `backup.rs` and
+//! `restore.rs` are the `backup` and `restore` commands, over the PostgreSQL client programs that
+//! `pgtools.rs` finds and runs; `interrupt.rs` turns a signal into a clean stop of those.
+//! Must never: hold up a request, or leak a secret into an alert, a log line, a message or a
+//! child's command line.
 
 pub mod alert;
+pub mod backup;
+pub mod interrupt;
+pub mod pgtools;
+pub mod restore;
+
+use crate::config::Config;
+use crate::db::DbConfig;
+
+/// A failed command: the exit code (1 the operation failed, 2 bad usage or refused) and the
+/// message of its `error:` line.
+#[derive(Debug)]
+pub struct OpsError {
+    pub code: u8,
+    pub message: String,
+}
+
+impl OpsError {
+    pub fn usage(message: impl Into<String>) -> OpsError {
+        OpsError { code: 2, message: message.into() }
+    }
+    pub fn failed(message: impl Into<String>) -> OpsError {
+        OpsError { code: 1, message: message.into() }
+    }
+}
+
+/// The server's configuration for a command; any argument left over is a usage error.
+pub fn load_config(args: &[String]) -> Result<Config, OpsError> {
+    let (cfg, rest) = Config::load(args).map_err(|e| OpsError::usage(e.to_string()))?;
+    if let Some(extra) = rest.first() {
+        return Err(OpsError::usage(format!("unexpected argument {extra:?}; see --help")));
+    }
+    crate::util::log::set_level(cfg.log_level);
+    Ok(cfg)
+}
+
+/// The database settings of the configuration (the server's own, `DATABASE_URL` or `DB_*`).
+pub fn db_config(cfg: &Config) -> DbConfig {
+    DbConfig {
+        host: cfg.db_host.clone(),
+        port: cfg.db_port,
+        dbname: cfg.db_name.clone(),
+        user: cfg.db_user.clone(),
+        password: cfg.db_password.clone(),
+        url: cfg.database_url.clone(),
+        pool_size: cfg.db_pool_size,
+        checkout_timeout: cfg.db_checkout_timeout,
+        ..DbConfig::default()
+    }
+}

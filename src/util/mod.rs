@@ -3,5 +3,7 @@
 
 pub mod hash_pipe;
 pub mod log;
+pub mod mem;
 pub mod rlimit;
 pub mod time;
+pub mod tmp_owner;

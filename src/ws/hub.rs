@@ -7,8 +7,12 @@
 //! operation that changes a group also changes the registry entry of the client (its current
 //! group), so two locks would always be taken together; one lock has no order to get wrong.
 //! Critical sections only look things up, change the maps and clone `Arc`s (plus, on connect,
-//! the welcome frame goes into a not yet started outbox: memory only). Frames are pushed after
-//! the lock is dropped.
+//! the welcome frame goes into a not yet started outbox: memory only). Frames are encoded and
+//! pushed after the lock is dropped (`Outgoing` holds each frame's encoding as a closure over
+//! `Arc`s), so a 64 KiB broadcast's JSON is never written under the lock.
+//!
+//! The reserved group `admins` (`protocol::ADMINS_GROUP`): only a client registered as `admin`
+//! (connected with a superuser's token) may join it; others get `forbidden` and stay put.
 //!
 //! Must never: push to a started outbox or do any I/O while holding `state`; block on a slow
 //! client (a full outbox evicts that client, close code 1008); let a replaced or evicted
@@ -19,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
-use super::protocol::{ClientError, Command, Encoded, ErrorCode, GroupInfo, ServerFrame};
+use super::protocol::{self, ClientError, Command, Encoded, ErrorCode, GroupInfo, ServerFrame};
 
 /// What happened to a frame handed to an outbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +67,8 @@ pub struct ClientInfo {
 
 struct Client {
     serial: u64,
+    /// Connected with a superuser's token: may be in the reserved group `admins`.
+    admin: bool,
     out: Arc<dyn Outbox>,
     group: Option<Arc<str>>,
     connected_at: SystemTime,
@@ -111,15 +117,23 @@ impl State {
     }
 }
 
-/// Frames to push once the lock is dropped.
+/// Frames to push once the lock is dropped, each still to be encoded: the JSON of a frame is
+/// written after the lock is released (`deliver`), so a 64 KiB broadcast never holds it up.
 #[derive(Default)]
-struct Outgoing(Vec<(Vec<Target>, Encoded)>);
+struct Outgoing(Vec<(Vec<Target>, Later)>);
+
+/// A frame's encoding, deferred until the hub lock is dropped. Captures owned (`Arc`) copies.
+type Later = Box<dyn FnOnce() -> Encoded + Send>;
 
 impl Outgoing {
-    fn add(&mut self, targets: Vec<Target>, frame: ServerFrame<'_>) {
+    fn add(&mut self, targets: Vec<Target>, encode: impl FnOnce() -> Encoded + Send + 'static) {
         if !targets.is_empty() {
-            self.0.push((targets, frame.encode()));
+            self.0.push((targets, Box::new(encode)));
         }
+    }
+
+    fn add_encoded(&mut self, targets: Vec<Target>, frame: Encoded) {
+        self.add(targets, move || frame);
     }
 }
 
@@ -127,6 +141,17 @@ impl Outgoing {
 pub struct Hub {
     state: Mutex<State>,
     next_serial: AtomicU64,
+    /// Counters for `/metrics` (relaxed atomics, never a lock).
+    pub stats: HubStats,
+}
+
+/// What the hub has done since start, for `/metrics`.
+#[derive(Default)]
+pub struct HubStats {
+    /// Frames queued to clients by `deliver` (one per recipient).
+    pub delivered: AtomicU64,
+    /// Clients closed with 1008 because their outbound queue was full.
+    pub slow_consumer_closes: AtomicU64,
 }
 
 impl Default for Hub {
@@ -149,7 +174,7 @@ fn anon_id() -> String {
 
 impl Hub {
     pub fn new() -> Hub {
-        Hub { state: Mutex::new(State::default()), next_serial: AtomicU64::new(1) }
+        Hub { state: Mutex::new(State::default()), next_serial: AtomicU64::new(1), stats: HubStats::default() }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -170,8 +195,15 @@ impl Hub {
     /// Register a client: with its requested id (taking it over from an older connection,
     /// which is closed with 4000 `replaced`) or a fresh `anon-` id, and in `group` if given.
     /// The client gets `welcome` first (queued in `out`, which the caller starts); the other
-    /// members of its group get `join`.
-    pub fn connect(&self, requested_id: Option<&str>, group: Option<&str>, out: Arc<dyn Outbox>) -> Member {
+    /// members of its group get `join`. `admin`: the client may be in the reserved group
+    /// `admins` (the caller checks that a client connecting into it is one).
+    pub fn connect(
+        &self,
+        requested_id: Option<&str>,
+        group: Option<&str>,
+        admin: bool,
+        out: Arc<dyn Outbox>,
+    ) -> Member {
         let serial = self.next_serial.fetch_add(1, Ordering::Relaxed);
         let group: Option<Arc<str>> = group.map(Arc::from);
         let mut outgoing = Outgoing::default();
@@ -191,19 +223,23 @@ impl Hub {
             // Moving to another group (or none) is a leave for the old group; staying in the same
             // group is not (its members get a `join` for the new connection below).
             if group.as_ref() != Some(&old_group) {
-                outgoing.add(st.members(&old_group, None), ServerFrame::Leave { client_id: &id, group: &old_group });
+                let (id, g) = (id.clone(), old_group.clone());
+                outgoing.add(st.members(&old_group, None), move || {
+                    ServerFrame::Leave { client_id: &id, group: &g }.encode()
+                });
             }
         }
         // Not started yet: this only queues, so the welcome is the client's first frame.
         out.push(&ServerFrame::Welcome { client_id: &id, group: group.as_deref() }.encode());
         st.clients.insert(
             id.clone(),
-            Client { serial, out: out.clone(), group: group.clone(), connected_at: SystemTime::now() },
+            Client { serial, admin, out: out.clone(), group: group.clone(), connected_at: SystemTime::now() },
         );
         if let Some(g) = &group {
             let others = st.members(g, None);
             st.groups.entry(g.clone()).or_default().insert(id.clone());
-            outgoing.add(others, ServerFrame::Join { client_id: &id, group: g });
+            let (id, g) = (id.clone(), g.clone());
+            outgoing.add(others, move || ServerFrame::Join { client_id: &id, group: &g }.encode());
         }
         drop(st);
         if let Some(old) = old {
@@ -232,36 +268,54 @@ impl Hub {
         let client = st.clients.remove(&m.id).expect("checked above");
         if let Some(g) = client.group {
             st.leave_group(&g, &m.id);
-            outgoing.add(st.members(&g, None), ServerFrame::Leave { client_id: &m.id, group: &g });
+            let id = m.id.clone();
+            outgoing.add(st.members(&g, None), move || ServerFrame::Leave { client_id: &id, group: &g }.encode());
         }
         true
     }
 
-    /// Push each frame to its targets; evict the targets whose queue is full. Returns how many
-    /// targets of the first batch got their frame queued.
-    fn deliver(&self, outgoing: Outgoing) -> usize {
+    /// Encode each frame (no lock held) and push it to its targets; evict the targets whose
+    /// queue is full. Returns how many targets of the first batch got their frame queued, and
+    /// the frames that went to more than one client other than `sender` (its fan-out, see
+    /// `handle`; one recipient is no amplification: its own queue bounds it).
+    fn deliver_from(&self, outgoing: Outgoing, sender: Option<&Member>) -> (usize, Vec<Encoded>) {
         let mut slow = Vec::new();
         let mut first = None;
-        for (targets, frame) in outgoing.0 {
+        let mut fanout = Vec::new();
+        let mut total = 0;
+        for (targets, encode) in outgoing.0 {
+            let frame = encode();
             let queued = push_all(&targets, &frame, &mut slow);
             first.get_or_insert(queued);
+            total += queued;
+            if let Some(me) = sender {
+                if targets.iter().filter(|t| t.id != me.id).nth(1).is_some() {
+                    fanout.push(frame);
+                }
+            }
         }
+        self.stats.delivered.fetch_add(total as u64, Ordering::Relaxed);
         self.evict(slow);
-        first.unwrap_or(0)
+        (first.unwrap_or(0), fanout)
+    }
+
+    fn deliver(&self, outgoing: Outgoing) -> usize {
+        self.deliver_from(outgoing, None).0
     }
 
     /// Slow consumers: out of the registry, close 1008 in place of their queue, `leave` to their
     /// group — whose members may turn out slow in turn, hence the work list (no recursion).
     fn evict(&self, mut slow: Vec<Target>) {
         while let Some(t) = slow.pop() {
+            self.stats.slow_consumer_closes.fetch_add(1, Ordering::Relaxed);
             let mut outgoing = Outgoing::default();
             let m = Member { id: t.id.clone(), serial: t.serial };
             if self.remove(&m, &mut outgoing) {
                 crate::info!("ws client {} is not reading: outbound queue full, disconnecting (1008)", t.id);
             }
             t.out.close(1008, "slow consumer: outbound queue full", true);
-            for (targets, frame) in outgoing.0 {
-                push_all(&targets, &frame, &mut slow);
+            for (targets, encode) in outgoing.0 {
+                push_all(&targets, &encode(), &mut slow);
             }
         }
     }
@@ -281,71 +335,87 @@ impl Hub {
     }
 
     /// Run one client command for `m`. Replies, notices and errors go out as the contract says.
-    pub fn handle(&self, m: &Member, cmd: Command) {
+    /// Returns the frames that went to other clients (the command's fan-out): the session
+    /// holds on to them to pace its reading by how much of them is still queued.
+    pub fn handle(&self, m: &Member, cmd: Command) -> Vec<Encoded> {
         let mut outgoing = Outgoing::default();
         let mut st = self.lock();
         let Some(me) = st.current(m) else {
             // A replaced or evicted session still draining its socket: it speaks for nobody.
-            return;
+            return Vec::new();
         };
         let me_target = vec![Target { id: m.id.clone(), serial: m.serial, out: me.out.clone() }];
         let my_group = me.group.clone();
-        let error = |outgoing: &mut Outgoing, code: ErrorCode, message: &str| {
-            outgoing.add(me_target.clone(), ServerFrame::Error { code, message });
+        let admin = me.admin;
+        let error = |outgoing: &mut Outgoing, code: ErrorCode, message: String| {
+            outgoing.add(me_target.clone(), move || ServerFrame::Error { code, message: &message }.encode());
         };
+        let from = m.id.clone();
         match cmd {
             Command::SendTo { to, message } => match st.target(&Arc::from(to.as_str())) {
-                None => error(&mut outgoing, ErrorCode::ClientNotFound, &format!("client {to} is not connected")),
+                None => error(&mut outgoing, ErrorCode::ClientNotFound, format!("client {to} is not connected")),
                 Some(target) => {
-                    outgoing.add(vec![target], ServerFrame::Private { from: &m.id, to: &to, message: &message });
-                    outgoing.add(me_target.clone(), ServerFrame::Sent { to: &to, message: &message });
+                    let (to, message): (Arc<str>, Arc<str>) = (Arc::from(to), Arc::from(message));
+                    let (t, msg) = (to.clone(), message.clone());
+                    outgoing.add(vec![target], move || {
+                        ServerFrame::Private { from: &from, to: &t, message: &msg }.encode()
+                    });
+                    outgoing.add(me_target.clone(), move || ServerFrame::Sent { to: &to, message: &message }.encode());
                 }
             },
-            Command::Group { message } => match &my_group {
-                None => error(&mut outgoing, ErrorCode::NotInGroup, "you are not in a group: /join <group> first"),
-                Some(g) => {
-                    outgoing.add(st.members(g, None), ServerFrame::Group { from: &m.id, group: g, message: &message })
-                }
-            },
-            Command::Text { message } => match &my_group {
-                Some(g) => {
-                    outgoing.add(st.members(g, None), ServerFrame::Group { from: &m.id, group: g, message: &message })
-                }
-                None => {
-                    let everyone: Vec<Target> = st.clients.keys().filter_map(|id| st.target(id)).collect();
-                    outgoing.add(everyone, ServerFrame::Broadcast { from: &m.id, message: &message });
-                }
-            },
+            Command::Group { message } | Command::Text { message } if my_group.is_some() => {
+                let g = my_group.clone().expect("checked");
+                let members = st.members(&g, None);
+                outgoing.add(members, move || ServerFrame::Group { from: &from, group: &g, message: &message }.encode())
+            }
+            Command::Group { .. } => {
+                error(&mut outgoing, ErrorCode::NotInGroup, "you are not in a group: /join <group> first".into())
+            }
+            Command::Text { message } => {
+                let everyone: Vec<Target> = st.clients.keys().filter_map(|id| st.target(id)).collect();
+                outgoing.add(everyone, move || ServerFrame::Broadcast { from: &from, message: &message }.encode());
+            }
+            Command::Join { group } if group == protocol::ADMINS_GROUP && !admin => error(
+                &mut outgoing,
+                ErrorCode::Forbidden,
+                format!("the group {group} is reserved for superusers: connect with a superuser's token"),
+            ),
             Command::Join { group } => {
                 let group: Arc<str> = Arc::from(group.as_str());
                 if my_group.as_ref() != Some(&group) {
                     if let Some(old) = &my_group {
                         st.leave_group(old, &m.id);
-                        outgoing.add(st.members(old, None), ServerFrame::Leave { client_id: &m.id, group: old });
+                        let (id, old) = (m.id.clone(), old.clone());
+                        outgoing.add(st.members(&old, None), move || {
+                            ServerFrame::Leave { client_id: &id, group: &old }.encode()
+                        });
                     }
                     let others = st.members(&group, None);
                     st.groups.entry(group.clone()).or_default().insert(m.id.clone());
                     if let Some(c) = st.clients.get_mut(&m.id) {
                         c.group = Some(group.clone());
                     }
-                    outgoing.add(others, ServerFrame::Join { client_id: &m.id, group: &group });
+                    let (id, g) = (m.id.clone(), group.clone());
+                    outgoing.add(others, move || ServerFrame::Join { client_id: &id, group: &g }.encode());
                 }
-                outgoing.add(me_target.clone(), ServerFrame::Joined { group: &group });
+                outgoing.add(me_target.clone(), move || ServerFrame::Joined { group: &group }.encode());
             }
-            Command::Leave => match &my_group {
-                None => error(&mut outgoing, ErrorCode::NotInGroup, "you are not in a group"),
+            Command::Leave => match my_group {
+                None => error(&mut outgoing, ErrorCode::NotInGroup, "you are not in a group".into()),
                 Some(g) => {
-                    st.leave_group(g, &m.id);
+                    st.leave_group(&g, &m.id);
                     if let Some(c) = st.clients.get_mut(&m.id) {
                         c.group = None;
                     }
-                    outgoing.add(st.members(g, None), ServerFrame::Leave { client_id: &m.id, group: g });
-                    outgoing.add(me_target.clone(), ServerFrame::Left { group: g });
+                    let (id, g2) = (m.id.clone(), g.clone());
+                    outgoing
+                        .add(st.members(&g, None), move || ServerFrame::Leave { client_id: &id, group: &g2 }.encode());
+                    outgoing.add(me_target.clone(), move || ServerFrame::Left { group: &g }.encode());
                 }
             },
             Command::Groups => {
                 let groups = group_infos(&st);
-                outgoing.add(me_target.clone(), ServerFrame::Groups { groups: &groups });
+                outgoing.add(me_target.clone(), move || ServerFrame::Groups { groups: &groups }.encode());
             }
             Command::Members { group } => {
                 let group: Option<Arc<str>> = group.map(|g| Arc::from(g.as_str())).or(my_group);
@@ -353,18 +423,20 @@ impl Hub {
                     None => error(
                         &mut outgoing,
                         ErrorCode::NotInGroup,
-                        "you are not in a group: name one, /members <group>",
+                        "you are not in a group: name one, /members <group>".into(),
                     ),
                     Some(g) => {
                         let members: Vec<Arc<str>> =
                             st.groups.get(&g).map(|s| s.iter().cloned().collect()).unwrap_or_default();
-                        outgoing.add(me_target.clone(), ServerFrame::Members { group: &g, members: &members });
+                        outgoing.add(me_target.clone(), move || {
+                            ServerFrame::Members { group: &g, members: &members }.encode()
+                        });
                     }
                 }
             }
         }
         drop(st);
-        self.deliver(outgoing);
+        self.deliver_from(outgoing, Some(m)).1
     }
 
     /// `POST /api/ws/send_to/{id}`: a `private` frame from `server`. False when the client is not
@@ -374,7 +446,9 @@ impl Hub {
             return false;
         };
         let mut outgoing = Outgoing::default();
-        outgoing.add(vec![target], ServerFrame::Private { from: "server", to, message });
+        let (to, message): (Arc<str>, Arc<str>) = (Arc::from(to), Arc::from(message));
+        outgoing
+            .add(vec![target], move || ServerFrame::Private { from: "server", to: &to, message: &message }.encode());
         self.deliver(outgoing) == 1
     }
 
@@ -389,7 +463,8 @@ impl Hub {
             st.members(group, None)
         };
         let mut outgoing = Outgoing::default();
-        outgoing.add(targets, ServerFrame::Group { from: "server", group, message });
+        let (group, message): (Arc<str>, Arc<str>) = (Arc::from(group), Arc::from(message));
+        outgoing.add(targets, move || ServerFrame::Group { from: "server", group: &group, message: &message }.encode());
         Some(self.deliver(outgoing))
     }
 
@@ -398,9 +473,7 @@ impl Hub {
     pub fn send_to_group(&self, group: &str, frame: &Encoded) -> usize {
         let targets = self.lock().members(group, None);
         let mut outgoing = Outgoing::default();
-        if !targets.is_empty() {
-            outgoing.0.push((targets, frame.clone()));
-        }
+        outgoing.add_encoded(targets, frame.clone());
         self.deliver(outgoing)
     }
 
@@ -517,7 +590,7 @@ mod tests {
 
     fn connect(hub: &Hub, id: Option<&str>, group: Option<&str>) -> (Member, Arc<Fake>) {
         let out = Fake::new();
-        let m = hub.connect(id, group, out.clone());
+        let m = hub.connect(id, group, false, out.clone());
         (m, out)
     }
 
@@ -669,7 +742,7 @@ mod tests {
         let hub = Hub::new();
         let (a, out_a) = connect(&hub, Some("a"), Some("g"));
         let slow = Fake::with_capacity(3);
-        let s = hub.connect(Some("slow"), Some("g"), slow.clone());
+        let s = hub.connect(Some("slow"), Some("g"), false, slow.clone());
         let (_, out_c) = connect(&hub, Some("c"), Some("g"));
         for _ in 0..5 {
             run(&hub, &a, "/group flood");
@@ -694,13 +767,44 @@ mod tests {
         // Each slow client has room for its welcome and the join notices of the later ones only.
         let slows: Vec<Arc<Fake>> = (0..50).map(|_| Fake::with_capacity(60)).collect();
         for (i, f) in slows.iter().enumerate() {
-            hub.connect(Some(&format!("s{i}")), Some("g"), f.clone());
+            hub.connect(Some(&format!("s{i}")), Some("g"), false, f.clone());
         }
         for _ in 0..70 {
             run(&hub, &a, "/group x");
         }
         assert!(slows.iter().all(|f| f.closed().map(|c| c.0) == Some(1008)));
         assert_eq!(hub.members("g").unwrap(), ["a"]);
+    }
+
+    #[test]
+    fn admins_is_reserved_and_the_fanout_is_reported() {
+        let hub = Hub::new();
+        let (a, out_a) = connect(&hub, Some("a"), Some("g"));
+        let boss = Fake::new();
+        let b = hub.connect(Some("boss"), None, true, boss.clone());
+        out_a.take();
+        boss.take();
+        run(&hub, &a, "/join admins");
+        let e = out_a.take();
+        assert_eq!((e[0]["type"].as_str(), e[0]["error"].as_str()), (Some("error"), Some("forbidden")));
+        assert_eq!(hub.members("g").unwrap(), ["a"], "the client stays where it was");
+        assert_eq!(hub.members("admins"), None);
+        run(&hub, &b, "/join admins");
+        assert_eq!(boss.types(), ["joined"]);
+        assert_eq!(hub.send_to_group("admins", &crate::ws::protocol::encode_text("{}".into())), 1);
+        // What went to several others comes back to the session (its fan-out); one recipient
+        // is no amplification, and its own echo does not count.
+        let fan = hub.handle(&b, parse_client_text("/send_to a hi").unwrap());
+        assert!(fan.is_empty(), "a private message has one recipient");
+        let fan = hub.handle(&a, parse_client_text("/group alone").unwrap());
+        assert!(fan.is_empty(), "alone in its group: only its own copy");
+        let fan = hub.handle(&a, parse_client_text("/leave").unwrap());
+        assert!(fan.is_empty());
+        let fan = hub.handle(&a, parse_client_text("to everyone").unwrap());
+        assert!(fan.is_empty(), "a broadcast reaching a and boss: one other");
+        let (_c, _out_c) = connect(&hub, Some("c"), None);
+        let fan = hub.handle(&a, parse_client_text("to everyone").unwrap());
+        assert_eq!(fan.len(), 1, "a broadcast reaching boss and c");
     }
 
     #[test]

@@ -42,19 +42,28 @@
 //! # Queues, bounds, and what happens when full
 //!
 //! - **Outbound queue** (per session; owners: the session, its hub entry, the flusher while it
-//!   holds the token). Bound: `WS_QUEUE_FRAMES` frames and `WS_QUEUE_KB` KiB. A push beyond it
-//!   is refused: the client is a slow consumer — the hub removes it (its group hears `leave`),
-//!   its queue is replaced by a close frame `1008`, and the flusher shuts the socket down if that
-//!   frame cannot be written within `CLOSE_GRACE`. The sender is never blocked.
+//!   holds the token). Bound: `WS_QUEUE_FRAMES` frames and `WS_QUEUE_KB` KiB. Above half of
+//!   either (the high-water mark) the session's reader stops reading its client until the queue
+//!   is under a quarter (back-pressure: a client that sends faster than it reads its own copies
+//!   is slowed by TCP, not closed). A push beyond the hard bound can then only come from others:
+//!   the client does not read what others send it, and is a slow consumer — the hub removes it
+//!   (its group hears `leave`), its queue is replaced by a close frame `1008`, and the flusher
+//!   shuts the socket down if that frame cannot be written within `CLOSE_GRACE`. The sender is
+//!   never blocked on a recipient.
+//! - **Fan-out in flight** (per session, its reader's own list): the frames its commands sent to
+//!   several clients, while any queue still holds them. Above `WS_QUEUE_KB` (weighted by how
+//!   many queues hold each) the reader pauses, at most a second per frame, so one broadcaster
+//!   cannot keep thousands of queues full (`session::pace_reading`).
 //! - **Flusher inbox** (`adopt` and `watch` lists): each session is in each at most once at a
 //!   time, so both are bounded by `WS_MAX_CLIENTS`.
 //! - A fan-out frame is encoded once; every recipient's queue holds the same `Arc<[u8]>`.
 //!
 //! # Locks
 //!
-//! `Hub::state` (registry + groups, one lock, see `hub.rs`) and each session's queue lock. Order:
-//! the hub lock may be held while a *not yet started* queue is locked (the welcome frame);
-//! never the other way round. The flusher's inbox lock and `Ws::flusher` are only ever taken
+//! `Hub::state` (registry + groups, one lock, see `hub.rs`) and each session's queue lock (with
+//! its `drained` condvar, which only the session's own reader waits on). Order: the hub lock
+//! may be held while a *not yet started* queue is locked (the welcome frame); never the other
+//! way round. Frames are encoded after the hub lock is dropped. The flusher's inbox lock and `Ws::flusher` are only ever taken
 //! alone. No socket I/O happens under any of them.
 //!
 //! # Shutdown
@@ -203,6 +212,7 @@ impl Ws {
         self: &Arc<Self>,
         id: Option<String>,
         group: Option<String>,
+        admin: bool,
         peer: SocketAddr,
     ) -> Result<UpgradeFn, Refused> {
         if self.stopping.load(Ordering::SeqCst) {
@@ -240,7 +250,7 @@ impl Ws {
                 Refused("Cannot start a WebSocket session now".into())
             })?;
         // Nothing can fail from here on: register (a takeover closes the older connection now).
-        let member = self.hub.connect(id.as_deref(), group.as_deref(), out);
+        let member = self.hub.connect(id.as_deref(), group.as_deref(), admin, out);
         if self.stopping.load(Ordering::SeqCst) {
             // `shutdown` ran between the check above and the registration: its sweep of the
             // registry may have missed this client. Sweep again (it is idempotent).

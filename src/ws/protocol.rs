@@ -20,6 +20,10 @@ pub const NAME_MAX: usize = 64;
 /// connection with 1009.
 pub const MESSAGE_MAX: usize = 64 * 1024;
 
+/// The reserved group: the server's alerts go to it, and only a client connected with a
+/// superuser's token may be in it.
+pub const ADMINS_GROUP: &str = "admins";
+
 /// Deepest JSON nesting a client frame may have before we refuse to parse it. Parsing is
 /// recursive and session threads have small stacks; no command needs more than one level.
 pub const JSON_DEPTH_MAX: usize = 16;
@@ -61,6 +65,8 @@ pub enum ErrorCode {
     UnknownCommand,
     BadRequest,
     Unsupported,
+    /// A reserved group (`admins`) without a superuser's token.
+    Forbidden,
 }
 
 impl ErrorCode {
@@ -71,6 +77,7 @@ impl ErrorCode {
             ErrorCode::UnknownCommand => "unknown_command",
             ErrorCode::BadRequest => "bad_request",
             ErrorCode::Unsupported => "unsupported",
+            ErrorCode::Forbidden => "forbidden",
         }
     }
 }

@@ -3,6 +3,10 @@
 //! each session (`run`). The protocol rules are in `protocol.rs`, the bookkeeping in `hub.rs`;
 //! the thread model as a whole is described in `ws/mod.rs`.
 //!
+//! Back-pressure lives in the reader (`pace_reading`): before reading the next frame it waits
+//! while its own queue is over the high-water mark, or while its fan-out is still queued
+//! elsewhere (see `ws/mod.rs`).
+//!
 //! Must never: block a sender on a client's socket (every write is `MSG_DONTWAIT`), let two
 //! writers interleave frames on one socket (the `writing` token), or hold the queue's lock
 //! during a system call.
@@ -12,7 +16,7 @@ use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use tungstenite::error::{Error as WsError, ProtocolError};
@@ -40,22 +44,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// `sendmsg(fd, bufs, MSG_DONTWAIT | MSG_NOSIGNAL)`: write what the socket takes now, never wait.
-fn send_nonblocking(fd: RawFd, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-    // SAFETY: `msghdr` is plain data and all-zero is a valid empty header. `IoSlice` is
-    // guaranteed ABI-compatible with `iovec` on Unix, and `bufs` outlives the call; `sendmsg`
-    // only reads the buffers.
-    let n = unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
-        msg.msg_iovlen = bufs.len() as _;
-        libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
-    };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
+/// `sendmsg(bufs, MSG_DONTWAIT | MSG_NOSIGNAL)`: write what the socket takes now, never wait.
+fn send_nonblocking(stream: &TcpStream, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    socket2::SockRef::from(stream).send_vectored_with_flags(bufs, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -99,6 +90,8 @@ struct OutState {
     /// A close frame to send in place of the queue (slow consumer), waiting for the writer that
     /// holds the token: only it knows which queued bytes are already on their way.
     pending_close: Option<Encoded>,
+    /// The session's reader waits for the queue to drain below the low-water mark.
+    drain_waiter: bool,
 }
 
 impl OutState {
@@ -130,6 +123,12 @@ pub struct Outbound {
     state: Mutex<OutState>,
     max_frames: usize,
     max_bytes: usize,
+    /// Back-pressure marks: above `high` (frames or bytes) the session stops reading its client
+    /// until the queue is back under `low`. Half and a quarter of the hard limits.
+    high: (usize, usize),
+    low: (usize, usize),
+    /// Signalled when the queue drops under `low` (or the session dies) while the reader waits.
+    drained: Condvar,
     close_grace: Duration,
     flusher: Arc<Flusher>,
     me: Weak<Outbound>,
@@ -150,9 +149,13 @@ impl Outbound {
                 fin: false,
                 dead: false,
                 pending_close: None,
+                drain_waiter: false,
             }),
             max_frames: settings.queue_frames.max(1),
             max_bytes: settings.queue_bytes.max(1),
+            high: ((settings.queue_frames / 2).max(1), (settings.queue_bytes / 2).max(1)),
+            low: ((settings.queue_frames / 4).max(1), (settings.queue_bytes / 4).max(1)),
+            drained: Condvar::new(),
             close_grace: settings.close_grace,
             flusher,
             me: me.clone(),
@@ -183,6 +186,34 @@ impl Outbound {
     pub fn is_closing(&self) -> bool {
         let st = lock(&self.state);
         st.closing || st.dead
+    }
+
+    fn below(&self, st: &OutState, mark: (usize, usize)) -> bool {
+        st.queue.len() <= mark.0 && st.bytes <= mark.1
+    }
+
+    /// Unwritten bytes queued, and whether the queue is above its high-water mark.
+    pub fn backlog(&self) -> (usize, bool) {
+        let st = lock(&self.state);
+        (st.bytes, !self.below(&st, self.high))
+    }
+
+    /// Wait up to `timeout` for the queue to drain under its low-water mark. True when it has
+    /// (or the session is closing: nothing more will drain).
+    pub fn wait_drained(&self, timeout: Duration) -> bool {
+        let until = Instant::now() + timeout;
+        let mut st = lock(&self.state);
+        loop {
+            if st.dead || st.closing || self.below(&st, self.low) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= until {
+                return false;
+            }
+            st.drain_waiter = true;
+            st = self.drained.wait_timeout(st, until - now).unwrap_or_else(|p| p.into_inner()).0;
+        }
     }
 
     /// Write what is queued until the queue is empty, the socket is full, or (for a sender)
@@ -233,7 +264,13 @@ impl Outbound {
                 .enumerate()
                 .map(|(i, f)| IoSlice::new(if i == 0 { &f[offset..] } else { &f[..] }))
                 .collect();
-            match send_nonblocking(self.fd(), &slices) {
+            let Some(stream) = self.stream.get() else {
+                // Not attached (`start` comes after `attach`, so this cannot happen): a queue
+                // without a socket cannot be written.
+                self.kill();
+                return Turn::Dead;
+            };
+            match send_nonblocking(stream, &slices) {
                 Ok(n) => self.advance(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if who == Writer::Sender {
@@ -268,6 +305,10 @@ impl Outbound {
             st.queue.pop_front();
         }
         st.front_written = done;
+        if st.drain_waiter && self.below(&st, self.low) {
+            st.drain_waiter = false;
+            self.drained.notify_all();
+        }
     }
 
     /// Shut the socket down now and drop everything queued. Wakes the reader (its `read`
@@ -283,6 +324,7 @@ impl Outbound {
             st.bytes = 0;
             st.front_written = 0;
         }
+        self.drained.notify_all();
         self.shutdown(Shutdown::Both);
     }
 
@@ -542,7 +584,11 @@ fn read_loop(ws: &Ws, stream: &TcpStream, leftover: Vec<u8>, member: &Member, ou
     let mut last_seen = Instant::now();
     let mut next_ping = last_seen + s.ping_interval;
     let hub = &ws.hub;
+    let mut fanout = VecDeque::new();
     loop {
+        if let Some(end) = pace_reading(s, member, out, &mut fanout, &mut last_seen) {
+            return end;
+        }
         let result = ctx.read(&mut io);
         let now = Instant::now();
         match result {
@@ -550,7 +596,7 @@ fn read_loop(ws: &Ws, stream: &TcpStream, leftover: Vec<u8>, member: &Member, ou
                 last_seen = now;
                 match message {
                     Message::Text(text) => match protocol::parse_client_text(text.as_str()) {
-                        Ok(cmd) => hub.handle(member, cmd),
+                        Ok(cmd) => fanout.extend(hub.handle(member, cmd)),
                         Err(e) => hub.send_error(member, out.clone(), &e),
                     },
                     Message::Binary(_) => hub.send_error(
@@ -599,6 +645,72 @@ fn read_loop(ws: &Ws, stream: &TcpStream, leftover: Vec<u8>, member: &Member, ou
             next_ping = now + s.ping_interval;
         }
     }
+}
+
+/// Longest pause of a sender's reading while its fan-out drains (see `pace_reading`).
+const FANOUT_MAX_PAUSE: Duration = Duration::from_secs(1);
+/// Most fan-out frames a session keeps track of.
+const FANOUT_TRACKED: usize = 1024;
+
+/// Back-pressure, before the next frame is read from the client:
+///
+/// - **Its own queue.** Above the high-water mark (half the hard limit) the client is not read
+///   until the queue drains under the low-water mark (a quarter): a client that sends faster
+///   than it reads its own copies (`/group` echoes, `sent` receipts, pongs) is slowed down by
+///   TCP, never closed for it. If the queue makes no progress for `ping_timeout`, the client
+///   reads nothing at all and is dropped.
+/// - **Its fan-out.** The frames its commands sent to others (`fanout`, the `Arc`s handed back
+///   by `Hub::handle`) count for as long as some queue still holds them (the `Arc`'s count):
+///   above `queue_bytes` in all, it is not read until that falls under half, or at most
+///   `FANOUT_MAX_PAUSE` per frame read (one stuck recipient must not stall a sender for long;
+///   that recipient is evicted by its own full queue). So one client's broadcast to every other
+///   cannot queue more than about one queue's worth at a time.
+///
+/// Returns how the session ends when the client has to go.
+fn pace_reading(
+    s: &WsSettings,
+    member: &Member,
+    out: &Arc<Outbound>,
+    fanout: &mut VecDeque<Encoded>,
+    last_seen: &mut Instant,
+) -> Option<End> {
+    let (mut bytes, high) = out.backlog();
+    if high {
+        let mut progress_at = Instant::now();
+        while !out.wait_drained(Duration::from_millis(250)) {
+            let (now_bytes, _) = out.backlog();
+            if now_bytes < bytes {
+                progress_at = Instant::now();
+                bytes = now_bytes;
+            }
+            if progress_at.elapsed() >= s.ping_timeout {
+                info!(
+                    "ws client {} is not reading: its own queue has not drained for {} s; disconnecting",
+                    member.id,
+                    s.ping_timeout.as_secs()
+                );
+                out.kill();
+                return Some(End::Dropped("not reading its own queue".into()));
+            }
+        }
+        // It reads: it is alive, however long it was not read.
+        *last_seen = Instant::now();
+    }
+    let outstanding = |f: &mut VecDeque<Encoded>| {
+        f.retain(|frame| Arc::strong_count(frame) > 1);
+        while f.len() > FANOUT_TRACKED {
+            f.pop_front();
+        }
+        f.iter().map(|frame| frame.len() * (Arc::strong_count(frame) - 1)).sum::<usize>()
+    };
+    if outstanding(fanout) > s.queue_bytes {
+        let until = Instant::now() + FANOUT_MAX_PAUSE;
+        while outstanding(fanout) > s.queue_bytes / 2 && Instant::now() < until && !out.is_closing() {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        *last_seen = Instant::now();
+    }
+    None
 }
 
 fn server_close(

@@ -354,17 +354,21 @@ describe('API docs in headless Chromium', () => {
       assert.match(await title.textContent(), /^Adcluster API\b/);
       // The operations are rendered too, not only the title.
       await page.locator('[data-section-id="operation/read_users_me"]').first().waitFor({ state: 'attached' });
-      // The sidebar lists the operations; one of its entries leads to the operation's section.
+      // The sidebar lists every operation under its tag; opening the `users` tag and clicking
+      // an entry leads to that operation's section.
       const sidebar = page.locator('.menu-content');
       await sidebar.waitFor();
-      const entry = sidebar.locator('li[data-item-id="operation/read_users_me"]');
-      await entry.waitFor();
-      const entries = await sidebar.locator('li[data-item-id^="operation/"]').count();
+      const entries = await sidebar
+        .locator('li[data-item-id^="tag/"]')
+        .evaluateAll((els) => els.filter((e) => /\/(operation|paths)\//.test(e.getAttribute('data-item-id'))).length);
       const doc = await (await fetch(`${base}/openapi.json`)).json();
       const operations = Object.values(doc.paths).reduce((n, item) => n + Object.keys(item).length, 0);
       assert.equal(entries, operations, 'one sidebar entry per operation of /openapi.json');
+      await sidebar.locator('li[data-item-id="tag/users"] > label').click();
+      const entry = sidebar.locator('li[data-item-id="tag/users/operation/read_users_me"]');
+      await entry.waitFor();
       await entry.click();
-      await page.waitForURL(/#operation\/read_users_me$/);
+      await page.waitForURL(/#tag\/users\/operation\/read_users_me$/);
       assertClean(seen);
       await page.screenshot({ path: path.join(SHOTS, 'redoc.png') });
     } finally {

@@ -327,6 +327,12 @@ impl Conn {
         Conn { stream, buf: Vec::new() }
     }
 
+    /// Wrap a socket opened some other way (e.g. with special options).
+    pub fn wrap(stream: TcpStream) -> Conn {
+        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        Conn { stream, buf: Vec::new() }
+    }
+
     pub fn write(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).expect("write");
     }

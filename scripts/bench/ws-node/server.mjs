@@ -1,5 +1,5 @@
 // The Node reference server of `scripts/bench.sh ws`: the contract's WebSocket protocol subset
-// (../../../../shared/spec/API.md, "WebSocket") on the `ws` package, written the way a competent
+// (docs/api.md, "WebSocket") on the `ws` package, written the way a competent
 // Node developer would, so that ws-bench can run the same scenarios against it and our server
 // side by side. Bench-only: it must never be used as, or shipped with, the Adcluster server, and
 // never speak more than the subset below (it is a yardstick, not a second implementation).

@@ -1,0 +1,463 @@
+//! `adcluster backup [--all] [--output FILE] [--keep N]`: a plain-SQL backup of the database
+//! (`pg_dump --clean --if-exists`) or, with `--all`, of the whole cluster (`pg_dumpall`), to
+//! `BACKUP_DIR/full_backup_YYYY-MM-DD_HHMMSS.sql` (UTC) or FILE; the path on standard output.
+//!
+//! The file appears only when complete: the dump is streamed into a hidden temporary name in
+//! the same folder (`.full_backup_....sql.partial-PID`, mode 0600: a backup holds password
+//! hashes), followed by one last comment line `-- adcluster backup: sha256=HEX bytes=N` (the
+//! checksum of everything above it, which `restore` checks before it touches the database),
+//! fsync'd, linked to its final name (never over an existing file) and the folder fsync'd. A
+//! failure or an interruption (SIGINT/SIGTERM/SIGHUP: see `interrupt.rs`) removes the temporary
+//! file; one left by a `kill -9` is hidden from `restore` and `--keep`, and removed by the next
+//! run once its process is gone.
+//!
+//! `--keep N` then deletes all but the newest N backups in `BACKUP_DIR` (by name, which sorts by
+//! time). Every run that gets past its arguments appends one line to `BACKUP_DIR/backup.log`
+//! (`backup_log_line`).
+//!
+//! Must never: leave a partial file under a backup's name, overwrite a backup, or show the
+//! database password (see `pgtools.rs`).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant, SystemTime};
+
+use sha2::{Digest, Sha256};
+
+use super::interrupt::Guard;
+use super::pgtools::{self, shell_quote};
+use super::OpsError;
+use crate::config::Config;
+
+pub const HELP: &str = "\
+adcluster backup — a plain-SQL backup of the database
+
+USAGE:
+    adcluster backup [--all] [--output FILE] [--keep N] [SETTINGS FLAGS]
+
+Writes BACKUP_DIR/full_backup_YYYY-MM-DD_HHMMSS.sql (UTC) with pg_dump, and prints its path.
+The file appears only when complete; a failed or interrupted backup leaves nothing behind.
+Uses the server's settings (.env, environment, flags: DATABASE_URL or DB_*, BACKUP_DIR); the
+password reaches pg_dump through its environment, never its command line.
+
+OPTIONS:
+    --all            back up the whole cluster (every database and the roles) with pg_dumpall
+    --output FILE    write FILE instead (its folder must exist; an existing file is not replaced)
+    --keep N         afterwards delete all but the newest N backups in BACKUP_DIR (N >= 1)
+    -h, --help       print this text
+
+pg_dump/pg_dumpall: the one on PATH when its major version is at least the server's, else the
+newest under /usr/lib/postgresql/*/bin.
+Each run appends one line to BACKUP_DIR/backup.log.
+Exit codes: 0 success, 1 the backup failed, 2 bad usage. Settings: see `adcluster --help`.
+";
+
+/// Names of backups: `full_backup_<...>.sql`.
+pub const PREFIX: &str = "full_backup_";
+pub const SUFFIX: &str = ".sql";
+/// The last line of a backup written by us, before `sha256=`.
+pub const TRAILER_PREFIX: &str = "-- adcluster backup: ";
+/// The per-run log in `BACKUP_DIR`.
+pub const LOG_NAME: &str = "backup.log";
+
+/// The command line of `backup`, apart from the settings flags.
+#[derive(Debug, Default, PartialEq)]
+pub struct Args {
+    pub all: bool,
+    pub output: Option<PathBuf>,
+    pub keep: Option<usize>,
+    pub help: bool,
+}
+
+/// Take our flags out of `args`; the rest are settings flags (or mistakes) for `Config::load`.
+pub fn parse_args(args: &[String]) -> Result<(Args, Vec<String>), OpsError> {
+    let mut a = Args::default();
+    let mut rest = Vec::new();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let (name, inline) = match arg.split_once('=') {
+            Some((n, v)) if n.starts_with("--") => (n, Some(v.to_string())),
+            _ => (arg.as_str(), None),
+        };
+        let mut value = |flag: &str| {
+            inline
+                .clone()
+                .or_else(|| it.next().cloned())
+                .ok_or_else(|| OpsError::usage(format!("{flag} needs a value")))
+        };
+        match name {
+            "--all" => a.all = true,
+            "-h" | "--help" => a.help = true,
+            "--output" | "-o" => {
+                let v = value("--output")?;
+                if v.is_empty() {
+                    return Err(OpsError::usage("--output needs a file name"));
+                }
+                a.output = Some(PathBuf::from(v));
+            }
+            "--keep" => {
+                let v = value("--keep")?;
+                match v.parse::<usize>() {
+                    Ok(n) if n >= 1 => a.keep = Some(n),
+                    _ => return Err(OpsError::usage(format!("--keep {v:?}: expected a whole number of at least 1"))),
+                }
+            }
+            _ => rest.push(arg.clone()),
+        }
+    }
+    Ok((a, rest))
+}
+
+/// `full_backup_2026-12-01_200102.sql` for that instant (UTC).
+pub fn backup_name(t: SystemTime) -> String {
+    let s = crate::util::time::rfc3339(t); // 2026-12-01T20:01:02.123456Z
+    format!("{PREFIX}{}_{}{}{}{SUFFIX}", &s[..10], &s[11..13], &s[14..16], &s[17..19])
+}
+
+/// Whether a file name is a backup (`full_backup_*.sql`, not hidden, not a temporary file).
+pub fn is_backup_name(name: &str) -> bool {
+    name.starts_with(PREFIX) && name.ends_with(SUFFIX) && name.len() > PREFIX.len() + SUFFIX.len()
+}
+
+/// The backups in `dir`, oldest first (by name: the timestamp sorts). Regular files only.
+pub fn list_backups(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut out: Vec<PathBuf> = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if is_backup_name(name) && entry.file_type()?.is_file() {
+            out.push(entry.path());
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Of `backups` (oldest first), the ones `--keep n` deletes.
+pub fn beyond_keep(backups: &[PathBuf], n: usize) -> &[PathBuf] {
+    &backups[..backups.len().saturating_sub(n)]
+}
+
+/// The last line of a backup: the checksum and length of everything before it.
+pub fn trailer(sha256_hex: &str, bytes: u64) -> String {
+    format!("{TRAILER_PREFIX}sha256={sha256_hex} bytes={bytes}\n")
+}
+
+/// One line of `backup.log`: time, command, file, size, duration, result.
+pub fn backup_log_line(
+    at: SystemTime,
+    command: &str,
+    file: Option<&Path>,
+    size: Option<u64>,
+    took: Duration,
+    result: &str,
+) -> String {
+    let one_line: String = result.split_whitespace().collect::<Vec<_>>().join(" ");
+    format!(
+        "{} {command} file={} size={} duration={:.3}s result={one_line}\n",
+        crate::util::time::rfc3339(at),
+        file.map(|f| shell_quote(&f.display().to_string())).unwrap_or_else(|| "-".into()),
+        size.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
+        took.as_secs_f64(),
+    )
+}
+
+/// Append one line to `dir/backup.log` (created when missing). A log that cannot be written is
+/// reported on standard error and does not change the command's result.
+pub fn append_log(dir: &Path, line: &str) {
+    let path = dir.join(LOG_NAME);
+    let res = fs::create_dir_all(dir)
+        .and_then(|_| OpenOptions::new().create(true).append(true).open(&path))
+        .and_then(|mut f| f.write_all(line.as_bytes()));
+    if let Err(e) = res {
+        eprintln!("warning: cannot append to {}: {e}", path.display());
+    }
+}
+
+/// fsync a directory, so a rename or an unlink inside it survives a crash.
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(if dir.as_os_str().is_empty() { Path::new(".") } else { dir })?.sync_all()
+}
+
+/// A temporary file removed on drop unless `keep` was called.
+struct TempFile {
+    path: PathBuf,
+    armed: bool,
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// `.NAME.partial-PID` beside `final_path`.
+fn temp_path(final_path: &Path) -> PathBuf {
+    let name = final_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    final_path.with_file_name(format!(".{name}.partial-{}", std::process::id()))
+}
+
+/// Remove `.full_backup_*.partial-PID` files in `dir` whose process is gone (a `kill -9`
+/// during an earlier backup).
+fn sweep_partials(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix('.').and_then(|n| n.rsplit_once(".partial-")).map(|(_, p)| p.to_string())
+        else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<i32>() else { continue };
+        // SAFETY: kill with signal 0 only checks whether the process exists.
+        let gone = pid > 0
+            && unsafe { libc::kill(pid, 0) } != 0
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if gone && fs::remove_file(entry.path()).is_ok() {
+            eprintln!("removed {} (left by an interrupted backup)", entry.path().display());
+        }
+    }
+}
+
+/// `backup`: parse, run, log, print.
+pub fn run(args: &[String]) -> Result<(), OpsError> {
+    let (a, rest) = parse_args(args)?;
+    if a.help {
+        print!("{HELP}");
+        return Ok(());
+    }
+    let cfg = super::load_config(&rest)?;
+    let guard = Guard::install().map_err(|e| OpsError::failed(format!("cannot set up signal handling: {e}")))?;
+    let started = Instant::now();
+    let at = SystemTime::now();
+    let command = if a.all { "backup --all" } else { "backup" };
+    let result = backup(&cfg, &a, &guard);
+    let (file, size) = match &result {
+        Ok((p, s)) => (Some(p.as_path()), Some(*s)),
+        Err(_) => (a.output.as_deref(), None),
+    };
+    let outcome = match &result {
+        Ok(_) => "ok".to_string(),
+        Err(e) => format!("failed: {}", e.message),
+    };
+    append_log(&cfg.backup_dir, &backup_log_line(at, command, file, size, started.elapsed(), &outcome));
+    let (path, _) = result?;
+    println!("{}", path.display());
+    if let Some(n) = a.keep {
+        prune(&cfg.backup_dir, n)?;
+    }
+    Ok(())
+}
+
+/// Delete all but the newest `n` backups in `dir`.
+fn prune(dir: &Path, n: usize) -> Result<(), OpsError> {
+    let all = list_backups(dir).map_err(|e| OpsError::failed(format!("--keep: cannot list {}: {e}", dir.display())))?;
+    for old in beyond_keep(&all, n) {
+        fs::remove_file(old).map_err(|e| OpsError::failed(format!("--keep: cannot delete {}: {e}", old.display())))?;
+        eprintln!("deleted {} (--keep {n})", old.display());
+    }
+    sync_dir(dir).map_err(|e| OpsError::failed(format!("--keep: cannot sync {}: {e}", dir.display())))
+}
+
+/// The backup itself: the final path and its size.
+fn backup(cfg: &Config, a: &Args, guard: &Guard) -> Result<(PathBuf, u64), OpsError> {
+    fs::create_dir_all(&cfg.backup_dir)
+        .map_err(|e| OpsError::failed(format!("cannot create BACKUP_DIR {}: {e}", cfg.backup_dir.display())))?;
+    let dbc = super::db_config(cfg);
+    let server = pgtools::server_version(&dbc).map_err(OpsError::failed)?;
+    let program = if a.all { "pg_dumpall" } else { "pg_dump" };
+    let tool = pgtools::find(program, &server).map_err(OpsError::failed)?;
+    eprintln!(
+        "using {} ({program} {}) for PostgreSQL {} at {}",
+        tool.path.display(),
+        tool.version.text,
+        server.text,
+        dbc.describe()
+    );
+    let env = pgtools::child_env(&dbc).map_err(OpsError::failed)?;
+
+    let final_path = match &a.output {
+        Some(p) => {
+            if p.exists() {
+                return Err(OpsError::failed(format!(
+                    "{} already exists; remove it or choose another --output",
+                    p.display()
+                )));
+            }
+            p.clone()
+        }
+        None => {
+            // Two backups in the same second: wait for the next one rather than overwrite.
+            let mut p = cfg.backup_dir.join(backup_name(SystemTime::now()));
+            for _ in 0..3 {
+                if !p.exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(400));
+                p = cfg.backup_dir.join(backup_name(SystemTime::now()));
+            }
+            p
+        }
+    };
+    let dir = final_path.parent().map(Path::to_path_buf).unwrap_or_default();
+    sweep_partials(if dir.as_os_str().is_empty() { Path::new(".") } else { &dir });
+    let tmp_path = temp_path(&final_path);
+    let mut tmp = TempFile { path: tmp_path.clone(), armed: false };
+    let mut file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp_path)
+    }
+    .map_err(|e| OpsError::failed(format!("cannot create {}: {e}", tmp_path.display())))?;
+    tmp.armed = true;
+
+    let mut cmd = pgtools::command(&tool, &env);
+    if !a.all {
+        cmd.args(["--clean", "--if-exists"]);
+    }
+    cmd.arg("--no-password").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| OpsError::failed(format!("cannot run {}: {e}", tool.path.display())))?;
+    guard.set_child(Some(child.id()));
+    let stderr = collect_stderr(child.stderr.take().expect("piped"));
+    let mut out = child.stdout.take().expect("piped");
+    let mut hasher = Sha256::new();
+    let mut bytes: u64 = 0;
+    let mut buf = vec![0u8; 256 * 1024];
+    let copied: std::io::Result<()> = (|| loop {
+        let n = match out.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buf[..n]);
+        file.write_all(&buf[..n])?;
+        bytes += n as u64;
+    })();
+    if copied.is_err() {
+        let _ = child.kill();
+    }
+    drop(out);
+    let status = child.wait().map_err(|e| OpsError::failed(format!("cannot wait for {program}: {e}")))?;
+    guard.set_child(None);
+    let stderr = stderr.join().unwrap_or_default();
+    if let Some(sig) = guard.interrupted() {
+        return Err(OpsError::failed(format!("interrupted by {sig}; no backup was written")));
+    }
+    if let Err(e) = copied {
+        return Err(OpsError::failed(format!("cannot write {}: {e}; no backup was written", tmp_path.display())));
+    }
+    if !status.success() {
+        return Err(OpsError::failed(format!(
+            "{program} failed ({status}): {}; no backup was written",
+            pgtools::stderr_reason(&stderr)
+        )));
+    }
+    if bytes == 0 {
+        return Err(OpsError::failed(format!("{program} wrote nothing; no backup was written")));
+    }
+    let hex: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let done = file
+        .write_all(trailer(&hex, bytes).as_bytes())
+        .and_then(|_| file.sync_all())
+        .and_then(|_| fs::hard_link(&tmp_path, &final_path));
+    match done {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(OpsError::failed(format!("{} appeared meanwhile; not replaced", final_path.display())))
+        }
+        Err(e) => return Err(OpsError::failed(format!("cannot write {}: {e}", final_path.display()))),
+    }
+    drop(tmp); // removes the temporary name; the backup keeps its own
+    let size = fs::metadata(&final_path).map(|m| m.len()).unwrap_or(bytes);
+    sync_dir(if dir.as_os_str().is_empty() { Path::new(".") } else { &dir })
+        .map_err(|e| OpsError::failed(format!("cannot sync {}: {e}", dir.display())))?;
+    Ok((final_path, size))
+}
+
+/// Read a child's standard error on a thread of its own (so a chatty child cannot block on a
+/// full pipe while we read its standard output), keeping at most 64 KiB.
+pub(crate) fn collect_stderr(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut kept = Vec::new();
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            let room = (64 * 1024usize).saturating_sub(kept.len());
+            kept.extend_from_slice(&buf[..n.min(room)]);
+        }
+        String::from_utf8_lossy(&kept).into_owned()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::UNIX_EPOCH;
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn arguments() {
+        let (a, rest) = parse_args(&strings(&["--all", "--keep", "3", "--output=x.sql", "--db-name", "d"])).unwrap();
+        assert_eq!(a, Args { all: true, output: Some("x.sql".into()), keep: Some(3), help: false });
+        assert_eq!(rest, strings(&["--db-name", "d"]));
+        for bad in [&["--keep", "0"][..], &["--keep", "x"], &["--keep"], &["--output"], &["--output="]] {
+            let e = parse_args(&strings(bad)).unwrap_err();
+            assert_eq!(e.code, 2, "{bad:?}");
+        }
+        assert!(parse_args(&strings(&["-h"])).unwrap().0.help);
+    }
+
+    #[test]
+    fn names_sort_by_time_and_keep_the_newest() {
+        let t = UNIX_EPOCH + Duration::from_secs(1_795_678_653);
+        assert_eq!(backup_name(t), "full_backup_2026-11-26_073733.sql");
+        assert!(is_backup_name("full_backup_2026-11-26_073733.sql"));
+        assert!(is_backup_name("full_backup_2023-09-06.sql"), "the seed's names count too");
+        assert!(!is_backup_name(".full_backup_2026-11-26_073733.sql.partial-12"));
+        assert!(!is_backup_name("full_backup_.sql"));
+        assert!(!is_backup_name("backup.log"));
+        let older = backup_name(t);
+        let newer = backup_name(t + Duration::from_secs(1));
+        assert!(older < newer);
+        let all: Vec<PathBuf> = ["a1", "a2", "a3", "a4"].iter().map(PathBuf::from).collect();
+        assert_eq!(beyond_keep(&all, 2), &all[..2]);
+        assert!(beyond_keep(&all, 4).is_empty());
+        assert!(beyond_keep(&all, 9).is_empty());
+    }
+
+    #[test]
+    fn log_lines_are_one_line() {
+        let t = UNIX_EPOCH + Duration::from_secs(1_795_678_653);
+        let line = backup_log_line(
+            t,
+            "backup",
+            Some(Path::new("dbBackup/full_backup_x.sql")),
+            Some(1234),
+            Duration::from_millis(1500),
+            "failed: pg_dump said\nsomething",
+        );
+        assert_eq!(
+            line,
+            "2026-11-26T07:37:33.000000Z backup file=dbBackup/full_backup_x.sql size=1234 duration=1.500s \
+             result=failed: pg_dump said something\n"
+        );
+        let line = backup_log_line(t, "restore", None, None, Duration::ZERO, "refused");
+        assert!(line.contains("file=- size=- "), "{line}");
+    }
+
+    #[test]
+    fn the_trailer_is_a_sql_comment() {
+        let t = trailer("ab", 12);
+        assert_eq!(t, "-- adcluster backup: sha256=ab bytes=12\n");
+        assert!(t.starts_with("--"));
+    }
+}
