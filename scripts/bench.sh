@@ -1938,6 +1938,8 @@ usage: scripts/bench.sh <subcommand>
           1 MiB uploads (writes "## files" in BENCHMARKS.md)
   ws      10,000 idle clients, /send_to latency, /group fan-out to 1,000 members at 10 msg/s and
           flat out, against a Node ws server (writes "## ws" in BENCHMARKS.md)
+  ws-cluster  /send_to latency and /group fan-out across 3 instances (CLUSTER=postgres) against
+          one instance (scripts/bench/ws-cluster.sh; writes "## ws-cluster" in BENCHMARKS.md)
   abuse   /health under wrk while 500 hostile sockets of each kind are held, against none
           (scripts/bench/abuse.sh; writes "## abuse" in BENCHMARKS.md)
   drill   60 s of mixed load with a 20 s PostgreSQL outage in the middle (scripts/bench/drill.sh;
@@ -1958,6 +1960,7 @@ main() {
         sizing) cmd_sizing ;;
         files) cmd_files ;;
         ws) cmd_ws ;;
+        ws-cluster) BENCH_MD="$BENCH_MD" exec "$ROOT/scripts/bench/ws-cluster.sh" ;;
         abuse) source "$ROOT/scripts/bench/abuse.sh"; cmd_abuse ;;
         drill) exec "$ROOT/scripts/bench/drill.sh" ;;
         dbgui) source "$LUA_DIR/dbgui.sh" && cmd_dbgui ;;
