@@ -296,16 +296,17 @@ fn db_gui(args: &[String]) -> Result<(), Failure> {
     if !ip_loopback {
         warn!("db-gui listens on {bound}: anyone who can reach it and has the token can read the database");
     }
-    match gui.pool.get() {
-        Ok(_) => {}
-        Err(e) => warn!("database {} is not reachable yet ({e}); the GUI answers 503 until it is", gui.database),
-    }
     {
         use std::io::Write;
         let shown = if host.contains(':') { format!("[{host}]") } else { host.clone() };
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "db-gui: http://{shown}:{}/?token={}", bound.port(), gui.token);
         let _ = out.flush();
+    }
+    // After the start line (a database that is down must not delay it): say so now rather than
+    // on the first click.
+    if let Err(e) = gui.pool.get() {
+        warn!("database {} is not reachable yet ({e}); the GUI answers 503 until it is", gui.database);
     }
     let handle = server.shutdown_handle();
     signals::spawn_waiter(signals, move |sig| {
