@@ -25,6 +25,7 @@ use super::App;
 use crate::auth::{bearer_token, unauthorized};
 use crate::config::WsAuth;
 use crate::http::{HttpError, Request, Response, Router};
+use crate::ws::hub::NotSent;
 use crate::ws::protocol::{valid_name, ADMINS_GROUP};
 
 pub fn routes(r: &mut Router, app: &Arc<App>) {
@@ -228,8 +229,13 @@ fn send_to(app: &App, req: &mut Request<'_>) -> Result<Response, HttpError> {
     require_caller(app, req)?;
     let message = message_body(req)?;
     let id = req.param("client_id").to_string();
-    if !app.ws.hub.send_from_server(&id, &message) {
-        return Err(HttpError::new(404, "Client not connected"));
+    match app.ws.hub.send_from_server(&id, &message) {
+        Ok(()) => {}
+        Err(NotSent::NotConnected) => return Err(HttpError::new(404, "Client not connected")),
+        Err(NotSent::Unreachable(why)) => {
+            return Err(HttpError::new(503, format!("Client {id} is connected to another instance and {}", why.0))
+                .header("retry-after", "5"))
+        }
     }
     Ok(Response::json(200, &json!({ "status": "sent", "client_id": id })))
 }
