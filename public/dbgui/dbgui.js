@@ -78,6 +78,9 @@
     valueOf() { return this.n; }
     toString() { return this.text; }
     toJSON() { return this.n; }
+    // Where a number's methods are used on one (elapsed_ms: "2.500"), behave as the number.
+    toFixed(d) { return this.n.toFixed(d); }
+    toLocaleString(...a) { return this.n.toLocaleString(...a); }
   }
   const exact = (key, v, ctx) => (typeof v === 'number' && ctx && typeof ctx.source === 'string' && ctx.source !== String(v) ? new Num(v, ctx.source) : v);
 
