@@ -432,21 +432,9 @@
     $('error').hidden = true;
     setStatus([el('span', { text: 'Running…' })]);
     const limit = Number($('limit').value);
+    let res;
     try {
-      const res = await api('/api/query', { method: 'POST', body: { sql, limit, request_id: runningId } });
-      state.result = res;
-      const st = [el('b', { text: res.columns.length ? `${res.row_count.toLocaleString('en-US')} row${res.row_count === 1 ? '' : 's'}` : `OK, ${res.row_count.toLocaleString('en-US')} row${res.row_count === 1 ? '' : 's'} affected` }),
-        el('span', { text: ` · ${res.elapsed_ms.toFixed(1)} ms` })];
-      if (res.truncated) st.push(el('span', { class: 'trunc', text: ` · first ${res.row_count.toLocaleString('en-US')} only (limit); export for the whole result` }));
-      $('status').className = 'status ok';
-      setStatus(st);
-      if (!res.columns.length) res.message = `The statement ran: ${res.row_count} row(s) affected.`;
-      $('result-grid').classList.remove('stale');
-      $('result-grid').title = '';
-      renderGrid($('result-grid'), res);
-      fillChartColumns();
-      if (state.view === 'chart') drawChart();
-      if (!res.read_only) loadTables();
+      res = await api('/api/query', { method: 'POST', body: { sql, limit, request_id: runningId } });
     } catch (e) {
       $('status').className = 'status';
       setStatus([el('span', { text: 'Failed' })]);
@@ -454,6 +442,7 @@
       // The result below is the previous query's: say so.
       $('result-grid').classList.add('stale');
       $('result-grid').title = 'The result of the previous query (this one failed)';
+      return;
     } finally {
       clearTimeout(cancelTimer);
       running = false;
@@ -461,6 +450,27 @@
       $('cancel').hidden = true;
       $('run').disabled = false;
     }
+    // Outside the try: a bug in showing a result must surface as a page error, never pass for
+    // a failed statement.
+    showResult(res);
+  }
+
+  function showResult(res) {
+    state.result = res;
+    const n = Number(res.row_count);
+    const rowsText = `${n.toLocaleString('en-US')} row${n === 1 ? '' : 's'}`;
+    const st = [el('b', { text: res.columns.length ? rowsText : `OK, ${rowsText} affected` }),
+      el('span', { text: ` · ${Number(res.elapsed_ms).toFixed(1)} ms` })];
+    if (res.truncated) st.push(el('span', { class: 'trunc', text: ` · first ${n.toLocaleString('en-US')} only (limit); export for the whole result` }));
+    $('status').className = 'status ok';
+    setStatus(st);
+    if (!res.columns.length) res.message = `The statement ran: ${n} row(s) affected.`;
+    $('result-grid').classList.remove('stale');
+    $('result-grid').title = '';
+    renderGrid($('result-grid'), res);
+    fillChartColumns();
+    if (state.view === 'chart') drawChart();
+    if (!res.read_only) loadTables();
   }
 
   async function exportResult(format) {
