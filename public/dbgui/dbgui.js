@@ -306,7 +306,8 @@
           td.className = 'num';
         } else {
           const s = cellText(v);
-          td.textContent = s.length > LONG_TEXT ? s.slice(0, LONG_TEXT) : s;
+          // Spaces are kept (EXPLAIN's indentation); line breaks show as ↵ on one line.
+          td.textContent = (s.length > LONG_TEXT ? s.slice(0, LONG_TEXT) : s).replace(/\r?\n/g, '↵ ');
           if (typeof v === 'object') td.classList.add('json');
           if (res.numeric?.[c]) td.classList.add('num');
           if (s.length > LONG_TEXT || s.includes('\n')) {
