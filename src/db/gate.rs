@@ -115,6 +115,10 @@ impl Gate {
     }
 }
 
+/// The start of [`CheckoutError::Busy`]'s message: how `db::is_busy_pool` tells a busy pool
+/// (not an outage) from a connection error once both are a `DbError::Unavailable`.
+pub const BUSY_WORDING: &str = "every pooled connection stayed busy for";
+
 /// Why a checkout failed. Always "the database is unavailable" to the caller
 /// ([`super::DbError::from_pool`]).
 #[derive(Debug)]
@@ -128,7 +132,7 @@ pub enum CheckoutError {
 impl fmt::Display for CheckoutError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            CheckoutError::Busy(t) => write!(f, "every pooled connection stayed busy for {} ms", t.as_millis()),
+            CheckoutError::Busy(t) => write!(f, "{BUSY_WORDING} {} ms", t.as_millis()),
             CheckoutError::Pool(e) => write!(f, "{e}"),
         }
     }
@@ -312,7 +316,7 @@ mod tests {
         let err = quitter.join().unwrap().expect("the quitter must time out");
         assert!(matches!(err, CheckoutError::Busy(_)), "{err}");
         let err = crate::db::DbError::from(err);
-        assert!(err.is_unavailable(), "{err}");
+        assert!(err.is_unavailable() && crate::db::is_busy_pool(&err), "{err}");
         until_waiting(&pool, 1);
         drop(held);
         assert_eq!(patient.join().unwrap().unwrap(), 2);

@@ -147,7 +147,9 @@ pub fn cause_hint(err: &DbError) -> &'static str {
 /// only, so in the first moment of an outage some waiters see a bare timeout too: they answer 503
 /// until the monitor, woken by the first error, has decided (within about a second).
 pub fn is_busy_pool(err: &DbError) -> bool {
-    matches!(err, DbError::Unavailable(m) if m.ends_with("timed out waiting for connection"))
+    // r2d2's own wording, and the fair gate's (`gate::CheckoutError::Busy`).
+    matches!(err, DbError::Unavailable(m)
+        if m.ends_with("timed out waiting for connection") || m.contains(gate::BUSY_WORDING))
 }
 
 /// What was last logged and alerted.

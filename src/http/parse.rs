@@ -118,8 +118,18 @@ pub enum Parsed {
 
 /// Parse a request head from the start of `buf`.
 pub fn parse_head(buf: &[u8], limits: &HeadLimits) -> Result<Parsed, HeadError> {
-    let mut storage = vec![httparse::EMPTY_HEADER; limits.max_headers];
-    let mut req = httparse::Request::new(&mut storage);
+    // httparse's header slots: on the stack for the usual limits (no allocation per request),
+    // on the heap only for a configured limit above `STACK_HEADERS`.
+    const STACK_HEADERS: usize = 128;
+    let mut on_stack = [httparse::EMPTY_HEADER; STACK_HEADERS];
+    let mut on_heap = Vec::new();
+    let storage: &mut [httparse::Header<'_>] = if limits.max_headers <= STACK_HEADERS {
+        &mut on_stack[..limits.max_headers]
+    } else {
+        on_heap.resize(limits.max_headers, httparse::EMPTY_HEADER);
+        &mut on_heap
+    };
+    let mut req = httparse::Request::new(storage);
     let used = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {

@@ -168,7 +168,7 @@ pub fn reason(status: u16) -> &'static str {
 /// `head_only` is for `HEAD` requests (the `Content-Length` is still the body's).
 pub fn encode_head(resp: &Response, minor_version: u8, keep_alive: bool, out: &mut Vec<u8>) {
     out.extend_from_slice(if minor_version == 0 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
-    out.extend_from_slice(resp.status.to_string().as_bytes());
+    push_decimal(out, u64::from(resp.status));
     out.push(b' ');
     out.extend_from_slice(reason(resp.status).as_bytes());
     out.extend_from_slice(b"\r\n");
@@ -185,7 +185,7 @@ pub fn encode_head(resp: &Response, minor_version: u8, keep_alive: bool, out: &m
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"date: ");
-    out.extend_from_slice(crate::util::time::http_date_now().as_bytes());
+    crate::util::time::with_http_date_now(|d| out.extend_from_slice(d.as_bytes()));
     out.extend_from_slice(b"\r\n");
     if resp.status == 101 {
         out.extend_from_slice(b"connection: upgrade\r\n\r\n");
@@ -207,7 +207,7 @@ pub fn encode_head(resp: &Response, minor_version: u8, keep_alive: bool, out: &m
     }
     if !(resp.status < 200 || resp.status == 204 || resp.status == 304) {
         out.extend_from_slice(b"content-length: ");
-        out.extend_from_slice(resp.body.len().to_string().as_bytes());
+        push_decimal(out, resp.body.len());
         out.extend_from_slice(b"\r\n");
     }
     if !keep_alive {
@@ -216,6 +216,21 @@ pub fn encode_head(resp: &Response, minor_version: u8, keep_alive: bool, out: &m
         out.extend_from_slice(b"connection: keep-alive\r\n");
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// `n` in decimal, appended without an intermediate `String`.
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 fn is_framing_header(name: &str) -> bool {
@@ -519,6 +534,15 @@ mod tests {
         let mut out = Vec::new();
         encode_head(resp, minor, keep_alive, &mut out);
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn decimals_are_written_like_to_string() {
+        for n in [0u64, 7, 10, 99, 100, 200, 1_000_007, u64::MAX] {
+            let mut out = b"x".to_vec();
+            push_decimal(&mut out, n);
+            assert_eq!(out, format!("x{n}").into_bytes());
+        }
     }
 
     #[test]

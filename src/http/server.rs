@@ -71,7 +71,7 @@ use std::time::{Duration, Instant};
 use super::body::{is_disconnect, wait_ready, BodyError, BodyReader, ChunkedDecoder, Wire};
 use super::gate::{ConnSlot, Gate, GateLimits, Refusal, TransferSlot};
 use super::parse::{find_head_end, parse_head, Framing, HeadLimits, Parsed, RequestHead};
-use super::response::{encode_head, send_small, start_response, Outgoing, Pace, Response, Written};
+use super::response::{encode_head, send_small, start_response, Body, Outgoing, Pace, Response, Written};
 use super::router::{HttpError, Match, Request, Router};
 use crate::{debug, error, info, warn};
 
@@ -171,6 +171,8 @@ struct ReqState {
     scanned: usize,
     /// Length of the complete head, once found and valid.
     head_len: Option<usize>,
+    /// The head parsed when it was found complete, so the worker does not parse it again.
+    head: Option<RequestHead>,
     body: PreBody,
     /// `100 Continue` was sent for this request.
     continued: bool,
@@ -180,7 +182,15 @@ struct ReqState {
 
 impl Default for ReqState {
     fn default() -> Self {
-        ReqState { started: false, scanned: 0, head_len: None, body: PreBody::None, continued: false, transfer: false }
+        ReqState {
+            started: false,
+            scanned: 0,
+            head_len: None,
+            head: None,
+            body: PreBody::None,
+            continued: false,
+            transfer: false,
+        }
     }
 }
 
@@ -282,7 +292,9 @@ fn advance(conn: &mut Conn, cfg: &ServerConfig) -> Progress {
                 Err(e) => return Progress::Reject(e.status(), e.to_string()),
             };
             let used = conn.req.head_len.unwrap_or(end);
-            match head.framing {
+            let (framing, expect_continue) = (head.framing, head.expect_continue);
+            conn.req.head = Some(head);
+            match framing {
                 Framing::None => return Progress::Ready,
                 Framing::Length(n) if n <= cfg.preread_body_bytes => {
                     conn.req.body = PreBody::Length(used + n as usize);
@@ -297,7 +309,7 @@ fn advance(conn: &mut Conn, cfg: &ServerConfig) -> Progress {
                     return Progress::Transfer;
                 }
             }
-            if head.expect_continue {
+            if expect_continue {
                 // The body is small and read here, so ask for it now. (A handler that refuses
                 // the request without reading the body finds it already buffered.)
                 conn.req.continued = true;
@@ -355,6 +367,9 @@ struct Shared {
     queue_cv: Condvar,
     /// Length of `queue`, readable without the lock (workers check it before lingering).
     queued: AtomicUsize,
+    /// Workers asleep in `next_conn`, waiting for the queue: a lingering worker keeps its
+    /// connection while they are enough for what is queued.
+    idle: AtomicUsize,
     /// Connections handed back by workers, for the dispatcher to poll.
     returns: Mutex<Returns>,
     stopping: AtomicBool,
@@ -463,6 +478,7 @@ impl Server {
             queue: Mutex::new(VecDeque::new()),
             queue_cv: Condvar::new(),
             queued: AtomicUsize::new(0),
+            idle: AtomicUsize::new(0),
             returns: Mutex::new(Returns::default()),
             stopping: AtomicBool::new(false),
             wake,
@@ -674,6 +690,10 @@ fn pollfd(fd: RawFd, events: libc::c_short) -> libc::pollfd {
 fn place(shared: &Shared, mut conn: Conn, waiting: &mut Vec<Conn>, parked: &mut VecDeque<Conn>) {
     if conn.out.is_some() || conn.not_before.is_some() {
         waiting.push(conn);
+        return;
+    }
+    if shared.stopping.load(Ordering::SeqCst) {
+        // No new request is started once shutdown has begun (the workers may be gone).
         return;
     }
     match advance(&mut conn, &shared.cfg) {
@@ -894,7 +914,9 @@ fn next_conn(shared: &Shared) -> Option<Conn> {
         if shared.stopping.load(Ordering::SeqCst) {
             return None;
         }
+        shared.idle.fetch_add(1, Ordering::SeqCst);
         q = shared.queue_cv.wait(q).unwrap_or_else(|p| p.into_inner());
+        shared.idle.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -914,12 +936,17 @@ fn serve_conn(shared: &Shared, mut conn: Conn, scratch: &mut Vec<u8>) {
     let cfg = &shared.cfg;
     loop {
         let head_len = conn.req.head_len.unwrap_or(0);
-        let head = match parse_head(&conn.buf[conn.pos..conn.pos + head_len], &cfg.head_limits) {
-            Ok(Parsed::Complete(head, _)) => head,
-            _ => {
-                reject(&conn.stream, conn.peer, 400, "Malformed request", None);
-                return;
-            }
+        // Parsed once, when it was found complete (`advance`); parsing again is only a fallback.
+        let parsed = match conn.req.head.take() {
+            Some(head) => Some(head),
+            None => match parse_head(&conn.buf[conn.pos..conn.pos + head_len], &cfg.head_limits) {
+                Ok(Parsed::Complete(head, _)) => Some(head),
+                _ => None,
+            },
+        };
+        let Some(head) = parsed else {
+            reject(&conn.stream, conn.peer, 400, "Malformed request", None);
+            return;
         };
         conn.pos += head_len;
         let continued = std::mem::take(&mut conn.req).continued;
@@ -950,6 +977,8 @@ fn wait_for_next_request(shared: &Shared, mut conn: Conn) -> Option<Conn> {
     let cfg = &shared.cfg;
     let until = Instant::now() + cfg.keepalive_linger;
     let mut tmp = [0u8; 8192];
+    // The last read found the socket empty: wait for `poll` before reading again.
+    let mut drained = false;
     loop {
         match advance(&mut conn, cfg) {
             Progress::Ready => return Some(conn),
@@ -974,17 +1003,28 @@ fn wait_for_next_request(shared: &Shared, mut conn: Conn) -> Option<Conn> {
         if stopping && conn.unconsumed().is_empty() {
             return None;
         }
-        if now >= until || stopping || shared.queued.load(Ordering::SeqCst) > 0 {
+        // Hand the connection back only when a queued request would otherwise wait: while idle
+        // workers outnumber the queue they take it, and this connection stays here (handing it
+        // back costs a trip through the dispatcher and two wake-ups).
+        if now >= until || stopping || shared.queued.load(Ordering::SeqCst) > shared.idle.load(Ordering::SeqCst) {
             give_back(shared, conn);
             return None;
         }
-        if wait_ready(conn.stream.as_raw_fd(), libc::POLLIN, (until - now).min(Duration::from_millis(5))) {
-            match conn.stream.read(&mut tmp) {
-                Ok(0) => return None,
-                Ok(n) => conn.buf.extend_from_slice(&tmp[..n]),
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
-                Err(_) => return None,
+        // Read first (the socket is non-blocking): the next request is often there already,
+        // and a `poll` before a read that would not block is a wasted system call.
+        if !drained {
+            drained = true;
+        } else if !wait_ready(conn.stream.as_raw_fd(), libc::POLLIN, (until - now).min(Duration::from_millis(5))) {
+            continue;
+        }
+        match conn.stream.read(&mut tmp) {
+            Ok(0) => return None,
+            Ok(n) => {
+                conn.buf.extend_from_slice(&tmp[..n]);
+                drained = false;
             }
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
+            Err(_) => return None,
         }
     }
 }
@@ -1020,15 +1060,12 @@ fn serve_one(shared: &Shared, conn: &mut Conn, head: RequestHead, continued: boo
     let minor = head.minor_version;
     let head_only = head.method == "HEAD";
     let mut keep_alive = head.keep_alive;
-    let method = head.method.clone();
-    let path = head.path.clone();
 
     let found = router.find(&head.method, &head.path);
     let limit = match &found {
         Match::Found(route, _) => route.body_limit,
         _ => router.default_body_limit,
     };
-    let query = head.query.clone();
     let framing = head.framing;
     let expect_continue = head.expect_continue && !continued;
     let wire = Wire { stream: &mut conn.stream, buf: &mut conn.buf, pos: &mut conn.pos };
@@ -1051,7 +1088,12 @@ fn serve_one(shared: &Shared, conn: &mut Conn, head: RequestHead, continued: boo
                     Ok(Ok(resp)) => resp,
                     Ok(Err(err)) => err.into_response(),
                     Err(panic) => {
-                        error!("handler for {method} {path} panicked: {}", panic_message(&*panic));
+                        error!(
+                            "handler for {} {} panicked: {}",
+                            req.head.method,
+                            req.head.path,
+                            panic_message(&*panic)
+                        );
                         keep_alive = false;
                         Response::detail(500, "Internal Server Error")
                     }
@@ -1060,6 +1102,7 @@ fn serve_one(shared: &Shared, conn: &mut Conn, head: RequestHead, continued: boo
         }
         Match::MethodNotAllowed(allow) => Response::detail(405, "Method Not Allowed").header("allow", allow.join(", ")),
         Match::Redirect(to) => {
+            let query = &req.head.query;
             let location = if query.is_empty() { to } else { format!("{to}?{query}") };
             Response::new(307).header("location", location)
         }
@@ -1075,11 +1118,25 @@ fn serve_one(shared: &Shared, conn: &mut Conn, head: RequestHead, continued: boo
             keep_alive = false;
         }
     }
-    drop(req);
+    // The head outlives the request (its body reader borrows the connection) for the log line.
+    let Request { head, .. } = req;
+    let (method, path) = (head.method.as_str(), head.path.as_str());
     if resp.close || shared.stopping.load(Ordering::SeqCst) {
         keep_alive = false;
     }
 
+    // A streamed body is written by this worker (its producer is code): like a large request
+    // body, a long transfer, so it needs a transfer slot (unless the request already holds one).
+    if matches!(resp.body, Body::Stream(_)) && !head_only && conn.transfer.is_none() {
+        match shared.gate.transfer(conn.peer.ip()) {
+            Ok(slot) => conn.transfer = Some(slot),
+            Err(_) => {
+                keep_alive = false;
+                resp = Response::detail(503, "Server busy: too many transfers in progress; try again")
+                    .header("retry-after", "5");
+            }
+        }
+    }
     let upgrade = resp.upgrade.take();
     let hold = resp.hold;
     let result = start_response(&conn.stream, &mut resp, minor, keep_alive, head_only, scratch, cfg.pace());
@@ -1089,7 +1146,7 @@ fn serve_one(shared: &Shared, conn: &mut Conn, head: RequestHead, continued: boo
             if upgrade.is_some() || body_left {
                 // A 101 head is tiny; a socket that cannot take it is not worth keeping. After a
                 // refused body, close rather than hand a half-read connection around.
-                log_request(&method, &path, resp.status, None, started, conn.peer);
+                log_request(method, path, resp.status, None, started, conn.peer);
                 return After::Close;
             }
             conn.deadline = out.deadline();
@@ -1097,12 +1154,12 @@ fn serve_one(shared: &Shared, conn: &mut Conn, head: RequestHead, continued: boo
             (false, len)
         }
         Err(e) => {
-            log_request(&method, &path, resp.status, None, started, conn.peer);
+            log_request(method, path, resp.status, None, started, conn.peer);
             debug!("write to {} failed: {e}", conn.peer);
             return After::Close;
         }
     };
-    log_request(&method, &path, resp.status, Some(len), started, conn.peer);
+    log_request(method, path, resp.status, Some(len), started, conn.peer);
     if !written {
         return After::Pending;
     }
@@ -1159,6 +1216,10 @@ fn linger_close(stream: &TcpStream) {
 }
 
 fn log_request(method: &str, path: &str, status: u16, bytes: Option<u64>, started: Instant, peer: SocketAddr) {
+    // Nothing is formatted (nor the clock read) when the line would not be written.
+    if !crate::util::log::enabled(crate::util::log::Level::Info) {
+        return;
+    }
     // The path only: a query string may hold a token.
     let bytes = bytes.map_or_else(|| "-".to_string(), |b| b.to_string());
     info!("{method} {path} {status} {bytes} {}us {peer}", started.elapsed().as_micros());

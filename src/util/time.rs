@@ -52,6 +52,19 @@ thread_local! {
 }
 
 /// The HTTP date for now, cached per second.
+/// Calls `f` with the current HTTP date (from the per-thread cache: no allocation).
+pub fn with_http_date_now<R>(f: impl FnOnce(&str) -> R) -> R {
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs();
+    DATE_CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != secs {
+            *c = (secs, http_date(now));
+        }
+        f(&c.1)
+    })
+}
+
 pub fn http_date_now() -> String {
     let now = SystemTime::now();
     let secs = now.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs();
