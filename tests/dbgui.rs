@@ -613,7 +613,8 @@ fn csv_export_is_byte_for_byte_what_psql_prints() {
              (6, E'carriage\rreturn', 3.14159, true, NULL, NULL, '"str"'),
              (7, '한글 ünïcode ✓ 😀', 42, false, NULL, NULL, NULL),
              (8, '\.', 7, NULL, NULL, NULL, NULL),
-             (9, ' spaced ', 8, NULL, NULL, NULL, NULL);"#,
+             (9, ' spaced ', 8, NULL, NULL, NULL, NULL),
+             (10, '', 0.000, NULL, NULL, '{""}', '{}');"#,
     );
     let gui = Gui::start(&db, &dir, &[], &[]);
     let sql =
