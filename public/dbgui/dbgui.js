@@ -208,6 +208,10 @@
   // ---------------------------------------------------------------- table browser
 
   async function openTable(schema, name, offset = 0) {
+    if (!state.current || state.current.schema !== schema || state.current.name !== name) {
+      state.page.order = null;
+      state.page.desc = false;
+    }
     state.current = { schema, name };
     state.page.offset = offset;
     state.page.limit = Number($('page-size').value);
@@ -215,7 +219,8 @@
     renderTables();
     if (![...document.querySelectorAll('[role=tab]')].some((b) => b.getAttribute('aria-selected') === 'true' &&
       (b.dataset.tab === 'data' || b.dataset.tab === 'structure'))) showTab('data');
-    const path = `/api/tables/${encodeURIComponent(schema)}/${encodeURIComponent(name)}?limit=${state.page.limit}&offset=${offset}`;
+    let path = `/api/tables/${encodeURIComponent(schema)}/${encodeURIComponent(name)}?limit=${state.page.limit}&offset=${offset}`;
+    if (state.page.order) path += `&order=${encodeURIComponent(state.page.order)}&dir=${state.page.desc ? 'desc' : 'asc'}`;
     const grid = $('data-grid');
     const t0 = ticket('table');
     try {
@@ -226,7 +231,16 @@
       renderStructure(t);
       renderGrid(grid, {
         columns: t.result_columns, column_types: t.column_types, numeric: t.numeric, rows: t.rows,
-      }, offset);
+      }, offset, {
+        order: state.page.order,
+        desc: state.page.desc,
+        // A click on a header sorts by it; a second click reverses.
+        onSort: (col) => {
+          if (state.page.order === col) state.page.desc = !state.page.desc;
+          else { state.page.order = col; state.page.desc = false; }
+          openTable(schema, name, 0);
+        },
+      });
       renderPager(t.rows.length);
     } catch (e) {
       if (current('table', t0)) grid.replaceChildren(el('div', { class: 'empty', text: e.message }));
@@ -276,14 +290,27 @@
     return String(v);
   }
 
-  function renderGrid(box, res, offset = 0) {
+  function renderGrid(box, res, offset = 0, sort = null) {
     if (!res.columns.length) {
       box.replaceChildren(el('div', { class: 'empty', text: res.message || 'The statement returned no columns.' }));
       return;
     }
     const head = el('tr', null, el('th', { class: 'rownum', text: '#' }),
-      ...res.columns.map((c, i) => el('th', { title: c + ' (' + typeName(res.column_types?.[i]) + ')' }, c,
-        el('span', { class: 'type', text: typeName(res.column_types?.[i]) }))));
+      ...res.columns.map((c, i) => {
+        const sorted = sort && sort.order === c;
+        const th = el('th', {
+          title: c + ' (' + typeName(res.column_types?.[i]) + ')' + (sort ? ' — click to sort' : ''),
+          class: sort ? 'sortable' : null,
+          tabindex: sort ? '0' : null,
+          'aria-sort': sorted ? (sort.desc ? 'descending' : 'ascending') : null,
+        }, c, sorted ? el('span', { class: 'arrow', text: sort.desc ? ' ▼' : ' ▲' }) : null,
+        el('span', { class: 'type', text: typeName(res.column_types?.[i]) }));
+        if (sort) {
+          th.addEventListener('click', () => sort.onSort(c));
+          th.addEventListener('keydown', (ev) => { if (ev.key === 'Enter' || ev.key === ' ') { ev.preventDefault(); sort.onSort(c); } });
+        }
+        return th;
+      }));
     const body = document.createElement('tbody');
     const frag = document.createDocumentFragment();
     res.rows.forEach((row, r) => {

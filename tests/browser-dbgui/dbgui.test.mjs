@@ -184,7 +184,14 @@ test("browsing a table: data with paging, NULLs, long values, and its structure"
   await page.click('.table-item[data-name="sales"]');
   await page.selectOption("#page-size", "50");
   await page.waitForFunction(() => document.querySelector("#page-info").textContent === "Rows 1–48 of 48");
-  await page.evaluate(() => { document.querySelector("#page-size").value = "50"; });
+  // A click on a header sorts the table by it; a second one reverses.
+  const firstAmount = () => page.$eval("#data-grid tbody tr:first-child td:nth-child(5)", (td) => td.textContent);
+  await page.click('#data-grid th:has-text("amount")');
+  await page.waitForFunction(() => document.querySelector('#data-grid th[aria-sort="ascending"]'));
+  const lowest = await firstAmount();
+  await page.click('#data-grid th:has-text("amount")');
+  await page.waitForFunction(() => document.querySelector('#data-grid th[aria-sort="descending"]'));
+  assert.ok(Number(await firstAmount()) > Number(lowest), "descending starts higher");
 
   await page.click('.table-item[data-name="Weird Table"]');
   await page.click("#tab-btn-structure");
