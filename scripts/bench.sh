@@ -1216,7 +1216,7 @@ count_run() {
     kill -INT "$st"; wait "$st" 2>/dev/null || true
     n1="$(awk '/requests in/ { print $1 }' "$out.wrk1")"
     n2="$(awk '/requests in/ { print $1 }' "$out.wrk2")"
-    echo "$n1 $(awk -F, -v n="$n1" '/probe_libc/ { s += $1 } END { printf "%.2f", (n > 0 ? s / n : 0) }' "$out.perf") $(awk -v n="$n2" '$NF == "total" { printf "%.2f", (n > 0 ? $3 / n : 0) }' "$out")"
+    echo "$n1 $(awk -F, -v n="$n1" '/probe_libc/ { s += $1 } END { printf "%.2f", (n > 0 ? s / n : 0) }' "$out.perf") $(awk -v n="$n2" '$NF == "total" { printf "%.2f", (n > 0 ? $4 / n : 0) }' "$out")"
 }
 
 cmd_counts() {
