@@ -1562,7 +1562,7 @@ cmd_files() {
     listed="$(curl -sS --max-time 30 -H "Authorization: Bearer $token" "$base/api/files?category=files" \
         | grep -oE '"count" *: *[0-9]+' | grep -oE '[0-9]+$' || echo '?')"
     on_disk="$(find "$TMP/uploads/files" -maxdepth 1 -type f | wc -l)"
-    left_tmp="$(find "$TMP/uploads/.tmp" -type f 2>/dev/null | wc -l)"
+    left_tmp="$(find "$TMP/uploads/.tmp" -type f ! -name "*.lock" 2>/dev/null | wc -l)"
 
     # --- results ----------------------------------------------------------------------------------
     local up_rate up_secs dd_rate dd_secs o_rate o_secs n_rate n_secs
@@ -1657,7 +1657,7 @@ cmd_files() {
         echo "| \`201\` with the right size | $((n201 - bad_size)) / $BENCH_CONCURRENT |"
         echo "| statuses; curl failures | $statuses; $curl_fail |"
         echo "| records listed afterwards (\`GET /api/files?category=files\`, incl. the kept big file) | $listed |"
-        echo "| files in UPLOAD_DIR/files; left in UPLOAD_DIR/.tmp | $on_disk; $left_tmp |"
+        echo "| files in UPLOAD_DIR/files; left in UPLOAD_DIR/.tmp (not counting the owner lock) | $on_disk; $left_tmp |"
         echo "| server VmRSS peak, sampled (KiB) | $conc_peak (idle $idle_kib) |"
         echo
         echo "### Goals"
@@ -2013,12 +2013,16 @@ usage: scripts/bench.sh <subcommand>
           1 MiB uploads (writes "## files" in BENCHMARKS.md)
   ws      10,000 idle clients, /send_to latency, /group fan-out to 1,000 members at 10 msg/s and
           flat out, against a Node ws server (writes "## ws" in BENCHMARKS.md)
+  ws-cluster  /send_to latency and /group fan-out across 3 instances (CLUSTER=postgres) against
+          one instance (scripts/bench/ws-cluster.sh; writes "## ws-cluster" in BENCHMARKS.md)
   abuse   /health under wrk while 500 hostile sockets of each kind are held, against none
           (scripts/bench/abuse.sh; writes "## abuse" in BENCHMARKS.md)
   drill   60 s of mixed load with a 20 s PostgreSQL outage in the middle (scripts/bench/drill.sh;
           writes "## drill" in BENCHMARKS.md)
   dbgui   a 1,000,000-row CSV export from db-gui against psql --csv, the JSON export, the GUI's
           peak RSS (scripts/bench/dbgui.sh; writes "## dbgui" in BENCHMARKS.md)
+  backup  adcluster backup/restore of 100k users and 10k file records against pg_dump/psql by
+          hand (scripts/bench/backup.sh; writes "## backup" in BENCHMARKS.md)
 EOF2
     exit 2
 }
@@ -2032,9 +2036,11 @@ main() {
         counts) cmd_counts ;;
         files) cmd_files ;;
         ws) cmd_ws ;;
+        ws-cluster) BENCH_MD="$BENCH_MD" exec "$ROOT/scripts/bench/ws-cluster.sh" ;;
         abuse) source "$ROOT/scripts/bench/abuse.sh"; cmd_abuse ;;
         drill) exec "$ROOT/scripts/bench/drill.sh" ;;
         dbgui) source "$LUA_DIR/dbgui.sh" && cmd_dbgui ;;
+        backup) exec "$ROOT/scripts/bench/backup.sh" ;;
         -h | --help | help) usage ;;
         *) usage ;;
     esac

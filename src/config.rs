@@ -85,6 +85,30 @@ pub const SETTINGS: &[Setting] = &[
     s("WS_PING_TIMEOUT_SECS", "--ws-ping-timeout-secs", "60", "a WebSocket client silent this long is dropped"),
     s("ALERT_COMMAND", "--alert-command", "", "shell command run with each database alert as JSON on stdin"),
     s(
+        "CLUSTER",
+        "--cluster",
+        "off",
+        "off, or postgres: several instances on one database act as one (docs/cluster.md)",
+    ),
+    s(
+        "INSTANCE_ID",
+        "--instance-id",
+        "",
+        "this instance's name in a cluster, unique per instance (unset: host name:port)",
+    ),
+    s(
+        "CLUSTER_PRESENCE_TIMEOUT_SECS",
+        "--cluster-presence-timeout-secs",
+        "15",
+        "a dead instance's clients are dropped everywhere within this many seconds",
+    ),
+    s(
+        "CLUSTER_QUEUE_KB",
+        "--cluster-queue-kb",
+        "16384",
+        "most KiB of messages waiting to be published to the other instances (over it: error frame)",
+    ),
+    s(
         "METRICS_ADDR",
         "--metrics-addr",
         "",
@@ -380,6 +404,11 @@ pub struct Config {
     pub ws_ping_interval: Duration,
     pub ws_ping_timeout: Duration,
     pub alert_command: Option<String>,
+    /// `CLUSTER=postgres`: several instances on one database.
+    pub cluster: bool,
+    pub instance_id: Option<String>,
+    pub cluster_presence_timeout: Duration,
+    pub cluster_queue_kb: usize,
     /// `METRICS_ADDR`: where `GET /metrics` listens (never on the API's port); `None`: off.
     pub metrics_addr: Option<String>,
     pub workers: usize,
@@ -424,6 +453,19 @@ impl Config {
                 raw.get("WS_PING_INTERVAL_SECS")
             )));
         }
+        let cluster = match raw.get("CLUSTER").trim().to_ascii_lowercase().as_str() {
+            "off" | "" => false,
+            "postgres" => true,
+            other => return Err(ConfigError(format!("CLUSTER={other:?}: expected off or postgres"))),
+        };
+        let instance_id = raw.opt("INSTANCE_ID").map(|s| s.trim().to_string());
+        if let Some(id) = &instance_id {
+            if id.len() > 200 || id.chars().any(|c| c.is_control()) {
+                return Err(ConfigError(
+                    "INSTANCE_ID must be at most 200 characters, without control characters".into(),
+                ));
+            }
+        }
         let log_level = crate::util::log::Level::parse(raw.get("LOG_LEVEL")).ok_or_else(|| {
             ConfigError(format!("LOG_LEVEL={:?}: expected error, warn, info or debug", raw.get("LOG_LEVEL")))
         })?;
@@ -461,6 +503,10 @@ impl Config {
             ws_ping_interval: secs("WS_PING_INTERVAL_SECS")?,
             ws_ping_timeout: secs("WS_PING_TIMEOUT_SECS")?,
             alert_command: raw.opt("ALERT_COMMAND"),
+            cluster,
+            instance_id,
+            cluster_presence_timeout: secs("CLUSTER_PRESENCE_TIMEOUT_SECS")?,
+            cluster_queue_kb: raw.num_in::<u32>("CLUSTER_QUEUE_KB", 1, 1 << 22)? as usize,
             metrics_addr: raw.opt("METRICS_ADDR"),
             workers: raw.num_in::<u32>("WORKERS", 1, 65_536)? as usize,
             max_connections: count(raw, "MAX_CONNECTIONS", 1)?,
@@ -697,6 +743,14 @@ mod tests {
         assert!(layer(None, &[], &["--port"]).unwrap_err().0.contains("--port needs a value"));
         assert!(layer(None, &[("WS_AUTH", "maybe")], &[]).is_err());
         assert!(layer(None, &[("ALLOW_SIGNUP", "perhaps")], &[]).is_err());
+        let err = layer(None, &[("CLUSTER", "redis")], &[]).err().unwrap().0;
+        assert!(err.contains("CLUSTER") && err.contains("postgres"), "{err}");
+        assert!(layer(None, &[("CLUSTER_PRESENCE_TIMEOUT_SECS", "0")], &[]).is_err());
+        assert!(layer(None, &[("INSTANCE_ID", "a\nb")], &[]).is_err());
+        let (c, _) = layer(None, &[("CLUSTER", "Postgres"), ("INSTANCE_ID", "node-1")], &[]).unwrap();
+        assert!(c.cluster && c.instance_id.as_deref() == Some("node-1"));
+        let (c, _) = layer(None, &[], &[]).unwrap();
+        assert!(!c.cluster && c.instance_id.is_none() && c.cluster_presence_timeout == Duration::from_secs(15));
         let err = layer(None, &[("WS_PING_INTERVAL_SECS", "30"), ("WS_PING_TIMEOUT_SECS", "30")], &[]).unwrap_err().0;
         assert!(err.contains("WS_PING_TIMEOUT_SECS"), "{err}");
     }

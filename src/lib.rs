@@ -6,6 +6,7 @@
 //! - `auth/`   passwords (Argon2id), tokens (HS256 JWT), login rate limit, the bearer check;
 //! - `db/`     the PostgreSQL pool, migrations, queries, the monitor thread;
 //! - `ws/`     WebSocket sessions, the client registry and groups (hub), the protocol;
+//! - `cluster/` several instances on one database: LISTEN/NOTIFY, presence, the hub's link;
 //! - `config`  settings: defaults < .env < environment < flags;
 //! - `dbgui/`  the database web GUI (`adcluster db-gui`): its own router on the same `http/` layer;
 //! - `ops/`    operator concerns: database alerts;
@@ -15,6 +16,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod db;
 pub mod dbgui;

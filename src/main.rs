@@ -5,8 +5,9 @@
 //! Threads started here: the signal thread (`signals`, waits for SIGINT/SIGTERM and triggers
 //! the shutdown); `metrics-server` (only with `METRICS_ADDR`: a second instance of the HTTP
 //! layer, two workers, serving `GET /metrics`); the HTTP layer's own threads are listed in
-//! `http/server.rs`, the WebSocket sessions' in `ws/mod.rs`. `backup` and `restore` start the
-//! `interrupt` thread of `ops/interrupt.rs`.
+//! `http/server.rs`, the WebSocket sessions' in `ws/mod.rs`, the cluster's two (`CLUSTER=postgres`
+//! only) in `cluster/mod.rs`. `backup` and `restore` start the `interrupt` thread of
+//! `ops/interrupt.rs`.
 
 #![warn(clippy::undocumented_unsafe_blocks)]
 
@@ -159,6 +160,23 @@ fn serve(args: &[String]) -> Result<(), Failure> {
         ))
     })?;
     let bound = server.local_addr().map_err(|e| failed(format!("cannot read the bound address: {e}")))?;
+    let cluster = if app.config.cluster {
+        let settings = adcluster::cluster::Settings {
+            instance: app
+                .config
+                .instance_id
+                .clone()
+                .unwrap_or_else(|| adcluster::cluster::default_instance_id(bound.port())),
+            presence_timeout: app.config.cluster_presence_timeout,
+            queue_bytes: app.config.cluster_queue_kb.saturating_mul(1024),
+        };
+        Some(
+            adcluster::cluster::start(ws.clone(), app.db.config(), &settings)
+                .map_err(|e| failed(format!("cannot start the cluster threads: {e}")))?,
+        )
+    } else {
+        None
+    };
     app.metrics.attach_server(server.stats());
     let metrics_handle = match app.config.metrics_addr.clone() {
         Some(maddr) => Some(serve_metrics(&maddr, http_cfg, app.clone())?),
@@ -187,6 +205,9 @@ fn serve(args: &[String]) -> Result<(), Failure> {
     // Uploads cut short by the end of the grace leave no temp file behind.
     api::files::remove_own_temp(&app.config.upload_dir);
     ws.shutdown();
+    if let Some(cluster) = &cluster {
+        cluster.stop(std::time::Duration::from_secs(2));
+    }
     if !ws.wait_idle(std::time::Duration::from_secs(2)) {
         warn!("{} WebSocket session(s) still closing; exiting anyway", ws.sessions());
     }
@@ -275,16 +296,17 @@ fn db_gui(args: &[String]) -> Result<(), Failure> {
     if !ip_loopback {
         warn!("db-gui listens on {bound}: anyone who can reach it and has the token can read the database");
     }
-    match gui.pool.get() {
-        Ok(_) => {}
-        Err(e) => warn!("database {} is not reachable yet ({e}); the GUI answers 503 until it is", gui.database),
-    }
     {
         use std::io::Write;
         let shown = if host.contains(':') { format!("[{host}]") } else { host.clone() };
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "db-gui: http://{shown}:{}/?token={}", bound.port(), gui.token);
         let _ = out.flush();
+    }
+    // After the start line (a database that is down must not delay it): say so now rather than
+    // on the first click.
+    if let Err(e) = gui.pool.get() {
+        warn!("database {} is not reachable yet ({e}); the GUI answers 503 until it is", gui.database);
     }
     let handle = server.shutdown_handle();
     signals::spawn_waiter(signals, move |sig| {

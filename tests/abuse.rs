@@ -420,3 +420,37 @@ fn temp_files_of_a_dead_process_are_removed_at_start_and_a_live_ones_kept() {
     assert!(second_started, "{:?}", temp_files(&srv));
     assert!(temp_files(&srv).contains(&live), "another instance removed a live upload's temp file");
 }
+
+#[test]
+fn a_response_still_being_written_at_shutdown_is_finished() {
+    // The dispatcher holds the rest of a response its client reads slowly; SIGTERM must not cut
+    // it off (within the grace), and the process still exits 0.
+    let mut srv = TestServer::start_with(small_pool().env("SHUTDOWN_GRACE_SECS", "10"));
+    let mut s = tiny_reader(srv.addr);
+    s.write_all(b"GET /__test/big?kb=4096 HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    srv.signal(libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut c = Conn::wrap(s);
+    let r = c.read_response(false);
+    assert_eq!((r.status, r.body.len()), (200, 4096 * 1024));
+    assert_eq!(r.header("connection"), None, "it was answered before the shutdown began");
+    assert_eq!(srv.wait_exit(Duration::from_secs(15)), Some(0), "{}", srv.log());
+}
+
+#[test]
+fn streamed_responses_are_long_transfers_too() {
+    // A streamed body is written by its worker: it takes a transfer slot (one of two workers
+    // here), so a second stream waits its turn (503) while short requests are still served.
+    let srv = TestServer::start_with(small_pool().env("TRANSFER_WORKERS", "1"));
+    let mut slow = tiny_reader(srv.addr);
+    slow.write_all(b"GET /__test/stream?kb=65536 HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let r = srv.get("/__test/stream?kb=1");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.header("retry-after").is_some());
+    assert_health(&srv, "a stream is held by a client that does not read");
+    drop(slow);
+    // Once that one is gone (its next write fails), streams are served again.
+    assert!(wait_for(Duration::from_secs(10), || srv.get("/__test/stream?kb=1").status == 200));
+}

@@ -711,3 +711,75 @@ fn the_server_answers_while_a_restore_is_in_progress() {
     assert_eq!(checksums(&srv), at_backup);
     assert_eq!(login(&srv, "ana@example.com", "password1").status, 200);
 }
+
+#[test]
+fn a_pg_dump_on_path_that_refuses_the_server_gives_way_to_an_installed_one() {
+    let Some(installed) = pg_bin("pg_dump") else {
+        eprintln!("SKIPPED: no /usr/lib/postgresql/*/bin/pg_dump here");
+        return;
+    };
+    let srv = server();
+    populate(&srv);
+    // An old pg_dump first on PATH: it answers like pg_dump 9.6 does for a newer server.
+    let bin = TempDir::new("oldbin");
+    let fake = bin.path().join("pg_dump");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\nif [ \"$1\" = --version ]; then echo 'pg_dump (PostgreSQL) 9.6.24'; exit 0; fi\n\
+         echo 'pg_dump: error: aborting because of server version mismatch' >&2\n\
+         echo 'pg_dump: detail: server version: 15.2; pg_dump version: 9.6.24' >&2\nexit 1\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", bin.path().display(), std::env::var("PATH").unwrap_or_default());
+    let o = adc(&srv, &["backup"], &[("PATH", &path)]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains(&format!("using {}", fake.display())), "{err}");
+    assert!(err.contains(&format!("using {installed}")), "it said which one it fell back to: {err}");
+    let file = PathBuf::from(stdout(&o).trim());
+    let o = adc(&srv, &["restore", "--dry-run", file.to_str().unwrap()], &[]);
+    assert_eq!(o.status.code(), Some(0), "the backup is whole: {}", stderr(&o));
+    assert_eq!(files_in(&backup_dir(&srv)).len(), 2, "the backup and the log, no leftover");
+}
+
+#[test]
+fn restore_into_a_database_that_does_not_exist_yet_creates_it() {
+    let srv = server();
+    populate(&srv);
+    let want = checksums(&srv);
+    let file = backup(&srv, &[]);
+    let fresh = format!("{}_fresh", srv.db.name);
+    let drop_fresh = || {
+        let mut admin = postgres::Client::connect(&common::admin_url(), postgres::NoTls).unwrap();
+        admin.batch_execute(&format!("DROP DATABASE IF EXISTS \"{fresh}\" WITH (FORCE)")).unwrap();
+    };
+    drop_fresh();
+    // Backing up a database that does not exist is a failure, and leaves nothing.
+    let o = adc(&srv, &["backup", "--output", "x.sql"], &[("DB_NAME", &fresh)]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(error_line(&o).contains("does not exist"));
+    assert!(!srv.dir.path().join("x.sql").exists());
+    // A dry run says it would create it, and does not.
+    let o = adc(&srv, &["restore", "--dry-run", file.to_str().unwrap()], &[("DB_NAME", &fresh)]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains("would be created"), "{}", stdout(&o));
+    let mut admin = postgres::Client::connect(&common::admin_url(), postgres::NoTls).unwrap();
+    let exists = |admin: &mut postgres::Client| {
+        admin.query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&fresh]).unwrap().is_some()
+    };
+    assert!(!exists(&mut admin));
+    let o = adc(&srv, &["restore", "--yes", file.to_str().unwrap()], &[("DB_NAME", &fresh)]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(exists(&mut admin));
+    let mut cfg: postgres::Config = common::admin_url().parse().unwrap();
+    cfg.dbname(&fresh);
+    let mut c = cfg.connect(postgres::NoTls).unwrap();
+    let users: i64 = c.query_one("SELECT count(*) FROM users", &[]).unwrap().get(0);
+    let ana: i64 = c.query_one("SELECT count(*) FROM users WHERE email = 'ana@example.com'", &[]).unwrap().get(0);
+    drop(c);
+    drop_fresh();
+    assert_eq!((users, ana), (2, 1));
+    assert_eq!(checksums(&srv), want, "the source is untouched");
+}

@@ -204,6 +204,12 @@ fn the_database_goes_away_and_comes_back() {
     let g = b.recv_type("group");
     assert_eq!((g["from"].as_str(), g["message"].as_str()), (Some("alice"), Some("still here")));
     assert_eq!(srv.get("/api/ws/groups/room").json()["member_count"], 2);
+    // A token is checked against memory: a connect and the REST API with it keep working.
+    let (mut carol, welcome) = WsClient::join(&srv, &format!("/ws/carol/room?token={tok}"));
+    assert_eq!(welcome["client_id"], "carol");
+    let r = post_json(&srv, "/api/ws/send_to/carol", Some(&tok), &json!({ "message": "from rest" }));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(carol.recv_type("private")["message"], "from rest");
 
     // Its cause is in the log at WARN, in plain words.
     assert!(

@@ -410,9 +410,16 @@
     }
   }
 
-  async function runQuery() {
+  async function runQuery(explain) {
     if (running) return;
-    const { sql, offset } = currentSql();
+    let { sql, offset } = currentSql();
+    if (explain === true && sql.trim()) {
+      // The plan of the statement, not its rows; positions in errors shift by the prefix.
+      const prefix = 'EXPLAIN ';
+      const body = sql.replace(/^\s+/, '');
+      offset += sql.length - body.length - prefix.length;
+      sql = prefix + body;
+    }
     if (!sql.trim()) { editor().focus(); return; }
     running = true;
     runningId = newRequestId();
@@ -808,7 +815,8 @@
         $('filter').focus();
       }
     });
-    $('run').addEventListener('click', runQuery);
+    $('run').addEventListener('click', () => runQuery());
+    $('explain').addEventListener('click', () => runQuery(true));
     $('cancel').addEventListener('click', cancelQuery);
     $('limit').addEventListener('change', () => localStorage.setItem(LS.limit, $('limit').value));
     $('export-csv').addEventListener('click', () => exportResult('csv'));

@@ -489,7 +489,21 @@ def main():
     return 0 if all(ok for _, ok in goals) else 1
 
 
+def compare(ours, ref):
+    """One line comparing two runs' figures (drill.py --compare OURS.json REF.json)."""
+    def during(f, key):
+        return sum(rows.get("during", {}).get(key, 0) for ep, rows in f["table"].items() if not ep.startswith("WS"))
+    o, r = (json.load(open(p)) for p in (ours, ref))
+    ratio = during(o, "n") / during(r, "n") if during(r, "n") else float("inf")
+    return ("Side by side, during the outage: HTTP requests answered %d (ours) vs %d (reference), %.1fx; errors "
+            "%d vs %d; upload records kept %d vs %d." % (during(o, "n"), during(r, "n"), ratio, during(o, "errors"),
+                                                        during(r, "errors"), o["spool_peak"], r["spool_peak"]))
+
+
 if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "--compare":
+        print(compare(sys.argv[2], sys.argv[3]))
+        sys.exit(0)
     if len(sys.argv) == 5 and sys.argv[1] == "--write-section":
         # drill.py --write-section BENCHMARKS.md HEAD BODY: "## drill" := HEAD + BODY.
         _, _, md, head, body = sys.argv

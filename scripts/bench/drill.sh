@@ -149,12 +149,18 @@ run_one() {
     echo "\`pg_ctl stop -m immediate\` for ${DRILL_OUTAGE_SECONDS} s in the middle. Phases: before the stop, during (stop"
     echo "to PostgreSQL accepting again), after. Goals: zero errors on every endpoint (for the ones that need"
     echo "the database, \`503\` with \`Retry-After\` while it is down is the contract), zero lost or doubled upload"
-    echo "records, detection and recovery each under 5 s."
+    echo "records, detection and recovery each under 5 s. Each load thread sends its next request when the previous"
+    echo "one is answered (paced, closed loop), so answers that wait for the pool show up as fewer requests."
+    echo "Under load, failing requests wake the monitor at once; the monitor alone (no load) is timed by"
+    echo "\`tests/degraded.rs\` (\`the_database_goes_away_and_comes_back\` prints it)."
     echo
     echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo "- Machine: $(nproc) cores (nproc), $(free -g | awk '/^Mem:/ { print $2 }') GiB RAM, kernel $(uname -r); shared with other builds"
     echo "- Command: \`scripts/bench.sh drill\` (DRILL_SECONDS=$DRILL_SECONDS, DRILL_OUTAGE_SECONDS=$DRILL_OUTAGE_SECONDS; PostgreSQL $("$BIN/postgres" --version | awk '{print $3}'))"
     echo "- Server: $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)$(cd "$ROOT" && git diff --quiet 2>/dev/null || echo ' (with uncommitted changes)'), release build"
+    if [ -n "${DRILL_REFERENCE_BIN:-}" ]; then
+        echo "- Reference: ${DRILL_REFERENCE_DESC:-$DRILL_REFERENCE_BIN} (\`DRILL_REFERENCE_BIN\`), the same drill right after ours"
+    fi
 } >"$TMP/head.md"
 
 status=0
@@ -165,6 +171,8 @@ if [ -n "${DRILL_REFERENCE_BIN:-}" ]; then
     {
         echo
         echo "### Reference: ${DRILL_REFERENCE_DESC:-$DRILL_REFERENCE_BIN}, the same drill in the same run"
+        echo
+        python3 "$ROOT/scripts/bench/drill.py" --compare "$TMP/ours/figures.json" "$TMP/reference/figures.json"
         echo
         cat "$TMP/reference/report.md"
     } >>"$TMP/ours/report.md"

@@ -1,7 +1,7 @@
 //! Routes for the test suite only, under `/__test/`, added when `ADCLUSTER_TEST_ROUTES=true`
 //! (never by default). They give the connection-layer tests a body to read, a handler that
-//! panics (and an upgrade that does), a large in-memory response and a handler that takes its
-//! time, against the real binary.
+//! panics (and an upgrade that does), a large in-memory response, a streamed one and a handler
+//! that takes its time, against the real binary.
 //!
 //! This module is compiled only with `debug_assertions` (`cargo build`, and the binary that
 //! `cargo nextest run` / `cargo test` build for the integration tests); a release binary does
@@ -39,6 +39,18 @@ pub fn routes(r: &mut Router) {
         let kb: usize =
             req.query()?.iter().find(|(k, _)| k == "kb").and_then(|(_, v)| v.parse().ok()).unwrap_or(1024).min(65536);
         Ok(Response::bytes(200, "application/octet-stream", vec![b'b'; kb * 1024]))
+    });
+    // A streamed body of `kb` KiB (chunked, produced while it is sent).
+    r.add("GET", "/__test/stream", |req| {
+        let kb: usize =
+            req.query()?.iter().find(|(k, _)| k == "kb").and_then(|(_, v)| v.parse().ok()).unwrap_or(1024).min(1 << 20);
+        Ok(Response::new(200).with_body(crate::http::Body::Stream(Box::new(move |w| {
+            let block = [b's'; 1024];
+            for _ in 0..kb {
+                w.write_all(&block)?;
+            }
+            Ok(())
+        }))))
     });
     r.add("GET", "/__test/sleep", |req| {
         let ms: u64 =

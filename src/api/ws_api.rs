@@ -9,8 +9,9 @@
 //!
 //! Tokens and the database: a token's signature and expiry are always checked. Whether its user
 //! still exists and is active is checked too while PostgreSQL is up; while it is down (degraded
-//! mode) the token alone is trusted, because the contract keeps WebSocket messaging and this REST
-//! API working without the database.
+//! mode) it is checked in the account cache when the account is there, and otherwise the token
+//! alone is trusted, because the contract keeps WebSocket messaging and this REST API working
+//! without the database.
 //!
 //! Must never: log a query string (tokens travel in `?token=`), or block on the hub.
 
@@ -24,6 +25,7 @@ use super::App;
 use crate::auth::{bearer_token, unauthorized};
 use crate::config::WsAuth;
 use crate::http::{HttpError, Request, Response, Router};
+use crate::ws::hub::NotSent;
 use crate::ws::protocol::{valid_name, ADMINS_GROUP};
 
 pub fn routes(r: &mut Router, app: &Arc<App>) {
@@ -148,17 +150,28 @@ fn check_ws_token(app: &App, req: &Request<'_>) -> Result<bool, HttpError> {
     }
 }
 
-/// A token is good when it verifies and (while the database is up) names an active user.
-/// Returns whether that user is a superuser; while the database is down that cannot be known,
-/// and the answer is no (the reserved group waits for the database).
+/// A token is good when it verifies and names an active user: checked in the database while it is
+/// up, in the account cache while it is down (an account not in memory: the token alone).
+/// Returns whether that user is a superuser; while the database is down that is known only for
+/// an account in memory, and otherwise the answer is no (the reserved group waits for the
+/// database).
 fn token_user_ok(app: &App, token: &str) -> Result<bool, HttpError> {
     let id = app.auth.token_user_id(token).ok_or_else(unauthorized)?;
     let db = &app.db;
     if !db.is_up() {
-        return Ok(false);
+        // Degraded mode: an account in memory must still be active; one not in memory is trusted
+        // on its token alone, so that messaging keeps working.
+        return match db.cache.by_id(id) {
+            Some(u) if !u.is_active => Err(unauthorized()),
+            Some(u) => Ok(u.is_superuser),
+            None => Ok(false),
+        };
     }
     let found =
         db.conn().map_err(|e| db.saw(e)).and_then(|mut c| crate::db::users::by_id(&mut c, id).map_err(|e| db.saw(e)));
+    if let Ok(Some(u)) = &found {
+        db.cache.put(u);
+    }
     match found {
         Ok(Some(u)) if u.is_active => Ok(u.is_superuser),
         Ok(_) => Err(unauthorized()),
@@ -216,8 +229,13 @@ fn send_to(app: &App, req: &mut Request<'_>) -> Result<Response, HttpError> {
     require_caller(app, req)?;
     let message = message_body(req)?;
     let id = req.param("client_id").to_string();
-    if !app.ws.hub.send_from_server(&id, &message) {
-        return Err(HttpError::new(404, "Client not connected"));
+    match app.ws.hub.send_from_server(&id, &message) {
+        Ok(()) => {}
+        Err(NotSent::NotConnected) => return Err(HttpError::new(404, "Client not connected")),
+        Err(NotSent::Unreachable(why)) => {
+            return Err(HttpError::new(503, format!("Client {id} is connected to another instance and {}", why.0))
+                .header("retry-after", "5"))
+        }
     }
     Ok(Response::json(200, &json!({ "status": "sent", "client_id": id })))
 }

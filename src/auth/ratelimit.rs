@@ -49,19 +49,28 @@ impl LoginLimiter {
         (email.trim().to_lowercase(), ip)
     }
 
-    /// `Err(retry_after)` when this pair is locked out at `now`.
-    pub fn check(&self, email: &str, ip: IpAddr, now: Instant) -> Result<(), Duration> {
-        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(times) = map.get_mut(&Self::key(email, ip)) else { return Ok(()) };
+    /// Drop the failures of `times` that left the window; `Err(retry_after)` when the rest lock
+    /// the pair out at `now`.
+    fn locked(&self, times: &mut VecDeque<Instant>, now: Instant) -> Result<(), Duration> {
         while times.front().is_some_and(|t| now.duration_since(*t) >= self.window) {
             times.pop_front();
         }
-        if times.len() >= self.max_failures {
-            let oldest = *times.front().expect("non-empty");
-            let retry = self.window.saturating_sub(now.duration_since(oldest));
-            return Err(retry.max(Duration::from_secs(1)));
+        match times.front() {
+            Some(oldest) if times.len() >= self.max_failures => {
+                let retry = self.window.saturating_sub(now.duration_since(*oldest));
+                Err(retry.max(Duration::from_secs(1)))
+            }
+            _ => Ok(()),
         }
-        Ok(())
+    }
+
+    /// `Err(retry_after)` when this pair is locked out at `now`.
+    pub fn check(&self, email: &str, ip: IpAddr, now: Instant) -> Result<(), Duration> {
+        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get_mut(&Self::key(email, ip)) {
+            Some(times) => self.locked(times, now),
+            None => Ok(()),
+        }
     }
 
     /// Take a failure slot for one attempt at `now`: `Err(retry_after)` when the pair is locked
@@ -70,14 +79,7 @@ impl LoginLimiter {
         let key = Self::key(email, ip);
         let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(times) = map.get_mut(&key) {
-            while times.front().is_some_and(|t| now.duration_since(*t) >= self.window) {
-                times.pop_front();
-            }
-            if times.len() >= self.max_failures {
-                let oldest = *times.front().expect("non-empty");
-                let retry = self.window.saturating_sub(now.duration_since(oldest));
-                return Err(retry.max(Duration::from_secs(1)));
-            }
+            self.locked(times, now)?;
         } else if map.len() >= self.max_keys {
             let window = self.window;
             map.retain(|_, times| times.back().is_some_and(|t| now.duration_since(*t) < window));

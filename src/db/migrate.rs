@@ -18,6 +18,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "accounts", include_str!("../../sql/0001_accounts.sql")),
     (2, "uploads", include_str!("../../sql/0002_uploads.sql")),
     (3, "spool", include_str!("../../sql/0003_spool.sql")),
+    (14, "cluster", include_str!("../../sql/0014_cluster.sql")),
 ];
 
 /// Key of the advisory lock that serialises migrators across processes ("adcmigr" in ASCII).

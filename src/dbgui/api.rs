@@ -167,8 +167,9 @@ fn sql_field(body: &Value) -> Result<String, HttpError> {
     }
 }
 
-/// An integer in `min..=max`, or `default` when absent.
-fn bounded(v: Option<&Value>, loc: &[&str], default: usize, min: i64, max: usize) -> Result<usize, HttpError> {
+/// An integer of at least `min` (else `422`), or `default` when absent; above `cap` it is
+/// lowered to `cap` (a row limit past `DB_GUI_MAX_ROWS` gets that many rows and `truncated`).
+fn bounded(v: Option<&Value>, loc: &[&str], default: usize, min: i64, cap: usize) -> Result<usize, HttpError> {
     let n = match v {
         None | Some(Value::Null) => return Ok(default),
         Some(v) => v
@@ -176,14 +177,14 @@ fn bounded(v: Option<&Value>, loc: &[&str], default: usize, min: i64, max: usize
             .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
             .ok_or_else(|| HttpError::validation(loc, "Input should be a valid integer", "int_parsing"))?,
     };
-    if n < min || n as u64 > max as u64 {
+    if n < min {
         return Err(HttpError::validation(
             loc,
-            format!("Input should be between {min} and {max} (DB_GUI_MAX_ROWS)"),
-            "value_error",
+            format!("Input should be greater than or equal to {min}"),
+            "greater_than_equal",
         ));
     }
-    Ok(n as usize)
+    Ok((n as u64).min(cap as u64) as usize)
 }
 
 fn record(gui: &Gui, sql: &str, kind: &'static str, started: Instant, rows: Option<u64>, error: Option<&str>) {
@@ -461,7 +462,7 @@ fn run_query(gui: &Arc<Gui>, req: &mut Request<'_>) -> Result<Response, HttpErro
             Ok(Response::bytes(
                 200,
                 "application/json",
-                r.to_json_bytes(&[("read_only", json!(!gui.mode.allow_writes))]),
+                r.to_json_bytes(&[("read_only", json!(!gui.mode.allow_writes)), ("limit", json!(limit))]),
             ))
         }
         Err(e) => {

@@ -71,7 +71,7 @@ use std::time::{Duration, Instant};
 use super::body::{is_disconnect, wait_ready, BodyError, BodyReader, ChunkedDecoder, Wire};
 use super::gate::{ConnSlot, Gate, GateLimits, Refusal, TransferSlot};
 use super::parse::{find_head_end, parse_head, Framing, HeadLimits, Parsed, RequestHead};
-use super::response::{encode_head, send_small, start_response, Outgoing, Pace, Response, Written};
+use super::response::{encode_head, send_small, start_response, Body, Outgoing, Pace, Response, Written};
 use super::router::{HttpError, Match, Request, Router};
 use crate::{debug, error, info, warn};
 
@@ -692,6 +692,10 @@ fn place(shared: &Shared, mut conn: Conn, waiting: &mut Vec<Conn>, parked: &mut 
         waiting.push(conn);
         return;
     }
+    if shared.stopping.load(Ordering::SeqCst) {
+        // No new request is started once shutdown has begun (the workers may be gone).
+        return;
+    }
     match advance(&mut conn, &shared.cfg) {
         Progress::Wait => waiting.push(conn),
         Progress::Ready => enqueue(shared, conn),
@@ -1121,6 +1125,18 @@ fn serve_one(shared: &Shared, conn: &mut Conn, head: RequestHead, continued: boo
         keep_alive = false;
     }
 
+    // A streamed body is written by this worker (its producer is code): like a large request
+    // body, a long transfer, so it needs a transfer slot (unless the request already holds one).
+    if matches!(resp.body, Body::Stream(_)) && !head_only && conn.transfer.is_none() {
+        match shared.gate.transfer(conn.peer.ip()) {
+            Ok(slot) => conn.transfer = Some(slot),
+            Err(_) => {
+                keep_alive = false;
+                resp = Response::detail(503, "Server busy: too many transfers in progress; try again")
+                    .header("retry-after", "5");
+            }
+        }
+    }
     let upgrade = resp.upgrade.take();
     let hold = resp.hold;
     let result = start_response(&conn.stream, &mut resp, minor, keep_alive, head_only, scratch, cfg.pace());

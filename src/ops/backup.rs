@@ -2,7 +2,7 @@
 //! (`pg_dump --clean --if-exists`) or, with `--all`, of the whole cluster (`pg_dumpall`), to
 //! `BACKUP_DIR/full_backup_YYYY-MM-DD_HHMMSS.sql` (UTC) or FILE; the path on standard output.
 //!
-//! The file appears only when complete: the dump is streamed into a hidden temporary name in
+//! The file appears only when complete: pg_dump writes into a hidden temporary name in
 //! the same folder (`.full_backup_....sql.partial-PID`, mode 0600: a backup holds password
 //! hashes), followed by one last comment line `-- adcluster backup: sha256=HEX bytes=N` (the
 //! checksum of everything above it, which `restore` checks before it touches the database),
@@ -19,9 +19,10 @@
 //! database password (see `pgtools.rs`).
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use sha2::{Digest, Sha256};
@@ -268,17 +269,21 @@ fn backup(cfg: &Config, a: &Args, guard: &Guard) -> Result<(PathBuf, u64), OpsEr
     fs::create_dir_all(&cfg.backup_dir)
         .map_err(|e| OpsError::failed(format!("cannot create BACKUP_DIR {}: {e}", cfg.backup_dir.display())))?;
     let dbc = super::db_config(cfg);
-    let server = pgtools::server_version(&dbc).map_err(OpsError::failed)?;
     let program = if a.all { "pg_dumpall" } else { "pg_dump" };
-    let tool = pgtools::find(program, &server).map_err(OpsError::failed)?;
-    eprintln!(
-        "using {} ({program} {}) for PostgreSQL {} at {}",
-        tool.path.display(),
-        tool.version.text,
-        server.text,
-        dbc.describe()
-    );
     let env = pgtools::child_env(&dbc).map_err(OpsError::failed)?;
+    let (server, exists) = pgtools::server_version(&dbc).map_err(OpsError::failed)?;
+    if !exists {
+        return Err(OpsError::failed(format!("the database {} does not exist; nothing to back up", dbc.describe())));
+    }
+    // The PATH one is run without asking its version first: pg_dump itself refuses a server of
+    // a newer major version (before writing anything), and then the ones under
+    // /usr/lib/postgresql are asked. That saves a `--version` run of Debian's Perl wrapper
+    // (~90 ms) on every backup.
+    let mut tool_path = match pgtools::path_candidate(program) {
+        Some(p) => p,
+        None => pgtools::fallback(program, &server, None, &env).map_err(OpsError::failed)?.path,
+    };
+    let mut fell_back = false;
 
     let final_path = match &a.output {
         Some(p) => {
@@ -314,50 +319,31 @@ fn backup(cfg: &Config, a: &Args, guard: &Guard) -> Result<(PathBuf, u64), OpsEr
     .map_err(|e| OpsError::failed(format!("cannot create {}: {e}", tmp_path.display())))?;
     tmp.armed = true;
 
-    let mut cmd = pgtools::command(&tool, &env);
-    if !a.all {
-        cmd.args(["--clean", "--if-exists"]);
-    }
-    cmd.arg("--no-password").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|e| OpsError::failed(format!("cannot run {}: {e}", tool.path.display())))?;
-    guard.set_child(Some(child.id()));
-    let stderr = collect_stderr(child.stderr.take().expect("piped"));
-    let mut out = child.stdout.take().expect("piped");
-    let mut hasher = Sha256::new();
-    let mut bytes: u64 = 0;
-    let mut buf = vec![0u8; 256 * 1024];
-    let copied: std::io::Result<()> = (|| loop {
-        let n = match out.read(&mut buf) {
-            Ok(0) => return Ok(()),
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        hasher.update(&buf[..n]);
-        file.write_all(&buf[..n])?;
-        bytes += n as u64;
-    })();
-    if copied.is_err() {
-        let _ = child.kill();
-    }
-    drop(out);
-    let status = child.wait().map_err(|e| OpsError::failed(format!("cannot wait for {program}: {e}")))?;
-    guard.set_child(None);
-    let stderr = stderr.join().unwrap_or_default();
-    if let Some(sig) = guard.interrupted() {
-        return Err(OpsError::failed(format!("interrupted by {sig}; no backup was written")));
-    }
-    if let Err(e) = copied {
-        return Err(OpsError::failed(format!("cannot write {}: {e}; no backup was written", tmp_path.display())));
-    }
-    if !status.success() {
-        return Err(OpsError::failed(format!(
-            "{program} failed ({status}): {}; no backup was written",
-            pgtools::stderr_reason(&stderr)
-        )));
-    }
+    // pg_dump writes straight into the temporary file (a pipe through us was measurably slower);
+    // a thread of ours reads the file behind it and hashes what it finds, so the checksum is
+    // ready almost when the dump is.
+    let (hasher, bytes) = loop {
+        eprintln!("using {} for PostgreSQL {} at {}", tool_path.display(), server.text, dbc.describe());
+        match dump_once(&tool_path, &env, a.all, &file, &tmp_path, guard)? {
+            Dumped::Done(h, n) => break (h, n),
+            Dumped::VersionMismatch(reason) => {
+                let better = pgtools::fallback(program, &server, Some(&tool_path), &env).map_err(OpsError::failed)?;
+                if fell_back || better.path == tool_path {
+                    return Err(OpsError::failed(format!("{program} refused the server: {reason}")));
+                }
+                fell_back = true;
+                tool_path = better.path;
+                file.set_len(0)
+                    .and_then(|_| file.seek(std::io::SeekFrom::Start(0)))
+                    .map_err(|e| OpsError::failed(format!("cannot reuse {}: {e}", tmp_path.display())))?;
+            }
+        }
+    };
     if bytes == 0 {
         return Err(OpsError::failed(format!("{program} wrote nothing; no backup was written")));
+    }
+    if let Some(by) = dumped_by(&tmp_path) {
+        eprintln!("dumped by {by}");
     }
     let hex: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
     let done = file
@@ -376,6 +362,95 @@ fn backup(cfg: &Config, a: &Args, guard: &Guard) -> Result<(PathBuf, u64), OpsEr
     sync_dir(if dir.as_os_str().is_empty() { Path::new(".") } else { &dir })
         .map_err(|e| OpsError::failed(format!("cannot sync {}: {e}", dir.display())))?;
     Ok((final_path, size))
+}
+
+/// How one run of pg_dump ended (other failures are `OpsError`s).
+enum Dumped {
+    /// The SHA-256 of what it wrote, and how many bytes.
+    Done(Sha256, u64),
+    /// It refused the server as newer than itself (its message).
+    VersionMismatch(String),
+}
+
+/// Run `tool` once into `file` (empty, at offset 0), hashing as it writes.
+fn dump_once(
+    tool: &Path,
+    env: &[(&'static str, String)],
+    all: bool,
+    file: &File,
+    tmp_path: &Path,
+    guard: &Guard,
+) -> Result<Dumped, OpsError> {
+    let program = tool.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let out = file.try_clone().map_err(|e| OpsError::failed(format!("cannot use {}: {e}", tmp_path.display())))?;
+    let mut cmd = pgtools::command_for(tool, env);
+    if !all {
+        cmd.args(["--clean", "--if-exists"]);
+    }
+    cmd.arg("--no-password").stdin(Stdio::null()).stdout(Stdio::from(out)).stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| OpsError::failed(format!("cannot run {}: {e}", tool.display())))?;
+    guard.set_child(Some(child.id()));
+    let stderr = collect_stderr(child.stderr.take().expect("piped"));
+    let dumped = AtomicBool::new(false);
+    let (status, hashed) = std::thread::scope(|s| {
+        let hashing = s.spawn(|| hash_growing_file(tmp_path, &dumped));
+        let status = child.wait();
+        dumped.store(true, Ordering::SeqCst);
+        (status, hashing.join().unwrap_or_else(|_| Err(std::io::Error::other("the hashing thread panicked"))))
+    });
+    let status = status.map_err(|e| OpsError::failed(format!("cannot wait for {program}: {e}")))?;
+    guard.set_child(None);
+    let stderr = stderr.join().unwrap_or_default();
+    if let Some(sig) = guard.interrupted() {
+        return Err(OpsError::failed(format!("interrupted by {sig}; no backup was written")));
+    }
+    if !status.success() {
+        if pgtools::is_version_mismatch(&stderr) {
+            return Ok(Dumped::VersionMismatch(pgtools::stderr_reason(&stderr)));
+        }
+        return Err(OpsError::failed(format!(
+            "{program} failed ({status}): {}; no backup was written",
+            pgtools::stderr_reason(&stderr)
+        )));
+    }
+    let (hasher, bytes) = hashed.map_err(|e| {
+        OpsError::failed(format!("cannot read back {}: {e}; no backup was written", tmp_path.display()))
+    })?;
+    Ok(Dumped::Done(hasher, bytes))
+}
+
+/// `pg_dump 15.20` from the dump's own header (`-- Dumped by pg_dump version 15.20 (...)`).
+fn dumped_by(path: &Path) -> Option<String> {
+    let mut head = vec![0u8; 2048];
+    let n = File::open(path).and_then(|mut f| f.read(&mut head)).ok()?;
+    let text = String::from_utf8_lossy(&head[..n]);
+    let line = text.lines().find_map(|l| l.strip_prefix("-- Dumped by "))?;
+    let mut words = line.split_whitespace();
+    let (prog, _, version) = (words.next()?, words.next()?, words.next()?);
+    Some(format!("{prog} {version}"))
+}
+
+/// SHA-256 and length of a file that another process is still writing: read what is there,
+/// wait a moment at its end while `done` is false, and read to the end once it is true.
+fn hash_growing_file(path: &Path, done: &AtomicBool) -> std::io::Result<(Sha256, u64)> {
+    let mut f = File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut bytes = 0u64;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        // Read `done` before the read: an end of file seen after the writer finished is final.
+        let finished = done.load(Ordering::SeqCst);
+        match f.read(&mut buf) {
+            Ok(0) if finished => return Ok((hasher, bytes)),
+            Ok(0) => std::thread::sleep(Duration::from_millis(2)),
+            Ok(n) => {
+                hasher.update(&buf[..n]);
+                bytes += n as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Read a child's standard error on a thread of its own (so a chatty child cannot block on a

@@ -17,7 +17,7 @@
 //! password (`--no-password`: it fails instead); leave the child running after we are gone.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use crate::db::DbConfig;
 
@@ -47,6 +47,9 @@ pub fn parse_tool_version(output: &str) -> Option<PgVersion> {
     Some(PgVersion { major, text: text.trim_end_matches('.').to_string() })
 }
 
+/// The libpq environment of a child: `(PGHOST, "...")` and so on.
+pub type ChildEnv = Vec<(&'static str, String)>;
+
 /// A client program found on this machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tool {
@@ -74,8 +77,11 @@ pub fn choose(name: &str, server: &PgVersion, on_path: Option<Tool>, installed: 
 }
 
 /// Run `program --version` and parse it; `None` when it does not run or says nothing we know.
-fn probe(path: &Path) -> Option<Tool> {
-    let out = Command::new(path).arg("--version").env_clear().output().ok()?;
+/// It runs with the same environment as the real run: Debian's `/usr/bin/pg_dump` is a wrapper
+/// that picks a version by `PGHOST`/`PGPORT`/`PGCLUSTER`, so the answer must be the one the real
+/// run will get.
+fn probe(path: &Path, env: &[(&'static str, String)]) -> Option<Tool> {
+    let out = command_for(path, env).arg("--version").stdin(Stdio::null()).stderr(Stdio::null()).output().ok()?;
     let version = parse_tool_version(&String::from_utf8_lossy(&out.stdout))?;
     Some(Tool { path: path.to_path_buf(), version })
 }
@@ -85,26 +91,95 @@ fn is_executable(p: &Path) -> bool {
     std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
 }
 
-/// Find `name` (pg_dump, pg_dumpall, psql) for a server of version `server`.
-pub fn find(name: &str, server: &PgVersion) -> Result<Tool, String> {
-    let on_path = std::env::var_os("PATH")
+/// The `name` on `PATH`, with its version.
+fn on_path(name: &str, env: &[(&'static str, String)]) -> Option<Tool> {
+    path_candidate(name).and_then(|p| probe(&p, env))
+}
+
+/// The `name` on `PATH`, not yet asked its version.
+pub fn path_candidate(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")
         .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(name)).find(|p| is_executable(p)))
-        .and_then(|p| probe(&p));
+}
+
+/// The program to use when `tried` (the one on `PATH`, if any) refused the server: the newest
+/// new-enough one under `/usr/lib/postgresql/*/bin`, or the one-line message of what to install.
+pub fn fallback(
+    name: &str,
+    server: &PgVersion,
+    tried: Option<&Path>,
+    env: &[(&'static str, String)],
+) -> Result<Tool, String> {
+    let path_tool = tried.and_then(|p| probe(p, env));
+    // Asked for its version now, the PATH one may claim to be new enough; it refused all the
+    // same, so only the installed ones count (it still shows in the message).
+    let on_path_ok = path_tool.as_ref().is_some_and(|t| t.version.major >= server.major);
     let mut installed = Vec::new();
     if let Ok(dirs) = std::fs::read_dir("/usr/lib/postgresql") {
         for d in dirs.flatten() {
             let p = d.path().join("bin").join(name);
-            if is_executable(&p) {
-                installed.extend(probe(&p));
+            if is_executable(&p) && Some(p.as_path()) != tried {
+                installed.extend(probe(&p, env));
             }
         }
     }
-    choose(name, server, on_path, installed)
+    choose(name, server, path_tool.filter(|_| !on_path_ok), installed)
+}
+
+/// Whether pg_dump/pg_dumpall refused the server for being of a newer major version
+/// (`aborting because of server version mismatch`; messages are in English: `LC_MESSAGES=C`).
+pub fn is_version_mismatch(stderr: &str) -> bool {
+    stderr.contains("server version mismatch")
+}
+
+/// Find `name` (pg_dump, pg_dumpall, psql) for a server of version `server`, given what is on
+/// `PATH`: the `/usr/lib/postgresql/*/bin` ones are asked only when that is not good enough.
+fn find_with(
+    name: &str,
+    server: &PgVersion,
+    path_tool: Option<Tool>,
+    env: &[(&'static str, String)],
+) -> Result<Tool, String> {
+    let mut installed = Vec::new();
+    if !path_tool.as_ref().is_some_and(|t| t.version.major >= server.major) {
+        if let Ok(dirs) = std::fs::read_dir("/usr/lib/postgresql") {
+            for d in dirs.flatten() {
+                let p = d.path().join("bin").join(name);
+                if is_executable(&p) {
+                    installed.extend(probe(&p, env));
+                }
+            }
+        }
+    }
+    choose(name, server, path_tool, installed)
+}
+
+/// What a command runs against: the server's version, whether the database exists, the client
+/// program to use and its environment.
+pub struct Target {
+    pub server: PgVersion,
+    pub db_exists: bool,
+    pub tool: Tool,
+    pub env: ChildEnv,
+}
+
+/// The server's version and the `name` to run against it. The server is asked (which proves it
+/// reachable before any file is made) while the `PATH` program says its version, at the same time.
+pub fn server_and_tool(cfg: &DbConfig, name: &str) -> Result<Target, String> {
+    let env = child_env(cfg)?;
+    let (server, path_tool) = std::thread::scope(|s| {
+        let probing = s.spawn(|| on_path(name, &env));
+        let server = server_version(cfg);
+        (server, probing.join().ok().flatten())
+    });
+    let (server, db_exists) = server?;
+    let tool = find_with(name, &server, path_tool, &env)?;
+    Ok(Target { server, db_exists, tool, env })
 }
 
 /// The connection settings of `cfg` as libpq environment variables, password included.
 /// These go into the child's environment and nowhere else.
-pub fn child_env(cfg: &DbConfig) -> Result<Vec<(&'static str, String)>, String> {
+pub fn child_env(cfg: &DbConfig) -> Result<ChildEnv, String> {
     let pg = cfg.pg_config().map_err(|e| e.to_string())?;
     let mut env = Vec::new();
     match pg.get_hosts().first() {
@@ -122,6 +197,8 @@ pub fn child_env(cfg: &DbConfig) -> Result<Vec<(&'static str, String)>, String> 
     let timeout = pg.get_connect_timeout().copied().unwrap_or(cfg.connect_timeout);
     env.push(("PGCONNECT_TIMEOUT", timeout.as_secs().max(2).to_string()));
     env.push(("PGAPPNAME", "adcluster".into()));
+    // English messages, so a version mismatch can be recognised.
+    env.push(("LC_MESSAGES", "C".into()));
     Ok(env)
 }
 
@@ -145,7 +222,11 @@ const INHERITED_PG_VARS: &[&str] = &[
 /// variables removed, signals unblocked (the caller blocks them to handle them itself), and
 /// SIGTERM delivered to the child if this process dies first.
 pub fn command(tool: &Tool, env: &[(&'static str, String)]) -> Command {
-    let mut cmd = Command::new(&tool.path);
+    command_for(&tool.path, env)
+}
+
+pub fn command_for(path: &Path, env: &[(&'static str, String)]) -> Command {
+    let mut cmd = Command::new(path);
     for v in INHERITED_PG_VARS {
         cmd.env_remove(v);
     }
@@ -175,7 +256,7 @@ pub fn command(tool: &Tool, env: &[(&'static str, String)]) -> Command {
 pub fn display_command(tool: &Tool, env: &[(&'static str, String)], args: &[String]) -> String {
     let mut parts: Vec<String> = env
         .iter()
-        .filter(|(k, _)| *k != "PGAPPNAME" && *k != "PGCONNECT_TIMEOUT")
+        .filter(|(k, _)| !matches!(*k, "PGAPPNAME" | "PGCONNECT_TIMEOUT" | "LC_MESSAGES"))
         .map(|(k, v)| if *k == "PGPASSWORD" { format!("{k}=***") } else { format!("{k}={}", shell_quote(v)) })
         .collect();
     parts.push(shell_quote(&tool.path.display().to_string()));
@@ -193,21 +274,30 @@ pub fn shell_quote(s: &str) -> String {
 }
 
 /// The server's version, asked over a direct connection (which also proves the database is
-/// reachable before any file is created).
-pub fn server_version(cfg: &DbConfig) -> Result<PgVersion, String> {
-    let pg = cfg.pg_config().map_err(|e| e.to_string())?;
-    let mut client = pg.connect(postgres::NoTls).map_err(|e| {
+/// reachable before any file is created), and whether the configured database exists (when it
+/// does not, the version is asked of the maintenance database `postgres`).
+pub fn server_version(cfg: &DbConfig) -> Result<(PgVersion, bool), String> {
+    let unreachable = |e: postgres::Error| {
         format!(
             "cannot reach the database {}: {} (is PostgreSQL running? check DATABASE_URL or DB_HOST/DB_PORT)",
             cfg.describe(),
             crate::db::DbError::from(e)
         )
-    })?;
+    };
+    let mut pg = cfg.pg_config().map_err(|e| e.to_string())?;
+    let (mut client, exists) = match pg.connect(postgres::NoTls) {
+        Ok(c) => (c, true),
+        Err(e) if e.code() == Some(&postgres::error::SqlState::INVALID_CATALOG_NAME) => {
+            pg.dbname("postgres");
+            (pg.connect(postgres::NoTls).map_err(unreachable)?, false)
+        }
+        Err(e) => return Err(unreachable(e)),
+    };
     let row = client.query_one("SELECT current_setting('server_version_num')::int", &[]).map_err(|e| {
         format!("cannot read the server version of {}: {}", cfg.describe(), crate::db::DbError::from(e))
     })?;
     let num: i32 = row.get(0);
-    Ok(version_from_num(num.max(0) as u32))
+    Ok((version_from_num(num.max(0) as u32), exists))
 }
 
 /// The first line of a child's standard error that says what went wrong (`ERROR:`, `FATAL:`,

@@ -268,10 +268,15 @@ fn restore(
             pgtools::shell_quote(&file.display().to_string())
         )));
     }
-    let check = check_file(&file).map_err(|e| OpsError::failed(format!("{e}; the database was not touched")))?;
+    // The file's checksum, the server's version and psql's version are independent: all at once.
     let dbc = super::db_config(cfg);
-    let server = pgtools::server_version(&dbc).map_err(OpsError::failed)?;
-    let tool = pgtools::find("psql", &server).map_err(OpsError::failed)?;
+    let (check, target) = std::thread::scope(|s| {
+        let checking = s.spawn(|| check_file(&file));
+        let target = pgtools::server_and_tool(&dbc, "psql");
+        (checking.join().unwrap_or_else(|_| Err("the file check panicked".into())), target)
+    });
+    let check = check.map_err(|e| OpsError::failed(format!("{e}; the database was not touched")))?;
+    let pgtools::Target { server, db_exists, tool, env } = target.map_err(OpsError::failed)?;
     eprintln!(
         "using {} (psql {}) for PostgreSQL {} at {}",
         tool.path.display(),
@@ -279,20 +284,24 @@ fn restore(
         server.text,
         dbc.describe()
     );
-    let env = pgtools::child_env(&dbc).map_err(OpsError::failed)?;
     let args = psql_args(&file);
     let verified = if check.checksum { "checksum verified" } else { "no checksum line; ends with pg_dump's end line" };
     if a.dry_run {
         println!("would run: {}", pgtools::display_command(&tool, &env, &args));
         println!("file: {}, {}, {verified}", file.display(), human_size(check.size));
+        if !db_exists {
+            println!("the database does not exist yet: it would be created first");
+        }
         println!("dry run: nothing was changed");
         return Ok(());
     }
     if !a.yes {
         confirm(&file, check.size, &dbc.describe())?;
     }
-    crate::db::pool::ensure_database(&dbc)
-        .map_err(|e| OpsError::failed(format!("cannot create the database {}: {e}", dbc.describe())))?;
+    if !db_exists {
+        crate::db::pool::ensure_database(&dbc)
+            .map_err(|e| OpsError::failed(format!("cannot create the database {}: {e}", dbc.describe())))?;
+    }
     let mut cmd = pgtools::command(&tool, &env);
     cmd.args(&args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(|e| OpsError::failed(format!("cannot run {}: {e}", tool.path.display())))?;

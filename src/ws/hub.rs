@@ -14,6 +14,13 @@
 //! The reserved group `admins` (`protocol::ADMINS_GROUP`): only a client registered as `admin`
 //! (connected with a superuser's token) may join it; others get `forbidden` and stay put.
 //!
+//! Several instances (`CLUSTER=postgres`): a client connected to another instance is an entry
+//! like any other whose `home` is `Remote` (the one field that differs) and whose outbox takes
+//! frames and drops them — its own instance delivers them. What the other instances need to
+//! hear (connects, group changes, departures, messages for their clients) goes to the `Link`
+//! (`crate::cluster`), which only queues in memory; what they say comes back through the
+//! `remote_*` methods of `hub/remote.rs`. Without a link nothing of this runs.
+//!
 //! Must never: push to a started outbox or do any I/O while holding `state`; block on a slow
 //! client (a full outbox evicts that client, close code 1008); let a replaced or evicted
 //! session's late exit remove its successor (every entry carries a `serial`).
@@ -24,6 +31,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use super::protocol::{self, ClientError, Command, Encoded, ErrorCode, GroupInfo, ServerFrame};
+
+mod remote;
+pub use remote::{Event, Home, Link, NotSent, Origin, RemoteClient, Unreachable};
 
 /// What happened to a frame handed to an outbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +82,8 @@ struct Client {
     out: Arc<dyn Outbox>,
     group: Option<Arc<str>>,
     connected_at: SystemTime,
+    /// Here, or on another instance (then `out` drops what it is given).
+    home: Home,
 }
 
 /// Someone to send to: id and serial (to evict the right registration) and the outbox.
@@ -143,6 +155,8 @@ pub struct Hub {
     next_serial: AtomicU64,
     /// Counters for `/metrics` (relaxed atomics, never a lock).
     pub stats: HubStats,
+    /// The other instances (`CLUSTER=postgres`), set once at start; `None` for a single instance.
+    link: std::sync::OnceLock<Arc<dyn Link>>,
 }
 
 /// What the hub has done since start, for `/metrics`.
@@ -174,7 +188,12 @@ fn anon_id() -> String {
 
 impl Hub {
     pub fn new() -> Hub {
-        Hub { state: Mutex::new(State::default()), next_serial: AtomicU64::new(1), stats: HubStats::default() }
+        Hub {
+            state: Mutex::new(State::default()),
+            next_serial: AtomicU64::new(1),
+            stats: HubStats::default(),
+            link: std::sync::OnceLock::new(),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -231,9 +250,10 @@ impl Hub {
         }
         // Not started yet: this only queues, so the welcome is the client's first frame.
         out.push(&ServerFrame::Welcome { client_id: &id, group: group.as_deref() }.encode());
+        let connected_at = SystemTime::now();
         st.clients.insert(
             id.clone(),
-            Client { serial, admin, out: out.clone(), group: group.clone(), connected_at: SystemTime::now() },
+            Client { serial, admin, out: out.clone(), group: group.clone(), connected_at, home: Home::Local },
         );
         if let Some(g) = &group {
             let others = st.members(g, None);
@@ -241,6 +261,8 @@ impl Hub {
             let (id, g) = (id.clone(), g.clone());
             outgoing.add(others, move || ServerFrame::Join { client_id: &id, group: &g }.encode());
         }
+        // Under the lock, so the other instances hear registrations in the order they happened.
+        self.publish_state(Event::Connected { id: &id, serial, group: group.as_deref(), connected_at });
         drop(st);
         if let Some(old) = old {
             old.out.close(4000, "replaced", false);
@@ -266,6 +288,9 @@ impl Hub {
             return false;
         }
         let client = st.clients.remove(&m.id).expect("checked above");
+        if client.home == Home::Local {
+            self.publish_state(Event::Gone { id: &m.id, serial: m.serial });
+        }
         if let Some(g) = client.group {
             st.leave_group(&g, &m.id);
             let id = m.id.clone();
@@ -351,21 +376,32 @@ impl Hub {
             outgoing.add(me_target.clone(), move || ServerFrame::Error { code, message: &message }.encode());
         };
         let from = m.id.clone();
+        // What the other instances must deliver, once the lock is dropped.
+        let mut relay: Option<(remote::Relay, remote::Spread)> = None;
         match cmd {
             Command::SendTo { to, message } => match st.target(&Arc::from(to.as_str())) {
                 None => error(&mut outgoing, ErrorCode::ClientNotFound, format!("client {to} is not connected")),
-                Some(target) => {
-                    let (to, message): (Arc<str>, Arc<str>) = (Arc::from(to), Arc::from(message));
-                    let (t, msg) = (to.clone(), message.clone());
-                    outgoing.add(vec![target], move || {
-                        ServerFrame::Private { from: &from, to: &t, message: &msg }.encode()
-                    });
-                    outgoing.add(me_target.clone(), move || ServerFrame::Sent { to: &to, message: &message }.encode());
-                }
+                Some(target) => match st.home_of(&target.id) {
+                    Some(instance) => {
+                        relay = Some((remote::Relay::Private { to, message }, remote::Spread::one(instance)))
+                    }
+                    None => {
+                        let (to, message): (Arc<str>, Arc<str>) = (Arc::from(to), Arc::from(message));
+                        let (t, msg) = (to.clone(), message.clone());
+                        outgoing.add(vec![target], move || {
+                            ServerFrame::Private { from: &from, to: &t, message: &msg }.encode()
+                        });
+                        outgoing
+                            .add(me_target.clone(), move || ServerFrame::Sent { to: &to, message: &message }.encode());
+                    }
+                },
             },
             Command::Group { message } | Command::Text { message } if my_group.is_some() => {
                 let g = my_group.clone().expect("checked");
                 let members = st.members(&g, None);
+                relay = self
+                    .spread_group(&st, &g)
+                    .map(|s| (remote::Relay::Group { group: g.clone(), message: message.clone() }, s));
                 outgoing.add(members, move || ServerFrame::Group { from: &from, group: &g, message: &message }.encode())
             }
             Command::Group { .. } => {
@@ -373,6 +409,7 @@ impl Hub {
             }
             Command::Text { message } => {
                 let everyone: Vec<Target> = st.clients.keys().filter_map(|id| st.target(id)).collect();
+                relay = self.spread_all(&st).map(|s| (remote::Relay::Broadcast { message: message.clone() }, s));
                 outgoing.add(everyone, move || ServerFrame::Broadcast { from: &from, message: &message }.encode());
             }
             Command::Join { group } if group == protocol::ADMINS_GROUP && !admin => error(
@@ -397,6 +434,7 @@ impl Hub {
                     }
                     let (id, g) = (m.id.clone(), group.clone());
                     outgoing.add(others, move || ServerFrame::Join { client_id: &id, group: &g }.encode());
+                    self.publish_state(Event::Moved { id: &m.id, serial: m.serial, group: Some(&group) });
                 }
                 outgoing.add(me_target.clone(), move || ServerFrame::Joined { group: &group }.encode());
             }
@@ -407,6 +445,7 @@ impl Hub {
                     if let Some(c) = st.clients.get_mut(&m.id) {
                         c.group = None;
                     }
+                    self.publish_state(Event::Moved { id: &m.id, serial: m.serial, group: None });
                     let (id, g2) = (m.id.clone(), g.clone());
                     outgoing
                         .add(st.members(&g, None), move || ServerFrame::Leave { client_id: &id, group: &g2 }.encode());
@@ -436,36 +475,59 @@ impl Hub {
             }
         }
         drop(st);
+        if let Some((relay, spread)) = relay {
+            self.relay_for(m, me_target, relay, &spread, &mut outgoing);
+        }
         self.deliver_from(outgoing, Some(m)).1
     }
 
-    /// `POST /api/ws/send_to/{id}`: a `private` frame from `server`. False when the client is not
-    /// connected (or was just evicted as a slow consumer).
-    pub fn send_from_server(&self, to: &str, message: &str) -> bool {
-        let Some(target) = self.lock().target(&Arc::from(to)) else {
-            return false;
+    /// `POST /api/ws/send_to/{id}`: a `private` frame from `server`. `NotConnected` when the
+    /// client is not connected (or was just evicted as a slow consumer), `Unreachable` when it is
+    /// on another instance that cannot be reached now.
+    pub fn send_from_server(&self, to: &str, message: &str) -> Result<(), NotSent> {
+        let (target, home) = {
+            let st = self.lock();
+            let target = st.target(&Arc::from(to)).ok_or(NotSent::NotConnected)?;
+            let home = st.home_of(&target.id);
+            (target, home)
         };
+        if let Some(instance) = home {
+            let link = self.link.get().ok_or(NotSent::NotConnected)?;
+            if !link.reachable(&instance) {
+                let why = format!("instance {instance} cannot be reached now");
+                return Err(NotSent::Unreachable(Unreachable(why)));
+            }
+            let ev = Event::Private { from: "server", to, instance: &instance, message };
+            return link.publish(ev).map_err(NotSent::Unreachable);
+        }
         let mut outgoing = Outgoing::default();
         let (to, message): (Arc<str>, Arc<str>) = (Arc::from(to), Arc::from(message));
         outgoing
             .add(vec![target], move || ServerFrame::Private { from: "server", to: &to, message: &message }.encode());
-        self.deliver(outgoing) == 1
+        if self.deliver(outgoing) == 1 {
+            Ok(())
+        } else {
+            Err(NotSent::NotConnected)
+        }
     }
 
     /// `POST /api/ws/broadcast_to_group/{group}`: a `group` frame from `server` to every member.
     /// `None` when there is no such group; otherwise how many members got it queued.
     pub fn group_from_server(&self, group: &str, message: &str) -> Option<usize> {
-        let targets = {
+        let (targets, spread) = {
             let st = self.lock();
             if !st.groups.contains_key(group) {
                 return None;
             }
-            st.members(group, None)
+            (st.members(group, None), self.spread_group(&st, group))
         };
+        // Members elsewhere count as queued here (their outbox takes anything); the ones whose
+        // instance cannot be reached are taken back.
+        let missed = spread.map_or(0, |s| self.relay(Event::Group { from: "server", group, message }, &s));
         let mut outgoing = Outgoing::default();
         let (group, message): (Arc<str>, Arc<str>) = (Arc::from(group), Arc::from(message));
         outgoing.add(targets, move || ServerFrame::Group { from: "server", group: &group, message: &message }.encode());
-        Some(self.deliver(outgoing))
+        Some(self.deliver(outgoing).saturating_sub(missed))
     }
 
     /// Push an already encoded frame to every member of `group` (server notices such as
@@ -537,13 +599,18 @@ fn push_all(targets: &[Target], frame: &Encoded, slow: &mut Vec<Target>) -> usiz
 }
 
 #[cfg(test)]
+mod tests_support {
+    pub(super) use super::tests::{connect, run};
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::ws::protocol::{decode_frame, parse_client_text};
     use serde_json::Value;
 
     /// An outbox that records what it is given. `capacity` frames at most (then `Full`).
-    struct Fake {
+    pub(crate) struct Fake {
         frames: Mutex<Vec<Value>>,
         closed: Mutex<Option<(u16, String, bool)>>,
         capacity: usize,
@@ -557,13 +624,13 @@ mod tests {
             Arc::new(Fake { frames: Mutex::default(), closed: Mutex::default(), capacity })
         }
         /// Take the frames received so far.
-        fn take(&self) -> Vec<Value> {
+        pub(crate) fn take(&self) -> Vec<Value> {
             std::mem::take(&mut *self.frames.lock().unwrap())
         }
-        fn types(&self) -> Vec<String> {
+        pub(crate) fn types(&self) -> Vec<String> {
             self.take().iter().map(|v| v["type"].as_str().unwrap().to_string()).collect()
         }
-        fn closed(&self) -> Option<(u16, String, bool)> {
+        pub(crate) fn closed(&self) -> Option<(u16, String, bool)> {
             self.closed.lock().unwrap().clone()
         }
     }
@@ -588,13 +655,13 @@ mod tests {
         }
     }
 
-    fn connect(hub: &Hub, id: Option<&str>, group: Option<&str>) -> (Member, Arc<Fake>) {
+    pub(crate) fn connect(hub: &Hub, id: Option<&str>, group: Option<&str>) -> (Member, Arc<Fake>) {
         let out = Fake::new();
         let m = hub.connect(id, group, false, out.clone());
         (m, out)
     }
 
-    fn run(hub: &Hub, m: &Member, text: &str) {
+    pub(crate) fn run(hub: &Hub, m: &Member, text: &str) {
         hub.handle(m, parse_client_text(text).unwrap());
     }
 
@@ -757,7 +824,7 @@ mod tests {
         out_a.take();
         run(&hub, &a, "/send_to slow hi");
         assert_eq!(out_a.take()[0]["error"], "client_not_found");
-        assert!(!hub.send_from_server("slow", "x"));
+        assert_eq!(hub.send_from_server("slow", "x"), Err(NotSent::NotConnected));
     }
 
     #[test]
@@ -814,13 +881,13 @@ mod tests {
         let (_, out_b) = connect(&hub, Some("b"), None);
         out_a.take();
         out_b.take();
-        assert!(hub.send_from_server("b", "hello"));
+        assert_eq!(hub.send_from_server("b", "hello"), Ok(()));
         let p = out_b.take();
         assert_eq!(
             (p[0]["type"].as_str(), p[0]["from"].as_str(), p[0]["to"].as_str()),
             (Some("private"), Some("server"), Some("b"))
         );
-        assert!(!hub.send_from_server("zz", "hello"));
+        assert_eq!(hub.send_from_server("zz", "hello"), Err(NotSent::NotConnected));
         assert_eq!(hub.group_from_server("g", "all"), Some(1));
         let g = out_a.take();
         assert_eq!(

@@ -194,6 +194,11 @@ test("running a query with Ctrl+Enter shows a grid; a failing one shows PostgreS
   assert.equal(await page.$$eval("#result-grid td .null", (n) => n.length), 4);
   await shot("query");
 
+  // Explain shows the plan, not the rows.
+  await page.click("#explain");
+  await page.waitForFunction(() => document.querySelector("#result-grid th:nth-child(2)")?.childNodes[0].textContent === "QUERY PLAN");
+  assert.match(await page.textContent("#result-grid"), /Sort|Index Scan|Seq Scan/);
+
   await runSql("SELECT nosuch\nFROM sales");
   await page.waitForSelector("#error:not([hidden])");
   const err = await page.textContent("#error");

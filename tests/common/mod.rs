@@ -97,7 +97,7 @@ pub struct TestServer {
 }
 
 /// Start `adcluster serve` on an ephemeral port and wait for its address.
-fn spawn_server(env: &[(String, String)], args: &[String], dir: &Path) -> (Child, SocketAddr, Arc<Mutex<String>>) {
+pub fn spawn_server(env: &[(String, String)], args: &[String], dir: &Path) -> (Child, SocketAddr, Arc<Mutex<String>>) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_adcluster"));
     cmd.arg("serve")
         .args(["--host", "127.0.0.1", "--port", "0"])
@@ -160,6 +160,34 @@ impl Opts {
     }
 }
 
+/// The environment of a test server on database `db_name` with its files under `dir`.
+pub fn base_env(db_name: &str, dir: &Path) -> Vec<(String, String)> {
+    let admin: postgres::Config = admin_url().parse().expect("TEST_PG_URL");
+    let host = match admin.get_hosts().first() {
+        Some(postgres::config::Host::Tcp(h)) => h.clone(),
+        _ => "127.0.0.1".into(),
+    };
+    let port = admin.get_ports().first().copied().unwrap_or(5432);
+    let env: Vec<(String, String)> = vec![
+        ("PATH".into(), std::env::var("PATH").unwrap_or_default()),
+        ("DB_HOST".into(), host),
+        ("DB_PORT".into(), port.to_string()),
+        ("DB_USER".into(), admin.get_user().unwrap_or("postgres").to_string()),
+        (
+            "DB_PASSWORD".into(),
+            admin.get_password().map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default(),
+        ),
+        ("DB_NAME".into(), db_name.to_string()),
+        ("DATA_DIR".into(), dir.join("data").display().to_string()),
+        ("UPLOAD_DIR".into(), dir.join("uploads").display().to_string()),
+        ("BACKUP_DIR".into(), dir.join("backups").display().to_string()),
+        ("ADCLUSTER_TEST_ROUTES".into(), "true".into()),
+        ("WORKERS".into(), "8".into()),
+        ("LOG_LEVEL".into(), "info".into()),
+    ];
+    env
+}
+
 impl TestServer {
     pub fn start() -> TestServer {
         TestServer::start_with(Opts::default())
@@ -168,29 +196,7 @@ impl TestServer {
     pub fn start_with(opts: Opts) -> TestServer {
         let db = TestDb::create();
         let dir = TempDir::new("srv");
-        let admin: postgres::Config = admin_url().parse().expect("TEST_PG_URL");
-        let host = match admin.get_hosts().first() {
-            Some(postgres::config::Host::Tcp(h)) => h.clone(),
-            _ => "127.0.0.1".into(),
-        };
-        let port = admin.get_ports().first().copied().unwrap_or(5432);
-        let mut env: Vec<(String, String)> = vec![
-            ("PATH".into(), std::env::var("PATH").unwrap_or_default()),
-            ("DB_HOST".into(), host),
-            ("DB_PORT".into(), port.to_string()),
-            ("DB_USER".into(), admin.get_user().unwrap_or("postgres").to_string()),
-            (
-                "DB_PASSWORD".into(),
-                admin.get_password().map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default(),
-            ),
-            ("DB_NAME".into(), db.name.clone()),
-            ("DATA_DIR".into(), dir.path().join("data").display().to_string()),
-            ("UPLOAD_DIR".into(), dir.path().join("uploads").display().to_string()),
-            ("BACKUP_DIR".into(), dir.path().join("backups").display().to_string()),
-            ("ADCLUSTER_TEST_ROUTES".into(), "true".into()),
-            ("WORKERS".into(), "8".into()),
-            ("LOG_LEVEL".into(), "info".into()),
-        ];
+        let mut env = base_env(&db.name, dir.path());
         env.extend(opts.env.iter().cloned());
         let args = opts.args.clone();
         let (child, addr, log) = spawn_server(&env, &args, dir.path());

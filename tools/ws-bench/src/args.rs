@@ -46,8 +46,10 @@ impl Mode {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Args {
-    /// `ws://HOST:PORT` (a trailing `/` is ignored); clients connect to `<url>/ws/<id>/<group>`.
-    pub host_port: String,
+    /// `HOST:PORT` of each `ws://HOST:PORT` of `--url` (a comma-separated list: several
+    /// instances of one cluster); client `i` connects to `host_ports[i % len]`, at
+    /// `/ws/<id>/<group>`.
+    pub host_ports: Vec<String>,
     pub clients: usize,
     /// Number of groups; 0: no group (`/ws/<id>`).
     pub groups: usize,
@@ -87,7 +89,9 @@ impl fmt::Display for ArgError {
 pub const USAGE: &str = "\
 usage: ws-bench --url ws://HOST:PORT --mode MODE[,MODE...] [options]
 
-  --url URL             server base URL; clients connect to URL/ws/<id>/<group>
+  --url URL[,URL...]    server base URL; clients connect to URL/ws/<id>/<group>; with
+                        several (instances of one cluster), client i connects to the
+                        (i mod count)-th, so clients 2k and 2k+1 are never on the same one
   --mode LIST           phases run in order on the same connections, of:
                           connect  connect and report (always measured first anyway)
                           idle     hold --seconds; RSS per idle client; ping every client
@@ -167,14 +171,18 @@ pub fn parse(argv: &[String]) -> Result<Args, ArgError> {
         }
     }
 
-    let url = url.ok_or_else(|| ArgError("--url is required (ws://HOST:PORT)".into()))?;
-    let host_port = url
-        .strip_prefix("ws://")
-        .ok_or_else(|| ArgError(format!("--url: only ws:// URLs are supported, not {url:?}")))?
-        .trim_end_matches('/')
-        .to_string();
-    if host_port.is_empty() || host_port.contains('/') {
-        return Err(ArgError(format!("--url: expected ws://HOST:PORT with no path, not {url:?}")));
+    let urls = url.ok_or_else(|| ArgError("--url is required (ws://HOST:PORT)".into()))?;
+    let mut host_ports = Vec::new();
+    for url in urls.split(',') {
+        let host_port = url
+            .strip_prefix("ws://")
+            .ok_or_else(|| ArgError(format!("--url: only ws:// URLs are supported, not {url:?}")))?
+            .trim_end_matches('/')
+            .to_string();
+        if host_port.is_empty() || host_port.contains('/') {
+            return Err(ArgError(format!("--url: expected ws://HOST:PORT with no path, not {url:?}")));
+        }
+        host_ports.push(host_port);
     }
     if modes.is_empty() {
         return Err(ArgError("--mode is required (connect, idle, rtt, fanout, flat)".into()));
@@ -218,7 +226,7 @@ pub fn parse(argv: &[String]) -> Result<Args, ArgError> {
         return Err(ArgError(format!("--id-prefix {id_prefix:?}: use A-Z a-z 0-9 _ . - (ids are at most 64 chars)")));
     }
     Ok(Args {
-        host_port,
+        host_ports,
         clients,
         groups,
         members,
@@ -277,7 +285,11 @@ mod tests {
         let a = p("--url ws://127.0.0.1:9000/ --clients 1000 --groups 1 --pid 42 --mode fanout,flat --rate 10 \
                    --seconds 5 --window 4 --readers 3")
         .unwrap();
-        assert_eq!(a.host_port, "127.0.0.1:9000");
+        assert_eq!(a.host_ports, ["127.0.0.1:9000"]);
+        let several = p("--url ws://h:1,ws://h:2/,ws://h:3 --clients 6 --mode rtt").unwrap();
+        assert_eq!(several.host_ports, ["h:1", "h:2", "h:3"]);
+        assert!(p("--url ws://h:1,http://h:2 --clients 6 --mode rtt").is_err());
+        assert!(p("--url ws://h:1, --clients 6 --mode rtt").is_err());
         assert_eq!((a.clients, a.groups, a.members), (1000, 1, 1000));
         assert_eq!(a.pid, Some(42));
         assert_eq!(a.modes, vec![Mode::Fanout, Mode::Flat]);

@@ -121,7 +121,8 @@ struct PhaseRun {
 
 struct Bench {
     args: Args,
-    addr: SocketAddr,
+    /// One per `--url`; client `i` connects to `addrs[i % len]`.
+    addrs: Vec<SocketAddr>,
     shared: Arc<Shared>,
     conns: Vec<Option<Arc<Conn>>>,
     out: Out,
@@ -137,13 +138,16 @@ fn main() {
             std::process::exit(if e.0.starts_with("usage:") { 0 } else { 2 });
         }
     };
-    let addr = match args.host_port.to_socket_addrs().ok().and_then(|mut a| a.next()) {
-        Some(a) => a,
-        None => {
-            eprintln!("ws-bench: error: cannot resolve {}", args.host_port);
-            std::process::exit(2);
+    let mut addrs = Vec::new();
+    for hp in &args.host_ports {
+        match hp.to_socket_addrs().ok().and_then(|mut a| a.next()) {
+            Some(a) => addrs.push(a),
+            None => {
+                eprintln!("ws-bench: error: cannot resolve {hp}");
+                std::process::exit(2);
+            }
         }
-    };
+    }
     let want = args.clients as u64 + 256;
     let nofile = raise_nofile(want);
     if nofile < want {
@@ -151,7 +155,7 @@ fn main() {
     }
     let mut b = Bench {
         args,
-        addr,
+        addrs,
         shared: Arc::new(Shared::new()),
         conns: Vec::new(),
         out: Out::default(),
@@ -257,7 +261,7 @@ impl Bench {
         let errors: Mutex<(u64, Vec<String>)> = Mutex::new((0, Vec::new()));
         let t0 = Instant::now();
         let args = &self.args;
-        let addr = self.addr;
+        let addrs = &self.addrs;
         std::thread::scope(|sc| {
             for k in 0..args.connect_threads {
                 let (next, slots, lat, errors, txs) = (&next, &slots, &lat, &errors, &txs);
@@ -269,7 +273,8 @@ impl Bench {
                         if i >= n {
                             break;
                         }
-                        match conn::connect(addr, &args.host_port, &args.path(i), i, CONNECT_TIMEOUT) {
+                        let at = i % addrs.len();
+                        match conn::connect(addrs[at], &args.host_ports[at], &args.path(i), i, CONNECT_TIMEOUT) {
                             Ok(c) => {
                                 let conn = Arc::new(c.conn);
                                 slots.lock().unwrap()[i] = Some(conn.clone());
