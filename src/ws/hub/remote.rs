@@ -167,11 +167,6 @@ impl Hub {
         let _ = self.link.set(link);
     }
 
-    /// Whether this hub is part of a cluster.
-    pub fn clustered(&self) -> bool {
-        self.link.get().is_some()
-    }
-
     /// Tell the others about a local client (called under the lock: the link only queues).
     pub(super) fn publish_state(&self, ev: Event<'_>) {
         if let Some(link) = self.link.get() {
