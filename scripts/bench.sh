@@ -11,6 +11,8 @@
 #   scripts/bench.sh sizing   GET /users/{id} for each WORKERS x DB_POOL_SIZE of BENCH_SIZING_GRID
 #                             (default "64:8 64:16 64:32 64:64 32:16 16:16"): req/s, p99, the
 #                             server's CPU time and wake-ups per request: evidence for the defaults
+#   scripts/bench.sh counts   system calls (strace -c -f) and heap allocations (perf uprobes on
+#                             libc's malloc) per GET / and GET /health
 #   scripts/bench.sh files    one 1 GiB upload (POST /api/upload) side by side with dd writing the
 #                             same bytes to the same disk, the server's RSS during it, the download
 #                             (GET /uploads/...) side by side with nginx serving the same stored
@@ -1190,6 +1192,77 @@ SQL
 }
 
 # ---------------------------------------------------------------------------------------------
+# subcommand: counts
+
+# libc's path, for the malloc uprobe.
+libc_path() { ldd "$(server_bin)" | awk '/libc\.so/ { print $3; exit }'; }
+
+# count_run PATH OUT: `wrk` for BENCH_SECONDS on PATH of our server with `perf stat` counting
+# malloc/realloc/calloc (uprobes), then again under `strace -c -f`; prints
+# "requests mallocs syscalls" per request and leaves the strace table in OUT.
+count_run() {
+    local path=$1 out=$2 url="http://127.0.0.1:$SERVER_PORT$1" ps st n1 n2
+    wrk -t2 -c"$WRK_CONNS" -d1s "$url" >/dev/null 2>&1 || true
+    perf stat -x, -e probe_libc:malloc,probe_libc:realloc,probe_libc:calloc -p "$SERVER_PID" -o "$out.perf" &
+    ps=$!
+    sleep 0.5
+    wrk -t2 -c"$WRK_CONNS" -d"${BENCH_SECONDS}s" "$url" >"$out.wrk1" 2>&1
+    kill -INT "$ps"; wait "$ps" 2>/dev/null || true
+    strace -c -f -p "$SERVER_PID" -o "$out" 2>/dev/null &
+    st=$!
+    sleep 1
+    wrk -t2 -c"$WRK_CONNS" -d"${BENCH_SECONDS}s" "$url" >"$out.wrk2" 2>&1
+    sleep 0.3
+    kill -INT "$st"; wait "$st" 2>/dev/null || true
+    n1="$(awk '/requests in/ { print $1 }' "$out.wrk1")"
+    n2="$(awk '/requests in/ { print $1 }' "$out.wrk2")"
+    echo "$n1 $(awk -F, -v n="$n1" '/probe_libc/ { s += $1 } END { printf "%.2f", (n > 0 ? s / n : 0) }' "$out.perf") $(awk -v n="$n2" '$NF == "total" { printf "%.2f", (n > 0 ? $4 / n : 0) }' "$out")"
+}
+
+cmd_counts() {
+    [ -z "${BENCH_SERVER_CMD:-}" ] || die "counts runs the real server: unset BENCH_SERVER_CMD"
+    need_tools wrk:wrk strace:strace perf:linux-perf curl:curl ss:iproute2
+    build_server
+    make_tmp
+    local libc
+    libc="$(libc_path)"
+    [ -n "$libc" ] || die "cannot find the libc the server links"
+    local f
+    for f in malloc realloc calloc; do
+        perf probe -q -x "$libc" "$f" 2>/dev/null || perf probe -l 2>/dev/null | grep -q "probe_libc:$f" \
+            || die "perf probe -x $libc $f failed (needs root and uprobes)"
+    done
+    start_server
+    local rows="" path res table=""
+    for path in / /health; do
+        log "GET $path: allocations, then system calls (${BENCH_SECONDS}s each)"
+        res="$(count_run "$path" "$TMP/strace-${path//\//_}.txt")"
+        log "  requests mallocs/request syscalls/request: $res"
+        rows+="| \`GET $path\` | $(echo "$res" | awk '{ print $2 " | " $3 }') |"$'\n'
+        table+="\`GET $path\`: $(awk -v n="$(awk '/requests in/ { print $1 }' "$TMP/strace-${path//\//_}.txt.wrk2")" '$4 ~ /^[0-9]+$/ && $NF != "total" && $4 / n >= 0.01 { printf "%s%s %.2f", sep, $NF, $4 / n; sep = ", " }' "$TMP/strace-${path//\//_}.txt")"$'\n\n'
+        server_alive
+    done
+    local sec="$TMP/section-counts.md"
+    {
+        section_head counts "What one request costs our server in system calls and heap allocations, at $WRK_CONNS keep-alive connections (counts per request move little with the machine's load)."
+        echo "- System calls: \`strace -c -f -p PID\` during \`$WRK_CMD_DESC URL\`, divided by wrk's request count (strace slows the server; the counts per request are what matters)"
+        echo "- Allocations: uprobes on the server's libc (\`perf probe -x $libc malloc\`, realloc, calloc), \`perf stat -p PID\` during a separate wrk run of the same length"
+        echo "- Ours: \`target/release/adcluster serve --host 127.0.0.1 --port 0\`, LOG_LEVEL=warn"
+        echo
+        echo "| request | allocations per request | system calls per request |"
+        echo "|---|---:|---:|"
+        printf '%s' "$rows"
+        echo
+        echo "By call (at least 0.01 per request):"
+        echo
+        printf '%s' "$table"
+    } >"$sec"
+    echo
+    cat "$sec"
+    write_section counts "$sec"
+}
+
+# ---------------------------------------------------------------------------------------------
 # subcommand: files
 
 # status_kib PID FIELD: the value of "FIELD: N kB" in /proc/PID/status, in KiB ("" when gone).
@@ -1934,6 +2007,8 @@ usage: scripts/bench.sh <subcommand>
           (writes "## users" in BENCHMARKS.md)
   sizing  GET /users/{id} for each WORKERS x DB_POOL_SIZE of BENCH_SIZING_GRID: req/s, p99, server
           CPU and wake-ups per request (writes "## sizing" in BENCHMARKS.md)
+  counts  system calls (strace -c) and allocations (perf uprobes on malloc) per GET / and GET /health
+          (writes "## counts" in BENCHMARKS.md)
   files   a 1 GiB upload against dd, RSS during it, its download against nginx, 64 concurrent
           1 MiB uploads (writes "## files" in BENCHMARKS.md)
   ws      10,000 idle clients, /send_to latency, /group fan-out to 1,000 members at 10 msg/s and
@@ -1958,6 +2033,7 @@ main() {
         http) cmd_http ;;
         users) cmd_users ;;
         sizing) cmd_sizing ;;
+        counts) cmd_counts ;;
         files) cmd_files ;;
         ws) cmd_ws ;;
         ws-cluster) BENCH_MD="$BENCH_MD" exec "$ROOT/scripts/bench/ws-cluster.sh" ;;
