@@ -16,7 +16,7 @@
 //!   by failures), so it is likely free again within a second. Why 5 s: one verification costs
 //!   about 50 ms of a core, so with two hashing threads a waiter behind N attempts of its pair
 //!   waits about N × 25 ms: on the 2-core test machine 40 parallel correct logins took
-//!   1.0–1.6 s and 64 took 1.3–2.9 s. With a 2 s bound one of two 64-login bursts got 31 `429`s;
+//!   1.0–3.0 s (the slow end at load average 10–13) and 64 took 1.3–2.9 s. With a 2 s bound one of two 64-login bursts got 31 `429`s;
 //!   with 5 s all were `200` — a burst as large as the worker pool (64 by default) gets through,
 //!   with room for a loaded machine.
 //!
@@ -30,7 +30,7 @@
 //! notifies only when that pair has waiters, and a waiter woken for another pair re-checks and
 //! waits again until its own deadline.
 //! Cost of a wait: the HTTP worker that called `reserve` is blocked at most `max_wait`; at most
-//! `max_failures` attempts per pair are ever past `reserve` at once, so a burst for one pair holds
+//! `max_failures` attempts per tracked pair are ever past `reserve` at once, so a burst for one pair holds
 //! at most `max_failures` hashing slots and the rest of the burst's workers for `max_wait`.
 //!
 //! Size: at most `max_keys` pairs (each: a key, at most `max_failures` instants, two counters).
