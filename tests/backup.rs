@@ -783,3 +783,57 @@ fn restore_into_a_database_that_does_not_exist_yet_creates_it() {
     assert_eq!((users, ana), (2, 1));
     assert_eq!(checksums(&srv), want, "the source is untouched");
 }
+
+/// Run `adcluster ARGS` on a pseudo-terminal (util-linux `script`), typing `input`.
+fn on_a_terminal(srv: &TestServer, args: &str, input: &str) -> Option<Output> {
+    if Command::new("script").arg("--version").output().map(|o| !o.status.success()).unwrap_or(true) {
+        return None;
+    }
+    let cmd = format!("exec {} {args}", env!("CARGO_BIN_EXE_adcluster"));
+    let mut child = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .current_dir(srv.dir.path())
+        .env_clear()
+        .envs(srv.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("TERM", "dumb")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .ok()?;
+    use std::io::Write;
+    let mut stdin = child.stdin.take().unwrap();
+    // Give the prompt a moment to appear, then answer.
+    std::thread::sleep(Duration::from_millis(1500));
+    stdin.write_all(input.as_bytes()).unwrap();
+    drop(stdin);
+    child.wait_with_output().ok()
+}
+
+#[test]
+fn on_a_terminal_restore_asks_first() {
+    let srv = server();
+    let t = populate(&srv);
+    let at_backup = checksums(&srv);
+    backup(&srv, &[]);
+    change_everything(&srv, &t);
+    let changed = checksums(&srv);
+    let Some(o) = on_a_terminal(&srv, "restore", "no\n") else {
+        eprintln!("SKIPPED: util-linux `script` is not installed; the terminal prompt was not tested");
+        return;
+    };
+    let text = String::from_utf8_lossy(&o.stdout).into_owned(); // the pty merges both streams
+    assert_eq!(o.status.code(), Some(2), "{text}");
+    assert!(text.contains("Type yes to go on"), "{text}");
+    assert!(text.contains("error: restore cancelled"), "{text}");
+    assert_eq!(checksums(&srv), changed);
+    // Ctrl-C at the prompt: stopped at once, nothing changed.
+    let o = on_a_terminal(&srv, "restore", "\x03").unwrap();
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(o.status.code(), Some(1), "{text}");
+    assert!(text.contains("error: interrupted by SIGINT; nothing was changed"), "{text}");
+    assert_eq!(checksums(&srv), changed);
+    let o = on_a_terminal(&srv, "restore", "yes\n").unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stdout));
+    assert_eq!(checksums(&srv), at_backup);
+}

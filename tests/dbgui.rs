@@ -421,6 +421,15 @@ fn tables_and_table_detail_with_names_that_need_quoting() {
     assert_eq!(rows[0][1], "row 2");
     assert_eq!(rows[1][2], 3.0);
     assert!(rows[0][3].as_str().unwrap().ends_with('Z'));
+    // Sorted by one column (quoted: the name holds a double quote), both ways; NULLs last.
+    let t = gui.api("GET", "/api/tables/public/Weird%20Table?order=Odd%20%22Col%22&dir=desc&limit=2", None).json();
+    assert_eq!(t["rows"].as_array().unwrap().iter().map(|r| r[1].clone()).collect::<Vec<_>>(), ["row 5", "row 4"]);
+    let t = gui.api("GET", "/api/tables/public/Weird%20Table?order=n&limit=1", None).json();
+    assert_eq!(t["rows"][0][2], 1.0);
+    for q in ["order=nope", "order=n%3B%20drop%20table%20x", "order=n&dir=sideways"] {
+        let r = gui.api("GET", &format!("/api/tables/public/Weird%20Table?{q}"), None);
+        assert_eq!(r.status, 422, "{q}");
+    }
     // Past the end: no rows.
     let t = gui.api("GET", "/api/tables/public/Weird%20Table?offset=10", None).json();
     assert_eq!(t["rows"], json!([]));
@@ -613,7 +622,8 @@ fn csv_export_is_byte_for_byte_what_psql_prints() {
              (6, E'carriage\rreturn', 3.14159, true, NULL, NULL, '"str"'),
              (7, '한글 ünïcode ✓ 😀', 42, false, NULL, NULL, NULL),
              (8, '\.', 7, NULL, NULL, NULL, NULL),
-             (9, ' spaced ', 8, NULL, NULL, NULL, NULL);"#,
+             (9, ' spaced ', 8, NULL, NULL, NULL, NULL),
+             (10, '', 0.000, NULL, NULL, '{""}', '{}');"#,
     );
     let gui = Gui::start(&db, &dir, &[], &[]);
     let sql =

@@ -210,6 +210,10 @@ fn the_database_goes_away_and_comes_back() {
     let r = post_json(&srv, "/api/ws/send_to/carol", Some(&tok), &json!({ "message": "from rest" }));
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(carol.recv_type("private")["message"], "from rest");
+    // A superuser known from memory may still join `admins`; a plain user still may not.
+    let (_ops2, w) = WsClient::join(&srv, &format!("/ws/ops2/admins?token={ops_token}"));
+    assert_eq!(w["group"], "admins");
+    assert!(common::ws::WsClient::try_connect(srv.addr, &format!("/ws/dee/admins?token={tok}"), &[]).is_err());
 
     // Its cause is in the log at WARN, in plain words.
     assert!(

@@ -78,6 +78,9 @@
     valueOf() { return this.n; }
     toString() { return this.text; }
     toJSON() { return this.n; }
+    // Where a number's methods are used on one (elapsed_ms: "2.500"), behave as the number.
+    toFixed(d) { return this.n.toFixed(d); }
+    toLocaleString(...a) { return this.n.toLocaleString(...a); }
   }
   const exact = (key, v, ctx) => (typeof v === 'number' && ctx && typeof ctx.source === 'string' && ctx.source !== String(v) ? new Num(v, ctx.source) : v);
 
@@ -205,6 +208,10 @@
   // ---------------------------------------------------------------- table browser
 
   async function openTable(schema, name, offset = 0) {
+    if (!state.current || state.current.schema !== schema || state.current.name !== name) {
+      state.page.order = null;
+      state.page.desc = false;
+    }
     state.current = { schema, name };
     state.page.offset = offset;
     state.page.limit = Number($('page-size').value);
@@ -212,7 +219,8 @@
     renderTables();
     if (![...document.querySelectorAll('[role=tab]')].some((b) => b.getAttribute('aria-selected') === 'true' &&
       (b.dataset.tab === 'data' || b.dataset.tab === 'structure'))) showTab('data');
-    const path = `/api/tables/${encodeURIComponent(schema)}/${encodeURIComponent(name)}?limit=${state.page.limit}&offset=${offset}`;
+    let path = `/api/tables/${encodeURIComponent(schema)}/${encodeURIComponent(name)}?limit=${state.page.limit}&offset=${offset}`;
+    if (state.page.order) path += `&order=${encodeURIComponent(state.page.order)}&dir=${state.page.desc ? 'desc' : 'asc'}`;
     const grid = $('data-grid');
     const t0 = ticket('table');
     try {
@@ -223,7 +231,16 @@
       renderStructure(t);
       renderGrid(grid, {
         columns: t.result_columns, column_types: t.column_types, numeric: t.numeric, rows: t.rows,
-      }, offset);
+      }, offset, {
+        order: state.page.order,
+        desc: state.page.desc,
+        // A click on a header sorts by it; a second click reverses.
+        onSort: (col) => {
+          if (state.page.order === col) state.page.desc = !state.page.desc;
+          else { state.page.order = col; state.page.desc = false; }
+          openTable(schema, name, 0);
+        },
+      });
       renderPager(t.rows.length);
     } catch (e) {
       if (current('table', t0)) grid.replaceChildren(el('div', { class: 'empty', text: e.message }));
@@ -273,14 +290,27 @@
     return String(v);
   }
 
-  function renderGrid(box, res, offset = 0) {
+  function renderGrid(box, res, offset = 0, sort = null) {
     if (!res.columns.length) {
       box.replaceChildren(el('div', { class: 'empty', text: res.message || 'The statement returned no columns.' }));
       return;
     }
     const head = el('tr', null, el('th', { class: 'rownum', text: '#' }),
-      ...res.columns.map((c, i) => el('th', { title: c + ' (' + typeName(res.column_types?.[i]) + ')' }, c,
-        el('span', { class: 'type', text: typeName(res.column_types?.[i]) }))));
+      ...res.columns.map((c, i) => {
+        const sorted = sort && sort.order === c;
+        const th = el('th', {
+          title: c + ' (' + typeName(res.column_types?.[i]) + ')' + (sort ? ' — click to sort' : ''),
+          class: sort ? 'sortable' : null,
+          tabindex: sort ? '0' : null,
+          'aria-sort': sorted ? (sort.desc ? 'descending' : 'ascending') : null,
+        }, c, sorted ? el('span', { class: 'arrow', text: sort.desc ? ' ▼' : ' ▲' }) : null,
+        el('span', { class: 'type', text: typeName(res.column_types?.[i]) }));
+        if (sort) {
+          th.addEventListener('click', () => sort.onSort(c));
+          th.addEventListener('keydown', (ev) => { if (ev.key === 'Enter' || ev.key === ' ') { ev.preventDefault(); sort.onSort(c); } });
+        }
+        return th;
+      }));
     const body = document.createElement('tbody');
     const frag = document.createDocumentFragment();
     res.rows.forEach((row, r) => {
@@ -303,7 +333,8 @@
           td.className = 'num';
         } else {
           const s = cellText(v);
-          td.textContent = s.length > LONG_TEXT ? s.slice(0, LONG_TEXT) : s;
+          // Spaces are kept (EXPLAIN's indentation); line breaks show as ↵ on one line.
+          td.textContent = (s.length > LONG_TEXT ? s.slice(0, LONG_TEXT) : s).replace(/\r?\n/g, '↵ ');
           if (typeof v === 'object') td.classList.add('json');
           if (res.numeric?.[c]) td.classList.add('num');
           if (s.length > LONG_TEXT || s.includes('\n')) {
@@ -429,21 +460,9 @@
     $('error').hidden = true;
     setStatus([el('span', { text: 'Running…' })]);
     const limit = Number($('limit').value);
+    let res;
     try {
-      const res = await api('/api/query', { method: 'POST', body: { sql, limit, request_id: runningId } });
-      state.result = res;
-      const st = [el('b', { text: res.columns.length ? `${res.row_count.toLocaleString('en-US')} row${res.row_count === 1 ? '' : 's'}` : `OK, ${res.row_count.toLocaleString('en-US')} row${res.row_count === 1 ? '' : 's'} affected` }),
-        el('span', { text: ` · ${res.elapsed_ms.toFixed(1)} ms` })];
-      if (res.truncated) st.push(el('span', { class: 'trunc', text: ` · first ${res.row_count.toLocaleString('en-US')} only (limit); export for the whole result` }));
-      $('status').className = 'status ok';
-      setStatus(st);
-      if (!res.columns.length) res.message = `The statement ran: ${res.row_count} row(s) affected.`;
-      $('result-grid').classList.remove('stale');
-      $('result-grid').title = '';
-      renderGrid($('result-grid'), res);
-      fillChartColumns();
-      if (state.view === 'chart') drawChart();
-      if (!res.read_only) loadTables();
+      res = await api('/api/query', { method: 'POST', body: { sql, limit, request_id: runningId } });
     } catch (e) {
       $('status').className = 'status';
       setStatus([el('span', { text: 'Failed' })]);
@@ -451,6 +470,7 @@
       // The result below is the previous query's: say so.
       $('result-grid').classList.add('stale');
       $('result-grid').title = 'The result of the previous query (this one failed)';
+      return;
     } finally {
       clearTimeout(cancelTimer);
       running = false;
@@ -458,6 +478,27 @@
       $('cancel').hidden = true;
       $('run').disabled = false;
     }
+    // Outside the try: a bug in showing a result must surface as a page error, never pass for
+    // a failed statement.
+    showResult(res);
+  }
+
+  function showResult(res) {
+    state.result = res;
+    const n = Number(res.row_count);
+    const rowsText = `${n.toLocaleString('en-US')} row${n === 1 ? '' : 's'}`;
+    const st = [el('b', { text: res.columns.length ? rowsText : `OK, ${rowsText} affected` }),
+      el('span', { text: ` · ${Number(res.elapsed_ms).toFixed(1)} ms` })];
+    if (res.truncated) st.push(el('span', { class: 'trunc', text: ` · first ${n.toLocaleString('en-US')} only (limit); export for the whole result` }));
+    $('status').className = 'status ok';
+    setStatus(st);
+    if (!res.columns.length) res.message = `The statement ran: ${n} row(s) affected.`;
+    $('result-grid').classList.remove('stale');
+    $('result-grid').title = '';
+    renderGrid($('result-grid'), res);
+    fillChartColumns();
+    if (state.view === 'chart') drawChart();
+    if (!res.read_only) loadTables();
   }
 
   async function exportResult(format) {

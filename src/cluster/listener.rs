@@ -307,7 +307,12 @@ fn apply(c: &mut postgres::Client, shared: &Shared, ws: &Ws, payload: &str) -> R
                 crate::debug!("cluster: private message for {to}, who is no longer here, dropped");
             }
         }
-        Body::Group { f, g, m } => ws.hub.remote_group(&f, &g, &m),
+        // Only the instances that held members when it was sent deliver it (see `Event::Group`).
+        Body::Group { f, g, m, i } => {
+            if i.is_empty() || i.iter().any(|x| x == me) {
+                ws.hub.remote_group(&f, &g, &m)
+            }
+        }
         Body::Broadcast { f, m } => ws.hub.remote_broadcast(&f, &m),
         Body::Snapshot { c } => ws.hub.remote_replace(&instance, &wire::snapshot_clients(c)),
         Body::Heartbeat | Body::Dead { .. } => {}

@@ -10,7 +10,7 @@
 //! | `m` | it changed group | `id`, `s`, `g` |
 //! | `x` | it is gone | `id`, `s` |
 //! | `p` | a private message for a client of the instance listening on that channel | `f` (sender), `to`, `m` |
-//! | `g` | a group message | `f`, `g`, `m` |
+//! | `g` | a group message, for the instances `i` (those holding members when it was sent) | `f`, `g`, `m`, `i` |
 //! | `b` | a message to everyone | `f`, `m` |
 //! | `y` | snapshot: every client `o` holds, replacing what was known (empty: `o` stopped) | `c`: `[[id, s, g, t], ...]` |
 //! | `h` | heartbeat of `o`'s listening connection | |
@@ -61,7 +61,10 @@ pub fn encode(origin: &str, ev: &Event<'_>) -> String {
         Event::Moved { id, serial, group } => json!({ "o": origin, "k": "m", "id": id, "s": serial, "g": group }),
         Event::Gone { id, serial } => json!({ "o": origin, "k": "x", "id": id, "s": serial }),
         Event::Private { from, to, message, .. } => json!({ "o": origin, "k": "p", "f": from, "to": to, "m": message }),
-        Event::Group { from, group, message } => json!({ "o": origin, "k": "g", "f": from, "g": group, "m": message }),
+        Event::Group { from, group, message, to } => {
+            let to: Vec<&str> = to.iter().map(|i| &**i).collect();
+            json!({ "o": origin, "k": "g", "f": from, "g": group, "m": message, "i": to })
+        }
         Event::Broadcast { from, message } => json!({ "o": origin, "k": "b", "f": from, "m": message }),
     };
     v.to_string()
@@ -99,7 +102,14 @@ pub enum Body {
     #[serde(rename = "p")]
     Private { f: String, to: String, m: String },
     #[serde(rename = "g")]
-    Group { f: String, g: String, m: String },
+    Group {
+        f: String,
+        g: String,
+        m: String,
+        /// The instances that held members when it was sent (empty: every instance).
+        #[serde(default)]
+        i: Vec<String>,
+    },
     #[serde(rename = "b")]
     Broadcast { f: String, m: String },
     #[serde(rename = "y")]
@@ -150,10 +160,12 @@ pub fn too_big(json: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     #[test]
     fn events_round_trip() {
         let t = from_micros(1_700_000_000_123_456);
+        let to: [Arc<str>; 2] = [Arc::from("n1"), Arc::from("n3")];
         let cases: Vec<(Event, Body)> = vec![
             (
                 Event::Connected { id: "a", serial: 7, group: Some("g"), connected_at: t },
@@ -166,8 +178,8 @@ mod tests {
                 Body::Private { f: "a".into(), to: "b".into(), m: "hi \"there\"\n".into() },
             ),
             (
-                Event::Group { from: "server", group: "g", message: "x" },
-                Body::Group { f: "server".into(), g: "g".into(), m: "x".into() },
+                Event::Group { from: "server", group: "g", message: "x", to: &to },
+                Body::Group { f: "server".into(), g: "g".into(), m: "x".into(), i: vec!["n1".into(), "n3".into()] },
             ),
             (Event::Broadcast { from: "a", message: "é" }, Body::Broadcast { f: "a".into(), m: "é".into() }),
         ];

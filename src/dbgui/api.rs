@@ -303,6 +303,13 @@ fn table(gui: &Arc<Gui>, req: &mut Request<'_>) -> Result<Response, HttpError> {
     let limit =
         bounded(get("limit").as_ref(), &["query", "limit"], DEFAULT_PAGE_LIMIT.min(gui.max_rows), 1, gui.max_rows)?;
     let offset = bounded(get("offset").as_ref(), &["query", "offset"], 0, 0, i64::MAX as usize)?;
+    // `order=<column>&dir=asc|desc`: sort the page by one column (default: the primary key).
+    let order_by = q.iter().find(|(k, _)| k == "order").map(|(_, v)| v.clone());
+    let desc = match q.iter().find(|(k, _)| k == "dir").map(|(_, v)| v.as_str()) {
+        None | Some("asc") => false,
+        Some("desc") => true,
+        Some(_) => return Err(HttpError::validation(&["query", "dir"], "Input should be 'asc' or 'desc'", "enum")),
+    };
     let (schema, name) = (req.param("schema").to_string(), req.param("name").to_string());
     let result = (|| -> Result<Option<Vec<u8>>, SqlError> {
         let mut s = Session::begin(&gui.pool, gui.mode)?;
@@ -338,7 +345,16 @@ fn table(gui: &Arc<Gui>, req: &mut Request<'_>) -> Result<Response, HttpError> {
             &[&oid],
         )?;
         let quoted = format!("{}.{}", quote_ident(&schema), quote_ident(&name));
-        let order = if pk.is_empty() {
+        let order = if let Some(col) = &order_by {
+            // Only a column of this table, and always quoted.
+            if !columns.iter().any(|r| r.get::<_, String>(0) == *col) {
+                return Err(SqlError {
+                    code: Some("dbgui-order".into()),
+                    ..SqlError::new(format!("no column {col:?} to order by"))
+                });
+            }
+            format!(" ORDER BY {} {} NULLS LAST", quote_ident(col), if desc { "DESC" } else { "ASC" })
+        } else if pk.is_empty() {
             String::new()
         } else {
             let cols: Vec<String> = pk.iter().map(|r| quote_ident(&r.get::<_, String>(0))).collect();
@@ -376,12 +392,17 @@ fn table(gui: &Arc<Gui>, req: &mut Request<'_>) -> Result<Response, HttpError> {
         obj.insert("row_count_exact".into(), json!(exact));
         obj.insert("limit".into(), json!(limit));
         obj.insert("offset".into(), json!(offset));
+        obj.insert("order".into(), json!(order_by));
+        obj.insert("dir".into(), json!(if desc { "desc" } else { "asc" }));
         obj.remove("truncated");
         Ok(Some(serde_json::to_vec(&v).map_err(|e| SqlError::new(e.to_string()))?))
     })();
     match result {
         Ok(Some(body)) => Ok(Response::bytes(200, "application/json", body)),
         Ok(None) => Err(HttpError::new(404, "Table not found")),
+        Err(e) if e.code.as_deref() == Some("dbgui-order") => {
+            Err(HttpError::validation(&["query", "order"], e.message, "value_error"))
+        }
         Err(e) => Ok(sql_error_response(&e)),
     }
 }

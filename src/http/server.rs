@@ -25,12 +25,13 @@
 //!   connection's next request to be held back (`Response::hold`, at most `MAX_HOLD`): the
 //!   connection then waits in the dispatcher, out of its poll set, costing no worker.
 //!
-//! Long transfers — a request body too large to pre-read (uploads) — are the one thing a worker
-//! still waits on a client for, and only under `Pace` (so each ends in bounded time). At most
+//! Long transfers — a request body too large to pre-read (uploads), and a streamed response body
+//! (`Body::Stream`, produced by code while it is sent) — are the one thing a worker still waits
+//! on a client for, and only under `Pace` (so each ends in bounded time). At most
 //! `transfer_workers` workers do so at once (by default half the pool; the rest are kept for
 //! short requests) and at most `max_transfers_per_addr` for one client address. A large-body
 //! request beyond those caps is parked in the dispatcher, unread, until a slot frees (or 503
-//! after `body_timeout`). See `docs/decisions.md` ("Slow peers cost a socket").
+//! after `body_timeout`); a stream that finds no slot is answered 503 at once. See `docs/decisions.md` ("Slow peers cost a socket").
 //!
 //! Queues and their bounds:
 //! - the **worker queue** (`Shared::queue`, a `Mutex<VecDeque>` + `Condvar`): filled by the

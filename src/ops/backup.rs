@@ -311,6 +311,7 @@ fn backup(cfg: &Config, a: &Args, guard: &Guard) -> Result<(PathBuf, u64), OpsEr
     let dir = final_path.parent().map(Path::to_path_buf).unwrap_or_default();
     sweep_partials(if dir.as_os_str().is_empty() { Path::new(".") } else { &dir });
     let tmp_path = temp_path(&final_path);
+    guard.arm();
     let mut tmp = TempFile { path: tmp_path.clone(), armed: false };
     let mut file = {
         use std::os::unix::fs::OpenOptionsExt;

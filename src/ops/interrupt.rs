@@ -9,16 +9,18 @@
 //! cleaning, with its ordinary error path.
 
 use std::io;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
 
 /// What the signal thread and the command share.
-#[derive(Default)]
 pub struct Guard {
     /// Pid of the running child (0: none).
     child: AtomicI32,
     /// The signal that arrived (0: none).
     signal: AtomicI32,
+    /// Nothing has been written or started yet: a signal ends the process at once (exit 1),
+    /// e.g. a Ctrl-C at the confirmation prompt. Cleared before the first file or child.
+    quit_now: AtomicBool,
 }
 
 impl Guard {
@@ -26,7 +28,8 @@ impl Guard {
     /// `interrupt` thread. Call before any other thread starts. Children unblock them again
     /// (`pgtools::command`).
     pub fn install() -> io::Result<Arc<Guard>> {
-        let guard = Arc::new(Guard::default());
+        let guard =
+            Arc::new(Guard { child: AtomicI32::new(0), signal: AtomicI32::new(0), quit_now: AtomicBool::new(true) });
         // SAFETY: sigset_t is plain data, initialised by sigemptyset; pthread_sigmask changes
         // only this thread's mask.
         let set = unsafe {
@@ -49,6 +52,10 @@ impl Guard {
                 continue;
             }
             g.signal.store(sig, Ordering::SeqCst);
+            if g.quit_now.load(Ordering::SeqCst) {
+                eprintln!("\nerror: interrupted by {}; nothing was changed", g.interrupted().unwrap_or("a signal"));
+                std::process::exit(1);
+            }
             let pid = g.child.load(Ordering::SeqCst);
             if pid > 0 {
                 // SAFETY: kill(2) on the pid of our own child, registered while it runs.
@@ -56,6 +63,12 @@ impl Guard {
             }
         })?;
         Ok(guard)
+    }
+
+    /// From now on a signal no longer ends the process at once: something (a temporary file, a
+    /// child) needs cleaning up by the command's own error path.
+    pub fn arm(&self) {
+        self.quit_now.store(false, Ordering::SeqCst);
     }
 
     /// Register the running child (`None`: it has been reaped). A signal that came before the

@@ -298,6 +298,7 @@ fn restore(
     if !a.yes {
         confirm(&file, check.size, &dbc.describe())?;
     }
+    guard.arm();
     if !db_exists {
         crate::db::pool::ensure_database(&dbc)
             .map_err(|e| OpsError::failed(format!("cannot create the database {}: {e}", dbc.describe())))?;

@@ -85,9 +85,16 @@ fn from_facade(level: log::Level) -> Option<Level> {
 /// The level a record is forwarded at: errors and warnings of any crate, `info` of r2d2 only
 /// (postgres turns every server NOTICE into an `info` line, e.g. "relation already exists,
 /// skipping" on each start), never `debug`.
+///
+/// r2d2's errors are logged as warnings: each is one failed connect or one pooled connection found
+/// dead at checkout (every connection an outage killed is reported once when it is next
+/// checked out), which the pool replaces by itself; the outage itself is the monitor's `WARN`.
 fn forwarded(level: log::Level, target: &str) -> Option<Level> {
     let ours = from_facade(level)?;
-    (ours <= Level::Warn || target.starts_with("r2d2")).then_some(ours)
+    if target.starts_with("r2d2") {
+        return Some(ours.max(Level::Warn));
+    }
+    (ours <= Level::Warn).then_some(ours)
 }
 
 impl log::Log for Bridge {
@@ -143,6 +150,8 @@ mod tests {
         assert_eq!(from_facade(log::Level::Trace), None);
         assert_eq!(forwarded(log::Level::Info, "postgres::notice"), None);
         assert_eq!(forwarded(log::Level::Info, "r2d2"), Some(Level::Info));
+        assert_eq!(forwarded(log::Level::Error, "r2d2"), Some(Level::Warn));
+        assert_eq!(forwarded(log::Level::Error, "tokio_postgres::x"), Some(Level::Error));
         assert_eq!(forwarded(log::Level::Warn, "tokio_postgres::x"), Some(Level::Warn));
         bridge();
         bridge();

@@ -523,7 +523,10 @@ impl Hub {
         };
         // Members elsewhere count as queued here (their outbox takes anything); the ones whose
         // instance cannot be reached are taken back.
-        let missed = spread.map_or(0, |s| self.relay(Event::Group { from: "server", group, message }, &s));
+        let missed = spread.map_or(0, |s| {
+            let to = s.instances();
+            self.relay(Event::Group { from: "server", group, message, to: &to }, &s)
+        });
         let mut outgoing = Outgoing::default();
         let (group, message): (Arc<str>, Arc<str>) = (Arc::from(group), Arc::from(message));
         outgoing.add(targets, move || ServerFrame::Group { from: "server", group: &group, message: &message }.encode());

@@ -5,7 +5,9 @@
 // A fresh database (on TEST_PG_URL, default postgres://postgres@127.0.0.1:5432/postgres) holds a
 // few tables; db-gui runs on a free port in a temp dir. Every request the page makes is recorded:
 // none may leave the GUI's origin. Screenshots: docs/screenshots/ with UPDATE_SCREENSHOTS=1,
-// target/browser-dbgui-screenshots/ otherwise.
+// target/browser-dbgui-screenshots/ otherwise. To see why a run failed: DBGUI_DUMP_LOG=1 prints
+// every request of the page, its console and the GUI's log (DBGUI_LOG_LEVEL=debug adds the
+// statements, which makes the last test fail on purpose: they must not be logged at info).
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
@@ -23,7 +25,8 @@ const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const SHOTS = process.env.UPDATE_SCREENSHOTS === "1"
   ? join(repo, "docs/screenshots")
   : join(repo, process.env.CARGO_TARGET_DIR || "target", "browser-dbgui-screenshots");
-const TIMEOUT = 15_000;
+// Generous: the machine that runs the suite may be busy compiling.
+const TIMEOUT = 30_000;
 const ADMIN = new URL(process.env.TEST_PG_URL || "postgres://postgres@127.0.0.1:5432/postgres");
 const DB = `adc_browser_dbgui_${process.pid}`;
 
@@ -70,7 +73,7 @@ function startGui() {
       DB_PASSWORD: decodeURIComponent(ADMIN.password || ""),
       DB_NAME: DB,
       DATA_DIR: join(dir, "data"),
-      LOG_LEVEL: "info",
+      LOG_LEVEL: process.env.DBGUI_LOG_LEVEL || "info",
     },
     stdio: ["ignore", "pipe", "pipe"],
   });
@@ -112,9 +115,17 @@ before(async () => {
   page = await ctx.newPage();
   page.setDefaultTimeout(TIMEOUT);
   page.on("pageerror", (e) => jsErrors.push(String(e)));
+  if (process.env.DBGUI_DUMP_LOG === "1") {
+    const t0 = Date.now();
+    page.on("request", (r) => console.log(`NET ${Date.now() - t0} start ${r.method()} ${r.url()}`));
+    page.on("requestfinished", (r) => console.log(`NET ${Date.now() - t0} done ${r.method()} ${r.url()}`));
+    page.on("requestfailed", (r) => console.log(`NET ${Date.now() - t0} FAILED ${r.method()} ${r.url()} ${r.failure()?.errorText}`));
+    page.on("console", (m) => console.log(`CONSOLE ${m.type()} ${m.text()}`));
+  }
 });
 
 after(async () => {
+  if (process.env.DBGUI_DUMP_LOG === "1" && gui) console.log("DIAG log:\n" + gui.log());
   if (browser) await browser.close();
   if (gui) {
     gui.child.kill("SIGTERM");
@@ -173,12 +184,18 @@ test("browsing a table: data with paging, NULLs, long values, and its structure"
   await page.click('.table-item[data-name="sales"]');
   await page.selectOption("#page-size", "50");
   await page.waitForFunction(() => document.querySelector("#page-info").textContent === "Rows 1–48 of 48");
-  await page.evaluate(() => { document.querySelector("#page-size").value = "50"; });
+  // A click on a header sorts the table by it; a second one reverses.
+  const firstAmount = () => page.$eval("#data-grid tbody tr:first-child td:nth-child(5)", (td) => td.textContent);
+  await page.click('#data-grid th:has-text("amount")');
+  await page.waitForFunction(() => document.querySelector('#data-grid th[aria-sort="ascending"]'));
+  const lowest = await firstAmount();
+  await page.click('#data-grid th:has-text("amount")');
+  await page.waitForFunction(() => document.querySelector('#data-grid th[aria-sort="descending"]'));
+  assert.ok(Number(await firstAmount()) > Number(lowest), "descending starts higher");
 
   await page.click('.table-item[data-name="Weird Table"]');
   await page.click("#tab-btn-structure");
-  await page.waitForSelector("#structure h2");
-  assert.equal(await page.textContent("#structure h2"), "public.Weird Table");
+  await page.waitForFunction(() => document.querySelector("#structure h2")?.textContent === "public.Weird Table");
   const cols = await page.$$eval("#structure table.plain:first-of-type tbody tr td:first-child code", (c) => c.map((x) => x.textContent));
   assert.deepEqual(cols, ["id", 'Odd "Name"', "doc", "long_text", "tags"]);
   assert.match(await page.textContent("#structure"), /Weird Table_pkey/);
@@ -243,6 +260,11 @@ test("bar, line and pie charts have one mark per row", async () => {
   }
   // A few hundred points stay one mark each.
   await runSql("SELECT g AS n, (g * g) % 97 AS v FROM generate_series(1, 300) g");
+  await page.waitForFunction(() => /300 rows/.test(document.querySelector("#status").textContent)).catch(async (e) => {
+    console.log("DIAG status:", await page.textContent("#status"), "error:", await page.textContent("#error"), "sql:", await page.inputValue("#sql"));
+    console.log("DIAG log:", gui.log().slice(-3000));
+    throw e;
+  });
   await page.waitForFunction(() => document.querySelectorAll("#chart-scroll svg circle.point, #chart-scroll svg path.slice, #chart-scroll svg rect.bar").length === 300);
   await page.selectOption("#chart-type", "bar");
   await page.selectOption("#chart-x", "n");

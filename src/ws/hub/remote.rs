@@ -49,8 +49,11 @@ pub enum Event<'a> {
     Gone { id: &'a str, serial: u64 },
     /// A private message for `to`, held by `instance`.
     Private { from: &'a str, to: &'a str, instance: &'a str, message: &'a str },
-    /// A group message: every instance delivers it to its own members of `group`.
-    Group { from: &'a str, group: &'a str, message: &'a str },
+    /// A group message: each instance of `to` (the instances that held members of `group` when
+    /// it was sent, as the sender's instance saw it) delivers it to its own members of `group`.
+    /// An instance not in `to` ignores it, so a client that joins on another instance just after
+    /// the message was sent does not get it late.
+    Group { from: &'a str, group: &'a str, message: &'a str, to: &'a [Arc<str>] },
     /// A message to everyone (plain text from a client without a group).
     Broadcast { from: &'a str, message: &'a str },
 }
@@ -114,6 +117,11 @@ pub(super) enum Relay {
 pub(super) struct Spread(BTreeMap<Arc<str>, usize>);
 
 impl Spread {
+    /// The instances that hold recipients.
+    pub(super) fn instances(&self) -> Vec<Arc<str>> {
+        self.0.keys().cloned().collect()
+    }
+
     pub(super) fn one(instance: Arc<str>) -> Spread {
         Spread(BTreeMap::from([(instance, 1)]))
     }
@@ -226,7 +234,9 @@ impl Hub {
                 }
             }
             Relay::Group { group, message } => {
-                let missed = self.relay(Event::Group { from: &m.id, group: &group, message: &message }, spread);
+                let to = spread.instances();
+                let missed =
+                    self.relay(Event::Group { from: &m.id, group: &group, message: &message, to: &to }, spread);
                 if missed > 0 {
                     let text = format!(
                         "{missed} member(s) of group {group} are on instances that cannot be reached now: \
@@ -474,7 +484,7 @@ mod tests {
                 Event::Moved { id, group, .. } => format!("moved {id} {group:?}"),
                 Event::Gone { id, .. } => format!("gone {id}"),
                 Event::Private { from, to, instance, message } => format!("private {from}>{to}@{instance} {message}"),
-                Event::Group { from, group, message } => format!("group {from}>{group} {message}"),
+                Event::Group { from, group, message, .. } => format!("group {from}>{group} {message}"),
                 Event::Broadcast { from, message } => format!("broadcast {from} {message}"),
             };
             self.events.lock().unwrap().push(text);
