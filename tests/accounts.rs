@@ -483,6 +483,40 @@ fn parallel_wrong_passwords_cannot_outrun_the_limit() {
 }
 
 #[test]
+fn parallel_correct_logins_are_not_counted_as_failures() {
+    // 40 correct logins at once for one account from one address: attempts being checked are
+    // not failed attempts, so none gets 429 (beyond the 10-attempt budget they wait their turn).
+    // The server's default WORKERS (the harness runs 8): 64 workers hold the 40 connections and
+    // the hash queue (WORKERS/4 = 16) holds the 10 attempts of the pair past the limiter at any
+    // time, so none is refused 503 as busy.
+    let srv = TestServer::start_with(Opts::default().env("SECRET_KEY", SECRET).env("WORKERS", "64"));
+    signup(&srv, "many@example.com", "password1");
+    let addr = srv.addr;
+    let n = 40;
+    let start = std::sync::Arc::new(std::sync::Barrier::new(n));
+    let handles: Vec<_> = (0..n)
+        .map(|_| {
+            let start = start.clone();
+            std::thread::spawn(move || {
+                let mut c = common::Conn::open(addr);
+                let body = json!({ "email": "many@example.com", "password": "password1" }).to_string();
+                start.wait();
+                let r = c.send("POST", "/auth/login", &[("Content-Type", "application/json")], body.as_bytes());
+                (r.status, r.header("retry-after").map(str::to_string))
+            })
+        })
+        .collect();
+    let answers: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert!(answers.iter().all(|(status, _)| *status == 200), "{answers:?}");
+    // The failure budget is untouched: 9 wrong passwords then the right one still get in.
+    for _ in 0..9 {
+        let r = post_json(&srv, "/auth/login", None, &json!({ "email": "many@example.com", "password": "nope" }));
+        assert_eq!(r.status, 401);
+    }
+    login(&srv, "many@example.com", "password1");
+}
+
+#[test]
 fn secret_key_rules() {
     // Too short: refuse to start, with a message saying what to do.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_adcluster"))

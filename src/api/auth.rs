@@ -47,20 +47,20 @@ fn login(app: &App, req: &mut Request<'_>) -> Result<Response, HttpError> {
     let (email, password) = (email.unwrap_or_default(), password.unwrap_or_default());
 
     let ip = req.peer.ip();
-    // Reserve the failure slot before anything is checked (see `auth::ratelimit`): attempts
-    // sent at once cannot all be checked before the limit applies.
+    // Take a place in the pair's budget before anything is checked (see `auth::ratelimit`):
+    // attempts sent at once cannot all be checked before the limit applies.
     let slot = app.auth.limiter.reserve(&email, ip, Instant::now()).map_err(|retry| {
         HttpError::new(429, "Too many failed login attempts; try again later")
             .header("retry-after", retry.as_secs().to_string())
     })?;
     let outcome = check_credentials(app, &email, password);
     match &outcome {
-        // A verdict on the password: a failure keeps its slot, a success clears the pair.
-        Ok(_) => app.auth.limiter.reset(&email, ip),
-        Err(e) if e.status == 401 => {}
-        // No verdict (busy, database away, inactive account with the right password): give the
-        // slot back.
-        Err(_) => app.auth.limiter.release(&email, ip, slot),
+        // A verdict on the password: a success clears the pair's failures, a 401 records one.
+        Ok(_) => slot.succeeded(),
+        Err(e) if e.status == 401 => slot.failed(Instant::now()),
+        // No verdict (busy, database away, inactive account with the right password): the slot
+        // ends when dropped, recording nothing.
+        Err(_) => drop(slot),
     }
     let (user, stale) = outcome?;
     let ttl = app.auth.token_ttl.as_secs();

@@ -1,5 +1,6 @@
 //! Files from `public/`, embedded in the binary at build time (see `build.rs`): the WebSocket
-//! test pages at the root (`/socket_test.html`), everything under `/static/...`.
+//! test pages at the root (`/socket_test.html`), everything under `/static/...` except the
+//! database GUI's page (`public/dbgui/`), which only `adcluster db-gui` serves, on its own port.
 //! Must never: read `public/` from disk at run time (the binary alone must serve them).
 
 use crate::http::{HttpError, Response, Router};
@@ -48,8 +49,12 @@ pub fn content_type_for(name: &str) -> &'static str {
     }
 }
 
+/// Files of `public/` that belong to another application (`db-gui`), not to the API server.
+const NOT_OURS: &[&str] = &["dbgui/"];
+
 fn serve(path: &str) -> Result<Response, HttpError> {
-    let bytes = find(path).ok_or_else(|| HttpError::new(404, "Not Found"))?;
+    let theirs = NOT_OURS.iter().any(|p| path.starts_with(p));
+    let bytes = find(path).filter(|_| !theirs).ok_or_else(|| HttpError::new(404, "Not Found"))?;
     Ok(Response::static_bytes(200, content_type_for(path), bytes).header("cache-control", "no-cache"))
 }
 
@@ -75,5 +80,12 @@ mod tests {
         assert_eq!(content_type_for("x.tar.gz"), "application/octet-stream");
         assert_eq!(content_type_for("noext"), "application/octet-stream");
         assert_eq!(content_type_for("p.JPEG"), "image/jpeg");
+    }
+
+    #[test]
+    fn the_db_gui_page_is_not_served_by_the_api_server() {
+        assert!(find("dbgui/index.html").is_some(), "the page moved: update NOT_OURS");
+        assert_eq!(serve("dbgui/index.html").err().map(|e| e.status), Some(404));
+        assert!(serve("socket_test.html").is_ok());
     }
 }

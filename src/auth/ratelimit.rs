@@ -1,37 +1,117 @@
 //! The login rate limit: after `max_failures` failed logins for one email from one address
 //! within `window`, further attempts for that pair get 429 with `Retry-After` until the oldest
-//! failure leaves the window. A successful login clears the pair.
+//! failure leaves the window. A successful login clears the pair's failures.
 //!
-//! Reserve, then hash: `reserve` counts an attempt as a failure *before* its password is checked
-//! (in the same lock as the check), and `release` takes the slot back when the attempt ended
-//! without a verdict on the password (503, 500). So 18 wrong passwords sent at once for one pair
-//! get ten `401`s and eight `429`s, not eighteen `401`s because all were checked before any was
-//! recorded. A successful login clears the pair (`reset`).
+//! Reserve, then hash: every attempt takes a `Slot` (`reserve`) *before* its password is checked,
+//! under the same lock as the check. Per (email, address) pair the limiter keeps two things
+//! apart: the recorded failures (times, within `window`) and the attempts in flight (a count).
+//! - recorded failures reach `max_failures`: `Err(retry_after)` at once (429, `Retry-After` until
+//!   the oldest failure leaves the window);
+//! - failures + in-flight reach `max_failures`: the caller waits on a `Condvar` for an in-flight
+//!   attempt of the pair to end, then decides again. An in-flight attempt is not a failure (64
+//!   parallel *correct* logins all succeed), but it may become one, so the budget is not handed
+//!   out twice: 18 parallel *wrong* passwords get ten `401`s and eight `429`s, never eighteen
+//!   `401`s. The wait is bounded by `max_wait` (`MAX_WAIT`, 5 s): when it passes the answer is
+//!   429 with `Retry-After: 1`, because the budget is still held by attempts being checked (not
+//!   by failures), so it is likely free again within a second. Why 5 s: one verification costs
+//!   about 50 ms of a core, so with two hashing threads a waiter behind N attempts of its pair
+//!   waits about N × 25 ms: on the 2-core test machine 40 parallel correct logins took
+//!   1.0–3.0 s (the slow end at load average 10–13) and 64 took 1.3–2.9 s. With a 2 s bound one of two 64-login bursts got 31 `429`s;
+//!   with 5 s all were `200` — a burst as large as the worker pool (64 by default) gets through,
+//!   with room for a loaded machine.
 //!
-//! State is in memory (a restart forgets it), behind one `Mutex` held only for map updates.
-//! Bound: at most `max_keys` pairs; when full, expired pairs are swept, and if it is still full
-//! the new pair is not tracked (logged once per sweep) — memory stays bounded under a flood of
+//! A slot ends exactly once: `succeeded` (clears the pair's failures), `failed` (records one), or
+//! dropped without a verdict (503, 500, 403 inactive, a panic, an early return): the in-flight
+//! count goes back and nothing is recorded. Every end wakes the pair's waiters. A `Slot` cannot
+//! leak: its `Drop` ends it.
+//!
+//! The lock: one `Mutex` owned by the limiter, held only for map updates — never during I/O,
+//! hashing, or the wait (`Condvar::wait_timeout` releases it). One `Condvar` for all pairs; an end
+//! notifies only when that pair has waiters, and a waiter woken for another pair re-checks and
+//! waits again until its own deadline.
+//! Cost of a wait: the HTTP worker that called `reserve` is blocked at most `max_wait`; at most
+//! `max_failures` attempts per tracked pair are ever past `reserve` at once, so a burst for one pair holds
+//! at most `max_failures` hashing slots and the rest of the burst's workers for `max_wait`.
+//!
+//! Size: at most `max_keys` pairs (each: a key, at most `max_failures` instants, two counters).
+//! A pair with neither failures nor attempts in flight is removed. When full, pairs whose
+//! failures all left the window and that have nothing in flight are swept; if it is still full
+//! the new pair is not tracked (its slot is a no-op) — memory stays bounded under a flood of
 //! distinct emails, at the price of not limiting that flood (Argon2 already makes each try cost).
-//! Must never: do I/O or hashing under its lock.
+//! State is in memory (a restart forgets it).
+//! Must never: do I/O or hashing under its lock, or count an attempt still being checked as a
+//! failure.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-/// A failure slot taken by `LoginLimiter::reserve` (`at: None`: the pair is not tracked, the
-/// map being full).
-#[derive(Debug, Clone, Copy)]
-#[must_use = "a slot is either kept (a failed login) or released"]
-pub struct Slot {
-    at: Option<Instant>,
+/// How long `reserve` waits at most for an in-flight attempt of its pair to end before answering
+/// 429 with `Retry-After: 1` (see the module doc).
+pub const MAX_WAIT: Duration = Duration::from_secs(5);
+
+type Key = (String, IpAddr);
+
+/// One (email, address) pair's state.
+#[derive(Debug, Default)]
+struct Pair {
+    /// Recorded failures, oldest first, at most `max_failures`.
+    failures: VecDeque<Instant>,
+    /// Attempts past `reserve` whose slot has not ended.
+    in_flight: usize,
+    /// Callers of `reserve` waiting for one of those to end.
+    waiters: usize,
+}
+
+/// One login attempt's place in the budget, taken by `LoginLimiter::reserve`. End it with
+/// `succeeded` or `failed`; dropping it ends it without a verdict. `key: None`: the pair is not
+/// tracked (the map was full) and the slot is a no-op.
+#[must_use = "a slot ends with succeeded(), failed(), or when dropped (no verdict)"]
+pub struct Slot<'a> {
+    limiter: &'a LoginLimiter,
+    key: Option<Key>,
+}
+
+impl Slot<'_> {
+    /// The password was right: the pair's failures are cleared.
+    pub fn succeeded(mut self) {
+        if let Some(key) = self.key.take() {
+            self.limiter.end(key, Verdict::Success, Instant::now());
+        }
+    }
+
+    /// The password was wrong (or the email unknown): one failure at `now` is recorded.
+    pub fn failed(mut self, now: Instant) {
+        if let Some(key) = self.key.take() {
+            self.limiter.end(key, Verdict::Failure, now);
+        }
+    }
+}
+
+impl Drop for Slot<'_> {
+    /// No verdict on the password (503, 500, 403, a panic): the place is given back.
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            self.limiter.end(key, Verdict::None, Instant::now());
+        }
+    }
+}
+
+enum Verdict {
+    Success,
+    Failure,
+    None,
 }
 
 pub struct LoginLimiter {
-    failures: Mutex<HashMap<(String, IpAddr), VecDeque<Instant>>>,
+    pairs: Mutex<HashMap<Key, Pair>>,
+    /// Signalled when a slot of a pair with waiters ends.
+    ended: Condvar,
     pub max_failures: usize,
     pub window: Duration,
     pub max_keys: usize,
+    pub max_wait: Duration,
 }
 
 impl Default for LoginLimiter {
@@ -42,11 +122,22 @@ impl Default for LoginLimiter {
 
 impl LoginLimiter {
     pub fn new(max_failures: usize, window: Duration, max_keys: usize) -> LoginLimiter {
-        LoginLimiter { failures: Mutex::new(HashMap::new()), max_failures, window, max_keys }
+        LoginLimiter {
+            pairs: Mutex::new(HashMap::new()),
+            ended: Condvar::new(),
+            max_failures,
+            window,
+            max_keys,
+            max_wait: MAX_WAIT,
+        }
     }
 
-    fn key(email: &str, ip: IpAddr) -> (String, IpAddr) {
+    fn key(email: &str, ip: IpAddr) -> Key {
         (email.trim().to_lowercase(), ip)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<Key, Pair>> {
+        self.pairs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Drop the failures of `times` that left the window; `Err(retry_after)` when the rest lock
@@ -64,130 +155,272 @@ impl LoginLimiter {
         }
     }
 
-    /// `Err(retry_after)` when this pair is locked out at `now`.
+    /// Make room for a new pair when the map is full: sweep pairs with nothing in flight and
+    /// no waiters whose failures all left the window. Whether there is room now.
+    fn room(&self, map: &mut HashMap<Key, Pair>, now: Instant) -> bool {
+        if map.len() < self.max_keys {
+            return true;
+        }
+        let window = self.window;
+        map.retain(|_, p| {
+            p.in_flight > 0 || p.waiters > 0 || p.failures.back().is_some_and(|t| now.duration_since(*t) < window)
+        });
+        map.len() < self.max_keys
+    }
+
+    /// `Err(retry_after)` when this pair's recorded failures lock it out at `now`.
     pub fn check(&self, email: &str, ip: IpAddr, now: Instant) -> Result<(), Duration> {
-        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        match map.get_mut(&Self::key(email, ip)) {
-            Some(times) => self.locked(times, now),
+        match self.lock().get_mut(&Self::key(email, ip)) {
+            Some(pair) => self.locked(&mut pair.failures, now),
             None => Ok(()),
         }
     }
 
-    /// Take a failure slot for one attempt at `now`: `Err(retry_after)` when the pair is locked
-    /// out, else a slot that stays counted unless `release`d (or the pair `reset`).
-    pub fn reserve(&self, email: &str, ip: IpAddr, now: Instant) -> Result<Slot, Duration> {
+    /// Take a place for one attempt at `now`: `Err(retry_after)` when the pair's failures lock
+    /// it out, or (`Retry-After` 1 s) when its budget stayed held by attempts in flight for
+    /// `max_wait`; else a `Slot`. May block the caller up to `max_wait` (see the module doc).
+    pub fn reserve(&self, email: &str, ip: IpAddr, now: Instant) -> Result<Slot<'_>, Duration> {
         let key = Self::key(email, ip);
-        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(times) = map.get_mut(&key) {
-            self.locked(times, now)?;
-        } else if map.len() >= self.max_keys {
-            let window = self.window;
-            map.retain(|_, times| times.back().is_some_and(|t| now.duration_since(*t) < window));
-            if map.len() >= self.max_keys {
-                return Ok(Slot { at: None });
+        let started = Instant::now();
+        let deadline = started + self.max_wait;
+        let mut map = self.lock();
+        loop {
+            // `now` moves on by the time spent waiting.
+            let now = now + started.elapsed();
+            let Some(pair) = map.get_mut(&key) else {
+                if !self.room(&mut map, now) {
+                    return Ok(Slot { limiter: self, key: None });
+                }
+                map.insert(key.clone(), Pair { in_flight: 1, ..Pair::default() });
+                return Ok(Slot { limiter: self, key: Some(key) });
+            };
+            self.locked(&mut pair.failures, now)?;
+            if pair.failures.len() + pair.in_flight < self.max_failures {
+                pair.in_flight += 1;
+                return Ok(Slot { limiter: self, key: Some(key) });
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Duration::from_secs(1));
+            }
+            pair.waiters += 1;
+            map = self.ended.wait_timeout(map, left).unwrap_or_else(|p| p.into_inner()).0;
+            // The pair cannot have been removed or swept while we waited: it has waiters and
+            // an attempt in flight (only an end, which keeps a pair with waiters, touches it).
+            if let Some(pair) = map.get_mut(&key) {
+                pair.waiters -= 1;
             }
         }
-        map.entry(key).or_default().push_back(now);
-        Ok(Slot { at: Some(now) })
     }
 
-    /// Give back a slot of an attempt that got no verdict on its password.
-    pub fn release(&self, email: &str, ip: IpAddr, slot: Slot) {
-        let Some(at) = slot.at else { return };
-        let key = Self::key(email, ip);
-        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(times) = map.get_mut(&key) {
-            if let Some(i) = times.iter().rposition(|t| *t == at) {
-                times.remove(i);
+    fn end(&self, key: Key, verdict: Verdict, now: Instant) {
+        let mut map = self.lock();
+        let Some(pair) = map.get_mut(&key) else { return };
+        pair.in_flight = pair.in_flight.saturating_sub(1);
+        match verdict {
+            Verdict::Success => pair.failures.clear(),
+            Verdict::Failure => {
+                pair.failures.push_back(now);
+                while pair.failures.len() > self.max_failures {
+                    pair.failures.pop_front();
+                }
             }
-            if times.is_empty() {
-                map.remove(&key);
-            }
+            Verdict::None => {}
+        }
+        let wake = pair.waiters > 0;
+        if pair.in_flight == 0 && pair.waiters == 0 && pair.failures.is_empty() {
+            map.remove(&key);
+        }
+        drop(map);
+        if wake {
+            self.ended.notify_all();
         }
     }
 
+    /// Record a failure at `now` without a slot (an attempt that was never reserved).
     pub fn record_failure(&self, email: &str, ip: IpAddr, now: Instant) {
         let key = Self::key(email, ip);
-        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        if !map.contains_key(&key) && map.len() >= self.max_keys {
-            let window = self.window;
-            map.retain(|_, times| times.back().is_some_and(|t| now.duration_since(*t) < window));
-            if map.len() >= self.max_keys {
-                return;
-            }
+        let mut map = self.lock();
+        if !map.contains_key(&key) && !self.room(&mut map, now) {
+            return;
         }
-        let times = map.entry(key).or_default();
-        times.push_back(now);
-        while times.len() > self.max_failures {
-            times.pop_front();
+        let failures = &mut map.entry(key).or_default().failures;
+        failures.push_back(now);
+        while failures.len() > self.max_failures {
+            failures.pop_front();
         }
     }
 
+    /// Forget the pair's failures (attempts in flight stay counted until they end).
     pub fn reset(&self, email: &str, ip: IpAddr) {
-        self.failures.lock().unwrap_or_else(|p| p.into_inner()).remove(&Self::key(email, ip));
+        let key = Self::key(email, ip);
+        let mut map = self.lock();
+        if let Some(pair) = map.get_mut(&key) {
+            pair.failures.clear();
+            let wake = pair.waiters > 0;
+            if pair.in_flight == 0 && !wake {
+                map.remove(&key);
+            }
+            drop(map);
+            if wake {
+                self.ended.notify_all();
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{Arc, Barrier};
+
+    fn ip() -> IpAddr {
+        "10.0.0.1".parse().unwrap()
+    }
 
     #[test]
     fn ten_failures_lock_the_pair_until_the_window_passes() {
         let lim = LoginLimiter::default();
-        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let ip = ip();
         let other: IpAddr = "10.0.0.2".parse().unwrap();
         let t0 = Instant::now();
         for i in 0..10 {
             assert!(lim.check("A@x.io", ip, t0).is_ok(), "attempt {i}");
-            lim.record_failure("A@x.io", ip, t0 + Duration::from_secs(i));
+            lim.reserve("A@x.io", ip, t0).unwrap().failed(t0 + Duration::from_secs(i));
         }
         let retry = lim.check("a@X.io", ip, t0 + Duration::from_secs(10)).unwrap_err();
         assert_eq!(retry, Duration::from_secs(15 * 60 - 10));
+        assert!(lim.reserve("a@x.io", ip, t0 + Duration::from_secs(10)).is_err());
         assert!(lim.check("a@x.io", other, t0).is_ok(), "another address is not locked");
         assert!(lim.check("b@x.io", ip, t0).is_ok(), "another email is not locked");
         // The oldest failure leaves the window: one more try is allowed.
         assert!(lim.check("a@x.io", ip, t0 + Duration::from_secs(15 * 60)).is_ok());
         lim.reset("a@x.io", ip);
         assert!(lim.check("a@x.io", ip, t0 + Duration::from_secs(11)).is_ok());
+        assert!(lim.lock().is_empty(), "a pair with nothing left is removed");
     }
 
     #[test]
-    fn reserved_slots_count_before_the_verdict_and_can_be_given_back() {
+    fn a_success_clears_the_failures_and_no_verdict_records_nothing() {
         let lim = LoginLimiter::new(3, Duration::from_secs(60), 100);
-        let ip: IpAddr = "10.0.0.1".parse().unwrap();
         let t0 = Instant::now();
-        // Three attempts in flight at once take the three slots; the fourth is refused before
-        // any of them has been checked.
-        let slots: Vec<Slot> = (0..3).map(|_| lim.reserve("a@x.io", ip, t0).unwrap()).collect();
-        assert!(lim.reserve("A@x.io", ip, t0).is_err());
-        // One of them ends without a verdict (503): its slot comes back.
-        lim.release("a@x.io", ip, slots[0]);
-        let again = lim.reserve("a@x.io", ip, t0).unwrap();
-        assert!(lim.reserve("a@x.io", ip, t0).is_err());
-        // A success clears the pair.
-        lim.reset("a@x.io", ip);
-        assert!(lim.check("a@x.io", ip, t0).is_ok());
-        lim.release("a@x.io", ip, again);
-        assert!(lim.failures.lock().unwrap().is_empty());
-        // After the window the slots expire.
-        for _ in 0..3 {
-            let _ = lim.reserve("b@x.io", ip, t0).unwrap();
+        lim.reserve("a@x.io", ip(), t0).unwrap().failed(t0);
+        lim.reserve("a@x.io", ip(), t0).unwrap().failed(t0);
+        drop(lim.reserve("a@x.io", ip(), t0).unwrap()); // 503: no verdict
+        assert_eq!(lim.lock()[&LoginLimiter::key("a@x.io", ip())].failures.len(), 2);
+        lim.reserve("a@x.io", ip(), t0).unwrap().succeeded();
+        assert!(lim.lock().is_empty());
+    }
+
+    #[test]
+    fn in_flight_attempts_beyond_the_budget_that_succeed_are_all_admitted() {
+        let lim = Arc::new(LoginLimiter::new(3, Duration::from_secs(60), 100));
+        let n = 24;
+        let start = Arc::new(Barrier::new(n));
+        let handles: Vec<_> = (0..n)
+            .map(|_| {
+                let (lim, start) = (lim.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    let slot = lim.reserve("a@x.io", ip(), Instant::now())?;
+                    // The password check, outside the lock.
+                    let inside = lim.lock()[&LoginLimiter::key("a@x.io", ip())].in_flight;
+                    std::thread::sleep(Duration::from_millis(20));
+                    slot.succeeded();
+                    Ok::<usize, Duration>(inside)
+                })
+            })
+            .collect();
+        for h in handles {
+            let inside = h.join().unwrap().expect("a correct login is never refused");
+            assert!(inside <= 3, "at most max_failures attempts past reserve, saw {inside}");
         }
-        assert!(lim.reserve("b@x.io", ip, t0 + Duration::from_secs(60)).is_ok());
+        assert!(lim.lock().is_empty());
+    }
+
+    #[test]
+    fn parallel_failures_stop_at_exactly_the_maximum() {
+        let lim = Arc::new(LoginLimiter::new(10, Duration::from_secs(60), 100));
+        let n = 18;
+        let start = Arc::new(Barrier::new(n));
+        let handles: Vec<_> = (0..n)
+            .map(|_| {
+                let (lim, start) = (lim.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    let slot = lim.reserve("a@x.io", ip(), Instant::now())?;
+                    std::thread::sleep(Duration::from_millis(20));
+                    slot.failed(Instant::now());
+                    Ok::<(), Duration>(())
+                })
+            })
+            .collect();
+        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 10, "{results:?}");
+        for r in results.iter().filter_map(|r| r.err()) {
+            // Refused by recorded failures, not by the wait bound.
+            assert!(r > Duration::from_secs(50), "{r:?}");
+        }
+        assert!(lim.reserve("a@x.io", ip(), Instant::now()).is_err());
+    }
+
+    #[test]
+    fn a_dropped_slot_frees_its_place_and_wakes_a_waiter() {
+        let lim = Arc::new(LoginLimiter::new(2, Duration::from_secs(60), 100));
+        let t0 = Instant::now();
+        let a = lim.reserve("a@x.io", ip(), t0).unwrap();
+        let _b = lim.reserve("a@x.io", ip(), t0).unwrap();
+        let waiter = {
+            let lim = lim.clone();
+            std::thread::spawn(move || lim.reserve("a@x.io", ip(), Instant::now()).map(Slot::succeeded))
+        };
+        // Let the waiter block, then end `a` by a panic (an attempt that never got a verdict).
+        while lim.lock()[&LoginLimiter::key("a@x.io", ip())].waiters == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let _a = a;
+            panic!("the handler failed");
+        }));
+        assert!(panicked.is_err());
+        assert_eq!(waiter.join().unwrap(), Ok(()), "the freed place went to the waiter");
+        let pair = &lim.lock()[&LoginLimiter::key("a@x.io", ip())];
+        assert_eq!((pair.in_flight, pair.failures.len(), pair.waiters), (1, 0, 0));
+    }
+
+    #[test]
+    fn the_wait_is_bounded() {
+        let mut lim = LoginLimiter::new(2, Duration::from_secs(60), 100);
+        lim.max_wait = Duration::from_millis(100);
+        let t0 = Instant::now();
+        let _held = [lim.reserve("a@x.io", ip(), t0).unwrap(), lim.reserve("a@x.io", ip(), t0).unwrap()];
+        let asked = Instant::now();
+        assert_eq!(lim.reserve("a@x.io", ip(), t0).err(), Some(Duration::from_secs(1)));
+        let waited = asked.elapsed();
+        assert!(waited >= Duration::from_millis(100), "{waited:?}");
+        // Generous: the bound holds, give or take scheduling.
+        assert!(waited < Duration::from_secs(5), "{waited:?}");
+        // Another pair is not held up.
+        assert!(lim.reserve("b@x.io", ip(), t0).is_ok());
     }
 
     #[test]
     fn memory_is_bounded() {
         let lim = LoginLimiter::new(2, Duration::from_secs(60), 3);
-        let ip: IpAddr = "10.0.0.1".parse().unwrap();
         let t0 = Instant::now();
         for i in 0..10 {
-            lim.record_failure(&format!("u{i}@x.io"), ip, t0);
+            lim.record_failure(&format!("u{i}@x.io"), ip(), t0);
         }
-        assert_eq!(lim.failures.lock().unwrap().len(), 3);
-        // After the window, old pairs are swept to make room.
-        lim.record_failure("late@x.io", ip, t0 + Duration::from_secs(61));
-        assert_eq!(lim.failures.lock().unwrap().len(), 1);
+        assert_eq!(lim.lock().len(), 3);
+        // Full: a new pair is not tracked, its slot is a no-op.
+        lim.reserve("new@x.io", ip(), t0).unwrap().failed(t0);
+        assert_eq!(lim.lock().len(), 3);
+        // After the window, old pairs are swept to make room; a pair in flight is not swept.
+        let held = lim.reserve("late@x.io", ip(), t0 + Duration::from_secs(61)).unwrap();
+        assert_eq!(lim.lock().len(), 1);
+        lim.record_failure("later@x.io", ip(), t0 + Duration::from_secs(200));
+        assert_eq!(lim.lock().len(), 2);
+        drop(held);
+        assert_eq!(lim.lock().len(), 1);
     }
 }
