@@ -1744,7 +1744,7 @@ ws_run() {
 }
 
 # wsv FILE KEY: the value of KEY in a ws-bench output (the rest of its line; empty when absent).
-wsv() { awk -v k="$2" '$1 == k { v = substr($0, length(k) + 2) } END { print v }' "$1"; }
+wsv() { [ -f "$1" ] || return 0; awk -v k="$2" '$1 == k { v = substr($0, length(k) + 2) } END { print v }' "$1"; }
 
 # ws_pick SCENARIO WHO KEY min|max: the best value of KEY over the rounds (empty when none).
 ws_pick() {
