@@ -7,8 +7,10 @@
 //! apart: the recorded failures (times, within `window`) and the attempts in flight (a count).
 //! - recorded failures reach `max_failures`: `Err(retry_after)` at once (429, `Retry-After` until
 //!   the oldest failure leaves the window);
-//! - failures + in-flight reach `max_failures`: the caller waits on a `Condvar` for an in-flight
-//!   attempt of the pair to end, then decides again. An in-flight attempt is not a failure (64
+//! - failures + in-flight reach `max_failures` (or others of the pair already wait): the caller
+//!   takes a ticket and waits on a `Condvar`, first come first served (`Pair::queue`: a newcomer
+//!   never takes a freed place ahead of a waiter), for an in-flight attempt of the pair to end,
+//!   then decides again. An in-flight attempt is not a failure (64
 //!   parallel *correct* logins all succeed), but it may become one, so the budget is not handed
 //!   out twice: 18 parallel *wrong* passwords get ten `401`s and eight `429`s, never eighteen
 //!   `401`s. The wait is bounded by `max_wait` (`MAX_WAIT`, 5 s): when it passes the answer is
@@ -60,8 +62,25 @@ struct Pair {
     failures: VecDeque<Instant>,
     /// Attempts past `reserve` whose slot has not ended.
     in_flight: usize,
-    /// Callers of `reserve` waiting for one of those to end.
-    waiters: usize,
+    /// Callers of `reserve` waiting for one of those to end, by ticket, first come first served:
+    /// a newcomer never takes a freed place ahead of them (no barging), or under a steady stream
+    /// of attempts (a client that re-sends at once) a waiter could be passed over until its
+    /// `max_wait` ran out.
+    queue: VecDeque<u64>,
+    /// The next ticket of this pair.
+    next_ticket: u64,
+}
+
+impl Pair {
+    fn waiters(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Take `ticket` out of the line (its holder gave up). Whether others still wait.
+    fn leave(&mut self, ticket: u64) -> bool {
+        self.queue.retain(|t| *t != ticket);
+        !self.queue.is_empty()
+    }
 }
 
 /// One login attempt's place in the budget, taken by `LoginLimiter::reserve`. End it with
@@ -163,7 +182,7 @@ impl LoginLimiter {
         }
         let window = self.window;
         map.retain(|_, p| {
-            p.in_flight > 0 || p.waiters > 0 || p.failures.back().is_some_and(|t| now.duration_since(*t) < window)
+            p.in_flight > 0 || p.waiters() > 0 || p.failures.back().is_some_and(|t| now.duration_since(*t) < window)
         });
         map.len() < self.max_keys
     }
@@ -184,32 +203,60 @@ impl LoginLimiter {
         let started = Instant::now();
         let deadline = started + self.max_wait;
         let mut map = self.lock();
+        // Our place in the pair's line, once we had to wait.
+        let mut ticket: Option<u64> = None;
         loop {
             // `now` moves on by the time spent waiting.
             let now = now + started.elapsed();
             let Some(pair) = map.get_mut(&key) else {
+                // (A pair with a ticket in its line is never removed: only an empty line lets go.)
                 if !self.room(&mut map, now) {
                     return Ok(Slot { limiter: self, key: None });
                 }
                 map.insert(key.clone(), Pair { in_flight: 1, ..Pair::default() });
                 return Ok(Slot { limiter: self, key: Some(key) });
             };
-            self.locked(&mut pair.failures, now)?;
-            if pair.failures.len() + pair.in_flight < self.max_failures {
+            if let Err(retry) = self.locked(&mut pair.failures, now) {
+                let others = ticket.is_some_and(|t| pair.leave(t));
+                drop(map);
+                if others {
+                    self.ended.notify_all();
+                }
+                return Err(retry);
+            }
+            let my_turn = match ticket {
+                None => pair.queue.is_empty(),
+                Some(t) => pair.queue.front() == Some(&t),
+            };
+            if my_turn && pair.failures.len() + pair.in_flight < self.max_failures {
+                if ticket.is_some() {
+                    pair.queue.pop_front();
+                }
                 pair.in_flight += 1;
+                // Room for the next in line too: wake it (one end may free several places).
+                let next = !pair.queue.is_empty() && pair.failures.len() + pair.in_flight < self.max_failures;
+                drop(map);
+                if next {
+                    self.ended.notify_all();
+                }
                 return Ok(Slot { limiter: self, key: Some(key) });
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
+                let others = ticket.is_some_and(|t| pair.leave(t));
+                drop(map);
+                if others {
+                    self.ended.notify_all();
+                }
                 return Err(Duration::from_secs(1));
             }
-            pair.waiters += 1;
-            map = self.ended.wait_timeout(map, left).unwrap_or_else(|p| p.into_inner()).0;
-            // The pair cannot have been removed or swept while we waited: it has waiters and
-            // an attempt in flight (only an end, which keeps a pair with waiters, touches it).
-            if let Some(pair) = map.get_mut(&key) {
-                pair.waiters -= 1;
+            if ticket.is_none() {
+                let t = pair.next_ticket;
+                pair.next_ticket += 1;
+                pair.queue.push_back(t);
+                ticket = Some(t);
             }
+            map = self.ended.wait_timeout(map, left).unwrap_or_else(|p| p.into_inner()).0;
         }
     }
 
@@ -227,8 +274,8 @@ impl LoginLimiter {
             }
             Verdict::None => {}
         }
-        let wake = pair.waiters > 0;
-        if pair.in_flight == 0 && pair.waiters == 0 && pair.failures.is_empty() {
+        let wake = pair.waiters() > 0;
+        if pair.in_flight == 0 && pair.waiters() == 0 && pair.failures.is_empty() {
             map.remove(&key);
         }
         drop(map);
@@ -257,7 +304,7 @@ impl LoginLimiter {
         let mut map = self.lock();
         if let Some(pair) = map.get_mut(&key) {
             pair.failures.clear();
-            let wake = pair.waiters > 0;
+            let wake = pair.waiters() > 0;
             if pair.in_flight == 0 && !wake {
                 map.remove(&key);
             }
@@ -375,7 +422,7 @@ mod tests {
             std::thread::spawn(move || lim.reserve("a@x.io", ip(), Instant::now()).map(Slot::succeeded))
         };
         // Let the waiter block, then end `a` by a panic (an attempt that never got a verdict).
-        while lim.lock()[&LoginLimiter::key("a@x.io", ip())].waiters == 0 {
+        while lim.lock()[&LoginLimiter::key("a@x.io", ip())].waiters() == 0 {
             std::thread::sleep(Duration::from_millis(1));
         }
         let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
@@ -385,7 +432,39 @@ mod tests {
         assert!(panicked.is_err());
         assert_eq!(waiter.join().unwrap(), Ok(()), "the freed place went to the waiter");
         let pair = &lim.lock()[&LoginLimiter::key("a@x.io", ip())];
-        assert_eq!((pair.in_flight, pair.failures.len(), pair.waiters), (1, 0, 0));
+        assert_eq!((pair.in_flight, pair.failures.len(), pair.waiters()), (1, 0, 0));
+    }
+
+    #[test]
+    fn a_freed_place_goes_to_the_first_waiter_not_to_a_newcomer() {
+        let mut lim = LoginLimiter::new(1, Duration::from_secs(60), 100);
+        lim.max_wait = Duration::from_millis(300);
+        let lim = Arc::new(lim);
+        let a = lim.reserve("a@x.io", ip(), Instant::now()).unwrap();
+        let (got, got_rx) = std::sync::mpsc::channel();
+        let (release, release_rx) = std::sync::mpsc::channel::<()>();
+        let waiter = {
+            let lim = lim.clone();
+            std::thread::spawn(move || {
+                let slot = lim.reserve("a@x.io", ip(), Instant::now());
+                got.send(slot.is_ok()).unwrap();
+                release_rx.recv().unwrap();
+                drop(slot);
+            })
+        };
+        while lim.lock()[&LoginLimiter::key("a@x.io", ip())].waiters() == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // End `a` and at once ask as a newcomer: the place is the waiter's, so the newcomer waits
+        // behind it (and, the waiter holding on, runs out of its wait).
+        a.succeeded();
+        let newcomer = lim.reserve("a@x.io", ip(), Instant::now());
+        assert!(got_rx.recv().unwrap(), "the waiter got the freed place");
+        assert_eq!(newcomer.err(), Some(Duration::from_secs(1)), "the newcomer did not jump the line");
+        release.send(()).unwrap();
+        waiter.join().unwrap();
+        // The line is empty again: the next attempt goes straight through.
+        lim.reserve("a@x.io", ip(), Instant::now()).unwrap().succeeded();
     }
 
     #[test]
