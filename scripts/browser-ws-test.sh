@@ -8,32 +8,11 @@
 #   2. cargo build (the debug binary the tests start);
 #   3. npm ci in tests/browser-ws (playwright-core only, pinned by package-lock.json);
 #   4. node --test.
+# The steps are shared with the other browser suites: scripts/lib/browser.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/browser.sh
 
-say() { printf '==> %s\n' "$*"; }
-die() { printf 'error: %s\n' "$*" >&2; exit 1; }
-
-CHROMIUM="${CHROMIUM:-/usr/bin/chromium}"
-if [ ! -x "$CHROMIUM" ]; then
-  [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
-    || die "Chromium is not at $CHROMIUM and we cannot install it (need root and apt-get). Install Debian's 'chromium' package or set CHROMIUM=/path/to/chromium."
-  say "installing Chromium with apt-get"
-  apt-get update -qq || die "apt-get update failed; cannot install Chromium"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null || die "apt-get install chromium failed"
-  [ -x "$CHROMIUM" ] || die "Chromium was installed but is not at $CHROMIUM; set CHROMIUM"
-fi
-command -v node >/dev/null 2>&1 || die "node is not installed (Node.js 20 or later is needed for the browser tests)"
-command -v npm >/dev/null 2>&1 || die "npm is not installed"
-
-say "cargo build (the binary the browser tests start)"
-cargo build --quiet --bin adcluster
-BIN="$(pwd)/${CARGO_TARGET_DIR:-target}/debug/adcluster"
-[ -x "$BIN" ] || die "the binary is not at $BIN"
-
-say "npm ci (tests/browser-ws)"
-cd tests/browser-ws
-npm ci --no-audit --no-fund --loglevel=error >/dev/null || die "npm ci failed in tests/browser-ws"
-
-say "browser tests of the WebSocket pages (headless Chromium)"
-ADCLUSTER_BIN="$BIN" CHROMIUM="$CHROMIUM" node --test --test-concurrency=1
+ensure_browser_tools
+build_test_binary
+run_node_suite browser-ws "the WebSocket pages"

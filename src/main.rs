@@ -111,20 +111,7 @@ fn serve(args: &[String]) -> Result<(), Failure> {
         warn!("ADCLUSTER_TEST_ROUTES is ignored: a release build has no test routes");
     }
 
-    let http_cfg = http::ServerConfig {
-        workers: cfg.workers,
-        max_connections: cfg.max_connections,
-        max_connections_per_addr: cfg.max_connections_per_addr,
-        transfer_workers: cfg.transfer_workers,
-        max_transfers_per_addr: cfg.max_transfers_per_addr,
-        head_timeout: cfg.head_timeout,
-        body_timeout: cfg.body_timeout,
-        idle_timeout: cfg.keepalive_timeout,
-        min_body_rate: cfg.min_body_rate,
-        shutdown_grace: cfg.shutdown_grace,
-        head_limits: http::parse::HeadLimits { max_head_bytes: cfg.max_header_bytes, max_headers: cfg.max_headers },
-        ..http::ServerConfig::default()
-    };
+    let http_cfg = http_config(&cfg);
     let addr = format!("{}:{}", cfg.host, cfg.port);
     let auth = build_auth(&cfg)?;
     let db = Arc::new(Db::with_cache(db_config(&cfg), cfg.account_cache_size).map_err(|e| failed(e.to_string()))?);
@@ -273,17 +260,9 @@ fn db_gui(args: &[String]) -> Result<(), Failure> {
     let dbc = db_config(&cfg);
     let gui = dbgui::Gui::new(&cfg, &dbc, opts.allow_writes).map_err(failed)?;
     let router = Arc::new(dbgui::api::build_router(gui.clone(), cfg.max_json_bytes));
-    let http_cfg = http::ServerConfig {
-        workers: dbgui::WORKERS,
-        max_connections: 256,
-        head_timeout: cfg.head_timeout,
-        body_timeout: cfg.body_timeout,
-        idle_timeout: cfg.keepalive_timeout,
-        min_body_rate: cfg.min_body_rate,
-        shutdown_grace: cfg.shutdown_grace,
-        head_limits: http::parse::HeadLimits { max_head_bytes: cfg.max_header_bytes, max_headers: cfg.max_headers },
-        ..http::ServerConfig::default()
-    };
+    // The GUI's own small pool; every limit and timeout as the server's.
+    let http_cfg =
+        http::ServerConfig { workers: dbgui::WORKERS, max_connections: 256, transfer_workers: 0, ..http_config(&cfg) };
     let host = opts.host.trim_start_matches('[').trim_end_matches(']').to_string();
     let addr = if host.contains(':') { format!("[{host}]:{}", opts.port) } else { format!("{host}:{}", opts.port) };
     let server = http::Server::bind(&addr, http_cfg, router).map_err(|e| {
@@ -323,6 +302,25 @@ fn db_gui(args: &[String]) -> Result<(), Failure> {
 }
 
 /// The database settings of the configuration.
+/// The HTTP layer's settings from the configuration (the server's; `db-gui` and the metrics
+/// listener start from them too).
+fn http_config(cfg: &Config) -> http::ServerConfig {
+    http::ServerConfig {
+        workers: cfg.workers,
+        max_connections: cfg.max_connections,
+        max_connections_per_addr: cfg.max_connections_per_addr,
+        transfer_workers: cfg.transfer_workers,
+        max_transfers_per_addr: cfg.max_transfers_per_addr,
+        head_timeout: cfg.head_timeout,
+        body_timeout: cfg.body_timeout,
+        idle_timeout: cfg.keepalive_timeout,
+        min_body_rate: cfg.min_body_rate,
+        shutdown_grace: cfg.shutdown_grace,
+        head_limits: http::parse::HeadLimits { max_head_bytes: cfg.max_header_bytes, max_headers: cfg.max_headers },
+        ..http::ServerConfig::default()
+    }
+}
+
 fn db_config(cfg: &Config) -> DbConfig {
     ops::db_config(cfg)
 }
