@@ -13,6 +13,7 @@ use serde_json::json;
 use super::extract::{is_form, Fields, NO_NUL_PATTERN};
 use super::openapi::{schema_ref, Op};
 use super::App;
+use crate::auth::ratelimit::Refused;
 use crate::auth::{db_unavailable, load_user_by_email, password, stale_mark};
 use crate::db::users::User;
 use crate::http::{HttpError, Request, Response, Router};
@@ -49,9 +50,11 @@ fn login(app: &App, req: &mut Request<'_>) -> Result<Response, HttpError> {
     let ip = req.peer.ip();
     // Take a place in the pair's budget before anything is checked (see `auth::ratelimit`):
     // attempts sent at once cannot all be checked before the limit applies.
-    let slot = app.auth.limiter.reserve(&email, ip, Instant::now()).map_err(|retry| {
-        HttpError::new(429, "Too many failed login attempts; try again later")
-            .header("retry-after", retry.as_secs().to_string())
+    let slot = app.auth.limiter.reserve(&email, ip, Instant::now()).map_err(|refused| match refused {
+        Refused::Locked(retry) => HttpError::new(429, "Too many failed login attempts; try again later")
+            .header("retry-after", retry.as_secs().to_string()),
+        // Attempts still being checked held the pair's budget for the whole wait: not failures.
+        Refused::Busy => crate::auth::HashError::Busy.into(),
     })?;
     let outcome = check_credentials(app, &email, password);
     match &outcome {

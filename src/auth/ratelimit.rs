@@ -14,8 +14,8 @@
 //!   parallel *correct* logins all succeed), but it may become one, so the budget is not handed
 //!   out twice: 18 parallel *wrong* passwords get ten `401`s and eight `429`s, never eighteen
 //!   `401`s. The wait is bounded by `max_wait` (`MAX_WAIT`, 5 s): when it passes the answer is
-//!   429 with `Retry-After: 1`, because the budget is still held by attempts being checked (not
-//!   by failures), so it is likely free again within a second. Why 5 s: one verification costs
+//!   `Refused::Busy` (`503 Server busy`, `Retry-After: 1`), not a `429`: the budget is held by
+//!   attempts being checked, not by failures, so it is likely free again within a second. Why 5 s: one verification costs
 //!   about 50 ms of a core, so with two hashing threads a waiter behind N attempts of its pair
 //!   waits about N × 25 ms: on the 2-core test machine 40 parallel correct logins took
 //!   1.0–3.0 s (the slow end at load average 10–13) and 64 took 1.3–2.9 s. With a 2 s bound one of two 64-login bursts got 31 `429`s;
@@ -49,8 +49,19 @@ use std::net::IpAddr;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+/// Why `LoginLimiter::reserve` gave no slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The pair's recorded failures lock it out (`429` with this `Retry-After`).
+    Locked(Duration),
+    /// The pair's budget stayed held by attempts still being checked for the whole `max_wait`:
+    /// not a failure, so not a `429` (the contract keeps `429` for failed attempts), but
+    /// `503 Server busy` with `Retry-After: 1`, like a full hashing pool.
+    Busy,
+}
+
 /// How long `reserve` waits at most for an in-flight attempt of its pair to end before answering
-/// 429 with `Retry-After: 1` (see the module doc).
+/// `Refused::Busy` (see the module doc).
 pub const MAX_WAIT: Duration = Duration::from_secs(5);
 
 type Key = (String, IpAddr);
@@ -195,10 +206,10 @@ impl LoginLimiter {
         }
     }
 
-    /// Take a place for one attempt at `now`: `Err(retry_after)` when the pair's failures lock
-    /// it out, or (`Retry-After` 1 s) when its budget stayed held by attempts in flight for
+    /// Take a place for one attempt at `now`: `Refused::Locked(retry_after)` when the pair's
+    /// failures lock it out, `Refused::Busy` when its budget stayed held by attempts in flight for
     /// `max_wait`; else a `Slot`. May block the caller up to `max_wait` (see the module doc).
-    pub fn reserve(&self, email: &str, ip: IpAddr, now: Instant) -> Result<Slot<'_>, Duration> {
+    pub fn reserve(&self, email: &str, ip: IpAddr, now: Instant) -> Result<Slot<'_>, Refused> {
         let key = Self::key(email, ip);
         let started = Instant::now();
         let deadline = started + self.max_wait;
@@ -222,7 +233,7 @@ impl LoginLimiter {
                 if others {
                     self.ended.notify_all();
                 }
-                return Err(retry);
+                return Err(Refused::Locked(retry));
             }
             let my_turn = match ticket {
                 None => pair.queue.is_empty(),
@@ -248,7 +259,7 @@ impl LoginLimiter {
                 if others {
                     self.ended.notify_all();
                 }
-                return Err(Duration::from_secs(1));
+                return Err(Refused::Busy);
             }
             if ticket.is_none() {
                 let t = pair.next_ticket;
@@ -374,7 +385,7 @@ mod tests {
                     let inside = lim.lock()[&LoginLimiter::key("a@x.io", ip())].in_flight;
                     std::thread::sleep(Duration::from_millis(20));
                     slot.succeeded();
-                    Ok::<usize, Duration>(inside)
+                    Ok::<usize, Refused>(inside)
                 })
             })
             .collect();
@@ -398,7 +409,7 @@ mod tests {
                     let slot = lim.reserve("a@x.io", ip(), Instant::now())?;
                     std::thread::sleep(Duration::from_millis(20));
                     slot.failed(Instant::now());
-                    Ok::<(), Duration>(())
+                    Ok::<(), Refused>(())
                 })
             })
             .collect();
@@ -406,7 +417,7 @@ mod tests {
         assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 10, "{results:?}");
         for r in results.iter().filter_map(|r| r.err()) {
             // Refused by recorded failures, not by the wait bound.
-            assert!(r > Duration::from_secs(50), "{r:?}");
+            assert!(matches!(r, Refused::Locked(d) if d > Duration::from_secs(50)), "{r:?}");
         }
         assert!(lim.reserve("a@x.io", ip(), Instant::now()).is_err());
     }
@@ -460,7 +471,7 @@ mod tests {
         a.succeeded();
         let newcomer = lim.reserve("a@x.io", ip(), Instant::now());
         assert!(got_rx.recv().unwrap(), "the waiter got the freed place");
-        assert_eq!(newcomer.err(), Some(Duration::from_secs(1)), "the newcomer did not jump the line");
+        assert_eq!(newcomer.err(), Some(Refused::Busy), "the newcomer did not jump the line");
         release.send(()).unwrap();
         waiter.join().unwrap();
         // The line is empty again: the next attempt goes straight through.
@@ -474,7 +485,7 @@ mod tests {
         let t0 = Instant::now();
         let _held = [lim.reserve("a@x.io", ip(), t0).unwrap(), lim.reserve("a@x.io", ip(), t0).unwrap()];
         let asked = Instant::now();
-        assert_eq!(lim.reserve("a@x.io", ip(), t0).err(), Some(Duration::from_secs(1)));
+        assert_eq!(lim.reserve("a@x.io", ip(), t0).err(), Some(Refused::Busy));
         let waited = asked.elapsed();
         assert!(waited >= Duration::from_millis(100), "{waited:?}");
         // Generous: the bound holds, give or take scheduling.
