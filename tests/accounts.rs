@@ -474,9 +474,12 @@ fn parallel_wrong_passwords_cannot_outrun_the_limit() {
         .collect();
     let mut statuses: Vec<u16> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     statuses.sort();
+    // Exactly the budget's ten are checked (401); the other eight are refused unchecked: 429 once
+    // the ten failures are recorded, or 503 "busy" when the limiter's short wait for the ten ran
+    // out first (on a slow machine) — never an eleventh 401.
     let n401 = statuses.iter().filter(|s| **s == 401).count();
-    let n429 = statuses.iter().filter(|s| **s == 429).count();
-    assert_eq!((n401, n429), (10, 8), "{statuses:?}");
+    let refused = statuses.iter().filter(|s| **s == 429 || **s == 503).count();
+    assert_eq!((n401, refused), (10, 8), "{statuses:?}");
     // And the pair stays locked, the right password included.
     let r = post_json(&srv, "/auth/login", None, &json!({ "email": "par@example.com", "password": "password1" }));
     assert_eq!(r.status, 429);
@@ -485,8 +488,9 @@ fn parallel_wrong_passwords_cannot_outrun_the_limit() {
 #[test]
 fn parallel_correct_logins_are_not_counted_as_failures() {
     // 24 correct logins at once for one account from one address (over twice the budget of 10):
-    // attempts being checked are not failed attempts, so none gets 429 (beyond the budget they
-    // wait their turn; 24, not more, so a busy CI machine stays well inside the limiter's wait).
+    // attempts being checked are not failed attempts, so none gets 429. Beyond the budget they
+    // wait their turn for at most the limiter's short wait, then get `503 Server busy` with
+    // `Retry-After` (the budget is held by attempts still being checked); sent again, they succeed.
     // The server's default WORKERS (the harness runs 8): 64 workers hold the 24 connections and
     // the hash queue (WORKERS/4 = 16) holds the 10 attempts of the pair past the limiter at any
     // time, so none is refused 503 as busy.
@@ -508,7 +512,16 @@ fn parallel_correct_logins_are_not_counted_as_failures() {
         })
         .collect();
     let answers: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-    assert!(answers.iter().all(|(status, _)| *status == 200), "{answers:?}");
+    assert!(
+        answers.iter().all(|(status, retry)| *status == 200 || (*status == 503 && retry.as_deref() == Some("1"))),
+        "{answers:?}"
+    );
+    let ok = answers.iter().filter(|(status, _)| *status == 200).count();
+    assert!(ok >= 10, "at least the budget's worth got in at once: {answers:?}");
+    // Those refused as busy get in when they try again (no failure was recorded for them).
+    for _ in ok..n {
+        login(&srv, "many@example.com", "password1");
+    }
     // The failure budget is untouched: 9 wrong passwords then the right one still get in.
     for _ in 0..9 {
         let r = post_json(&srv, "/auth/login", None, &json!({ "email": "many@example.com", "password": "nope" }));

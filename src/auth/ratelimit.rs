@@ -11,16 +11,17 @@
 //!   takes a ticket and waits on a `Condvar`, first come first served (`Pair::queue`: a newcomer
 //!   never takes a freed place ahead of a waiter), for an in-flight attempt of the pair to end,
 //!   then decides again. An in-flight attempt is not a failure (64
-//!   parallel *correct* logins all succeed), but it may become one, so the budget is not handed
-//!   out twice: 18 parallel *wrong* passwords get ten `401`s and eight `429`s, never eighteen
-//!   `401`s. The wait is bounded by `max_wait` (`MAX_WAIT`, 5 s): when it passes the answer is
-//!   `Refused::Busy` (`503 Server busy`, `Retry-After: 1`), not a `429`: the budget is held by
-//!   attempts being checked, not by failures, so it is likely free again within a second. Why 5 s: one verification costs
-//!   about 50 ms of a core, so with two hashing threads a waiter behind N attempts of its pair
-//!   waits about N × 25 ms: on the 2-core test machine 40 parallel correct logins took
-//!   1.0–3.0 s (the slow end at load average 10–13) and 64 took 1.3–2.9 s. With a 2 s bound one of two 64-login bursts got 31 `429`s;
-//!   with 5 s all were `200` — a burst as large as the worker pool (64 by default) gets through,
-//!   with room for a loaded machine.
+//!   parallel *correct* logins are never answered `429`), but it may become one, so the budget is
+//!   not handed out twice: 18 parallel *wrong* passwords get ten `401`s and eight `429`s, never
+//!   eighteen `401`s. The wait is bounded by `max_wait` (`MAX_WAIT`, 250 ms): when it passes the
+//!   answer is `Refused::Busy` (`503 Server busy`, `Retry-After: 1`, and the connection's next
+//!   request held for that second in the dispatcher, like a full hashing pool), not a `429`: the
+//!   budget is held by attempts being checked, not by failures. Why so short: the waiter is an
+//!   HTTP worker. With a 5 s bound, 64 looping correct logins for one account kept 54 of the 64
+//!   workers waiting here and `/health` p99 beside them rose from 23 ms to 851 ms
+//!   (`scripts/bench.sh users`); 250 ms is about one round of the pair's ten verifications on two
+//!   cores (≈ 35 ms each), so a small burst still gets through and a flood costs a worker at most
+//!   a quarter of a second before its connection is parked.
 //!
 //! A slot ends exactly once: `succeeded` (clears the pair's failures), `failed` (records one), or
 //! dropped without a verdict (503, 500, 403 inactive, a panic, an early return): the in-flight
@@ -62,7 +63,7 @@ pub enum Refused {
 
 /// How long `reserve` waits at most for an in-flight attempt of its pair to end before answering
 /// `Refused::Busy` (see the module doc).
-pub const MAX_WAIT: Duration = Duration::from_secs(5);
+pub const MAX_WAIT: Duration = Duration::from_millis(250);
 
 type Key = (String, IpAddr);
 
