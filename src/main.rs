@@ -301,7 +301,6 @@ fn db_gui(args: &[String]) -> Result<(), Failure> {
     Ok(())
 }
 
-/// The database settings of the configuration.
 /// The HTTP layer's settings from the configuration (the server's; `db-gui` and the metrics
 /// listener start from them too).
 fn http_config(cfg: &Config) -> http::ServerConfig {
@@ -321,6 +320,7 @@ fn http_config(cfg: &Config) -> http::ServerConfig {
     }
 }
 
+/// The database settings of the configuration.
 fn db_config(cfg: &Config) -> DbConfig {
     ops::db_config(cfg)
 }
