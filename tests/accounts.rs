@@ -5,26 +5,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Opts, Resp, TestServer};
+use common::{get_auth, post_json, Opts, Resp, TestServer};
 use serde_json::{json, Value};
 
 const SECRET: &str = "test-secret-key-0123456789abcdef-0123456789";
 
 fn server() -> TestServer {
     TestServer::start_with(Opts::default().env("SECRET_KEY", SECRET))
-}
-
-fn post_json(srv: &TestServer, path: &str, token: Option<&str>, body: &Value) -> Resp {
-    let bearer = token.map(|t| format!("Bearer {t}"));
-    let mut headers = vec![("Content-Type", "application/json")];
-    if let Some(b) = &bearer {
-        headers.push(("Authorization", b));
-    }
-    srv.request("POST", path, &headers, body.to_string().as_bytes())
-}
-
-fn get_auth(srv: &TestServer, path: &str, token: &str) -> Resp {
-    srv.request("GET", path, &[("Authorization", &format!("Bearer {token}"))], b"")
 }
 
 fn signup(srv: &TestServer, email: &str, password: &str) -> Value {

@@ -6,17 +6,8 @@
 
 mod common;
 
-use common::{Resp, TestServer};
+use common::{post_json, Resp, TestServer};
 use serde_json::{json, Value};
-
-fn post_json(srv: &TestServer, path: &str, token: Option<&str>, body: &Value) -> Resp {
-    let auth = token.map(|t| format!("Bearer {t}"));
-    let mut headers = vec![("Content-Type", "application/json")];
-    if let Some(a) = &auth {
-        headers.push(("Authorization", a));
-    }
-    srv.request("POST", path, &headers, &serde_json::to_vec(body).unwrap())
-}
 
 /// Sign up and log in; returns the token.
 fn user_token(srv: &TestServer, email: &str) -> String {

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{Resp, TempDir, TestServer};
+use common::{login, post_json, signup, token, TempDir, TestServer};
 use serde_json::{json, Value};
 
 const SECRET: &str = "backup-test-secret-0123456789abcdefghijklmn";
@@ -109,31 +109,6 @@ fn checksums(srv: &TestServer) -> BTreeMap<String, String> {
     }
     assert!(out.len() >= 5, "expected the server's tables, got {out:?}");
     out
-}
-
-fn post_json(srv: &TestServer, path: &str, token: Option<&str>, body: &Value) -> Resp {
-    let bearer = token.map(|t| format!("Bearer {t}"));
-    let mut headers = vec![("Content-Type", "application/json")];
-    if let Some(b) = &bearer {
-        headers.push(("Authorization", b));
-    }
-    srv.request("POST", path, &headers, body.to_string().as_bytes())
-}
-
-fn signup(srv: &TestServer, email: &str) -> Value {
-    let r = post_json(srv, "/users/", None, &json!({ "email": email, "password": "password1", "full_name": "Kim" }));
-    assert_eq!(r.status, 201, "{}", r.text());
-    r.json()
-}
-
-fn login(srv: &TestServer, email: &str, password: &str) -> Resp {
-    post_json(srv, "/auth/login", None, &json!({ "email": email, "password": password }))
-}
-
-fn token(srv: &TestServer, email: &str) -> String {
-    let r = login(srv, email, "password1");
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.json()["access_token"].as_str().unwrap().to_string()
 }
 
 fn upload(srv: &TestServer, token: &str, name: &str, bytes: &[u8]) -> Value {

@@ -13,40 +13,11 @@ use std::time::{Duration, Instant};
 
 use common::pgcluster::PgCluster;
 use common::ws::{eventually, WsClient};
-use common::{Opts, Resp, TestServer};
+use common::{get_auth, login, post_json, signup, token, Opts, Resp, TestServer};
 use serde_json::{json, Value};
 
 const SECRET: &str = "degraded-test-secret-0123456789abcdefghij";
 const BOUNDARY: &str = "----adcDegradedBoundary0123";
-
-fn post_json(srv: &TestServer, path: &str, token: Option<&str>, body: &Value) -> Resp {
-    let auth = token.map(|t| format!("Bearer {t}"));
-    let mut headers = vec![("Content-Type", "application/json")];
-    if let Some(a) = &auth {
-        headers.push(("Authorization", a));
-    }
-    srv.request("POST", path, &headers, body.to_string().as_bytes())
-}
-
-fn get_auth(srv: &TestServer, path: &str, token: &str) -> Resp {
-    srv.request("GET", path, &[("Authorization", &format!("Bearer {token}"))], b"")
-}
-
-fn signup(srv: &TestServer, email: &str) -> Value {
-    let r = post_json(srv, "/users/", None, &json!({ "email": email, "password": "password1" }));
-    assert_eq!(r.status, 201, "{}", r.text());
-    r.json()
-}
-
-fn login(srv: &TestServer, email: &str, password: &str) -> Resp {
-    post_json(srv, "/auth/login", None, &json!({ "email": email, "password": password }))
-}
-
-fn token(srv: &TestServer, email: &str) -> String {
-    let r = login(srv, email, "password1");
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.json()["access_token"].as_str().unwrap().to_string()
-}
 
 fn form(parts: &[(&str, &str, &[u8])]) -> Vec<u8> {
     let mut body = Vec::new();

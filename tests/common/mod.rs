@@ -462,3 +462,40 @@ pub fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+// ---- API helpers shared by the suites (a user with the password `password1`) ----------------
+
+/// `POST path` with a JSON body and, when given, a bearer token.
+pub fn post_json(srv: &TestServer, path: &str, token: Option<&str>, body: &serde_json::Value) -> Resp {
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("Content-Type", "application/json")];
+    if let Some(b) = &bearer {
+        headers.push(("Authorization", b));
+    }
+    srv.request("POST", path, &headers, body.to_string().as_bytes())
+}
+
+/// `GET path` with a bearer token.
+pub fn get_auth(srv: &TestServer, path: &str, token: &str) -> Resp {
+    srv.request("GET", path, &[("Authorization", &format!("Bearer {token}"))], b"")
+}
+
+/// Sign up `email` with the password `password1` (full name "Kim"); the new user.
+pub fn signup(srv: &TestServer, email: &str) -> serde_json::Value {
+    let body = serde_json::json!({ "email": email, "password": "password1", "full_name": "Kim" });
+    let r = post_json(srv, "/users/", None, &body);
+    assert_eq!(r.status, 201, "{}", r.text());
+    r.json()
+}
+
+/// `POST /auth/login` (JSON), whatever it answers.
+pub fn login(srv: &TestServer, email: &str, password: &str) -> Resp {
+    post_json(srv, "/auth/login", None, &serde_json::json!({ "email": email, "password": password }))
+}
+
+/// An access token of `email` (password `password1`).
+pub fn token(srv: &TestServer, email: &str) -> String {
+    let r = login(srv, email, "password1");
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["access_token"].as_str().unwrap().to_string()
+}
