@@ -248,6 +248,17 @@ mod tests {
     use std::sync::mpsc;
 
     /// Waits (without a time bound on correctness) until `n` threads queue in the gate.
+    /// A fresh database and a fair pool of `size` connections on it (30 s checkout timeout).
+    fn pool_of(tag: &str, size: u32) -> (TestDb, Arc<FairPool>) {
+        let db = TestDb::new(tag);
+        ensure_database(&db.cfg).unwrap();
+        let mut cfg = db.cfg.clone();
+        cfg.pool_size = size;
+        cfg.checkout_timeout = Duration::from_secs(30);
+        let pool = Arc::new(build_pool(&cfg).unwrap());
+        (db, pool)
+    }
+
     fn until_waiting(pool: &FairPool, n: usize) {
         while pool.waiting() != n {
             std::thread::sleep(Duration::from_millis(1));
@@ -259,12 +270,7 @@ mod tests {
     /// the moment it asks). Served in arrival order: A, B, then the holder.
     #[test]
     fn waiters_are_served_first_come_first_served() {
-        let db = TestDb::new("gate_fifo");
-        ensure_database(&db.cfg).unwrap();
-        let mut cfg = db.cfg.clone();
-        cfg.pool_size = 1;
-        cfg.checkout_timeout = Duration::from_secs(30);
-        let pool = Arc::new(build_pool(&cfg).unwrap());
+        let (_db, pool) = pool_of("gate_fifo", 1);
         let held = pool.get().unwrap();
         let (tx, rx) = mpsc::channel::<&'static str>();
         let mut threads = Vec::new();
@@ -299,12 +305,7 @@ mod tests {
     /// permit): the next waiter, and later callers, are still served.
     #[test]
     fn a_waiter_that_times_out_leaves_the_line_and_loses_no_permit() {
-        let db = TestDb::new("gate_timeout");
-        ensure_database(&db.cfg).unwrap();
-        let mut cfg = db.cfg.clone();
-        cfg.pool_size = 1;
-        cfg.checkout_timeout = Duration::from_secs(30);
-        let pool = Arc::new(build_pool(&cfg).unwrap());
+        let (_db, pool) = pool_of("gate_timeout", 1);
         let held = pool.get().unwrap();
         // The head of the line gives up (short timeout); the second one must still be served.
         let p = pool.clone();
@@ -330,12 +331,7 @@ mod tests {
     /// comes back.
     #[test]
     fn permits_are_never_exceeded_and_all_come_back() {
-        let db = TestDb::new("gate_count");
-        ensure_database(&db.cfg).unwrap();
-        let mut cfg = db.cfg.clone();
-        cfg.pool_size = 2;
-        cfg.checkout_timeout = Duration::from_secs(30);
-        let pool = Arc::new(build_pool(&cfg).unwrap());
+        let (_db, pool) = pool_of("gate_count", 2);
         let out = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let threads: Vec<_> = (0..8)
             .map(|_| {
