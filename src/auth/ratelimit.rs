@@ -199,7 +199,9 @@ impl LoginLimiter {
         map.len() < self.max_keys
     }
 
-    /// `Err(retry_after)` when this pair's recorded failures lock it out at `now`.
+    /// `Err(retry_after)` when this pair's recorded failures lock it out at `now` (what the
+    /// tests inspect; the server only ever asks through `reserve`).
+    #[cfg(test)]
     pub fn check(&self, email: &str, ip: IpAddr, now: Instant) -> Result<(), Duration> {
         match self.lock().get_mut(&Self::key(email, ip)) {
             Some(pair) => self.locked(&mut pair.failures, now),
@@ -295,37 +297,6 @@ impl LoginLimiter {
             self.ended.notify_all();
         }
     }
-
-    /// Record a failure at `now` without a slot (an attempt that was never reserved).
-    pub fn record_failure(&self, email: &str, ip: IpAddr, now: Instant) {
-        let key = Self::key(email, ip);
-        let mut map = self.lock();
-        if !map.contains_key(&key) && !self.room(&mut map, now) {
-            return;
-        }
-        let failures = &mut map.entry(key).or_default().failures;
-        failures.push_back(now);
-        while failures.len() > self.max_failures {
-            failures.pop_front();
-        }
-    }
-
-    /// Forget the pair's failures (attempts in flight stay counted until they end).
-    pub fn reset(&self, email: &str, ip: IpAddr) {
-        let key = Self::key(email, ip);
-        let mut map = self.lock();
-        if let Some(pair) = map.get_mut(&key) {
-            pair.failures.clear();
-            let wake = pair.waiters() > 0;
-            if pair.in_flight == 0 && !wake {
-                map.remove(&key);
-            }
-            drop(map);
-            if wake {
-                self.ended.notify_all();
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -354,7 +325,9 @@ mod tests {
         assert!(lim.check("b@x.io", ip, t0).is_ok(), "another email is not locked");
         // The oldest failure leaves the window: one more try is allowed.
         assert!(lim.check("a@x.io", ip, t0 + Duration::from_secs(15 * 60)).is_ok());
-        lim.reset("a@x.io", ip);
+        // A success clears the pair.
+        let t1 = t0 + Duration::from_secs(15 * 60);
+        lim.reserve("a@x.io", ip, t1).unwrap().succeeded();
         assert!(lim.check("a@x.io", ip, t0 + Duration::from_secs(11)).is_ok());
         assert!(lim.lock().is_empty(), "a pair with nothing left is removed");
     }
@@ -500,7 +473,7 @@ mod tests {
         let lim = LoginLimiter::new(2, Duration::from_secs(60), 3);
         let t0 = Instant::now();
         for i in 0..10 {
-            lim.record_failure(&format!("u{i}@x.io"), ip(), t0);
+            lim.reserve(&format!("u{i}@x.io"), ip(), t0).unwrap().failed(t0);
         }
         assert_eq!(lim.lock().len(), 3);
         // Full: a new pair is not tracked, its slot is a no-op.
@@ -509,7 +482,8 @@ mod tests {
         // After the window, old pairs are swept to make room; a pair in flight is not swept.
         let held = lim.reserve("late@x.io", ip(), t0 + Duration::from_secs(61)).unwrap();
         assert_eq!(lim.lock().len(), 1);
-        lim.record_failure("later@x.io", ip(), t0 + Duration::from_secs(200));
+        let later = t0 + Duration::from_secs(200);
+        lim.reserve("later@x.io", ip(), later).unwrap().failed(later);
         assert_eq!(lim.lock().len(), 2);
         drop(held);
         assert_eq!(lim.lock().len(), 1);
