@@ -482,3 +482,43 @@ fn dribbled_bodies_do_not_hold_the_pool() {
     assert!(text.starts_with("HTTP/1.1 408"), "after {sent} bytes in {:?}: {text:?}", t0.elapsed());
     assert!(sent < 200_000);
 }
+
+#[test]
+fn a_keep_alive_request_is_served_while_the_pollers_wait_in_slow_handlers() {
+    // One worker per core polls the hot set (answered keep-alive connections); a handler that
+    // may wait (any route not declared quick) first hands that role to a spare. With a spare
+    // for each poller, every poller can sit in a slow handler and a waiting keep-alive
+    // connection is still served at once. Only ordering is asserted: the quick answer arrives
+    // while the slow ones are still unanswered.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = cores + 1;
+    let srv = TestServer::start_with(Opts::default().env("WORKERS", &workers.to_string()));
+    // All keep-alive connections that have been answered once, so they sit in the hot set.
+    let mut quick = srv.connect();
+    assert_eq!(quick.send("GET", "/", &[], b"").status, 200);
+    let mut slow: Vec<Conn> = (0..cores)
+        .map(|_| {
+            let mut c = srv.connect();
+            assert_eq!(c.send("GET", "/", &[], b"").status, 200);
+            c
+        })
+        .collect();
+    for c in &mut slow {
+        c.write(b"GET /__test/sleep?ms=4000 HTTP/1.1\r\nHost: a\r\n\r\n");
+    }
+    // Let every slow request reach its handler (they are taken up at once, not at the end of
+    // this pause; the pause only has to be shorter than the sleep).
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(quick.send("GET", "/health", &[], b"").status, 200);
+    for c in &mut slow {
+        c.stream.set_nonblocking(true).unwrap();
+        let mut byte = [0u8; 1];
+        let pending = matches!(c.stream.peek(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+        assert!(pending, "a slow request was answered before the quick one: the quick one waited for it");
+        c.stream.set_nonblocking(false).unwrap();
+    }
+    for c in &mut slow {
+        let r = c.read_response(false);
+        assert_eq!((r.status, r.json()["slept_ms"].as_u64()), (200, Some(4000)));
+    }
+}

@@ -398,7 +398,11 @@ mod tests {
 
     #[test]
     fn a_dropped_slot_frees_its_place_and_wakes_a_waiter() {
-        let lim = Arc::new(LoginLimiter::new(2, Duration::from_secs(60), 100));
+        let mut lim = LoginLimiter::new(2, Duration::from_secs(60), 100);
+        // Long enough that a loaded machine cannot turn "woken" into "gave up waiting"; a
+        // waiter nobody wakes still fails the test (it gives up after this and gets `Busy`).
+        lim.max_wait = Duration::from_secs(10);
+        let lim = Arc::new(lim);
         let t0 = Instant::now();
         let a = lim.reserve("a@x.io", ip(), t0).unwrap();
         let _b = lim.reserve("a@x.io", ip(), t0).unwrap();

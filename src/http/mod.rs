@@ -11,14 +11,15 @@
 //!    answered here), wraps the body in a `body::BodyReader`, and calls the handler;
 //! 3. the handler's `Response` (or `HttpError`) is written by `response.rs`, never waiting on the
 //!    socket: what the client does not take at once, the dispatcher finishes. The connection
-//!    then waits for its next request, or leaves the layer (WebSocket upgrade).
+//!    then waits a moment for its next request in the hot set (`hot.rs`), where any idle worker
+//!    takes it up, then in the dispatcher; or it leaves the layer (WebSocket upgrade).
 //!
 //! Must never: hold application state, or know any route's meaning.
 
 pub mod body;
 pub mod gate;
+pub mod hot;
 pub mod multipart;
-
 pub mod parse;
 pub mod response;
 pub mod router;

@@ -170,6 +170,11 @@ pub struct Route {
     /// The OpenAPI operation object for this route; `None` keeps it out of the document
     /// (the docs pages themselves, as FastAPI does).
     pub doc: Option<serde_json::Value>,
+    /// The handler never waits (no database, no disk, no lock held across I/O, no hashing): a
+    /// worker may serve it while it watches the hot set, without first asking a spare worker to
+    /// take its place (see `server.rs`). A quick handler that does wait delays other keep-alive
+    /// connections' requests by as long as it waits. Default: false.
+    pub quick: bool,
     handler: Handler,
 }
 
@@ -183,6 +188,12 @@ impl Route {
     /// Word the 413 this route's body limit gives (see `too_large_detail`).
     pub fn too_large_detail(&mut self, detail: impl Into<String>) -> &mut Route {
         self.too_large_detail = Some(detail.into());
+        self
+    }
+
+    /// Declare the handler quick (see `quick`).
+    pub fn quick(&mut self) -> &mut Route {
+        self.quick = true;
         self
     }
 
@@ -232,6 +243,7 @@ impl Router {
             body_limit: self.default_body_limit,
             too_large_detail: None,
             doc: None,
+            quick: false,
             handler: Box::new(handler),
         });
         self.routes.last_mut().expect("just pushed")

@@ -19,9 +19,13 @@
 //!   after a pause; they never stop the listener.
 //! - **workers** (`workers` of them, `http-worker-N`): take a complete request from the queue,
 //!   call the handler, and start writing its response without ever waiting on the socket: what
-//!   the socket does not take at once is handed to the dispatcher to finish. Then a worker waits
-//!   briefly (`keepalive_linger`) for the next request on the same connection — only while
-//!   nobody is queued — and otherwise hands the connection back. A handler may ask for the
+//!   the socket does not take at once is handed to the dispatcher to finish. A keep-alive
+//!   connection whose next request is not already buffered then goes to the **hot set**
+//!   (`hot.rs`) for `keepalive_linger`: idle workers wait in one `epoll_wait` over the hot set
+//!   and the queue's signal, so whichever worker is free takes up the next request that arrives
+//!   — under load without sleeping at all. Past the linger, the hot set hands the connection
+//!   back to the dispatcher; a partial request read from a hot connection goes back to it at
+//!   once (the dispatcher keeps the head clock). A handler may ask for the
 //!   connection's next request to be held back (`Response::hold`, at most `MAX_HOLD`): the
 //!   connection then waits in the dispatcher, out of its poll set, costing no worker.
 //!
@@ -34,14 +38,16 @@
 //! after `body_timeout`); a stream that finds no slot is answered 503 at once. See `docs/decisions.md` ("Slow peers cost a socket").
 //!
 //! Queues and their bounds:
-//! - the **worker queue** (`Shared::queue`, a `Mutex<VecDeque>` + `Condvar`): filled by the
-//!   dispatcher, drained by workers. Every connection is in exactly one place (dispatcher,
-//!   queue, or a worker), and `gate.rs` refuses connections beyond `max_connections` (503) and
+//! - the **worker queue** (`Shared::queue`, a `Mutex<VecDeque>`, signalled through the hot
+//!   set's eventfd when a worker is idle): filled by the dispatcher, drained by workers. Every
+//!   connection is in exactly one place (dispatcher, queue, hot set, or a worker), and `gate.rs` refuses connections beyond `max_connections` (503) and
 //!   beyond `max_connections_per_addr` from one address (429), so no list here holds more than
 //!   `max_connections`.
 //! - the **return list** (`Shared::returns`): connections a worker hands back to the dispatcher;
 //!   bounded the same way. A byte on the wake socket tells the dispatcher to look.
 //! - the **parked list** (the dispatcher's own): large-body requests waiting for a transfer slot.
+//! - the **hot set** (`Shared::hot`): answered keep-alive connections for `keepalive_linger`;
+//!   bounded like the others (its own doc says what else it holds).
 //!
 //! Shutdown (`ShutdownHandle::trigger`, from SIGINT/SIGTERM): the dispatcher stops accepting and
 //! closes the connections it holds that have no response in progress; workers finish the
@@ -71,6 +77,7 @@ use std::time::{Duration, Instant};
 
 use super::body::{is_disconnect, wait_ready, BodyError, BodyReader, ChunkedDecoder, Wire};
 use super::gate::{ConnSlot, Gate, GateLimits, Refusal, TransferSlot};
+use super::hot::{HotItem, HotSet, Woken};
 use super::parse::{find_head_end, parse_head, Framing, HeadLimits, Parsed, RequestHead};
 use super::response::{encode_head, send_small, start_response, Body, Outgoing, Pace, Response, Written};
 use super::router::{HttpError, Match, Request, Router};
@@ -100,8 +107,8 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// Longest silence allowed while a client takes a response.
     pub write_timeout: Duration,
-    /// How long a worker waits for the next request on its connection before handing it back
-    /// to the dispatcher (only while no connection is queued).
+    /// How long an answered keep-alive connection stays in the hot set, where any idle worker
+    /// takes up its next request, before it is handed back to the dispatcher.
     pub keepalive_linger: Duration,
     /// How long `run` waits for requests in flight at shutdown.
     pub shutdown_grace: Duration,
@@ -220,7 +227,21 @@ struct Conn {
     out: Option<(Box<Outgoing>, AfterWrite)>,
     /// Held while a worker reads a large body.
     transfer: Option<TransferSlot>,
+    /// Registered with the hot set's epoll instance (from an earlier stay there).
+    registered: bool,
     _slot: ConnSlot,
+}
+
+impl AsRawFd for Conn {
+    fn as_raw_fd(&self) -> RawFd {
+        self.stream.as_raw_fd()
+    }
+}
+
+impl HotItem for Conn {
+    fn registered(&mut self) -> &mut bool {
+        &mut self.registered
+    }
 }
 
 impl Conn {
@@ -364,19 +385,31 @@ struct Shared {
     router: Arc<Router>,
     gate: Arc<Gate>,
     /// Connections with a complete request, waiting for a worker. See the module doc for its bound.
-    queue: Mutex<VecDeque<Conn>>,
-    queue_cv: Condvar,
-    /// Length of `queue`, readable without the lock (workers check it before lingering).
-    queued: AtomicUsize,
-    /// Workers asleep in `next_conn`, waiting for the queue: a lingering worker keeps its
-    /// connection while they are enough for what is queued.
-    idle: AtomicUsize,
+    queue: Mutex<WorkQueue>,
+    /// Spare workers sleep here (see `next_work`).
+    spare_cv: Condvar,
+    /// Answered keep-alive connections waiting for their next request; pollers wait here.
+    hot: HotSet<Conn>,
+    /// Workers in the polling role (waiting in the hot set, or on their way to it). Raised only
+    /// under the queue lock, never above `pollers_max`.
+    pollers: AtomicUsize,
+    /// At most this many workers wait in the hot set: one per core (and no more than workers).
+    /// More would not serve more, and each readiness event would wake a sleeping one.
+    pollers_max: usize,
     /// Connections handed back by workers, for the dispatcher to poll.
     returns: Mutex<Returns>,
     stopping: AtomicBool,
     /// Write end of the dispatcher's wake socket (non-blocking; a full buffer already means
     /// "wake up").
     wake: UnixStream,
+}
+
+/// The worker queue and the count of spare workers asleep on it, under one lock.
+#[derive(Default)]
+struct WorkQueue {
+    conns: VecDeque<Conn>,
+    /// Workers asleep on `Shared::spare_cv`.
+    spares: usize,
 }
 
 #[derive(Default)]
@@ -410,8 +443,10 @@ impl ShutdownHandle {
             info!("shutting down: no new connections; finishing requests in flight");
         }
         self.shared.wake();
+        // Each poller that wakes for it signals the next (`next_work`).
+        self.shared.hot.signal();
         let _guard = lock(&self.shared.queue);
-        self.shared.queue_cv.notify_all();
+        self.shared.spare_cv.notify_all();
     }
 
     pub fn is_triggered(&self) -> bool {
@@ -472,14 +507,17 @@ impl Server {
             },
             wake.try_clone()?,
         );
+        let cores = thread::available_parallelism().map_or(1, |n| n.get());
+        let pollers_max = cores.min(cfg.workers).max(1);
         let shared = Arc::new(Shared {
             cfg,
             router,
             gate,
-            queue: Mutex::new(VecDeque::new()),
-            queue_cv: Condvar::new(),
-            queued: AtomicUsize::new(0),
-            idle: AtomicUsize::new(0),
+            queue: Mutex::new(WorkQueue::default()),
+            spare_cv: Condvar::new(),
+            hot: HotSet::new()?,
+            pollers: AtomicUsize::new(0),
+            pollers_max,
             returns: Mutex::new(Returns::default()),
             stopping: AtomicBool::new(false),
             wake,
@@ -831,6 +869,7 @@ fn accept_some(listener: &TcpListener, shared: &Shared, waiting: &mut Vec<Conn>,
                         req: ReqState::default(),
                         out: None,
                         transfer: None,
+                        registered: false,
                         _slot: slot,
                     }),
                     Err(Refusal::Full) => {
@@ -875,10 +914,31 @@ fn reject(stream: &TcpStream, peer: SocketAddr, status: u16, detail: &str, retry
 
 fn enqueue(shared: &Shared, conn: Conn) {
     let mut q = lock(&shared.queue);
-    q.push_back(conn);
-    shared.queued.store(q.len(), Ordering::SeqCst);
-    drop(q);
-    shared.queue_cv.notify_one();
+    q.conns.push_back(conn);
+    wake_for_queue(shared, &q);
+}
+
+/// Wake one worker for a queued connection: a spare if one sleeps, else a poller. Called with
+/// the queue lock held, which is also where workers count themselves spare or poller before
+/// they look at the queue: so either that worker sees the connection, or we see the worker.
+fn wake_for_queue(shared: &Shared, q: &WorkQueue) {
+    if q.spares > 0 {
+        shared.spare_cv.notify_one();
+    } else if shared.pollers.load(Ordering::SeqCst) > 0 {
+        shared.hot.signal();
+    }
+}
+
+/// Called before a handler that may wait (any route not declared `quick`): if this worker was
+/// one of the hot set's pollers, a spare takes its place, so the hot set stays watched while
+/// this worker waits on the database, a hash or a client.
+fn before_waiting(shared: &Shared) {
+    if shared.pollers.load(Ordering::SeqCst) < shared.pollers_max {
+        let q = lock(&shared.queue);
+        if q.spares > 0 {
+            shared.spare_cv.notify_one();
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -886,11 +946,21 @@ fn enqueue(shared: &Shared, conn: Conn) {
 
 fn worker_loop(shared: &Shared) {
     let mut scratch = Vec::with_capacity(16 * 1024);
-    while let Some(conn) = next_conn(shared) {
+    while let Some(work) = next_work(shared) {
+        let (conn, hot) = match work {
+            Work::Queued(conn) => (conn, false),
+            Work::Hot(conn) => (conn, true),
+        };
         let peer = conn.peer;
         // A handler's panic is caught closer to it (a 500); this catches the rest, so the
         // worker lives on. The connection is dropped during the unwinding (its slots with it).
-        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| serve_conn(shared, conn, &mut scratch))) {
+        let served = catch_unwind(AssertUnwindSafe(|| {
+            let conn = if hot { take_up_hot(shared, conn) } else { Some(conn) };
+            if let Some(conn) = conn {
+                serve_conn(shared, conn, &mut scratch);
+            }
+        }));
+        if let Err(panic) = served {
             error!("a worker caught a panic while serving {peer}: {}; connection closed", panic_message(&*panic));
             scratch = Vec::with_capacity(16 * 1024);
         }
@@ -905,19 +975,93 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "non-string panic".into())
 }
 
-fn next_conn(shared: &Shared) -> Option<Conn> {
+/// What a worker found to do.
+enum Work {
+    /// A connection with a complete request, from the dispatcher.
+    Queued(Conn),
+    /// A hot connection that became readable: its next request is (at least partly) there.
+    Hot(Conn),
+}
+
+/// The next piece of work, queued connections first; `None` once stopping with nothing queued.
+///
+/// A worker without work takes one of two roles. Up to `pollers_max` are **pollers**: they wait
+/// in the hot set (`hot.rs`) for a keep-alive connection's next request, or for the queue's
+/// signal when no spare is left. The rest are **spares**, asleep on `spare_cv` until a
+/// connection is queued or a poller leaves for a handler that may wait (`before_waiting`).
+/// Under load a poller that finishes a quick request finds the next one ready and goes on
+/// without sleeping; with one poller per core, a request that arrives wakes at most one thread.
+fn next_work(shared: &Shared) -> Option<Work> {
     let mut q = lock(&shared.queue);
     loop {
-        if let Some(conn) = q.pop_front() {
-            shared.queued.store(q.len(), Ordering::SeqCst);
-            return Some(conn);
+        if let Some(conn) = q.conns.pop_front() {
+            if !q.conns.is_empty() {
+                // One wake-up may have been meant for several connections: pass it on.
+                wake_for_queue(shared, &q);
+            }
+            return Some(Work::Queued(conn));
         }
         if shared.stopping.load(Ordering::SeqCst) {
+            drop(q);
+            // Hot connections have no request in progress: closed, like the dispatcher's idle
+            // ones. Then the next poller is woken to see the stop too.
+            drop(shared.hot.drain());
+            shared.hot.signal();
             return None;
         }
-        shared.idle.fetch_add(1, Ordering::SeqCst);
-        q = shared.queue_cv.wait(q).unwrap_or_else(|p| p.into_inner());
-        shared.idle.fetch_sub(1, Ordering::SeqCst);
+        if shared.pollers.load(Ordering::SeqCst) < shared.pollers_max {
+            // Raised under the queue lock: see `wake_for_queue`.
+            shared.pollers.fetch_add(1, Ordering::SeqCst);
+            drop(q);
+            for conn in shared.hot.expired(Instant::now()) {
+                give_back(shared, conn);
+            }
+            let woken = shared.hot.wait(None);
+            shared.pollers.fetch_sub(1, Ordering::SeqCst);
+            if let Woken::Ready(conn) = woken {
+                return Some(Work::Hot(conn));
+            }
+            q = lock(&shared.queue);
+            continue;
+        }
+        q.spares += 1;
+        q = shared.spare_cv.wait(q).unwrap_or_else(|p| p.into_inner());
+        q.spares -= 1;
+    }
+}
+
+/// Read what a hot connection has sent (its socket said readable). Returns it when a complete
+/// request is buffered (with its transfer slot if it needs one); otherwise it is handed back to
+/// the dispatcher (a partial request: the dispatcher keeps the head clock), closed, or
+/// answered with an error.
+fn take_up_hot(shared: &Shared, mut conn: Conn) -> Option<Conn> {
+    let mut tmp = [0u8; 8192];
+    match conn.stream.read(&mut tmp) {
+        Ok(0) => return None,
+        Ok(n) => conn.buf.extend_from_slice(&tmp[..n]),
+        Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
+        Err(_) => return None,
+    }
+    match advance(&mut conn, &shared.cfg) {
+        Progress::Ready => Some(conn),
+        Progress::Transfer => match shared.gate.transfer(conn.ip()) {
+            Ok(slot) => {
+                conn.transfer = Some(slot);
+                Some(conn)
+            }
+            Err(_) => {
+                give_back(shared, conn);
+                None
+            }
+        },
+        Progress::Reject(status, detail) => {
+            reject(&conn.stream, conn.peer, status, &detail, None);
+            None
+        }
+        Progress::Wait => {
+            give_back(shared, conn);
+            None
+        }
     }
 }
 
@@ -970,62 +1114,41 @@ fn serve_conn(shared: &Shared, mut conn: Conn, scratch: &mut Vec<u8>) {
     }
 }
 
-/// After a response: keep the connection while the next request arrives quickly and nobody is
-/// waiting for a worker; otherwise hand it back to the dispatcher (or close it when stopping).
-/// Returns the connection when a complete request is buffered (with its transfer slot if it
-/// needs one).
+/// After a response: go on with the next request if it is already buffered (pipelined);
+/// otherwise put the connection in the hot set (or, with part of a request buffered, hand it to
+/// the dispatcher, which keeps the head clock). Returns the connection when a complete request is
+/// buffered (with its transfer slot if it needs one).
 fn wait_for_next_request(shared: &Shared, mut conn: Conn) -> Option<Conn> {
-    let cfg = &shared.cfg;
-    let until = Instant::now() + cfg.keepalive_linger;
-    let mut tmp = [0u8; 8192];
-    // The last read found the socket empty: wait for `poll` before reading again.
-    let mut drained = false;
-    loop {
-        match advance(&mut conn, cfg) {
-            Progress::Ready => return Some(conn),
-            Progress::Transfer => match shared.gate.transfer(conn.ip()) {
-                Ok(slot) => {
-                    conn.transfer = Some(slot);
-                    return Some(conn);
-                }
-                Err(_) => {
-                    give_back(shared, conn);
-                    return None;
-                }
-            },
-            Progress::Reject(status, detail) => {
-                reject(&conn.stream, conn.peer, status, &detail, None);
+    match advance(&mut conn, &shared.cfg) {
+        Progress::Ready => Some(conn),
+        Progress::Transfer => match shared.gate.transfer(conn.ip()) {
+            Ok(slot) => {
+                conn.transfer = Some(slot);
+                Some(conn)
+            }
+            Err(_) => {
+                give_back(shared, conn);
+                None
+            }
+        },
+        Progress::Reject(status, detail) => {
+            reject(&conn.stream, conn.peer, status, &detail, None);
+            None
+        }
+        Progress::Wait => {
+            if shared.stopping.load(Ordering::SeqCst) {
+                // No new request is started once shutdown has begun.
                 return None;
             }
-            Progress::Wait => {}
-        }
-        let now = Instant::now();
-        let stopping = shared.stopping.load(Ordering::SeqCst);
-        if stopping && conn.unconsumed().is_empty() {
-            return None;
-        }
-        // Hand the connection back only when a queued request would otherwise wait: while idle
-        // workers outnumber the queue they take it, and this connection stays here (handing it
-        // back costs a trip through the dispatcher and two wake-ups).
-        if now >= until || stopping || shared.queued.load(Ordering::SeqCst) > shared.idle.load(Ordering::SeqCst) {
-            give_back(shared, conn);
-            return None;
-        }
-        // Read first (the socket is non-blocking): the next request is often there already,
-        // and a `poll` before a read that would not block is a wasted system call.
-        if !drained {
-            drained = true;
-        } else if !wait_ready(conn.stream.as_raw_fd(), libc::POLLIN, (until - now).min(Duration::from_millis(5))) {
-            continue;
-        }
-        match conn.stream.read(&mut tmp) {
-            Ok(0) => return None,
-            Ok(n) => {
-                conn.buf.extend_from_slice(&tmp[..n]);
-                drained = false;
+            if conn.req.started {
+                give_back(shared, conn);
+                return None;
             }
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
-            Err(_) => return None,
+            if let Err((conn, e)) = shared.hot.insert(conn, Instant::now() + shared.cfg.keepalive_linger) {
+                debug!("the hot set refused {}: {e}; handed to the dispatcher", conn.peer);
+                give_back(shared, conn);
+            }
+            None
         }
     }
 }
@@ -1085,6 +1208,9 @@ fn serve_one(shared: &Shared, conn: &mut Conn, head: RequestHead, continued: boo
                 }
             } else {
                 req.params = params;
+                if !route.quick {
+                    before_waiting(shared);
+                }
                 match catch_unwind(AssertUnwindSafe(|| route.call(&mut req))) {
                     Ok(Ok(resp)) => resp,
                     Ok(Err(err)) => err.into_response(),
@@ -1250,6 +1376,7 @@ mod tests {
             req: ReqState::default(),
             out: None,
             transfer: None,
+            registered: false,
             _slot: gate.admit(peer.ip()).unwrap(),
         };
         conn.compact();
