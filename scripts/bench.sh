@@ -320,9 +320,15 @@ server_bin() {
 
 # A setting as the server will see it: from the environment, else its default from --help.
 server_setting() {
-    local v=$1
-    if [ -n "${!v:-}" ]; then echo "${!v}"; return 0; fi
-    "$(server_bin)" --help 2>/dev/null | awk -v v="$v" '$1 ~ /^--/ && $3 == v { print $4; exit }'
+    local v=$1 val
+    if [ -n "${!v:-}" ]; then val="${!v}"; else
+        val="$("$(server_bin)" --help 2>/dev/null | awk -v v="$v" '$1 ~ /^--/ && $3 == v { print $4; exit }')"
+    fi
+    if [ "$v" = DB_POOL_SIZE ] && [ "${val,,}" = auto ]; then
+        # The server's rule (config::auto_pool_size): 2 per core, at least 4.
+        val=$(( $(nproc) * 2 )); [ "$val" -ge 4 ] || val=4
+    fi
+    echo "$val"
 }
 
 # wait_listening LOGFILE PID: prints the port the process listens on: the first

@@ -54,7 +54,12 @@ pub const SETTINGS: &[Setting] = &[
     s("DB_PASSWORD_FILE", "--db-password-file", "", "file holding DB_PASSWORD (one trailing newline removed)"),
     secret("DATABASE_URL", "postgres:// URL; wins over the DB_* settings"),
     s("DATABASE_URL_FILE", "--database-url-file", "", "file holding DATABASE_URL"),
-    s("DB_POOL_SIZE", "--db-pool-size", "16", "most PostgreSQL connections in the pool"),
+    s(
+        "DB_POOL_SIZE",
+        "--db-pool-size",
+        "auto",
+        "most PostgreSQL connections in the pool (auto: 2 per core, at least 4)",
+    ),
     s("DB_CHECKOUT_TIMEOUT_MS", "--db-checkout-timeout-ms", "2000", "how long a request waits for a pooled connection"),
     secret("SECRET_KEY", "HS256 key for tokens, at least 32 bytes (unset: generated into DATA_DIR/secret_key)"),
     s("SECRET_KEY_FILE", "--secret-key-file", "", "file holding SECRET_KEY"),
@@ -478,7 +483,11 @@ impl Config {
             db_user: raw.get("DB_USER").to_string(),
             db_password: raw.get("DB_PASSWORD").to_string(),
             database_url: raw.opt("DATABASE_URL"),
-            db_pool_size: raw.num_in::<u32>("DB_POOL_SIZE", 1, 10_000)?,
+            db_pool_size: if raw.get("DB_POOL_SIZE").trim().eq_ignore_ascii_case("auto") {
+                auto_pool_size()
+            } else {
+                raw.num_in::<u32>("DB_POOL_SIZE", 1, 10_000)?
+            },
             db_checkout_timeout: Duration::from_millis(raw.num_in::<u64>(
                 "DB_CHECKOUT_TIMEOUT_MS",
                 1,
@@ -692,6 +701,16 @@ pub fn help_text() -> String {
     out
 }
 
+/// `DB_POOL_SIZE=auto`: two connections per core of this machine, at least 4. PostgreSQL's own
+/// rule of thumb (cores x 2, plus disks) for a database on the same machine: on 2 cores, 16
+/// connections let PostgreSQL backends preempt each other inside spinlocks and stall for up to
+/// a second, where 4 kept the worst request under 75 ms (`BENCHMARKS.md`, section `sizing`;
+/// `docs/decisions.md`). A database on a bigger machine of its own wants a number set here.
+pub fn auto_pool_size() -> u32 {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+    (2 * cores).max(4)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -874,6 +893,17 @@ mod tests {
         let ok = parse_dotenv("export  A = 'x # y' # c\nB=\"\"\nC=plain # note\nD=a=b\n").unwrap();
         let ok: Vec<(&str, &str)> = ok.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         assert_eq!(ok, vec![("A", "x # y"), ("B", ""), ("C", "plain"), ("D", "a=b")]);
+    }
+
+    #[test]
+    fn the_pool_size_is_two_per_core_unless_set() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+        let auto = (2 * cores).max(4);
+        assert_eq!(layer(None, &[], &[]).unwrap().0.db_pool_size, auto);
+        assert_eq!(layer(None, &[("DB_POOL_SIZE", "AUTO")], &[]).unwrap().0.db_pool_size, auto);
+        assert_eq!(layer(None, &[("DB_POOL_SIZE", "9")], &[]).unwrap().0.db_pool_size, 9);
+        let err = layer(None, &[("DB_POOL_SIZE", "0")], &[]).unwrap_err().0;
+        assert_eq!(err, "DB_POOL_SIZE=0 must be between 1 and 10000");
     }
 
     #[test]
