@@ -522,3 +522,31 @@ fn a_keep_alive_request_is_served_while_the_pollers_wait_in_slow_handlers() {
         assert_eq!((r.status, r.json()["slept_ms"].as_u64()), (200, Some(4000)));
     }
 }
+
+#[test]
+fn a_quick_route_is_answered_while_every_other_worker_waits_and_nothing_is_lost() {
+    // All workers but one may be inside handlers that wait; a further such request is put aside
+    // until one is free, so the last worker answers quick routes (`/health`) meanwhile.
+    let srv = TestServer::start_with(Opts::default().env("WORKERS", "3"));
+    let mut slow: Vec<Conn> = (0..4).map(|_| srv.connect()).collect();
+    for c in &mut slow {
+        c.write(b"GET /__test/sleep?ms=3000 HTTP/1.1\r\nHost: a\r\n\r\n");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let mut probe = srv.connect();
+    for _ in 0..3 {
+        assert_eq!(probe.send("GET", "/health", &[], b"").status, 200);
+    }
+    for c in &mut slow {
+        c.stream.set_nonblocking(true).unwrap();
+        let mut byte = [0u8; 1];
+        let pending = matches!(c.stream.peek(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+        assert!(pending, "a slow request was answered before /health: /health waited for a worker");
+        c.stream.set_nonblocking(false).unwrap();
+    }
+    // Two run at once (three workers, one kept back), the other two after them: all answered.
+    for c in &mut slow {
+        let r = c.read_response(false);
+        assert_eq!((r.status, r.json()["slept_ms"].as_u64()), (200, Some(3000)));
+    }
+}

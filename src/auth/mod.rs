@@ -2,7 +2,7 @@
 //! the login rate limit (`ratelimit.rs`), the hashing gate, and the bearer check handlers use.
 //!
 //! Argon2 work runs on its own small pool of threads (`HashPool`, one per core, named
-//! `argon2-N`) at the lowest CPU priority (nice 19), so a login flood slows logins, not the rest
+//! `argon2-N`) at the lowest CPU priority (`SCHED_IDLE`), so a login flood slows logins, not the rest
 //! of the server: a worker serving `/health` always wins the CPU over a hash. A worker that needs
 //! a hash queues the job and waits; at most `max_waiting` jobs wait, beyond that the request is
 //! answered 503 at once. So a login flood can hold at most `threads + max_waiting` HTTP workers.
@@ -40,7 +40,7 @@ pub struct HashPool {
 }
 
 impl HashPool {
-    /// Start `threads` hashing threads at nice 19.
+    /// Start `threads` hashing threads at the lowest priority (`lowest_priority`).
     pub fn start(threads: usize, max_waiting: usize) -> std::io::Result<Arc<HashPool>> {
         let pool = Arc::new(HashPool {
             jobs: Mutex::new(VecDeque::new()),
@@ -51,12 +51,7 @@ impl HashPool {
         for i in 0..pool.threads {
             let p = pool.clone();
             std::thread::Builder::new().name(format!("argon2-{i}")).spawn(move || {
-                // SAFETY: setpriority on this thread's own id (Linux threads have their own nice
-                // value); lowering priority needs no privilege. Failure only means normal priority.
-                unsafe {
-                    let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-                    libc::setpriority(libc::PRIO_PROCESS, tid, 19);
-                }
+                lowest_priority();
                 loop {
                     let job = {
                         let mut q = p.jobs.lock().unwrap_or_else(|e| e.into_inner());
@@ -95,6 +90,23 @@ impl HashPool {
         }
         self.cv.notify_one();
         rx.recv().map_err(|_| HashError::Failed)
+    }
+}
+
+/// Put the calling thread in `SCHED_IDLE`: it runs only when no other thread wants the CPU, and
+/// any other thread that wakes up takes the CPU from it at once. Lowering one's own priority
+/// needs no privilege. Where that fails, nice 19 (the lowest weight in the normal class, which
+/// the scheduler may still let finish its time slice before a woken worker runs).
+fn lowest_priority() {
+    // SAFETY: both calls act on this thread's own id (Linux threads have their own scheduling
+    // policy and nice value) and read only the parameter struct passed by reference. A failure
+    // only leaves the thread at a higher priority.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::pid_t;
+        let param = libc::sched_param { sched_priority: 0 };
+        if libc::sched_setscheduler(tid, libc::SCHED_IDLE, &param) != 0 {
+            libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19);
+        }
     }
 }
 

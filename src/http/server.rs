@@ -28,6 +28,9 @@
 //!   once (the dispatcher keeps the head clock). A handler may ask for the
 //!   connection's next request to be held back (`Response::hold`, at most `MAX_HOLD`): the
 //!   connection then waits in the dispatcher, out of its poll set, costing no worker.
+//!   At most `workers - 1` workers run handlers that may wait (routes not declared `quick`) at
+//!   once; a further such request is **deferred** (kept, unread further, in arrival order) until
+//!   one of them returns, so one worker always remains for quick routes such as `/health`.
 //!
 //! Long transfers — a request body too large to pre-read (uploads), and a streamed response body
 //! (`Body::Stream`, produced by code while it is sent) — are the one thing a worker still waits
@@ -46,6 +49,8 @@
 //! - the **return list** (`Shared::returns`): connections a worker hands back to the dispatcher;
 //!   bounded the same way. A byte on the wake socket tells the dispatcher to look.
 //! - the **parked list** (the dispatcher's own): large-body requests waiting for a transfer slot.
+//! - the **deferred list** (`WorkQueue::deferred`): requests for handlers that may wait, put
+//!   aside while `workers - 1` such handlers run; bounded like the queue.
 //! - the **hot set** (`Shared::hot`): answered keep-alive connections for `keepalive_linger`;
 //!   bounded like the others (its own doc says what else it holds).
 //!
@@ -396,6 +401,10 @@ struct Shared {
     /// At most this many workers wait in the hot set: one per core (and no more than workers).
     /// More would not serve more, and each readiness event would wake a sleeping one.
     pollers_max: usize,
+    /// Workers inside handlers that may wait (routes not declared quick). Kept below the pool
+    /// size (`slow_cap`), so that one worker is always left for quick routes: `/health` is
+    /// answered while every other worker waits on a login's hash or the database.
+    slow: AtomicUsize,
     /// Connections handed back by workers, for the dispatcher to poll.
     returns: Mutex<Returns>,
     stopping: AtomicBool,
@@ -408,6 +417,10 @@ struct Shared {
 #[derive(Default)]
 struct WorkQueue {
     conns: VecDeque<Conn>,
+    /// Requests for routes that may wait, put aside while all workers but one are inside such
+    /// handlers (`Shared::slow`); taken, oldest first, as soon as one leaves. Bounded like the
+    /// queue (each entry is a connection the gate counts).
+    deferred: VecDeque<Conn>,
     /// Workers asleep on `Shared::spare_cv`.
     spares: usize,
 }
@@ -518,6 +531,7 @@ impl Server {
             hot: HotSet::new()?,
             pollers: AtomicUsize::new(0),
             pollers_max,
+            slow: AtomicUsize::new(0),
             returns: Mutex::new(Returns::default()),
             stopping: AtomicBool::new(false),
             wake,
@@ -929,6 +943,49 @@ fn wake_for_queue(shared: &Shared, q: &WorkQueue) {
     }
 }
 
+/// Most workers inside handlers that may wait: all but one (with a pool of one, that one).
+fn slow_cap(shared: &Shared) -> usize {
+    shared.cfg.workers.saturating_sub(1).max(1)
+}
+
+/// A worker inside a handler that may wait; counted out when dropped (a panic included), and
+/// then a deferred request, if any, gets a worker.
+struct SlowGuard<'a>(&'a Shared);
+
+impl SlowGuard<'_> {
+    /// Count this worker in, unless that would leave no worker for quick routes.
+    fn enter(shared: &Shared) -> Option<SlowGuard<'_>> {
+        if shared.slow.fetch_add(1, Ordering::SeqCst) < slow_cap(shared) {
+            Some(SlowGuard(shared))
+        } else {
+            shared.slow.fetch_sub(1, Ordering::SeqCst);
+            None
+        }
+    }
+}
+
+impl Drop for SlowGuard<'_> {
+    fn drop(&mut self) {
+        let shared = self.0;
+        shared.slow.fetch_sub(1, Ordering::SeqCst);
+        let q = lock(&shared.queue);
+        if !q.deferred.is_empty() {
+            wake_for_queue(shared, &q);
+        }
+    }
+}
+
+/// Put a request for a route that may wait aside until a worker can take it (see `slow`).
+fn defer(shared: &Shared, conn: Conn) {
+    lock(&shared.queue).deferred.push_back(conn);
+    // A worker that left a waiting handler between our count and this push has already looked:
+    // look again for it.
+    if shared.slow.load(Ordering::SeqCst) < slow_cap(shared) {
+        let q = lock(&shared.queue);
+        wake_for_queue(shared, &q);
+    }
+}
+
 /// Called before a handler that may wait (any route not declared `quick`): if this worker was
 /// one of the hot set's pollers, a spare takes its place, so the hot set stays watched while
 /// this worker waits on the database, a hash or a client.
@@ -1000,6 +1057,11 @@ fn next_work(shared: &Shared) -> Option<Work> {
                 wake_for_queue(shared, &q);
             }
             return Some(Work::Queued(conn));
+        }
+        if !q.deferred.is_empty() && shared.slow.load(Ordering::SeqCst) < slow_cap(shared) {
+            if let Some(conn) = q.deferred.pop_front() {
+                return Some(Work::Queued(conn));
+            }
         }
         if shared.stopping.load(Ordering::SeqCst) {
             drop(q);
@@ -1093,9 +1155,21 @@ fn serve_conn(shared: &Shared, mut conn: Conn, scratch: &mut Vec<u8>) {
             reject(&conn.stream, conn.peer, 400, "Malformed request", None);
             return;
         };
+        let found = shared.router.find(&head.method, &head.path);
+        let slow_guard = match &found {
+            Match::Found(route, _) if !route.quick => match SlowGuard::enter(shared) {
+                Some(guard) => Some(guard),
+                None => {
+                    // Every other worker waits in a handler: keep this one for quick routes.
+                    conn.req.head = Some(head);
+                    return defer(shared, conn);
+                }
+            },
+            _ => None,
+        };
         conn.pos += head_len;
         let continued = std::mem::take(&mut conn.req).continued;
-        let after = serve_one(shared, &mut conn, head, continued, scratch);
+        let after = serve_one(shared, &mut conn, head, (found, slow_guard), continued, scratch);
         conn.transfer = None;
         match after {
             After::KeepAlive => {}
@@ -1177,7 +1251,14 @@ fn give_back(shared: &Shared, mut conn: Conn) {
 }
 
 /// Serve one request whose head has been parsed and consumed.
-fn serve_one(shared: &Shared, conn: &mut Conn, head: RequestHead, continued: bool, scratch: &mut Vec<u8>) -> After {
+fn serve_one(
+    shared: &Shared,
+    conn: &mut Conn,
+    head: RequestHead,
+    (found, slow_guard): (Match<'_>, Option<SlowGuard<'_>>),
+    continued: bool,
+    scratch: &mut Vec<u8>,
+) -> After {
     let started = Instant::now();
     let cfg = &shared.cfg;
     let router = &shared.router;
@@ -1185,7 +1266,6 @@ fn serve_one(shared: &Shared, conn: &mut Conn, head: RequestHead, continued: boo
     let head_only = head.method == "HEAD";
     let mut keep_alive = head.keep_alive;
 
-    let found = router.find(&head.method, &head.path);
     let limit = match &found {
         Match::Found(route, _) => route.body_limit,
         _ => router.default_body_limit,
@@ -1211,7 +1291,11 @@ fn serve_one(shared: &Shared, conn: &mut Conn, head: RequestHead, continued: boo
                 if !route.quick {
                     before_waiting(shared);
                 }
-                match catch_unwind(AssertUnwindSafe(|| route.call(&mut req))) {
+                let called = catch_unwind(AssertUnwindSafe(|| route.call(&mut req)));
+                // Counted only while the handler runs: what follows (writing, a streamed body)
+                // is bounded by the transfer share, not by this reserve.
+                drop(slow_guard);
+                match called {
                     Ok(Ok(resp)) => resp,
                     Ok(Err(err)) => err.into_response(),
                     Err(panic) => {
