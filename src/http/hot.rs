@@ -25,7 +25,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -70,7 +70,14 @@ pub struct HotSet<T> {
     /// Waiters without a timeout. An insert while nobody keeps the time wakes one of them, so
     /// an item never outlives its deadline for want of a clock.
     untimed: AtomicUsize,
+    /// `expired` looks at the line at most once per `LOOK_EVERY` (every poller calls it before
+    /// each wait; under load that was a lock per request for nothing): nanoseconds after `base`.
+    next_look: AtomicU64,
+    base: Instant,
 }
+
+/// How often `expired` really looks: an item may stay this much past its deadline.
+const LOOK_EVERY: Duration = Duration::from_millis(1);
 
 fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
     if r < 0 {
@@ -96,6 +103,8 @@ impl<T: HotItem> HotSet<T> {
             len: AtomicUsize::new(0),
             timekeeper: AtomicBool::new(false),
             untimed: AtomicUsize::new(0),
+            next_look: AtomicU64::new(0),
+            base: Instant::now(),
         };
         set.ctl(libc::EPOLL_CTL_ADD, set.signal.as_raw_fd(), (libc::EPOLLIN | libc::EPOLLET) as u32, SIGNAL)?;
         Ok(set)
@@ -198,8 +207,9 @@ impl<T: HotItem> HotSet<T> {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        // Round up, so a deadline 0.4 ms away is not a busy loop of zero-timeouts.
-        let ms = timeout.map_or(-1, |d| d.as_micros().div_ceil(1000).min(60_000) as libc::c_int);
+        // Round up, and at least `LOOK_EVERY`: a deadline 0.4 ms away (or just past, while
+        // `expired` waits for its next look) is not a busy loop of zero-timeouts.
+        let ms = timeout.map_or(-1, |d| d.as_micros().div_ceil(1000).clamp(1, 60_000) as libc::c_int);
         let mut ev = libc::epoll_event { events: 0, u64: 0 };
         // SAFETY: room for exactly one event, as maxevents says; the kernel writes only that.
         let n = unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), &mut ev, 1, ms) };
@@ -225,6 +235,11 @@ impl<T: HotItem> HotSet<T> {
     /// Items whose deadline has passed, taken out of the set (and out of the epoll instance).
     pub fn expired(&self, now: Instant) -> Vec<T> {
         let mut out = Vec::new();
+        let at = now.saturating_duration_since(self.base).as_nanos() as u64;
+        if at < self.next_look.load(Ordering::Relaxed) {
+            return out;
+        }
+        self.next_look.store(at + LOOK_EVERY.as_nanos() as u64, Ordering::Relaxed);
         if self.is_empty() {
             // Nothing to expire; the line holds only stale entries, dropped as they come due.
             let mut inner = self.lock();

@@ -395,9 +395,12 @@ struct Shared {
     spare_cv: Condvar,
     /// Answered keep-alive connections waiting for their next request; pollers wait here.
     hot: HotSet<Conn>,
-    /// Workers in the polling role (waiting in the hot set, or on their way to it). Raised only
-    /// under the queue lock, never above `pollers_max`.
+    /// Workers in the polling role (waiting in the hot set, or on their way to it); never above
+    /// `pollers_max` (`raise_pollers`).
     pollers: AtomicUsize,
+    /// Connections in the queue and the deferred list, readable without the lock (a poller
+    /// looks at it before it goes back to the hot set).
+    waiting: AtomicUsize,
     /// At most this many workers wait in the hot set: one per core (and no more than workers).
     /// More would not serve more, and each readiness event would wake a sleeping one.
     pollers_max: usize,
@@ -530,6 +533,7 @@ impl Server {
             spare_cv: Condvar::new(),
             hot: HotSet::new()?,
             pollers: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
             pollers_max,
             slow: AtomicUsize::new(0),
             returns: Mutex::new(Returns::default()),
@@ -929,12 +933,14 @@ fn reject(stream: &TcpStream, peer: SocketAddr, status: u16, detail: &str, retry
 fn enqueue(shared: &Shared, conn: Conn) {
     let mut q = lock(&shared.queue);
     q.conns.push_back(conn);
+    shared.waiting.fetch_add(1, Ordering::SeqCst);
     wake_for_queue(shared, &q);
 }
 
 /// Wake one worker for a queued connection: a spare if one sleeps, else a poller. Called with
-/// the queue lock held, which is also where workers count themselves spare or poller before
-/// they look at the queue: so either that worker sees the connection, or we see the worker.
+/// the queue lock held, after counting the connection in `waiting`. Spares count themselves
+/// under that lock, pollers before they look at `waiting` (`next_work`): so either that worker
+/// sees the connection, or we see the worker.
 fn wake_for_queue(shared: &Shared, q: &WorkQueue) {
     if q.spares > 0 {
         shared.spare_cv.notify_one();
@@ -978,6 +984,7 @@ impl Drop for SlowGuard<'_> {
 /// Put a request for a route that may wait aside until a worker can take it (see `slow`).
 fn defer(shared: &Shared, conn: Conn) {
     lock(&shared.queue).deferred.push_back(conn);
+    shared.waiting.fetch_add(1, Ordering::SeqCst);
     // A worker that left a waiting handler between our count and this push has already looked:
     // look again for it.
     if shared.slow.load(Ordering::SeqCst) < slow_cap(shared) {
@@ -1049,9 +1056,26 @@ enum Work {
 /// Under load a poller that finishes a quick request finds the next one ready and goes on
 /// without sleeping; with one poller per core, a request that arrives wakes at most one thread.
 fn next_work(shared: &Shared) -> Option<Work> {
-    let mut q = lock(&shared.queue);
     loop {
+        // Under load a poller comes back here after every quick request: with nothing queued,
+        // it goes straight back to the hot set without taking the queue lock. A poller counts
+        // itself before it looks at `waiting`, and `enqueue` counts the connection before it
+        // looks at the pollers (all SeqCst): either it sees the connection, or it is signalled.
+        if shared.waiting.load(Ordering::SeqCst) == 0
+            && !shared.stopping.load(Ordering::SeqCst)
+            && raise_pollers(shared)
+        {
+            if shared.waiting.load(Ordering::SeqCst) == 0 {
+                if let Some(conn) = poll_hot(shared) {
+                    return Some(Work::Hot(conn));
+                }
+                continue;
+            }
+            shared.pollers.fetch_sub(1, Ordering::SeqCst);
+        }
+        let mut q = lock(&shared.queue);
         if let Some(conn) = q.conns.pop_front() {
+            shared.waiting.fetch_sub(1, Ordering::SeqCst);
             if !q.conns.is_empty() {
                 // One wake-up may have been meant for several connections: pass it on.
                 wake_for_queue(shared, &q);
@@ -1060,6 +1084,7 @@ fn next_work(shared: &Shared) -> Option<Work> {
         }
         if !q.deferred.is_empty() && shared.slow.load(Ordering::SeqCst) < slow_cap(shared) {
             if let Some(conn) = q.deferred.pop_front() {
+                shared.waiting.fetch_sub(1, Ordering::SeqCst);
                 return Some(Work::Queued(conn));
             }
         }
@@ -1071,24 +1096,38 @@ fn next_work(shared: &Shared) -> Option<Work> {
             shared.hot.signal();
             return None;
         }
-        if shared.pollers.load(Ordering::SeqCst) < shared.pollers_max {
-            // Raised under the queue lock: see `wake_for_queue`.
-            shared.pollers.fetch_add(1, Ordering::SeqCst);
+        if raise_pollers(shared) {
             drop(q);
-            for conn in shared.hot.expired(Instant::now()) {
-                give_back(shared, conn);
-            }
-            let woken = shared.hot.wait(None);
-            shared.pollers.fetch_sub(1, Ordering::SeqCst);
-            if let Woken::Ready(conn) = woken {
+            if let Some(conn) = poll_hot(shared) {
                 return Some(Work::Hot(conn));
             }
-            q = lock(&shared.queue);
             continue;
         }
         q.spares += 1;
         q = shared.spare_cv.wait(q).unwrap_or_else(|p| p.into_inner());
         q.spares -= 1;
+    }
+}
+
+/// Take a poller's place, if one of the `pollers_max` is free.
+fn raise_pollers(shared: &Shared) -> bool {
+    shared
+        .pollers
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |p| (p < shared.pollers_max).then_some(p + 1))
+        .is_ok()
+}
+
+/// As a poller (counted by `raise_pollers`): expire what lingered too long, then wait in the hot
+/// set once. Leaves the poller's place; returns a connection that became readable, if any.
+fn poll_hot(shared: &Shared) -> Option<Conn> {
+    for conn in shared.hot.expired(Instant::now()) {
+        give_back(shared, conn);
+    }
+    let woken = shared.hot.wait(None);
+    shared.pollers.fetch_sub(1, Ordering::SeqCst);
+    match woken {
+        Woken::Ready(conn) => Some(conn),
+        Woken::Look => None,
     }
 }
 
