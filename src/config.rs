@@ -900,7 +900,7 @@ mod tests {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
         let auto = (2 * cores).max(4);
         assert_eq!(layer(None, &[], &[]).unwrap().0.db_pool_size, auto);
-        assert_eq!(layer(None, &[("DB_POOL_SIZE", "AUTO")], &[]).unwrap().0.db_pool_size, auto);
+        assert_eq!(layer(None, &[("DB_POOL_SIZE", "Auto")], &[]).unwrap().0.db_pool_size, auto);
         assert_eq!(layer(None, &[("DB_POOL_SIZE", "9")], &[]).unwrap().0.db_pool_size, 9);
         let err = layer(None, &[("DB_POOL_SIZE", "0")], &[]).unwrap_err().0;
         assert_eq!(err, "DB_POOL_SIZE=0 must be between 1 and 10000");

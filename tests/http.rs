@@ -483,6 +483,15 @@ fn dribbled_bodies_do_not_hold_the_pool() {
     assert!(sent < 200_000);
 }
 
+/// Nothing has arrived on `c` yet (its request is still unanswered).
+fn unanswered(c: &Conn) -> bool {
+    c.stream.set_nonblocking(true).unwrap();
+    let mut byte = [0u8; 1];
+    let nothing = matches!(c.stream.peek(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+    c.stream.set_nonblocking(false).unwrap();
+    nothing
+}
+
 #[test]
 fn a_keep_alive_request_is_served_while_the_pollers_wait_in_slow_handlers() {
     // One worker per core polls the hot set (answered keep-alive connections); a handler that
@@ -510,12 +519,8 @@ fn a_keep_alive_request_is_served_while_the_pollers_wait_in_slow_handlers() {
     // this pause; the pause only has to be shorter than the sleep).
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(quick.send("GET", "/health", &[], b"").status, 200);
-    for c in &mut slow {
-        c.stream.set_nonblocking(true).unwrap();
-        let mut byte = [0u8; 1];
-        let pending = matches!(c.stream.peek(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
-        assert!(pending, "a slow request was answered before the quick one: the quick one waited for it");
-        c.stream.set_nonblocking(false).unwrap();
+    for c in &slow {
+        assert!(unanswered(c), "a slow request was answered before the quick one: the quick one waited for it");
     }
     for c in &mut slow {
         let r = c.read_response(false);
@@ -537,12 +542,8 @@ fn a_quick_route_is_answered_while_every_other_worker_waits_and_nothing_is_lost(
     for _ in 0..3 {
         assert_eq!(probe.send("GET", "/health", &[], b"").status, 200);
     }
-    for c in &mut slow {
-        c.stream.set_nonblocking(true).unwrap();
-        let mut byte = [0u8; 1];
-        let pending = matches!(c.stream.peek(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
-        assert!(pending, "a slow request was answered before /health: /health waited for a worker");
-        c.stream.set_nonblocking(false).unwrap();
+    for c in &slow {
+        assert!(unanswered(c), "a slow request was answered before /health: /health waited for a worker");
     }
     // Two run at once (three workers, one kept back), the other two after them: all answered.
     for c in &mut slow {

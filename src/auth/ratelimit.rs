@@ -344,27 +344,38 @@ mod tests {
         assert!(lim.lock().is_empty());
     }
 
-    #[test]
-    fn in_flight_attempts_beyond_the_budget_that_succeed_are_all_admitted() {
-        let lim = Arc::new(LoginLimiter::new(3, Duration::from_secs(60), 100));
-        let n = 24;
+    /// Run `attempt` on `n` threads released together; their results in thread order.
+    fn all_at_once<T: Send + 'static>(
+        lim: &Arc<LoginLimiter>,
+        n: usize,
+        attempt: fn(&LoginLimiter) -> Result<T, Refused>,
+    ) -> Vec<Result<T, Refused>> {
         let start = Arc::new(Barrier::new(n));
         let handles: Vec<_> = (0..n)
             .map(|_| {
                 let (lim, start) = (lim.clone(), start.clone());
                 std::thread::spawn(move || {
                     start.wait();
-                    let slot = lim.reserve("a@x.io", ip(), Instant::now())?;
-                    // The password check, outside the lock.
-                    let inside = lim.lock()[&LoginLimiter::key("a@x.io", ip())].in_flight;
-                    std::thread::sleep(Duration::from_millis(20));
-                    slot.succeeded();
-                    Ok::<usize, Refused>(inside)
+                    attempt(&lim)
                 })
             })
             .collect();
-        for h in handles {
-            let inside = h.join().unwrap().expect("a correct login is never refused");
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    }
+
+    #[test]
+    fn in_flight_attempts_beyond_the_budget_that_succeed_are_all_admitted() {
+        let lim = Arc::new(LoginLimiter::new(3, Duration::from_secs(60), 100));
+        let results = all_at_once(&lim, 24, |lim| {
+            let slot = lim.reserve("a@x.io", ip(), Instant::now())?;
+            // The password check, outside the lock.
+            let inside = lim.lock()[&LoginLimiter::key("a@x.io", ip())].in_flight;
+            std::thread::sleep(Duration::from_millis(20));
+            slot.succeeded();
+            Ok(inside)
+        });
+        for r in results {
+            let inside = r.expect("a correct login is never refused");
             assert!(inside <= 3, "at most max_failures attempts past reserve, saw {inside}");
         }
         assert!(lim.lock().is_empty());
@@ -373,21 +384,12 @@ mod tests {
     #[test]
     fn parallel_failures_stop_at_exactly_the_maximum() {
         let lim = Arc::new(LoginLimiter::new(10, Duration::from_secs(60), 100));
-        let n = 18;
-        let start = Arc::new(Barrier::new(n));
-        let handles: Vec<_> = (0..n)
-            .map(|_| {
-                let (lim, start) = (lim.clone(), start.clone());
-                std::thread::spawn(move || {
-                    start.wait();
-                    let slot = lim.reserve("a@x.io", ip(), Instant::now())?;
-                    std::thread::sleep(Duration::from_millis(20));
-                    slot.failed(Instant::now());
-                    Ok::<(), Refused>(())
-                })
-            })
-            .collect();
-        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let results = all_at_once(&lim, 18, |lim| {
+            let slot = lim.reserve("a@x.io", ip(), Instant::now())?;
+            std::thread::sleep(Duration::from_millis(20));
+            slot.failed(Instant::now());
+            Ok(())
+        });
         assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 10, "{results:?}");
         for r in results.iter().filter_map(|r| r.err()) {
             // Refused by recorded failures, not by the wait bound.

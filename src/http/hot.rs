@@ -19,6 +19,9 @@
 //! `eventfd` registered edge-triggered: each write wakes one waiter; it cannot fill up (a
 //! 64-bit counter nobody needs to read).
 //!
+//! Lock: `inner`, held for a few field updates and, in `insert`, one `epoll_ctl` (a system call
+//! that never waits on a peer); never across `epoll_wait`.
+//!
 //! Must never: block except in `wait`, hand one item to two workers, or lose an item (what
 //! expires is returned to the caller, never dropped here).
 
@@ -240,20 +243,13 @@ impl<T: HotItem> HotSet<T> {
             return out;
         }
         self.next_look.store(at + LOOK_EVERY.as_nanos() as u64, Ordering::Relaxed);
-        if self.is_empty() {
-            // Nothing to expire; the line holds only stale entries, dropped as they come due.
-            let mut inner = self.lock();
-            while inner.order.front().is_some_and(|(d, _)| *d <= now) {
-                inner.order.pop_front();
-            }
-            return out;
-        }
         let mut inner = self.lock();
         while let Some(&(deadline, token)) = inner.order.front() {
             if deadline > now {
                 break;
             }
             inner.order.pop_front();
+            // None for an entry whose item was taken since: a stale entry, dropped here.
             if let Some(item) = Self::take(&mut inner, token) {
                 out.push(item);
             }

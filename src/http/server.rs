@@ -974,21 +974,24 @@ impl Drop for SlowGuard<'_> {
     fn drop(&mut self) {
         let shared = self.0;
         shared.slow.fetch_sub(1, Ordering::SeqCst);
-        let q = lock(&shared.queue);
-        if !q.deferred.is_empty() {
-            wake_for_queue(shared, &q);
+        // `defer` counts a connection in `waiting` before it looks at `slow`, and we look at
+        // `waiting` after leaving `slow` (SeqCst): either it sees the free place, or we see it.
+        if shared.waiting.load(Ordering::SeqCst) > 0 {
+            let q = lock(&shared.queue);
+            if !q.deferred.is_empty() {
+                wake_for_queue(shared, &q);
+            }
         }
     }
 }
 
 /// Put a request for a route that may wait aside until a worker can take it (see `slow`).
 fn defer(shared: &Shared, conn: Conn) {
-    lock(&shared.queue).deferred.push_back(conn);
+    let mut q = lock(&shared.queue);
+    q.deferred.push_back(conn);
     shared.waiting.fetch_add(1, Ordering::SeqCst);
-    // A worker that left a waiting handler between our count and this push has already looked:
-    // look again for it.
+    // A worker that left a waiting handler since we counted has already looked: wake one for it.
     if shared.slow.load(Ordering::SeqCst) < slow_cap(shared) {
-        let q = lock(&shared.queue);
         wake_for_queue(shared, &q);
     }
 }
@@ -1143,26 +1146,45 @@ fn take_up_hot(shared: &Shared, mut conn: Conn) -> Option<Conn> {
         Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
         Err(_) => return None,
     }
+    // A partial request goes to the dispatcher, which keeps the head clock.
+    match buffered_request(shared, conn) {
+        Buffered::Request(conn) => Some(conn),
+        Buffered::Handled => None,
+        Buffered::Partial(conn) => {
+            give_back(shared, conn);
+            None
+        }
+    }
+}
+
+/// What a connection's buffered bytes came to (`buffered_request`).
+enum Buffered {
+    /// A complete request, with its transfer slot if it needs one.
+    Request(Conn),
+    /// Dealt with: answered with an error, or parked in the dispatcher for a transfer slot.
+    Handled,
+    /// More bytes are needed; the caller decides where the connection waits for them.
+    Partial(Conn),
+}
+
+fn buffered_request(shared: &Shared, mut conn: Conn) -> Buffered {
     match advance(&mut conn, &shared.cfg) {
-        Progress::Ready => Some(conn),
+        Progress::Ready => Buffered::Request(conn),
         Progress::Transfer => match shared.gate.transfer(conn.ip()) {
             Ok(slot) => {
                 conn.transfer = Some(slot);
-                Some(conn)
+                Buffered::Request(conn)
             }
             Err(_) => {
                 give_back(shared, conn);
-                None
+                Buffered::Handled
             }
         },
         Progress::Reject(status, detail) => {
             reject(&conn.stream, conn.peer, status, &detail, None);
-            None
+            Buffered::Handled
         }
-        Progress::Wait => {
-            give_back(shared, conn);
-            None
-        }
+        Progress::Wait => Buffered::Partial(conn),
     }
 }
 
@@ -1220,7 +1242,7 @@ fn serve_conn(shared: &Shared, mut conn: Conn, scratch: &mut Vec<u8>) {
             After::Close | After::Upgraded => return,
         }
         conn.compact();
-        match wait_for_next_request(shared, conn) {
+        match after_response(shared, conn) {
             Some(c) => conn = c,
             None => return,
         }
@@ -1231,39 +1253,25 @@ fn serve_conn(shared: &Shared, mut conn: Conn, scratch: &mut Vec<u8>) {
 /// otherwise put the connection in the hot set (or, with part of a request buffered, hand it to
 /// the dispatcher, which keeps the head clock). Returns the connection when a complete request is
 /// buffered (with its transfer slot if it needs one).
-fn wait_for_next_request(shared: &Shared, mut conn: Conn) -> Option<Conn> {
-    match advance(&mut conn, &shared.cfg) {
-        Progress::Ready => Some(conn),
-        Progress::Transfer => match shared.gate.transfer(conn.ip()) {
-            Ok(slot) => {
-                conn.transfer = Some(slot);
-                Some(conn)
-            }
-            Err(_) => {
-                give_back(shared, conn);
-                None
-            }
-        },
-        Progress::Reject(status, detail) => {
-            reject(&conn.stream, conn.peer, status, &detail, None);
-            None
-        }
-        Progress::Wait => {
-            if shared.stopping.load(Ordering::SeqCst) {
-                // No new request is started once shutdown has begun.
-                return None;
-            }
-            if conn.req.started {
-                give_back(shared, conn);
-                return None;
-            }
-            if let Err((conn, e)) = shared.hot.insert(conn, Instant::now() + shared.cfg.keepalive_linger) {
-                debug!("the hot set refused {}: {e}; handed to the dispatcher", conn.peer);
-                give_back(shared, conn);
-            }
-            None
-        }
+fn after_response(shared: &Shared, conn: Conn) -> Option<Conn> {
+    let conn = match buffered_request(shared, conn) {
+        Buffered::Request(conn) => return Some(conn),
+        Buffered::Handled => return None,
+        Buffered::Partial(conn) => conn,
+    };
+    if shared.stopping.load(Ordering::SeqCst) {
+        // No new request is started once shutdown has begun.
+        return None;
     }
+    if conn.req.started {
+        give_back(shared, conn);
+        return None;
+    }
+    if let Err((conn, e)) = shared.hot.insert(conn, Instant::now() + shared.cfg.keepalive_linger) {
+        debug!("the hot set refused {}: {e}; handed to the dispatcher", conn.peer);
+        give_back(shared, conn);
+    }
+    None
 }
 
 /// Hand a connection to the dispatcher (to finish its response, hold it, or wait for its next
