@@ -195,7 +195,7 @@ pub fn stale_mark(stale: bool, resp: Response) -> Response {
 /// a missing id is unknown rather than absent: the caller answers 503 for it, not 404.
 pub fn load_users(db: &Db, ids: &[i64]) -> Result<(Vec<User>, bool), HttpError> {
     if db.is_up() {
-        match db.conn().and_then(|mut c| users::by_ids(&mut c, ids)) {
+        match db.users_by_ids(ids) {
             Ok(found) => {
                 for u in &found {
                     db.cache.put(u);

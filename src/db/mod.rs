@@ -39,6 +39,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+pub mod batch;
 pub mod cache;
 pub mod files;
 pub mod gate;
@@ -152,6 +153,14 @@ pub fn is_busy_pool(err: &DbError) -> bool {
         if m.ends_with("timed out waiting for connection") || m.contains(gate::BUSY_WORDING))
 }
 
+/// How many batches of reads by id may run at once (`batch.rs`): a quarter of the pool, at least
+/// one. On 2 cores (pool 4) one leader gave a shorter tail than two at the same throughput
+/// (`docs/decisions.md`); a bigger pool means a bigger machine, where one batch at a time
+/// would cap the reads.
+fn batch_leaders(pool_size: u32) -> usize {
+    (pool_size as usize / 4).max(1)
+}
+
 /// What was last logged and alerted.
 #[derive(Default)]
 struct Announced {
@@ -178,6 +187,8 @@ pub struct Db {
     pub cache: cache::AccountCache,
     /// The spool, once `main` has attached it.
     spool: OnceLock<Arc<spool::Spool>>,
+    /// Reads of users by id, combined (`batch.rs`).
+    user_reads: batch::Batcher<users::User>,
 }
 
 impl Db {
@@ -188,6 +199,7 @@ impl Db {
     /// A `Db` whose account cache holds at most `cache_capacity` accounts.
     pub fn with_cache(cfg: DbConfig, cache_capacity: usize) -> Result<Db, DbError> {
         let pool = pool::build_pool(&cfg)?;
+        let user_reads = batch::Batcher::new(batch_leaders(cfg.pool_size), |u: &users::User| u.id);
         Ok(Db {
             pool,
             cfg,
@@ -198,6 +210,7 @@ impl Db {
             prober: Mutex::new(None),
             cache: cache::AccountCache::new(cache_capacity),
             spool: OnceLock::new(),
+            user_reads,
         })
     }
 
@@ -233,6 +246,16 @@ impl Db {
             return Err(DbError::Unavailable("the database is down (the monitor's last probe failed)".into()));
         }
         self.pool.get().map_err(|e| self.saw(DbError::from_pool(e)))
+    }
+
+    /// The users among `ids`, read in one query shared with the other threads reading users by
+    /// id at the same moment (`batch.rs`). Fails as [`Db::conn`] does; waiting in line counts
+    /// against the checkout timeout.
+    pub fn users_by_ids(&self, ids: &[i64]) -> Result<Vec<users::User>, DbError> {
+        let deadline = Instant::now() + self.cfg.checkout_timeout;
+        let read = |keys: &[i64]| self.conn().and_then(|mut c| users::by_ids(&mut c, keys));
+        self.user_reads
+            .get(ids, deadline, &read, |waited| self.saw(DbError::from_pool(gate::CheckoutError::Busy(waited))))
     }
 
     /// Record an error seen by a request: an "unavailable" one wakes the monitor, which probes at
@@ -446,5 +469,43 @@ mod tests {
         assert!(db_up.check(None), "the test PostgreSQL must be reachable");
         db_up.saw(DbError::Unavailable("no database connection available: timed out waiting for connection".into()));
         assert!(db_up.is_up(), "a checkout timeout is not an outage");
+    }
+
+    /// Many threads reading users by id at once (so their reads are combined, `batch.rs`) each
+    /// get exactly the users they asked for, with their own rows, from the real PostgreSQL.
+    #[test]
+    fn concurrent_reads_by_id_each_get_exactly_their_own_users() {
+        let test_db = pool::tests::TestDb::new("batch");
+        let mut cfg = test_db.cfg.clone();
+        cfg.pool_size = 4;
+        let db = Arc::new(Db::new(cfg).unwrap());
+        assert!(db.check(None), "the test PostgreSQL must be reachable");
+        let ids: Arc<Vec<i64>> = Arc::new({
+            let mut c = db.conn().unwrap();
+            (0..40).map(|i| users::insert(&mut *c, &format!("b{i}@x.io"), "h", None, false).unwrap().id).collect()
+        });
+        let threads: Vec<_> = (0..24)
+            .map(|t| {
+                let (db, ids) = (db.clone(), ids.clone());
+                std::thread::spawn(move || {
+                    for round in 0..50 {
+                        let (a, b) = (ids[(t + round) % ids.len()], ids[(t * 7 + round + 1) % ids.len()]);
+                        let mut got: Vec<(i64, String)> =
+                            db.users_by_ids(&[a, b, -1]).unwrap().into_iter().map(|u| (u.id, u.email)).collect();
+                        got.sort();
+                        let mut want: Vec<(i64, String)> = [a, b]
+                            .iter()
+                            .map(|id| (*id, format!("b{}@x.io", ids.iter().position(|x| x == id).unwrap())))
+                            .collect();
+                        want.sort();
+                        want.dedup();
+                        assert_eq!(got, want, "thread {t} round {round}");
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
     }
 }

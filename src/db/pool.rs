@@ -240,7 +240,7 @@ impl DbConfig {
 }
 
 /// The error of every database operation. `Display` never contains the password.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum DbError {
     /// The configuration cannot work (bad `DATABASE_URL`, bad database name). Fix and restart.
     Config(String),
