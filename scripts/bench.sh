@@ -328,6 +328,10 @@ server_setting() {
         # The server's rule (config::auto_pool_size): 2 per core, at least 4.
         val=$(( $(nproc) * 2 )); [ "$val" -ge 4 ] || val=4
     fi
+    if [ "$v" = WORKERS ] && [ "${val,,}" = auto ]; then
+        # The server's rule (config::auto_workers): 16 per core.
+        val=$(( $(nproc) * 16 ))
+    fi
     echo "$val"
 }
 

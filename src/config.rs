@@ -119,7 +119,7 @@ pub const SETTINGS: &[Setting] = &[
         "",
         "host:port of a separate listener for GET /metrics (Prometheus text); unset: no metrics",
     ),
-    s("WORKERS", "--workers", "64", "HTTP worker threads"),
+    s("WORKERS", "--workers", "auto", "HTTP worker threads (auto: 16 per core)"),
     s("MAX_CONNECTIONS", "--max-connections", "4096", "most open HTTP connections (over it: 503 and close)"),
     s(
         "MAX_CONNECTIONS_PER_ADDR",
@@ -517,7 +517,11 @@ impl Config {
             cluster_presence_timeout: secs("CLUSTER_PRESENCE_TIMEOUT_SECS")?,
             cluster_queue_kb: raw.num_in::<u32>("CLUSTER_QUEUE_KB", 1, 1 << 22)? as usize,
             metrics_addr: raw.opt("METRICS_ADDR"),
-            workers: raw.num_in::<u32>("WORKERS", 1, 65_536)? as usize,
+            workers: if raw.get("WORKERS").trim().eq_ignore_ascii_case("auto") {
+                auto_workers()
+            } else {
+                raw.num_in::<u32>("WORKERS", 1, 65_536)? as usize
+            },
             max_connections: count(raw, "MAX_CONNECTIONS", 1)?,
             max_connections_per_addr: count(raw, "MAX_CONNECTIONS_PER_ADDR", 1)?,
             transfer_workers: count(raw, "TRANSFER_WORKERS", 0)?,
@@ -701,6 +705,15 @@ pub fn help_text() -> String {
     out
 }
 
+/// `WORKERS=auto`: 16 HTTP workers per core of this machine. A worker waiting on the database
+/// or a peer costs no CPU, but every worker a batch of answers wakes competes for the cores with
+/// PostgreSQL and the other workers: on 2 cores, `GET /users/{id}` at 64 connections had a p99 of
+/// 8.0-8.5 ms with 32 workers against 11.8-13.6 ms with 64, at 1.17-1.18x the requests per second
+/// (`BENCHMARKS.md`, section `sizing`; `docs/decisions.md`).
+pub fn auto_workers() -> usize {
+    16 * std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// `DB_POOL_SIZE=auto`: two connections per core of this machine, at least 4. PostgreSQL's own
 /// rule of thumb (cores x 2, plus disks) for a database on the same machine: on 2 cores, 16
 /// connections let PostgreSQL backends preempt each other inside spinlocks and stall for up to
@@ -737,7 +750,7 @@ mod tests {
         assert_eq!(c.max_upload_bytes, 100 * 1024 * 1024);
         assert!(c.allow_signup);
         assert_eq!(c.ws_auth, WsAuth::Optional);
-        assert_eq!(c.workers, 64);
+        assert_eq!(c.workers, auto_workers());
         assert!(c.secret_key.is_none());
     }
 
@@ -869,7 +882,7 @@ mod tests {
         assert_eq!(c.port, 8000);
         assert_eq!(c.ws_auth, WsAuth::Optional);
         let (c, _) = layer(Some("PORT=9000\n"), &[("PORT", ""), ("ALLOW_SIGNUP", "")], &["--workers="]).unwrap();
-        assert_eq!((c.port, c.allow_signup, c.workers), (9000, true, 64));
+        assert_eq!((c.port, c.allow_signup, c.workers), (9000, true, auto_workers()));
         let (c, _) = layer(None, &[("SECRET_KEY", "")], &[]).unwrap();
         assert!(c.secret_key.is_none());
     }
@@ -896,7 +909,7 @@ mod tests {
     }
 
     #[test]
-    fn the_pool_size_is_two_per_core_unless_set() {
+    fn the_pool_is_two_and_the_workers_sixteen_per_core_unless_set() {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
         let auto = (2 * cores).max(4);
         assert_eq!(layer(None, &[], &[]).unwrap().0.db_pool_size, auto);
@@ -904,6 +917,11 @@ mod tests {
         assert_eq!(layer(None, &[("DB_POOL_SIZE", "9")], &[]).unwrap().0.db_pool_size, 9);
         let err = layer(None, &[("DB_POOL_SIZE", "0")], &[]).unwrap_err().0;
         assert_eq!(err, "DB_POOL_SIZE=0 must be between 1 and 10000");
+        // Workers the same way: 16 per core unless set.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(layer(None, &[], &[]).unwrap().0.workers, 16 * cores);
+        assert_eq!(layer(None, &[("WORKERS", "Auto")], &[]).unwrap().0.workers, 16 * cores);
+        assert_eq!(layer(None, &[("WORKERS", "5")], &[]).unwrap().0.workers, 5);
     }
 
     #[test]
