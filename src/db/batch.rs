@@ -221,6 +221,27 @@ mod tests {
         Ok(keys.iter().copied().filter(|k| *k < 1000).collect())
     }
 
+    /// A thread leading a batch for `[key]` whose read is held up until the sender is used;
+    /// returns once that read has started.
+    fn held_leader(
+        b: &Arc<Batcher<i64>>,
+        key: i64,
+    ) -> (std::thread::JoinHandle<Result<Vec<i64>, DbError>>, std::sync::mpsc::Sender<()>) {
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let started = Arc::new(Barrier::new(2));
+        let (b, started2) = (b.clone(), started.clone());
+        let t = std::thread::spawn(move || {
+            let read = |keys: &[i64]| {
+                started2.wait();
+                release_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+                existing(keys)
+            };
+            b.get(&[key], soon(), &read, busy)
+        });
+        started.wait();
+        (t, release_tx)
+    }
+
     #[test]
     fn alone_a_thread_reads_for_itself_and_gets_only_what_it_asked_for() {
         let b = Batcher::new(1, |r: &i64| *r);
@@ -286,20 +307,7 @@ mod tests {
     #[test]
     fn a_job_still_queued_at_its_deadline_leaves_and_the_others_are_served() {
         let b = Arc::new(Batcher::new(1, |r: &i64| *r));
-        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-        let started = Arc::new(Barrier::new(2));
-        let first = {
-            let (b, started) = (b.clone(), started.clone());
-            std::thread::spawn(move || {
-                let read = |keys: &[i64]| {
-                    started.wait();
-                    release_rx.recv_timeout(Duration::from_secs(10)).unwrap();
-                    existing(keys)
-                };
-                b.get(&[1], soon(), &read, busy)
-            })
-        };
-        started.wait();
+        let (first, release_tx) = held_leader(&b, 1);
         let late = b.get(&[2], Instant::now() + Duration::from_millis(30), &existing, busy);
         assert!(matches!(&late, Err(DbError::Unavailable(m)) if m.starts_with("busy after")), "{late:?}");
         assert_eq!(b.queued(), 0, "the job that gave up left the queue");
@@ -314,20 +322,7 @@ mod tests {
     #[test]
     fn a_panic_fails_its_batch_but_hands_the_lead_on_and_an_error_reaches_every_job() {
         let b = Arc::new(Batcher::new(1, |r: &i64| *r));
-        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-        let started = Arc::new(Barrier::new(2));
-        let a = {
-            let (b, started) = (b.clone(), started.clone());
-            std::thread::spawn(move || {
-                let read = |keys: &[i64]| {
-                    started.wait();
-                    release_rx.recv_timeout(Duration::from_secs(10)).unwrap();
-                    existing(keys)
-                };
-                b.get(&[1], soon(), &read, busy)
-            })
-        };
-        started.wait();
+        let (a, release_tx) = held_leader(&b, 1);
         let spawn_queued = |key: i64, panics: bool| {
             let before = b.queued();
             let bt = b.clone();
