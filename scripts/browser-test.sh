@@ -74,6 +74,13 @@ CARGO_TARGET_DIR="$TARGET_DIR" cargo build --release --locked --quiet --bin adcl
   || die "cargo build --release failed"
 export ADCLUSTER_BIN="$TARGET_DIR/browser-test-adcluster"
 cp -f "$TARGET_DIR/release/adcluster" "$ADCLUSTER_BIN" || die "cargo build did not produce $TARGET_DIR/release/adcluster"
+if [ "$TREE" != "$ROOT" ]; then
+  # Cargo names a package's build state without its path, so the working tree's next
+  # `cargo build --release` would find this build's state, see that none of the exported files
+  # changed, and keep this binary, whatever was edited since. Forget it here.
+  CARGO_TARGET_DIR="$TARGET_DIR" cargo clean --release --quiet -p adcluster --manifest-path "$TREE/Cargo.toml" \
+    || die "cargo clean -p adcluster failed"
+fi
 
 say "npm ci (tests/browser)"
 (cd tests/browser && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error) \

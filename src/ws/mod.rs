@@ -32,6 +32,11 @@
 //! (frames never interleave, per-sender order is kept), and **no sender ever blocks on a
 //! client's socket**.
 //!
+//! One exception to "right away": a reader running several messages that its client has already
+//! sent (`session::Deferral`, at most 16, while their fan-out stays under half a queue) only takes
+//! the tokens, and writes each of those queues once after the last message, before it waits for
+//! anything. A recipient of 8 such messages gets them in one `sendmsg`.
+//!
 //! Why not a writer thread per session, as the design notes sketch: two threads per session
 //! would be 20,000 threads at the 10,000-client goal, and this machine's `kernel.pid_max` is
 //! 32768 (every thread takes a pid) with `vm.max_map_count` 65530 (each thread stack is two

@@ -11,6 +11,7 @@
 //! writers interleave frames on one socket (the `writing` token), or hold the queue's lock
 //! during a system call.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -41,6 +42,63 @@ const FLUSHER_ROUNDS: usize = 16;
 /// not 4, took 10,000 idle sessions from 167 to 136 MB of RSS (`scripts/bench.sh ws`, idle);
 /// a message over 1 KiB costs a few more `read`s.
 const READ_BUFFER: usize = 1024;
+
+/// Most messages a reader runs from what its client has already sent before it writes what they
+/// queued (`Deferral`).
+const DEFER_MESSAGES: usize = 16;
+
+thread_local! {
+    /// The outboxes whose writer token this thread took while a [`Deferral`] was active: their
+    /// writing waits for `Deferral::flush`. `None`: a push that takes the token writes at once.
+    /// Each outbox is listed at most once per flush (it keeps the token until then), so the list
+    /// is at most the number of clients this thread's messages reached.
+    static DEFERRED: RefCell<Option<Vec<Arc<Outbound>>>> = const { RefCell::new(None) };
+}
+
+/// Writes deferred while a reader runs the messages its client has already sent: a fan-out
+/// queues each recipient's frame and takes its writer token, and the writing happens once for
+/// all of them, so a client reached by several of those messages gets them in one `sendmsg`.
+/// Flushed before the reader waits for anything, and on drop (every way out of `read_loop`,
+/// a panic included), so a token is never left taken.
+struct Deferral;
+
+impl Deferral {
+    fn begin() -> Deferral {
+        DEFERRED.with(|d| *d.borrow_mut() = Some(Vec::new()));
+        Deferral
+    }
+
+    /// Write every deferred outbox (and any that those writes defer in turn).
+    fn flush(&self) {
+        loop {
+            let list = DEFERRED.with(|d| d.borrow_mut().as_mut().map(std::mem::take).unwrap_or_default());
+            if list.is_empty() {
+                return;
+            }
+            for out in list {
+                out.write_turn(Writer::Sender);
+            }
+        }
+    }
+}
+
+impl Drop for Deferral {
+    fn drop(&mut self) {
+        self.flush();
+        DEFERRED.with(|d| *d.borrow_mut() = None);
+    }
+}
+
+/// When a [`Deferral`] is active on this thread, list `out` for its flush and say so.
+fn deferred(out: &Outbound) -> bool {
+    DEFERRED.with(|d| match d.borrow_mut().as_mut() {
+        Some(list) => {
+            list.push(out.arc());
+            true
+        }
+        None => false,
+    })
+}
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Critical sections below never panic half-way through an update.
@@ -377,7 +435,9 @@ impl Outbox for Outbound {
             }
             st.writing = true;
         }
-        self.write_turn(Writer::Sender);
+        if !deferred(self) {
+            self.write_turn(Writer::Sender);
+        }
         Pushed::Queued
     }
 
@@ -532,11 +592,26 @@ impl Flusher {
 
 /// The read side for tungstenite: reads the socket; replies tungstenite would write itself
 /// (pong, close echo) are dropped here, because the session queues its own through `Outbound`.
-struct ReadSide<'a>(&'a TcpStream);
+/// The reader's side of the socket for tungstenite. `nonblocking`: only what has already
+/// arrived (`WouldBlock` otherwise), for running a client's buffered messages in one go.
+struct ReadSide<'a> {
+    stream: &'a TcpStream,
+    nonblocking: bool,
+}
 
 impl Read for ReadSide<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        (&*self.0).read(buf)
+        if !self.nonblocking {
+            return (&*self.stream).read(buf);
+        }
+        // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the whole call, and the
+        // descriptor belongs to `stream`, which outlives it.
+        let n = unsafe { libc::recv(self.stream.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
     }
 }
 
@@ -597,17 +672,25 @@ fn read_loop(ws: &Ws, stream: &TcpStream, leftover: Vec<u8>, member: &Member, ou
         .max_message_size(Some(protocol::MESSAGE_MAX))
         .max_frame_size(Some(protocol::MESSAGE_MAX));
     let mut ctx = WebSocketContext::from_partially_read(leftover, Role::Server, Some(config));
-    let mut io = ReadSide(stream);
+    let mut io = ReadSide { stream, nonblocking: false };
     let mut last_seen = Instant::now();
     let mut next_ping = last_seen + s.ping_interval;
     let hub = &ws.hub;
     let mut fanout = VecDeque::new();
+    // Messages the client has already sent run one after the other with their writes deferred
+    // (at most DEFER_MESSAGES), then everything they queued is written before the next wait.
+    let deferral = Deferral::begin();
+    let mut run = 0;
     loop {
-        if let Some(end) = pace_reading(s, member, out, &mut fanout, &mut last_seen) {
-            return end;
+        if !io.nonblocking {
+            deferral.flush();
+            if let Some(end) = pace_reading(s, member, out, &mut fanout, &mut last_seen) {
+                return end;
+            }
         }
         let result = ctx.read(&mut io);
         let now = Instant::now();
+        let got_message = result.is_ok();
         match result {
             Ok(message) => {
                 last_seen = now;
@@ -648,6 +731,16 @@ fn read_loop(ws: &Ws, stream: &TcpStream, leftover: Vec<u8>, member: &Member, ou
             Err(WsError::Protocol(e)) => return server_close(hub, member, out, 1002, "protocol error", e.to_string()),
             Err(e) => return server_close(hub, member, out, 1011, "internal error", e.to_string()),
         }
+        // Go on with what has already arrived while the run stays short and small: its writes
+        // are all still queued, so its fan-out must stay under half a queue (what
+        // `pace_reading` lets through without a pause) and its own queue under the high-water
+        // mark.
+        run = if got_message { run + 1 } else { 0 };
+        io.nonblocking =
+            got_message && run < DEFER_MESSAGES && !out.backlog().1 && fanout_bytes(&mut fanout) <= s.queue_bytes / 2;
+        if !io.nonblocking {
+            run = 0;
+        }
         if out.is_closing() {
             // Replaced, evicted as a slow consumer, or the server is shutting down: whoever
             // closed it has already taken it out of the hub.
@@ -668,6 +761,17 @@ fn read_loop(ws: &Ws, stream: &TcpStream, leftover: Vec<u8>, member: &Member, ou
 const FANOUT_MAX_PAUSE: Duration = Duration::from_secs(1);
 /// Most fan-out frames a session keeps track of.
 const FANOUT_TRACKED: usize = 1024;
+
+/// The bytes of a session's fan-out still in some recipient's queue (each frame counts once per
+/// queue holding it); forgets the frames no queue holds any more, and keeps the newest
+/// `FANOUT_TRACKED`.
+fn fanout_bytes(f: &mut VecDeque<Encoded>) -> usize {
+    f.retain(|frame| Arc::strong_count(frame) > 1);
+    while f.len() > FANOUT_TRACKED {
+        f.pop_front();
+    }
+    f.iter().map(|frame| frame.len() * (Arc::strong_count(frame) - 1)).sum::<usize>()
+}
 
 /// Back-pressure, before the next frame is read from the client:
 ///
@@ -713,16 +817,9 @@ fn pace_reading(
         // It reads: it is alive, however long it was not read.
         *last_seen = Instant::now();
     }
-    let outstanding = |f: &mut VecDeque<Encoded>| {
-        f.retain(|frame| Arc::strong_count(frame) > 1);
-        while f.len() > FANOUT_TRACKED {
-            f.pop_front();
-        }
-        f.iter().map(|frame| frame.len() * (Arc::strong_count(frame) - 1)).sum::<usize>()
-    };
-    if outstanding(fanout) > s.queue_bytes {
+    if fanout_bytes(fanout) > s.queue_bytes {
         let until = Instant::now() + FANOUT_MAX_PAUSE;
-        while outstanding(fanout) > s.queue_bytes / 2 && Instant::now() < until && !out.is_closing() {
+        while fanout_bytes(fanout) > s.queue_bytes / 2 && Instant::now() < until && !out.is_closing() {
             std::thread::sleep(Duration::from_millis(2));
         }
         *last_seen = Instant::now();
@@ -823,6 +920,41 @@ mod tests {
         for (i, (op, p)) in frames.iter().enumerate() {
             assert_eq!((*op, String::from_utf8_lossy(p).into_owned()), (1, format!("m{i}")));
         }
+    }
+
+    /// Under a deferral, a push that takes the writer token leaves the writing to the flush:
+    /// the client sees nothing until then, then every frame in order, with the ones another
+    /// thread pushed meanwhile (they waited behind the token). Dropping the deferral flushes
+    /// too, and after it a push writes at once again.
+    #[test]
+    fn deferred_writes_wait_for_the_flush_and_keep_their_order() {
+        let flusher = Flusher::start().unwrap();
+        let (server, mut client) = pair();
+        let out = Outbound::new(&settings(1000, 1 << 20), flusher);
+        out.attach(Arc::new(server));
+        out.start();
+        let text = |i: usize| protocol::encode_text(format!("m{i}"));
+        let nothing_yet = |client: &mut TcpStream| {
+            client.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+            client.read(&mut [0u8; 16]).is_err()
+        };
+        let deferral = Deferral::begin();
+        for i in 0..3 {
+            assert_eq!(out.push(&text(i)), Pushed::Queued);
+        }
+        let other = out.clone();
+        std::thread::spawn(move || other.push(&protocol::encode_text("m3".to_string()))).join().unwrap();
+        assert!(nothing_yet(&mut client), "nothing is written before the flush");
+        deferral.flush();
+        let got: Vec<String> =
+            read_frames(&mut client, 4).into_iter().map(|(_, p)| String::from_utf8(p).unwrap()).collect();
+        assert_eq!(got, ["m0", "m1", "m2", "m3"]);
+        out.push(&text(4));
+        assert!(nothing_yet(&mut client), "still deferred after a flush");
+        drop(deferral);
+        assert_eq!(read_frames(&mut client, 1)[0].1, b"m4");
+        out.push(&text(5));
+        assert_eq!(read_frames(&mut client, 1)[0].1, b"m5");
     }
 
     #[test]
