@@ -592,8 +592,8 @@ impl Flusher {
 
 /// The read side for tungstenite: reads the socket; replies tungstenite would write itself
 /// (pong, close echo) are dropped here, because the session queues its own through `Outbound`.
-/// The reader's side of the socket for tungstenite. `nonblocking`: only what has already
-/// arrived (`WouldBlock` otherwise), for running a client's buffered messages in one go.
+/// `nonblocking`: read only what has already arrived (`WouldBlock` otherwise), for running the
+/// messages a client has already sent in one go (`Deferral`).
 struct ReadSide<'a> {
     stream: &'a TcpStream,
     nonblocking: bool,
