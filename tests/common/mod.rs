@@ -251,6 +251,19 @@ impl TestServer {
         self.log.lock().unwrap().clone()
     }
 
+    /// The log once it contains `needle`, or as it is after `timeout`: a line written by another
+    /// thread of the server (or not yet read from its stderr) may come after the answer.
+    pub fn log_when(&self, needle: &str, timeout: std::time::Duration) -> String {
+        let until = std::time::Instant::now() + timeout;
+        loop {
+            let log = self.log();
+            if log.contains(needle) || std::time::Instant::now() >= until {
+                return log;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
     }
