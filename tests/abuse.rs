@@ -292,7 +292,7 @@ fn a_client_reset_mid_upload_is_not_a_server_error() {
     drop(s);
     std::thread::sleep(Duration::from_millis(500));
     assert_health(&srv, "after the reset");
-    let log = srv.log();
+    let log = srv.log_when("/api/upload", Duration::from_secs(10));
     let upload_lines: Vec<&str> = log.lines().filter(|l| l.contains("/api/upload")).collect();
     assert!(!upload_lines.is_empty(), "{log}");
     assert!(!log.contains("ERROR"), "a reset is the client's doing:\n{log}");

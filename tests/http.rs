@@ -304,8 +304,8 @@ fn logs_name_requests_but_never_secrets() {
     let srv = TestServer::start_with(Opts::default().env("SECRET_KEY", secret).env("DB_PASSWORD", "hunter2-db"));
     let r = srv.get("/health?token=eyJhbGciOi.secret.token");
     assert_eq!(r.status, 200);
-    std::thread::sleep(Duration::from_millis(200));
-    let log = srv.log();
+    // The access line is written after the response, and read from the server's stderr later.
+    let log = srv.log_when("GET /health 200", Duration::from_secs(10));
     let line = log.lines().find(|l| l.contains("GET /health 200")).expect("an access log line");
     assert!(line.contains("us 127.0.0.1:"), "{line}");
     for s in [secret, "hunter2-db", "eyJhbGciOi"] {
