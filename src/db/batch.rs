@@ -197,8 +197,9 @@ impl<T: Clone> Batcher<T> {
         }
     }
 
-    /// Jobs queued right now (for tests and metrics).
-    pub fn queued(&self) -> usize {
+    /// Jobs queued right now.
+    #[cfg(test)]
+    fn queued(&self) -> usize {
         self.lock().queue.len()
     }
 }
@@ -301,6 +302,31 @@ mod tests {
         want.push(1);
         want.sort();
         assert_eq!(reads[1], want, "the second read carries every queued job's ids, sorted, once");
+        assert_eq!(b.lock().leading, 0);
+    }
+
+    /// The limit at its edge: with two leaders allowed, two reads run at once and a third job
+    /// queues; when one read ends, the queued job is led (its own read, one of two again).
+    #[test]
+    fn no_more_than_max_leaders_reads_run_at_once() {
+        let b = Arc::new(Batcher::new(2, |r: &i64| *r));
+        let (first, release_first) = held_leader(&b, 1);
+        let (second, release_second) = held_leader(&b, 2);
+        assert_eq!(b.lock().leading, 2);
+        let third = {
+            let b = b.clone();
+            std::thread::spawn(move || b.get(&[3], soon(), &existing, busy))
+        };
+        while b.queued() < 1 {
+            std::thread::yield_now();
+        }
+        assert_eq!(b.lock().leading, 2, "the third job waits: two reads are running");
+        release_first.send(()).unwrap();
+        assert_eq!(first.join().unwrap().unwrap(), vec![1]);
+        assert_eq!(third.join().unwrap().unwrap(), vec![3]);
+        release_second.send(()).unwrap();
+        assert_eq!(second.join().unwrap().unwrap(), vec![2]);
+        assert_eq!(b.queued(), 0);
         assert_eq!(b.lock().leading, 0);
     }
 

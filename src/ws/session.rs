@@ -68,16 +68,21 @@ impl Deferral {
         Deferral
     }
 
-    /// Write every deferred outbox (and any that those writes defer in turn).
+    /// Write every deferred outbox (and any that those writes defer in turn). The list's buffer
+    /// goes back for the next run, so a fan-out to 1,000 does not grow a new one each time.
     fn flush(&self) {
         loop {
-            let list = DEFERRED.with(|d| d.borrow_mut().as_mut().map(std::mem::take).unwrap_or_default());
+            let mut list = DEFERRED.with(|d| d.borrow_mut().as_mut().map(std::mem::take).unwrap_or_default());
             if list.is_empty() {
                 return;
             }
-            for out in list {
+            for out in list.drain(..) {
                 out.write_turn(Writer::Sender);
             }
+            DEFERRED.with(|d| match d.borrow_mut().as_mut() {
+                Some(current) if current.is_empty() => *current = list,
+                _ => {}
+            });
         }
     }
 }
@@ -735,7 +740,7 @@ fn read_loop(ws: &Ws, stream: &TcpStream, leftover: Vec<u8>, member: &Member, ou
         // are all still queued, so its fan-out must stay under half a queue (what
         // `pace_reading` lets through without a pause) and its own queue under the high-water
         // mark.
-        run = if got_message { run + 1 } else { 0 };
+        run += usize::from(got_message);
         io.nonblocking =
             got_message && run < DEFER_MESSAGES && !out.backlog().1 && fanout_bytes(&mut fanout) <= s.queue_bytes / 2;
         if !io.nonblocking {
