@@ -492,6 +492,21 @@ fn unanswered(c: &Conn) -> bool {
     nothing
 }
 
+/// Start a `/__test/sleep` of `ms` on each connection.
+fn start_sleeps(conns: &mut [Conn], ms: u64) {
+    for c in conns {
+        c.write(format!("GET /__test/sleep?ms={ms} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes());
+    }
+}
+
+/// Every connection gets its sleep's `200` in the end: nothing was lost.
+fn all_slept(conns: &mut [Conn], ms: u64) {
+    for c in conns {
+        let r = c.read_response(false);
+        assert_eq!((r.status, r.json()["slept_ms"].as_u64()), (200, Some(ms)));
+    }
+}
+
 #[test]
 fn a_keep_alive_request_is_served_while_the_pollers_wait_in_slow_handlers() {
     // One worker per core polls the hot set (answered keep-alive connections); a handler that
@@ -512,9 +527,7 @@ fn a_keep_alive_request_is_served_while_the_pollers_wait_in_slow_handlers() {
             c
         })
         .collect();
-    for c in &mut slow {
-        c.write(b"GET /__test/sleep?ms=4000 HTTP/1.1\r\nHost: a\r\n\r\n");
-    }
+    start_sleeps(&mut slow, 4000);
     // Let every slow request reach its handler (they are taken up at once, not at the end of
     // this pause; the pause only has to be shorter than the sleep).
     std::thread::sleep(Duration::from_millis(300));
@@ -522,10 +535,7 @@ fn a_keep_alive_request_is_served_while_the_pollers_wait_in_slow_handlers() {
     for c in &slow {
         assert!(unanswered(c), "a slow request was answered before the quick one: the quick one waited for it");
     }
-    for c in &mut slow {
-        let r = c.read_response(false);
-        assert_eq!((r.status, r.json()["slept_ms"].as_u64()), (200, Some(4000)));
-    }
+    all_slept(&mut slow, 4000);
 }
 
 #[test]
@@ -534,9 +544,7 @@ fn a_quick_route_is_answered_while_every_other_worker_waits_and_nothing_is_lost(
     // until one is free, so the last worker answers quick routes (`/health`) meanwhile.
     let srv = TestServer::start_with(Opts::default().env("WORKERS", "3"));
     let mut slow: Vec<Conn> = (0..4).map(|_| srv.connect()).collect();
-    for c in &mut slow {
-        c.write(b"GET /__test/sleep?ms=3000 HTTP/1.1\r\nHost: a\r\n\r\n");
-    }
+    start_sleeps(&mut slow, 3000);
     std::thread::sleep(Duration::from_millis(300));
     let mut probe = srv.connect();
     for _ in 0..3 {
@@ -546,8 +554,5 @@ fn a_quick_route_is_answered_while_every_other_worker_waits_and_nothing_is_lost(
         assert!(unanswered(c), "a slow request was answered before /health: /health waited for a worker");
     }
     // Two run at once (three workers, one kept back), the other two after them: all answered.
-    for c in &mut slow {
-        let r = c.read_response(false);
-        assert_eq!((r.status, r.json()["slept_ms"].as_u64()), (200, Some(3000)));
-    }
+    all_slept(&mut slow, 3000);
 }

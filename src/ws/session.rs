@@ -882,6 +882,15 @@ mod tests {
         (s, c)
     }
 
+    /// An outbound queue with `frames`/`bytes` limits attached to a fresh connection (not yet
+    /// started), and the client's end of it.
+    fn attached(frames: usize, bytes: usize) -> (Arc<Outbound>, TcpStream) {
+        let (server, client) = pair();
+        let out = Outbound::new(&settings(frames, bytes), Flusher::start().unwrap());
+        out.attach(Arc::new(server));
+        (out, client)
+    }
+
     fn read_frames(client: &mut TcpStream, want: usize) -> Vec<(u8, Vec<u8>)> {
         client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let mut buf = Vec::new();
@@ -908,10 +917,7 @@ mod tests {
 
     #[test]
     fn frames_arrive_in_order_and_only_after_start() {
-        let flusher = Flusher::start().unwrap();
-        let (server, mut client) = pair();
-        let out = Outbound::new(&settings(1000, 1 << 20), flusher);
-        out.attach(Arc::new(server));
+        let (out, mut client) = attached(1000, 1 << 20);
         for i in 0..10 {
             assert_eq!(out.push(&protocol::encode_text(format!("m{i}"))), Pushed::Queued);
         }
@@ -933,10 +939,7 @@ mod tests {
     /// too, and after it a push writes at once again.
     #[test]
     fn deferred_writes_wait_for_the_flush_and_keep_their_order() {
-        let flusher = Flusher::start().unwrap();
-        let (server, mut client) = pair();
-        let out = Outbound::new(&settings(1000, 1 << 20), flusher);
-        out.attach(Arc::new(server));
+        let (out, mut client) = attached(1000, 1 << 20);
         out.start();
         let text = |i: usize| protocol::encode_text(format!("m{i}"));
         let nothing_yet = |client: &mut TcpStream| {
@@ -964,10 +967,7 @@ mod tests {
 
     #[test]
     fn a_full_socket_never_blocks_the_sender_and_the_flusher_finishes_the_job() {
-        let flusher = Flusher::start().unwrap();
-        let (server, mut client) = pair();
-        let out = Outbound::new(&settings(100_000, 256 << 20), flusher);
-        out.attach(Arc::new(server));
+        let (out, mut client) = attached(100_000, 256 << 20);
         out.start();
         // 32 MiB: far more than the socket buffers hold while the client reads nothing.
         let frame = protocol::encode_text("x".repeat(32 * 1024));
@@ -1047,10 +1047,7 @@ mod tests {
 
     #[test]
     fn bounds_and_close() {
-        let flusher = Flusher::start().unwrap();
-        let (server, mut client) = pair();
-        let out = Outbound::new(&settings(3, 1 << 20), flusher);
-        out.attach(Arc::new(server));
+        let (out, mut client) = attached(3, 1 << 20);
         for _ in 0..3 {
             assert_eq!(out.push(&protocol::encode_text("a".into())), Pushed::Queued);
         }
