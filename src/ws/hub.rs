@@ -7,7 +7,9 @@
 //! operation that changes a group also changes the registry entry of the client (its current
 //! group), so two locks would always be taken together; one lock has no order to get wrong.
 //! Critical sections only look things up, change the maps and clone `Arc`s (plus, on connect,
-//! the welcome frame goes into a not yet started outbox: memory only). Frames are encoded and
+//! the welcome frame goes into a not yet started outbox: memory only); a group's recipients are
+//! one shared list, rebuilt on the first message after the group changes (`Group`), so a
+//! message to a group clones one `Arc` however big the group. Frames are encoded and
 //! pushed after the lock is dropped (`Outgoing` holds each frame's encoding as a closure over
 //! `Arc`s), so a 64 KiB broadcast's JSON is never written under the lock.
 //!
@@ -25,6 +27,7 @@
 //! client (a full outbox evicts that client, close code 1008); let a replaced or evicted
 //! session's late exit remove its successor (every entry carries a `serial`).
 
+use std::cell::OnceCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -94,11 +97,26 @@ struct Target {
     out: Arc<dyn Outbox>,
 }
 
+/// The recipients of one frame. Shared: a group's members are built once per change of the
+/// group and handed to every message to it (`Group::targets`).
+type Targets = Arc<[Target]>;
+
+/// One group: its members' ids, and the same members as [`Target`]s, built on the first message
+/// after a change (a join, a leave, a reconnection). So a message to a group of 1,000 costs one
+/// `Arc` clone under the hub lock, not 1,000 registry lookups. The cache holds the members'
+/// outboxes only while they are members: every change of `ids` goes through `State::join_group`
+/// or `State::leave_group`, which drop it.
+#[derive(Default)]
+struct Group {
+    ids: BTreeSet<Arc<str>>,
+    targets: OnceCell<Targets>,
+}
+
 #[derive(Default)]
 struct State {
     clients: HashMap<Arc<str>, Client>,
-    /// Group name → member ids. A group exists while its set is not empty.
-    groups: BTreeMap<Arc<str>, BTreeSet<Arc<str>>>,
+    /// Group name → members. A group exists while it has members.
+    groups: BTreeMap<Arc<str>, Group>,
 }
 
 impl State {
@@ -106,18 +124,27 @@ impl State {
         self.clients.get(id).map(|c| Target { id: id.clone(), serial: c.serial, out: c.out.clone() })
     }
 
-    fn members(&self, group: &str, except: Option<&str>) -> Vec<Target> {
-        let Some(ids) = self.groups.get(group) else {
-            return Vec::new();
+    /// The members of `group` as targets (none when there is no such group).
+    fn members(&self, group: &str) -> Targets {
+        let Some(g) = self.groups.get(group) else {
+            return Targets::default();
         };
-        ids.iter().filter(|id| Some(&***id) != except).filter_map(|id| self.target(id)).collect()
+        g.targets.get_or_init(|| g.ids.iter().filter_map(|id| self.target(id)).collect()).clone()
+    }
+
+    /// Put `id` into `group`, creating the group.
+    fn join_group(&mut self, group: &Arc<str>, id: &Arc<str>) {
+        let g = self.groups.entry(group.clone()).or_default();
+        g.ids.insert(id.clone());
+        g.targets.take();
     }
 
     /// Take `id` out of `group`, dropping the group when it empties.
     fn leave_group(&mut self, group: &Arc<str>, id: &str) {
-        if let Some(set) = self.groups.get_mut(group) {
-            set.remove(id);
-            if set.is_empty() {
+        if let Some(g) = self.groups.get_mut(group) {
+            g.ids.remove(id);
+            g.targets.take();
+            if g.ids.is_empty() {
                 self.groups.remove(group);
             }
         }
@@ -132,19 +159,20 @@ impl State {
 /// Frames to push once the lock is dropped, each still to be encoded: the JSON of a frame is
 /// written after the lock is released (`deliver`), so a 64 KiB broadcast never holds it up.
 #[derive(Default)]
-struct Outgoing(Vec<(Vec<Target>, Later)>);
+struct Outgoing(Vec<(Targets, Later)>);
 
 /// A frame's encoding, deferred until the hub lock is dropped. Captures owned (`Arc`) copies.
 type Later = Box<dyn FnOnce() -> Encoded + Send>;
 
 impl Outgoing {
-    fn add(&mut self, targets: Vec<Target>, encode: impl FnOnce() -> Encoded + Send + 'static) {
+    fn add(&mut self, targets: impl Into<Targets>, encode: impl FnOnce() -> Encoded + Send + 'static) {
+        let targets = targets.into();
         if !targets.is_empty() {
             self.0.push((targets, Box::new(encode)));
         }
     }
 
-    fn add_encoded(&mut self, targets: Vec<Target>, frame: Encoded) {
+    fn add_encoded(&mut self, targets: Targets, frame: Encoded) {
         self.add(targets, move || frame);
     }
 }
@@ -243,9 +271,7 @@ impl Hub {
             // group is not (its members get a `join` for the new connection below).
             if group.as_ref() != Some(&old_group) {
                 let (id, g) = (id.clone(), old_group.clone());
-                outgoing.add(st.members(&old_group, None), move || {
-                    ServerFrame::Leave { client_id: &id, group: &g }.encode()
-                });
+                outgoing.add(st.members(&old_group), move || ServerFrame::Leave { client_id: &id, group: &g }.encode());
             }
         }
         // Not started yet: this only queues, so the welcome is the client's first frame.
@@ -256,8 +282,8 @@ impl Hub {
             Client { serial, admin, out: out.clone(), group: group.clone(), connected_at, home: Home::Local },
         );
         if let Some(g) = &group {
-            let others = st.members(g, None);
-            st.groups.entry(g.clone()).or_default().insert(id.clone());
+            let others = st.members(g);
+            st.join_group(g, &id);
             let (id, g) = (id.clone(), g.clone());
             outgoing.add(others, move || ServerFrame::Join { client_id: &id, group: &g }.encode());
         }
@@ -294,7 +320,7 @@ impl Hub {
         if let Some(g) = client.group {
             st.leave_group(&g, &m.id);
             let id = m.id.clone();
-            outgoing.add(st.members(&g, None), move || ServerFrame::Leave { client_id: &id, group: &g }.encode());
+            outgoing.add(st.members(&g), move || ServerFrame::Leave { client_id: &id, group: &g }.encode());
         }
         true
     }
@@ -369,7 +395,7 @@ impl Hub {
             // A replaced or evicted session still draining its socket: it speaks for nobody.
             return Vec::new();
         };
-        let me_target = vec![Target { id: m.id.clone(), serial: m.serial, out: me.out.clone() }];
+        let me_target: Targets = Arc::new([Target { id: m.id.clone(), serial: m.serial, out: me.out.clone() }]);
         let my_group = me.group.clone();
         let admin = me.admin;
         let error = |outgoing: &mut Outgoing, code: ErrorCode, message: String| {
@@ -398,7 +424,7 @@ impl Hub {
             },
             Command::Group { message } | Command::Text { message } if my_group.is_some() => {
                 let g = my_group.clone().expect("checked");
-                let members = st.members(&g, None);
+                let members = st.members(&g);
                 relay = self
                     .spread_group(&st, &g)
                     .map(|s| (remote::Relay::Group { group: g.clone(), message: message.clone() }, s));
@@ -423,12 +449,11 @@ impl Hub {
                     if let Some(old) = &my_group {
                         st.leave_group(old, &m.id);
                         let (id, old) = (m.id.clone(), old.clone());
-                        outgoing.add(st.members(&old, None), move || {
-                            ServerFrame::Leave { client_id: &id, group: &old }.encode()
-                        });
+                        outgoing
+                            .add(st.members(&old), move || ServerFrame::Leave { client_id: &id, group: &old }.encode());
                     }
-                    let others = st.members(&group, None);
-                    st.groups.entry(group.clone()).or_default().insert(m.id.clone());
+                    let others = st.members(&group);
+                    st.join_group(&group, &m.id);
                     if let Some(c) = st.clients.get_mut(&m.id) {
                         c.group = Some(group.clone());
                     }
@@ -447,8 +472,7 @@ impl Hub {
                     }
                     self.publish_state(Event::Moved { id: &m.id, serial: m.serial, group: None });
                     let (id, g2) = (m.id.clone(), g.clone());
-                    outgoing
-                        .add(st.members(&g, None), move || ServerFrame::Leave { client_id: &id, group: &g2 }.encode());
+                    outgoing.add(st.members(&g), move || ServerFrame::Leave { client_id: &id, group: &g2 }.encode());
                     outgoing.add(me_target.clone(), move || ServerFrame::Left { group: &g }.encode());
                 }
             },
@@ -466,7 +490,7 @@ impl Hub {
                     ),
                     Some(g) => {
                         let members: Vec<Arc<str>> =
-                            st.groups.get(&g).map(|s| s.iter().cloned().collect()).unwrap_or_default();
+                            st.groups.get(&g).map(|s| s.ids.iter().cloned().collect()).unwrap_or_default();
                         outgoing.add(me_target.clone(), move || {
                             ServerFrame::Members { group: &g, members: &members }.encode()
                         });
@@ -519,7 +543,7 @@ impl Hub {
             if !st.groups.contains_key(group) {
                 return None;
             }
-            (st.members(group, None), self.spread_group(&st, group))
+            (st.members(group), self.spread_group(&st, group))
         };
         // Members elsewhere count as queued here (their outbox takes anything); the ones whose
         // instance cannot be reached are taken back.
@@ -536,7 +560,7 @@ impl Hub {
     /// Push an already encoded frame to every member of `group` (server notices such as
     /// database alerts to `admins`). Returns how many got it queued.
     pub fn send_to_group(&self, group: &str, frame: &Encoded) -> usize {
-        let targets = self.lock().members(group, None);
+        let targets = self.lock().members(group);
         let mut outgoing = Outgoing::default();
         outgoing.add_encoded(targets, frame.clone());
         self.deliver(outgoing)
@@ -566,7 +590,7 @@ impl Hub {
 
     /// The members of `group`, by id; `None` when there is no such group.
     pub fn members(&self, group: &str) -> Option<Vec<String>> {
-        self.lock().groups.get(group).map(|s| s.iter().map(|id| id.to_string()).collect())
+        self.lock().groups.get(group).map(|s| s.ids.iter().map(|id| id.to_string()).collect())
     }
 
     /// Server shutdown: empty the registry and close every client with 1001 (no `leave`
@@ -585,7 +609,7 @@ impl Hub {
 }
 
 fn group_infos(st: &State) -> Vec<GroupInfo> {
-    st.groups.iter().map(|(name, set)| GroupInfo { name: name.to_string(), member_count: set.len() }).collect()
+    st.groups.iter().map(|(name, set)| GroupInfo { name: name.to_string(), member_count: set.ids.len() }).collect()
 }
 
 /// Push `frame` to every target; the ones that are full go to `slow`. Returns how many queued.
@@ -718,6 +742,38 @@ mod tests {
         run(&hub, &a, "/members");
         assert_eq!(out_a.take()[0]["error"], "not_in_group");
         assert!(out_b.take().is_empty());
+    }
+
+    /// A group's targets are built once and reused: every change of the group must show in the
+    /// next message (a join, a leave, a move, a disconnect, a reconnection under the same id).
+    #[test]
+    fn group_messages_reach_exactly_the_current_members() {
+        let hub = Hub::new();
+        let (a, out_a) = connect(&hub, Some("a"), Some("g"));
+        let (b, out_b) = connect(&hub, Some("b"), Some("g"));
+        let heard = |outs: &[&Arc<Fake>]| -> Vec<usize> {
+            outs.iter().map(|o| o.take().iter().filter(|f| f["type"] == "group").count()).collect()
+        };
+        run(&hub, &a, "/group one");
+        assert_eq!(heard(&[&out_a, &out_b]), [1, 1]);
+        let (c, out_c) = connect(&hub, Some("c"), None);
+        run(&hub, &c, "/join g");
+        run(&hub, &a, "/group two");
+        assert_eq!(heard(&[&out_a, &out_b, &out_c]), [1, 1, 1], "a joiner hears the next message");
+        run(&hub, &b, "/leave");
+        run(&hub, &a, "/group three");
+        assert_eq!(heard(&[&out_a, &out_b, &out_c]), [1, 0, 1], "one who left does not");
+        run(&hub, &c, "/join h");
+        run(&hub, &a, "/group four");
+        assert_eq!(heard(&[&out_a, &out_c]), [1, 0], "nor one who moved");
+        let (a2, out_a2) = connect(&hub, Some("a"), Some("g"));
+        let (d, out_d) = connect(&hub, Some("d"), Some("g"));
+        run(&hub, &a2, "/group five");
+        assert_eq!(heard(&[&out_a, &out_a2, &out_d]), [0, 1, 1], "the replaced connection does not");
+        assert!(hub.disconnect(&a2));
+        run(&hub, &d, "/group six");
+        assert_eq!(heard(&[&out_a2, &out_d]), [0, 1], "nor one who disconnected");
+        assert_eq!(hub.members("g").unwrap(), ["d"]);
     }
 
     #[test]

@@ -25,8 +25,10 @@
 //!
 //! Each session has one bounded outbound queue (`session::Outbound`: a `Mutex<VecDeque<Arc<[u8]>>>`
 //! of encoded frames). Whoever pushes a frame onto a queue whose writer token is free takes the
-//! token and writes right away on its own thread, with `sendmsg(MSG_DONTWAIT)` of everything
-//! queued (one `iovec` per frame, up to 128 in one call); pushes that find the token taken only
+//! token and writes right away on its own thread, never waiting: a frame that finds the queue
+//! empty goes straight to the socket with one `send(MSG_DONTWAIT)` and enters the queue only if
+//! the socket does not take all of it; otherwise one `sendmsg(MSG_DONTWAIT)` takes everything
+//! queued (one `iovec` per frame, up to 128 in one call). Pushes that find the token taken only
 //! queue. If the socket is full (`EAGAIN`), the token passes to the flusher, which writes the
 //! rest when `poll` says the socket is writable. So exactly one writer at a time per socket
 //! (frames never interleave, per-sender order is kept), and **no sender ever blocks on a
@@ -34,8 +36,10 @@
 //!
 //! One exception to "right away": a reader running several messages that its client has already
 //! sent (`session::Deferral`, at most 16, while their fan-out stays under half a queue) only takes
-//! the tokens, and writes each of those queues once after the last message, before it waits for
-//! anything. A recipient of 8 such messages gets them in one `sendmsg`.
+//! the tokens for the second and later ones, and writes each of those queues once after the last
+//! message, before it waits for anything. A recipient of 8 such messages gets them in one or two
+//! `sendmsg`s. The first message of a run is deferred too when the client's last run had
+//! several (it streams), so a steady stream is written once per run.
 //!
 //! Why not a writer thread per session, as the design notes sketch: two threads per session
 //! would be 20,000 threads at the 10,000-client goal, and this machine's `kernel.pid_max` is
@@ -62,6 +66,8 @@
 //! - **Flusher inbox** (`adopt` and `watch` lists): each session is in each at most once at a
 //!   time, so both are bounded by `WS_MAX_CLIENTS`.
 //! - A fan-out frame is encoded once; every recipient's queue holds the same `Arc<[u8]>`.
+//! - A group's recipients are listed once per change of the group (`hub::Group`): a message to
+//!   1,000 members clones one `Arc` under the hub lock, not 1,000 registry entries.
 //!
 //! # Locks
 //!

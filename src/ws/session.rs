@@ -55,42 +55,50 @@ thread_local! {
     static DEFERRED: RefCell<Option<Vec<Arc<Outbound>>>> = const { RefCell::new(None) };
 }
 
-/// Writes deferred while a reader runs the messages its client has already sent: a fan-out
-/// queues each recipient's frame and takes its writer token, and the writing happens once for
-/// all of them, so a client reached by several of those messages gets them in one `sendmsg`.
-/// Flushed before the reader waits for anything, and on drop (every way out of `read_loop`,
-/// a panic included), so a token is never left taken.
-struct Deferral;
+/// Writes deferred while a reader runs messages its client had already sent (the second and
+/// later of a run: the first one's writes go out at once, as nobody knows yet that more are
+/// there). A fan-out queues each recipient's frame and takes its writer token, and the writing
+/// happens once for all of them, so a client reached by several of those messages gets them in
+/// one `sendmsg`. Active from `start` to `flush`; the reader flushes before it waits for
+/// anything, and dropping flushes too (every way out of `read_loop`, a panic included), so a
+/// token is never left taken.
+struct Deferral {
+    /// The list's buffer while no deferral is active, kept so that a fan-out to 1,000 does not
+    /// grow a new one for every run.
+    spare: Vec<Arc<Outbound>>,
+}
 
 impl Deferral {
-    fn begin() -> Deferral {
-        DEFERRED.with(|d| *d.borrow_mut() = Some(Vec::new()));
-        Deferral
+    fn new() -> Deferral {
+        Deferral { spare: Vec::new() }
     }
 
-    /// Write every deferred outbox (and any that those writes defer in turn). The list's buffer
-    /// goes back for the next run, so a fan-out to 1,000 does not grow a new one each time.
-    fn flush(&self) {
-        loop {
-            let mut list = DEFERRED.with(|d| d.borrow_mut().as_mut().map(std::mem::take).unwrap_or_default());
-            if list.is_empty() {
-                return;
+    /// From now until `flush`, a push on this thread that takes a writer token leaves the
+    /// writing to `flush`.
+    fn start(&mut self) {
+        DEFERRED.with(|d| {
+            let mut d = d.borrow_mut();
+            if d.is_none() {
+                *d = Some(std::mem::take(&mut self.spare));
             }
-            for out in list.drain(..) {
-                out.write_turn(Writer::Sender);
-            }
-            DEFERRED.with(|d| match d.borrow_mut().as_mut() {
-                Some(current) if current.is_empty() => *current = list,
-                _ => {}
-            });
+        });
+    }
+
+    /// Stop deferring and write every deferred outbox.
+    fn flush(&mut self) {
+        let Some(mut list) = DEFERRED.with(|d| d.borrow_mut().take()) else {
+            return;
+        };
+        for out in list.drain(..) {
+            out.write_turn(Writer::Sender);
         }
+        self.spare = list;
     }
 }
 
 impl Drop for Deferral {
     fn drop(&mut self) {
         self.flush();
-        DEFERRED.with(|d| *d.borrow_mut() = None);
     }
 }
 
@@ -105,6 +113,11 @@ fn deferred(out: &Outbound) -> bool {
     })
 }
 
+/// Whether a [`Deferral`] is active on this thread.
+fn deferring() -> bool {
+    DEFERRED.with(|d| d.borrow().is_some())
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Critical sections below never panic half-way through an update.
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -113,6 +126,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// `sendmsg(bufs, MSG_DONTWAIT | MSG_NOSIGNAL)`: write what the socket takes now, never wait.
 fn send_nonblocking(stream: &TcpStream, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
     socket2::SockRef::from(stream).send_vectored_with_flags(bufs, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+}
+
+/// `send(buf, MSG_DONTWAIT | MSG_NOSIGNAL)`: the same for one frame (the usual case of a
+/// fan-out), without the `msghdr` and `iovec` that `sendmsg` copies in.
+fn send_one_nonblocking(stream: &TcpStream, buf: &[u8]) -> io::Result<usize> {
+    socket2::SockRef::from(stream).send_with_flags(buf, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -340,7 +359,7 @@ impl Outbound {
                 return Turn::Dead;
             };
             let sent = match &single {
-                Some(f) => send_nonblocking(stream, &[IoSlice::new(&f[offset..])]),
+                Some(f) => send_one_nonblocking(stream, &f[offset..]),
                 None => {
                     let slices: Vec<IoSlice<'_>> = batch
                         .iter()
@@ -367,6 +386,40 @@ impl Outbound {
             }
             rounds += 1;
         }
+    }
+
+    /// Write `frame` with the token held and the queue empty when it was taken (frames pushed
+    /// since then are behind it). What the socket does not take goes to the front of the queue,
+    /// and the turn goes on as any other: it ends with the token released or with the flusher.
+    fn write_direct(&self, frame: &Encoded) -> Turn {
+        let sent = match self.stream.get() {
+            Some(stream) => loop {
+                match send_one_nonblocking(stream, frame) {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    sent => break sent,
+                }
+            },
+            // `start` comes after `attach`: cannot happen; `write_turn` below deals with it.
+            None => Ok(0),
+        };
+        let written = match sent {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) => {
+                debug!("ws write failed: {e}");
+                self.kill();
+                return Turn::Dead;
+            }
+        };
+        if written < frame.len() {
+            let mut st = lock(&self.state);
+            if !st.dead {
+                st.queue.push_front(frame.clone());
+                st.front_written = written;
+                st.bytes += frame.len() - written;
+            }
+        }
+        self.write_turn(Writer::Sender)
     }
 
     /// `n` bytes were written from the front of the queue.
@@ -423,7 +476,8 @@ impl Outbound {
 
 impl Outbox for Outbound {
     fn push(&self, frame: &Encoded) -> Pushed {
-        {
+        let defer = deferring();
+        let direct = {
             let mut st = lock(&self.state);
             if st.closing || st.dead {
                 return Pushed::Closed;
@@ -433,14 +487,24 @@ impl Outbox for Outbound {
             if full {
                 return Pushed::Full;
             }
-            st.queue.push_back(frame.clone());
-            st.bytes += frame.len();
-            if st.writing || !st.started {
+            let take = !st.writing && st.started;
+            st.writing |= take;
+            // The usual case of a fan-out: the token is free and nothing is queued. The frame
+            // goes straight to the socket from here and enters the queue only if the socket
+            // does not take all of it.
+            let direct = take && !defer && st.queue.is_empty();
+            if !direct {
+                st.queue.push_back(frame.clone());
+                st.bytes += frame.len();
+            }
+            if !take {
                 return Pushed::Queued;
             }
-            st.writing = true;
-        }
-        if !deferred(self) {
+            direct
+        };
+        if direct {
+            self.write_direct(frame);
+        } else if !deferred(self) {
             self.write_turn(Writer::Sender);
         }
         Pushed::Queued
@@ -684,14 +748,21 @@ fn read_loop(ws: &Ws, stream: &TcpStream, leftover: Vec<u8>, member: &Member, ou
     let mut fanout = VecDeque::new();
     // Messages the client has already sent run one after the other with their writes deferred
     // (at most DEFER_MESSAGES), then everything they queued is written before the next wait.
-    let deferral = Deferral::begin();
+    // The first message of a run is deferred too when the last run had several: a client that
+    // streams is likely sending more while this one fans out. Otherwise its writes go out at
+    // once (a queue round trip less per recipient, for the many clients that send one at a time).
+    let mut deferral = Deferral::new();
     let mut run = 0;
+    let mut streaming = false;
     loop {
         if !io.nonblocking {
             deferral.flush();
             if let Some(end) = pace_reading(s, member, out, &mut fanout, &mut last_seen) {
                 return end;
             }
+        }
+        if io.nonblocking || streaming {
+            deferral.start();
         }
         let result = ctx.read(&mut io);
         let now = Instant::now();
@@ -744,6 +815,9 @@ fn read_loop(ws: &Ws, stream: &TcpStream, leftover: Vec<u8>, member: &Member, ou
         io.nonblocking =
             got_message && run < DEFER_MESSAGES && !out.backlog().1 && fanout_bytes(&mut fanout) <= s.queue_bytes / 2;
         if !io.nonblocking {
+            if run > 0 {
+                streaming = run > 1;
+            }
             run = 0;
         }
         if out.is_closing() {
@@ -935,8 +1009,8 @@ mod tests {
 
     /// Under a deferral, a push that takes the writer token leaves the writing to the flush:
     /// the client sees nothing until then, then every frame in order, with the ones another
-    /// thread pushed meanwhile (they waited behind the token). Dropping the deferral flushes
-    /// too, and after it a push writes at once again.
+    /// thread pushed meanwhile (they waited behind the token). After a flush a push writes at
+    /// once until the next start; dropping the deferral flushes too.
     #[test]
     fn deferred_writes_wait_for_the_flush_and_keep_their_order() {
         let (out, mut client) = attached(1000, 1 << 20);
@@ -946,7 +1020,8 @@ mod tests {
             client.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
             client.read(&mut [0u8; 16]).is_err()
         };
-        let deferral = Deferral::begin();
+        let mut deferral = Deferral::new();
+        deferral.start();
         for i in 0..3 {
             assert_eq!(out.push(&text(i)), Pushed::Queued);
         }
@@ -958,11 +1033,14 @@ mod tests {
             read_frames(&mut client, 4).into_iter().map(|(_, p)| String::from_utf8(p).unwrap()).collect();
         assert_eq!(got, ["m0", "m1", "m2", "m3"]);
         out.push(&text(4));
-        assert!(nothing_yet(&mut client), "still deferred after a flush");
-        drop(deferral);
-        assert_eq!(read_frames(&mut client, 1)[0].1, b"m4");
+        assert_eq!(read_frames(&mut client, 1)[0].1, b"m4", "after a flush, a push writes at once");
+        deferral.start();
         out.push(&text(5));
-        assert_eq!(read_frames(&mut client, 1)[0].1, b"m5");
+        assert!(nothing_yet(&mut client), "deferred again after start");
+        drop(deferral);
+        assert_eq!(read_frames(&mut client, 1)[0].1, b"m5", "dropping flushes");
+        out.push(&text(6));
+        assert_eq!(read_frames(&mut client, 1)[0].1, b"m6");
     }
 
     #[test]

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use super::{Client, Hub, Member, Outbox, Outgoing, Pushed, State, Target};
+use super::{Client, Hub, Member, Outbox, Outgoing, Pushed, State, Target, Targets};
 use crate::ws::protocol::{Encoded, ErrorCode, ServerFrame};
 
 /// Which instance's connection a client is, as the instance that holds it names it.
@@ -155,11 +155,11 @@ impl State {
         if let Some(old) = &old {
             self.leave_group(old, id);
             let (i, o) = (id.clone(), old.clone());
-            outgoing.add(self.members(old, None), move || ServerFrame::Leave { client_id: &i, group: &o }.encode());
+            outgoing.add(self.members(old), move || ServerFrame::Leave { client_id: &i, group: &o }.encode());
         }
         if let Some(g) = &group {
-            let others = self.members(g, None);
-            self.groups.entry(g.clone()).or_default().insert(id.clone());
+            let others = self.members(g);
+            self.join_group(g, id);
             let (i, g) = (id.clone(), g.clone());
             outgoing.add(others, move || ServerFrame::Join { client_id: &i, group: &g }.encode());
         }
@@ -184,7 +184,7 @@ impl Hub {
 
     pub(super) fn spread_group(&self, st: &State, group: &str) -> Option<Spread> {
         self.link.get()?;
-        Spread::of(st, st.groups.get(group)?.iter())
+        Spread::of(st, st.groups.get(group)?.ids.iter())
     }
 
     pub(super) fn spread_all(&self, st: &State) -> Option<Spread> {
@@ -207,14 +207,7 @@ impl Hub {
 
     /// A client's message for other instances: relay it, and tell the sender what happened
     /// (`sent` for a private message that left, an error for recipients that cannot be reached).
-    pub(super) fn relay_for(
-        &self,
-        m: &Member,
-        me: Vec<Target>,
-        relay: Relay,
-        spread: &Spread,
-        outgoing: &mut Outgoing,
-    ) {
+    pub(super) fn relay_for(&self, m: &Member, me: Targets, relay: Relay, spread: &Spread, outgoing: &mut Outgoing) {
         match relay {
             Relay::Private { to, message } => {
                 let instance = spread.0.keys().next().cloned().unwrap_or_else(|| Arc::from(""));
@@ -290,9 +283,7 @@ impl Hub {
             st.leave_group(&old_group, &id);
             if group.as_ref() != Some(&old_group) {
                 let (i, g) = (id.clone(), old_group.clone());
-                outgoing.add(st.members(&old_group, None), move || {
-                    ServerFrame::Leave { client_id: &i, group: &g }.encode()
-                });
+                outgoing.add(st.members(&old_group), move || ServerFrame::Leave { client_id: &i, group: &g }.encode());
             }
         }
         let serial = self.next_serial.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -302,8 +293,8 @@ impl Hub {
             Client { serial, admin: false, out, group: group.clone(), connected_at, home: Home::Remote(origin) };
         st.clients.insert(id.clone(), client);
         if let Some(g) = &group {
-            let others = st.members(g, None);
-            st.groups.entry(g.clone()).or_default().insert(id.clone());
+            let others = st.members(g);
+            st.join_group(g, &id);
             let (i, g) = (id.clone(), g.clone());
             outgoing.add(others, move || ServerFrame::Join { client_id: &i, group: &g }.encode());
         }
@@ -409,7 +400,7 @@ impl Hub {
 
     /// A group message from another instance: to this instance's members of `group`.
     pub fn remote_group(&self, from: &str, group: &str, message: &str) {
-        let targets = self.lock().members(group, None);
+        let targets = self.lock().members(group);
         let mut outgoing = Outgoing::default();
         let (f, g, m): (Arc<str>, Arc<str>, Arc<str>) = (from.into(), group.into(), message.into());
         outgoing.add(targets, move || ServerFrame::Group { from: &f, group: &g, message: &m }.encode());
