@@ -15,7 +15,7 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
@@ -130,8 +130,8 @@ fn send_nonblocking(stream: &TcpStream, bufs: &[IoSlice<'_>]) -> io::Result<usiz
 
 /// `send(buf, MSG_DONTWAIT | MSG_NOSIGNAL)`: the same for one frame (the usual case of a
 /// fan-out), without the `msghdr` and `iovec` that `sendmsg` copies in.
-fn send_one_nonblocking(stream: &TcpStream, buf: &[u8]) -> io::Result<usize> {
-    socket2::SockRef::from(stream).send_with_flags(buf, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+fn send_one_nonblocking(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+    socket2::SockRef::from(&fd).send_with_flags(buf, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -156,6 +156,10 @@ enum Turn {
 }
 
 struct OutState {
+    /// The socket's descriptor once attached (-1 before), kept here beside the lock that every
+    /// push takes anyway: reading it through the shared `TcpStream` cost a cache miss per
+    /// recipient of a fan-out. `Outbound::stream` owns it.
+    fd: RawFd,
     /// Encoded frames not yet fully written, oldest first.
     queue: VecDeque<Encoded>,
     /// Bytes of `queue[0]` already written.
@@ -225,6 +229,7 @@ impl Outbound {
         Arc::new_cyclic(|me| Outbound {
             stream: OnceLock::new(),
             state: Mutex::new(OutState {
+                fd: -1,
                 queue: VecDeque::new(),
                 front_written: 0,
                 bytes: 0,
@@ -249,7 +254,10 @@ impl Outbound {
 
     /// Give the queue its socket (once, before `start`).
     pub fn attach(&self, stream: Arc<TcpStream>) {
-        let _ = self.stream.set(stream);
+        let fd = stream.as_raw_fd();
+        if self.stream.set(stream).is_ok() {
+            lock(&self.state).fd = fd;
+        }
     }
 
     fn fd(&self) -> RawFd {
@@ -359,7 +367,7 @@ impl Outbound {
                 return Turn::Dead;
             };
             let sent = match &single {
-                Some(f) => send_one_nonblocking(stream, &f[offset..]),
+                Some(f) => send_one_nonblocking(stream.as_fd(), &f[offset..]),
                 None => {
                     let slices: Vec<IoSlice<'_>> = batch
                         .iter()
@@ -391,16 +399,20 @@ impl Outbound {
     /// Write `frame` with the token held and the queue empty when it was taken (frames pushed
     /// since then are behind it). What the socket does not take goes to the front of the queue,
     /// and the turn goes on as any other: it ends with the token released or with the flusher.
-    fn write_direct(&self, frame: &Encoded) -> Turn {
-        let sent = match self.stream.get() {
-            Some(stream) => loop {
-                match send_one_nonblocking(stream, frame) {
+    fn write_direct(&self, fd: RawFd, frame: &Encoded) -> Turn {
+        let sent = if fd < 0 {
+            // `start` comes after `attach`: cannot happen; `write_turn` below deals with it.
+            Ok(0)
+        } else {
+            // SAFETY: `fd` is the descriptor of `self.stream`, set once and never taken back, so
+            // it stays open as long as `self`, which outlives this call.
+            let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+            loop {
+                match send_one_nonblocking(fd, frame) {
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     sent => break sent,
                 }
-            },
-            // `start` comes after `attach`: cannot happen; `write_turn` below deals with it.
-            None => Ok(0),
+            }
         };
         let written = match sent {
             Ok(n) => n,
@@ -500,10 +512,10 @@ impl Outbox for Outbound {
             if !take {
                 return Pushed::Queued;
             }
-            direct
+            direct.then_some(st.fd)
         };
-        if direct {
-            self.write_direct(frame);
+        if let Some(fd) = direct {
+            self.write_direct(fd, frame);
         } else if !deferred(self) {
             self.write_turn(Writer::Sender);
         }
