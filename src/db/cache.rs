@@ -77,6 +77,12 @@ impl AccountCache {
     /// Remember (or refresh) an account, as most recently used.
     pub fn put(&self, user: &User) {
         let mut g = self.lock();
+        // The usual case, a row read again unchanged: only its place in the LRU order moves
+        // (no allocation; every authenticated request puts its caller here).
+        if g.by_id.get(&user.id).is_some_and(|e| e.user == *user) {
+            g.touch(user.id);
+            return;
+        }
         // The email may have changed, or another id may have held it (a deleted account whose
         // email was reused): drop both old index entries first.
         g.remove(user.id);
@@ -174,6 +180,26 @@ mod tests {
             c.put(&user(i, &format!("u{i}@x.io")));
             assert!(c.len() <= 3);
         }
+    }
+
+    /// Putting a row again unchanged is a use (it moves up the LRU order); a row that differs
+    /// in any field, even only `is_active`, replaces what was held.
+    #[test]
+    fn an_unchanged_row_is_a_use_and_a_changed_one_replaces() {
+        let c = AccountCache::new(3);
+        for i in 1..=3 {
+            c.put(&user(i, &format!("u{i}@x.io")));
+        }
+        c.put(&user(1, "u1@x.io"));
+        c.put(&user(4, "u4@x.io"));
+        assert!(c.by_id(1).is_some(), "1 was put again, so 2 was the oldest");
+        assert!(c.by_id(2).is_none());
+        let mut off = user(3, "u3@x.io");
+        off.is_active = false;
+        c.put(&off);
+        assert!(!c.by_id(3).unwrap().is_active);
+        assert!(!c.by_email("u3@x.io").unwrap().is_active);
+        assert_eq!(c.len(), 3);
     }
 
     #[test]

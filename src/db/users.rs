@@ -13,7 +13,7 @@ use super::stmt::{self, Prepared, Stmt};
 use super::DbError;
 
 /// A user row.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {
     pub id: i64,
     pub email: String,

@@ -56,8 +56,8 @@ thread_local! {
 }
 
 /// Writes deferred while a reader runs messages its client had already sent (the second and
-/// later of a run: the first one's writes go out at once, as nobody knows yet that more are
-/// there). A fan-out queues each recipient's frame and takes its writer token, and the writing
+/// later of a run; the first too when the client's previous run had several, see `read_loop`).
+/// A fan-out queues each recipient's frame and takes its writer token, and the writing
 /// happens once for all of them, so a client reached by several of those messages gets them in
 /// one `sendmsg`. Active from `start` to `flush`; the reader flushes before it waits for
 /// anything, and dropping flushes too (every way out of `read_loop`, a panic included), so a
