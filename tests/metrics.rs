@@ -136,10 +136,23 @@ fn metrics_on_their_own_address_parse_and_count_what_happened() {
     ws.send("/group hello");
     assert_eq!(ws.recv()["type"], "group");
 
-    let r = common::Conn::open(addr).send("GET", "/metrics", &[], b"");
-    assert_eq!(r.status, 200);
-    assert!(r.header("content-type").unwrap().starts_with("text/plain; version=0.0.4"), "{:?}", r.headers);
-    let text = r.text();
+    // The sender counts a delivery once its push returns, which can be a moment after the frame
+    // is on the wire (a frame for an idle queue is written inside the push): scrape until the
+    // group message shows, so the counts below are all settled.
+    let scrape = || {
+        let r = common::Conn::open(addr).send("GET", "/metrics", &[], b"");
+        assert_eq!(r.status, 200);
+        assert!(r.header("content-type").unwrap().starts_with("text/plain; version=0.0.4"), "{:?}", r.headers);
+        r.text()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut text = scrape();
+    while sample(&parse(&text), "adcluster_ws_deliveries_total", &[]).unwrap_or(0.0) < 1.0
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        text = scrape();
+    }
     let (id_path, id_label) = (format!("/users/{id}\""), format!("=\"{id}\""));
     for secret in [EMAIL, "secret-client", "secret-group", "wrong-pass", &id_path, &id_label] {
         assert!(

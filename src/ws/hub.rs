@@ -190,7 +190,8 @@ pub struct Hub {
 /// What the hub has done since start, for `/metrics`.
 #[derive(Default)]
 pub struct HubStats {
-    /// Frames queued to clients by `deliver` (one per recipient).
+    /// Frames queued to clients by `deliver` (one per recipient). Counted once the pushes have
+    /// returned, so a client can hold a frame a moment before it shows here.
     pub delivered: AtomicU64,
     /// Clients closed with 1008 because their outbound queue was full.
     pub slow_consumer_closes: AtomicU64,
