@@ -27,7 +27,9 @@ ensure_browser_tools() {
 build_test_binary() {
   say "cargo build (the binary the browser tests start)"
   cargo build --quiet --bin adcluster
-  BIN="$(pwd)/${CARGO_TARGET_DIR:-target}/debug/adcluster"
+  local target="${CARGO_TARGET_DIR:-target}"
+  case "$target" in /*) ;; *) target="$(pwd)/$target" ;; esac
+  BIN="$target/debug/adcluster"
   [ -x "$BIN" ] || die "the binary is not at $BIN"
 }
 
