@@ -1135,6 +1135,100 @@ mod tests {
         assert!(discarded_some, "the close never came before the last frame");
     }
 
+    /// Several threads push at once while the client reads slowly: a push that finds the queue
+    /// idle writes its frame itself (outside the lock), the others queue behind it, and a frame
+    /// the socket takes only in part goes back to the front. Every frame must arrive whole, and
+    /// each thread's frames in the order it pushed them.
+    #[test]
+    fn concurrent_pushers_keep_each_ones_order_and_every_frame_whole() {
+        const THREADS: usize = 4;
+        const EACH: usize = 600;
+        let pad_of = |i: usize| if i % 4 == 1 { 20_000 + 997 * (i % 40) } else { i % 300 };
+        // A small send buffer and a client that reads in small bites with pauses: the socket
+        // keeps filling and draining, and writes keep ending part-way through a frame. (Not a
+        // small receive buffer: set after the handshake, it can close the window for seconds.)
+        let (server, mut client) = pair();
+        socket2::SockRef::from(&server).set_send_buffer_size(16 * 1024).unwrap();
+        let out = Outbound::new(&settings(1_000_000, 1 << 30), Flusher::start().unwrap());
+        out.attach(Arc::new(server));
+        out.start();
+        let reader = std::thread::spawn(move || {
+            client.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            let (mut all, mut tmp) = (Vec::new(), [0u8; 8192]);
+            // Whole frames seen so far, and where the next one starts.
+            let (mut frames, mut pos) = (0, 0);
+            for reads in 1u32.. {
+                let n = client.read(&mut tmp).unwrap();
+                assert!(n > 0, "closed after {frames} frames");
+                all.extend_from_slice(&tmp[..n]);
+                while let Some(len) = whole_frame(&all[pos..]) {
+                    pos += len;
+                    frames += 1;
+                }
+                if frames == THREADS * EACH {
+                    break;
+                }
+                if reads % 4 == 0 {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            all
+        });
+        let pushers: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let out = out.clone();
+                std::thread::spawn(move || {
+                    for i in 0..EACH {
+                        let text = format!("{t}:{i}:{}", "p".repeat(pad_of(i)));
+                        assert_eq!(out.push(&protocol::encode_text(text)), Pushed::Queued);
+                    }
+                })
+            })
+            .collect();
+        for p in pushers {
+            p.join().unwrap();
+        }
+        let all = reader.join().unwrap();
+        let mut next = [0usize; THREADS];
+        let mut pos = 0;
+        while pos < all.len() {
+            let (op, payload) = protocol::decode_frame(&all[pos..]).expect("a broken frame");
+            pos += frame_len(payload.len());
+            assert_eq!(op, 1);
+            let text = String::from_utf8(payload).unwrap();
+            let mut parts = text.splitn(3, ':');
+            let t: usize = parts.next().unwrap().parse().unwrap();
+            let i: usize = parts.next().unwrap().parse().unwrap();
+            assert_eq!(i, next[t], "thread {t}: frame {i} came when {} was due", next[t]);
+            assert_eq!(parts.next().unwrap().len(), pad_of(i), "thread {t}: frame {i} is not whole");
+            next[t] += 1;
+        }
+        assert_eq!(next, [EACH; THREADS]);
+    }
+
+    /// Header and payload length of a server frame (unmasked) with a payload of `len` bytes.
+    fn frame_len(len: usize) -> usize {
+        len + if len < 126 {
+            2
+        } else if len < 65536 {
+            4
+        } else {
+            10
+        }
+    }
+
+    /// The length of the whole frame at the start of `buf`, if it is all there (server frames
+    /// are not masked; the payload length is 7 bits, or 16 or 64 after 126 or 127).
+    fn whole_frame(buf: &[u8]) -> Option<usize> {
+        let len = match *buf.get(1)? & 0x7f {
+            126 => u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?) as usize,
+            127 => u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?) as usize,
+            n => n as usize,
+        };
+        let total = frame_len(len);
+        (buf.len() >= total).then_some(total)
+    }
+
     #[test]
     fn bounds_and_close() {
         let (out, mut client) = attached(3, 1 << 20);
