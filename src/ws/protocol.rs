@@ -384,6 +384,15 @@ pub fn encode_close(code: u16, reason: &str) -> Encoded {
     format_frame(Frame::close(Some(close)))
 }
 
+/// The length of the whole frame (header and payload) at the start of `bytes`, once all of it
+/// is there. For tests and diagnostics, like [`decode_frame`].
+pub fn frame_len(bytes: &[u8]) -> Option<usize> {
+    let mut cursor = std::io::Cursor::new(bytes);
+    let (_, len) = tungstenite::protocol::frame::FrameHeader::parse(&mut cursor).ok()??;
+    let total = cursor.position() as usize + len as usize;
+    (bytes.len() >= total).then_some(total)
+}
+
 /// Decode one unmasked frame produced by the `encode_*` functions: (opcode byte, payload).
 /// For tests and diagnostics; the server never parses its own frames.
 pub fn decode_frame(bytes: &[u8]) -> Option<(u8, Vec<u8>)> {
@@ -571,5 +580,20 @@ mod tests {
         let big = "z".repeat(70_000);
         let (op, payload) = decode_frame(&encode_text(big.clone())).unwrap();
         assert_eq!((op, payload.len()), (1, big.len()));
+    }
+
+    /// At each edge of the three length forms (7-bit, 16-bit, 64-bit): the whole frame is
+    /// measured, and a frame one byte short is not there yet.
+    #[test]
+    fn frame_len_measures_whole_frames_only() {
+        for n in [0, 125, 126, 65_535, 65_536] {
+            let frame = encode_text("a".repeat(n));
+            assert_eq!(frame_len(&frame), Some(frame.len()), "{n}");
+            assert_eq!(frame_len(&frame[..frame.len() - 1]), None, "{n}");
+            let mut two = frame.to_vec();
+            two.extend_from_slice(&frame);
+            assert_eq!(frame_len(&two), Some(frame.len()), "{n}");
+        }
+        assert_eq!(frame_len(&[0x81]), None);
     }
 }

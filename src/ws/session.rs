@@ -102,20 +102,14 @@ impl Drop for Deferral {
     }
 }
 
-/// When a [`Deferral`] is active on this thread, list `out` for its flush and say so.
-fn deferred(out: &Outbound) -> bool {
-    DEFERRED.with(|d| match d.borrow_mut().as_mut() {
-        Some(list) => {
-            list.push(out.arc());
-            true
-        }
-        None => false,
-    })
-}
-
 /// Whether a [`Deferral`] is active on this thread.
 fn deferring() -> bool {
     DEFERRED.with(|d| d.borrow().is_some())
+}
+
+/// List `out` for the active [`Deferral`]'s flush (the caller checked `deferring`).
+fn defer_write(out: &Outbound) {
+    DEFERRED.with(|d| d.borrow_mut().as_mut().expect("a deferral is active").push(out.arc()));
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -399,19 +393,15 @@ impl Outbound {
     /// Write `frame` with the token held and the queue empty when it was taken (frames pushed
     /// since then are behind it). What the socket does not take goes to the front of the queue,
     /// and the turn goes on as any other: it ends with the token released or with the flusher.
+    /// `fd` is the attached socket's (`OutState::fd`, never -1 here).
     fn write_direct(&self, fd: RawFd, frame: &Encoded) -> Turn {
-        let sent = if fd < 0 {
-            // `start` comes after `attach`: cannot happen; `write_turn` below deals with it.
-            Ok(0)
-        } else {
-            // SAFETY: `fd` is the descriptor of `self.stream`, set once and never taken back, so
-            // it stays open as long as `self`, which outlives this call.
-            let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-            loop {
-                match send_one_nonblocking(fd, frame) {
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    sent => break sent,
-                }
+        // SAFETY: `fd` is the descriptor of `self.stream`, set once and never taken back, so it
+        // stays open as long as `self`, which outlives this call.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        let sent = loop {
+            match send_one_nonblocking(fd, frame) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                sent => break sent,
             }
         };
         let written = match sent {
@@ -504,7 +494,7 @@ impl Outbox for Outbound {
             // The usual case of a fan-out: the token is free and nothing is queued. The frame
             // goes straight to the socket from here and enters the queue only if the socket
             // does not take all of it.
-            let direct = take && !defer && st.queue.is_empty();
+            let direct = take && !defer && st.queue.is_empty() && st.fd >= 0;
             if !direct {
                 st.queue.push_back(frame.clone());
                 st.bytes += frame.len();
@@ -516,7 +506,9 @@ impl Outbox for Outbound {
         };
         if let Some(fd) = direct {
             self.write_direct(fd, frame);
-        } else if !deferred(self) {
+        } else if defer {
+            defer_write(self);
+        } else {
             self.write_turn(Writer::Sender);
         }
         Pushed::Queued
@@ -986,16 +978,9 @@ mod tests {
             let n = client.read(&mut tmp).unwrap();
             assert!(n > 0, "closed after {} frames", frames.len());
             buf.extend_from_slice(&tmp[..n]);
-            while let Some((op, payload)) = protocol::decode_frame(&buf) {
-                let hdr = if payload.len() < 126 {
-                    2
-                } else if payload.len() < 65536 {
-                    4
-                } else {
-                    10
-                };
-                buf.drain(..hdr + payload.len());
-                frames.push((op, payload));
+            while let Some(len) = protocol::frame_len(&buf) {
+                frames.push(protocol::decode_frame(&buf).expect("a whole frame"));
+                buf.drain(..len);
             }
         }
         frames
@@ -1112,21 +1097,15 @@ mod tests {
             let mut pos = 0;
             let mut texts = 0;
             loop {
-                let (op, payload) = protocol::decode_frame(&all[pos..])
+                let len = protocol::frame_len(&all[pos..])
                     .unwrap_or_else(|| panic!("round {round}: a broken frame after {texts} frames"));
-                let hdr = if payload.len() < 126 {
-                    2
-                } else if payload.len() < 65536 {
-                    4
-                } else {
-                    10
-                };
-                pos += hdr + payload.len();
+                let (op, payload) = protocol::decode_frame(&all[pos..]).expect("a whole frame");
+                pos += len;
                 if op == 0x8 {
                     assert_eq!(&payload[..2], &1008u16.to_be_bytes(), "round {round}");
                     break;
                 }
-                assert_eq!((op, hdr + payload.len()), (1, frame.len()), "round {round}: frame {texts}");
+                assert_eq!((op, len), (1, frame.len()), "round {round}: frame {texts}");
                 texts += 1;
             }
             assert_eq!(pos, all.len(), "round {round}: bytes after the close frame");
@@ -1161,7 +1140,7 @@ mod tests {
                 let n = client.read(&mut tmp).unwrap();
                 assert!(n > 0, "closed after {frames} frames");
                 all.extend_from_slice(&tmp[..n]);
-                while let Some(len) = whole_frame(&all[pos..]) {
+                while let Some(len) = protocol::frame_len(&all[pos..]) {
                     pos += len;
                     frames += 1;
                 }
@@ -1192,8 +1171,9 @@ mod tests {
         let mut next = [0usize; THREADS];
         let mut pos = 0;
         while pos < all.len() {
-            let (op, payload) = protocol::decode_frame(&all[pos..]).expect("a broken frame");
-            pos += frame_len(payload.len());
+            let len = protocol::frame_len(&all[pos..]).expect("a broken frame");
+            let (op, payload) = protocol::decode_frame(&all[pos..]).expect("a whole frame");
+            pos += len;
             assert_eq!(op, 1);
             let text = String::from_utf8(payload).unwrap();
             let mut parts = text.splitn(3, ':');
@@ -1204,29 +1184,6 @@ mod tests {
             next[t] += 1;
         }
         assert_eq!(next, [EACH; THREADS]);
-    }
-
-    /// Header and payload length of a server frame (unmasked) with a payload of `len` bytes.
-    fn frame_len(len: usize) -> usize {
-        len + if len < 126 {
-            2
-        } else if len < 65536 {
-            4
-        } else {
-            10
-        }
-    }
-
-    /// The length of the whole frame at the start of `buf`, if it is all there (server frames
-    /// are not masked; the payload length is 7 bits, or 16 or 64 after 126 or 127).
-    fn whole_frame(buf: &[u8]) -> Option<usize> {
-        let len = match *buf.get(1)? & 0x7f {
-            126 => u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?) as usize,
-            127 => u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?) as usize,
-            n => n as usize,
-        };
-        let total = frame_len(len);
-        (buf.len() >= total).then_some(total)
     }
 
     #[test]
