@@ -1040,7 +1040,7 @@ SQL
         echo
         echo "### Read: \`GET /users/{id}\` against pgbench and FastAPI"
         echo
-        echo "- Ours: \`$WRK_CMD_DESC -H 'Authorization: Bearer <token>' -s scripts/bench/users_get.lua URL -- $min_id $max_id\` (a uniformly random id per request; the server reads the caller and the user in one prepared statement, which it shares with the other requests reading users at that moment: \\`src/db/batch.rs\\`)"
+        echo "- Ours: \`$WRK_CMD_DESC -H 'Authorization: Bearer <token>' -s scripts/bench/users_get.lua URL -- $min_id $max_id\` (a uniformly random id per request; the server reads the caller and the user in one prepared statement, which it shares with the other requests reading users at that moment: \`src/db/batch.rs\`)"
         echo "- pgbench: \`pgbench -n -M prepared -c $pool_size -j $WRK_THREADS -T $BENCH_SECONDS -f scripts/bench/users_select_ours.pgbench -D caller=$caller_id -D min_id=$min_id -D max_id=$max_id\`: our very statement (\`SELECT id, email, hashed_password, full_name, is_active, is_superuser, created_at FROM users WHERE id = ANY(ARRAY[:caller, :id]::bigint[])\`), prepared, with as many clients as our pool has connections (DB_POOL_SIZE=$pool_size): what PostgreSQL alone does with those connections"
         if [ -n "$f_rps" ]; then
             echo "- FastAPI: \`scripts/bench/fastapi-ref/app.py\` under \`uvicorn app:app --workers 2\` (uvloop, httptools; $(fastapi_versions)), asyncpg pool of $((pool_size / 2 > 0 ? pool_size / 2 : 1)) per worker, the same token (HS256, same key) and the same one-query read; loaded with the same wrk command"

@@ -118,7 +118,7 @@ fn list(app: &App, req: &mut Request<'_>) -> Result<Response, HttpError> {
             for u in &page {
                 app.db.cache.put(u);
             }
-            Ok(Response::json(200, &Value::Array(page.iter().map(User::to_json).collect())))
+            Ok(Response::json(200, &page.iter().map(User::to_json).collect::<Vec<_>>()))
         }
         users::CallerPage::Refused => Err(unauthorized()),
     }

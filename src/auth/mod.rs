@@ -162,7 +162,8 @@ pub fn bearer_token<'r>(req: &'r Request<'_>) -> Option<&'r str> {
 /// The caller of a protected endpoint. `stale`: the account came from the memory cache because
 /// the database is away; the answer then carries `X-Data-Stale: true` ([`Caller::mark`]).
 pub struct Caller {
-    pub user: User,
+    /// Shared with the other requests of its read's batch (`db/batch.rs`): no copy per request.
+    pub user: Arc<User>,
     pub stale: bool,
 }
 
@@ -193,7 +194,7 @@ pub fn stale_mark(stale: bool, resp: Response) -> Response {
 /// from it the ids the database no longer has), else — or when the connection fails on the way,
 /// but not when the pool is merely busy (`db::is_busy_pool`: that answers 503) — from the cache. Returns the users found and whether they came from the cache. From the cache,
 /// a missing id is unknown rather than absent: the caller answers 503 for it, not 404.
-pub fn load_users(db: &Db, ids: &[i64]) -> Result<(Vec<User>, bool), HttpError> {
+pub fn load_users(db: &Db, ids: &[i64]) -> Result<(Vec<Arc<User>>, bool), HttpError> {
     if db.is_up() {
         match db.users_by_ids(ids) {
             Ok(found) => {
@@ -212,7 +213,7 @@ pub fn load_users(db: &Db, ids: &[i64]) -> Result<(Vec<User>, bool), HttpError> 
             Err(e) => return Err(db_error(db, e)),
         }
     }
-    Ok((ids.iter().filter_map(|&id| db.cache.by_id(id)).collect(), true))
+    Ok((ids.iter().filter_map(|&id| db.cache.by_id(id)).map(Arc::new).collect(), true))
 }
 
 /// A user by email, like [`load_users`]: `Ok((None, true))` means "not in memory and the database

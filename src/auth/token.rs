@@ -53,8 +53,10 @@ impl Claims {
 /// `sub` must be exactly what `i64::to_string` makes of a positive id: no sign, no leading zeros,
 /// no spaces. Anything else did not come from [`TokenKeys::issue`].
 fn parse_user_id(sub: &str) -> Option<i64> {
-    let id: i64 = sub.parse().ok()?;
-    (id > 0 && id.to_string() == sub).then_some(id)
+    // Digits only (no sign, no space), no leading zero (so not "0" either), and within i64.
+    let canonical = sub.bytes().all(|b| b.is_ascii_digit()) && !sub.starts_with('0');
+    let id: i64 = if canonical { sub.parse().ok()? } else { return None };
+    (id > 0).then_some(id)
 }
 
 /// Why a token was refused. Every variant means `401 Could not validate credentials` to a client;
@@ -531,6 +533,8 @@ mod tests {
             serde_json::json!(""),
             serde_json::json!("1.5"),
             serde_json::json!(" 1"),
+            serde_json::json!("1 "),
+            serde_json::json!("٣"),
             serde_json::json!("+1"),
             serde_json::json!("01"),
             serde_json::json!("0"),
@@ -543,6 +547,8 @@ mod tests {
         }
         let ok = sign_with(Algorithm::HS256, SECRET, &claims_json("7".into(), NOW + 60));
         assert_eq!(keys.verify(&ok, NOW).unwrap().user_id(), Some(7));
+        let max = sign_with(Algorithm::HS256, SECRET, &claims_json(i64::MAX.to_string().into(), NOW + 60));
+        assert_eq!(keys.verify(&max, NOW).unwrap().user_id(), Some(i64::MAX));
     }
 
     #[test]

@@ -188,7 +188,8 @@ pub struct Db {
     /// The spool, once `main` has attached it.
     spool: OnceLock<Arc<spool::Spool>>,
     /// Reads of users by id, combined (`batch.rs`).
-    user_reads: batch::Batcher<users::User>,
+    /// Rows as `Arc`s: a batch hands each of its requests its rows without copying them.
+    user_reads: batch::Batcher<Arc<users::User>>,
 }
 
 impl Db {
@@ -199,7 +200,7 @@ impl Db {
     /// A `Db` whose account cache holds at most `cache_capacity` accounts.
     pub fn with_cache(cfg: DbConfig, cache_capacity: usize) -> Result<Db, DbError> {
         let pool = pool::build_pool(&cfg)?;
-        let user_reads = batch::Batcher::new(batch_leaders(cfg.pool_size), |u: &users::User| u.id);
+        let user_reads = batch::Batcher::new(batch_leaders(cfg.pool_size), |u: &Arc<users::User>| u.id);
         Ok(Db {
             pool,
             cfg,
@@ -251,9 +252,12 @@ impl Db {
     /// The users among `ids`, read in one query shared with the other threads reading users by
     /// id at the same moment (`batch.rs`). Fails as [`Db::conn`] does; waiting in line counts
     /// against the checkout timeout.
-    pub fn users_by_ids(&self, ids: &[i64]) -> Result<Vec<users::User>, DbError> {
+    pub fn users_by_ids(&self, ids: &[i64]) -> Result<Vec<Arc<users::User>>, DbError> {
         let deadline = Instant::now() + self.cfg.checkout_timeout;
-        let read = |keys: &[i64]| self.conn().and_then(|mut c| users::by_ids(&mut c, keys));
+        let read = |keys: &[i64]| {
+            let rows = self.conn().and_then(|mut c| users::by_ids(&mut c, keys))?;
+            Ok(rows.into_iter().map(Arc::new).collect())
+        };
         self.user_reads
             .get(ids, deadline, &read, |waited| self.saw(DbError::from_pool(gate::CheckoutError::Busy(waited))))
     }
@@ -490,8 +494,12 @@ mod tests {
                 std::thread::spawn(move || {
                     for round in 0..50 {
                         let (a, b) = (ids[(t + round) % ids.len()], ids[(t * 7 + round + 1) % ids.len()]);
-                        let mut got: Vec<(i64, String)> =
-                            db.users_by_ids(&[a, b, -1]).unwrap().into_iter().map(|u| (u.id, u.email)).collect();
+                        let mut got: Vec<(i64, String)> = db
+                            .users_by_ids(&[a, b, -1])
+                            .unwrap()
+                            .into_iter()
+                            .map(|u| (u.id, u.email.clone()))
+                            .collect();
                         got.sort();
                         let mut want: Vec<(i64, String)> = [a, b]
                             .iter()

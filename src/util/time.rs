@@ -31,8 +31,25 @@ fn split(t: SystemTime) -> (i64, u32, u32, u64, u64, u64, u32) {
 
 /// `2026-11-26T07:37:33.123456Z`
 pub fn rfc3339(t: SystemTime) -> String {
-    let (y, mo, d, h, mi, s, us) = split(t);
-    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{us:06}Z")
+    Rfc3339(t).to_string()
+}
+
+/// A time that prints (and serialises, as a JSON string) in [`rfc3339`]'s form without building
+/// a `String` first: for responses that serialise straight from a borrowed row.
+#[derive(Clone, Copy, Debug)]
+pub struct Rfc3339(pub SystemTime);
+
+impl std::fmt::Display for Rfc3339 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (y, mo, d, h, mi, s, us) = split(self.0);
+        write!(f, "{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{us:06}Z")
+    }
+}
+
+impl serde::Serialize for Rfc3339 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
 /// `Thu, 26 Nov 2026 07:37:33 GMT`
@@ -96,5 +113,8 @@ mod tests {
         let leap = UNIX_EPOCH + Duration::from_secs(951_782_400);
         assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000000Z");
         assert_eq!(http_date(leap), "Tue, 29 Feb 2000 00:00:00 GMT");
+        // The borrowed form prints and serialises the same text.
+        assert_eq!(Rfc3339(leap).to_string(), rfc3339(leap));
+        assert_eq!(serde_json::to_string(&Rfc3339(t)).unwrap(), "\"2026-11-26T07:37:33.000042Z\"");
     }
 }
