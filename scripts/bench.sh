@@ -691,6 +691,15 @@ cmd_http() {
     load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
     local path who url r res all="" key
     declare -A best=()
+    # A 2 s warm-up of each target and path, not counted: the first run against a fresh server
+    # would otherwise also pay for its threads' first touch of their stacks and buffers.
+    for path in / /health; do
+        for who in ours nginx; do
+            url="http://127.0.0.1:$SERVER_PORT$path"
+            [ "$who" = nginx ] && url="http://127.0.0.1:$NGINX_PORT$path"
+            wrk -t"$WRK_THREADS" -c"$WRK_CONNS" -d2s "$url" >/dev/null 2>&1 || die "the warm-up of $who GET $path failed"
+        done
+    done
     for r in $(seq 1 "$BENCH_ROUNDS"); do
         for path in / /health; do
             for who in ours nginx; do
@@ -734,7 +743,7 @@ cmd_http() {
     local sec="$TMP/section-http.md"
     {
         section_head http "\`GET /\` and \`GET /health\` on our server against nginx returning the same JSON (\`return 200\`), same run, same machine."
-        echo "- Load: \`$WRK_CMD_DESC URL\`, targets alternating (ours, nginx; \`/\` then \`/health\`) for $BENCH_ROUNDS rounds; best req/s of each, p99 from that same run"
+        echo "- Load: \`$WRK_CMD_DESC URL\`, targets alternating (ours, nginx; \`/\` then \`/health\`) for $BENCH_ROUNDS rounds after a 2 s warm-up of each (not counted); best req/s of each, p99 from that same run"
         echo "- Ours: \`$server_desc\` (defaults: WORKERS=$(server_setting WORKERS); LOG_LEVEL=warn, DATA_DIR and UPLOAD_DIR in a temp dir; \`/health\` reads the database state the monitor keeps, it does not query)"
         echo "- nginx: $("$(nginx_bin)" -v 2>&1 | sed 's/^nginx version: //'), \`worker_processes $BENCH_NGINX_WORKERS\` (one worker per core on this machine; our server also uses all cores), \`keepalive_requests 1000000\`, \`return 200\` of the JSON body"
         echo "- Machine load average (1/5/15 min, shared with other engineers' builds): $load_before before, $load_after after"

@@ -19,8 +19,14 @@
 //! `eventfd` registered edge-triggered: each write wakes one waiter; it cannot fill up (a
 //! 64-bit counter nobody needs to read).
 //!
+//! Harvest: one `epoll_wait` takes up to `HARVEST` readable items; its caller keeps the first,
+//! the rest wait in `ready` (tokens, at most one per item in the set) for the next waiters, which
+//! take them without a system call. A waiter asleep in `epoll_wait` meanwhile is signalled to
+//! come for them, so no readable item waits for a new event. Under load this made `epoll_wait`
+//! 0.08 calls per `GET /` instead of 1 (`docs/performance.md`).
+//!
 //! Lock: `inner`, held for a few field updates and, in `insert`, one `epoll_ctl` (a system call
-//! that never waits on a peer); never across `epoll_wait`.
+//! that never waits on a peer); never across `epoll_wait` or the signal's write.
 //!
 //! Must never: block except in `wait`, hand one item to two workers, or lose an item (what
 //! expires is returned to the caller, never dropped here).
@@ -60,6 +66,11 @@ struct Inner<T> {
     free: Vec<u32>,
     /// (deadline, token) in insert order; deadlines come in order as the linger is fixed.
     order: VecDeque<(Instant, u64)>,
+    /// Tokens of items whose readiness one `epoll_wait` reported beside the item its caller
+    /// took: the next waiters take them from here without a system call. At most one per item
+    /// in the set (`EPOLLONESHOT`: an item reports once per insert); a token whose item has
+    /// expired or been drained since is stale and skipped.
+    ready: VecDeque<u64>,
 }
 
 pub struct HotSet<T> {
@@ -77,7 +88,13 @@ pub struct HotSet<T> {
     /// each wait; under load that was a lock per request for nothing): nanoseconds after `base`.
     next_look: AtomicU64,
     base: Instant,
+    /// `Inner::ready`'s length, readable without the lock (so an empty list costs no lock).
+    pending: AtomicUsize,
 }
+
+/// Events one `epoll_wait` may report. Under load most waits find several connections readable;
+/// taking them in one call instead of one call each is what `Inner::ready` is for.
+const HARVEST: usize = 16;
 
 /// How often `expired` really looks: an item may stay this much past its deadline.
 const LOOK_EVERY: Duration = Duration::from_millis(1);
@@ -102,12 +119,18 @@ impl<T: HotItem> HotSet<T> {
         let set = HotSet {
             epoll,
             signal,
-            inner: Mutex::new(Inner { slots: Vec::new(), free: Vec::new(), order: VecDeque::new() }),
+            inner: Mutex::new(Inner {
+                slots: Vec::new(),
+                free: Vec::new(),
+                order: VecDeque::new(),
+                ready: VecDeque::new(),
+            }),
             len: AtomicUsize::new(0),
             timekeeper: AtomicBool::new(false),
             untimed: AtomicUsize::new(0),
             next_look: AtomicU64::new(0),
             base: Instant::now(),
+            pending: AtomicUsize::new(0),
         };
         set.ctl(libc::EPOLL_CTL_ADD, set.signal.as_raw_fd(), (libc::EPOLLIN | libc::EPOLLET) as u32, SIGNAL)?;
         Ok(set)
@@ -185,7 +208,8 @@ impl<T: HotItem> HotSet<T> {
         Some(item)
     }
 
-    /// Wake one waiter (a connection was queued, or the server is stopping).
+    /// Wake one waiter (a connection was queued, the server is stopping, or items wait in
+    /// `ready`).
     pub fn signal(&self) {
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from a valid u64 to our own eventfd. It can only fail when the
@@ -194,9 +218,16 @@ impl<T: HotItem> HotSet<T> {
     }
 
     /// Wait for one item to become readable, the signal, or (for the one waiter that keeps the
-    /// time) the oldest item's deadline; at most `cap`.
+    /// time) the oldest item's deadline; at most `cap`. An item another wait found readable
+    /// (`Inner::ready`) is taken first, without waiting.
     pub fn wait(&self, cap: Option<Duration>) -> Woken<T> {
+        // Counted as a waiter before looking at `ready`; `harvest` pushes before it looks at the
+        // waiters (all SeqCst): either this wait sees the token, or it is signalled.
         self.untimed.fetch_add(1, Ordering::SeqCst);
+        if let Some(item) = self.take_ready() {
+            self.untimed.fetch_sub(1, Ordering::SeqCst);
+            return Woken::Ready(item);
+        }
         let keeping = !self.is_empty() && !self.timekeeper.swap(true, Ordering::SeqCst);
         if keeping {
             self.untimed.fetch_sub(1, Ordering::SeqCst);
@@ -213,26 +244,67 @@ impl<T: HotItem> HotSet<T> {
         // Round up, and at least `LOOK_EVERY`: a deadline 0.4 ms away (or just past, while
         // `expired` waits for its next look) is not a busy loop of zero-timeouts.
         let ms = timeout.map_or(-1, |d| d.as_micros().div_ceil(1000).clamp(1, 60_000) as libc::c_int);
-        let mut ev = libc::epoll_event { events: 0, u64: 0 };
-        // SAFETY: room for exactly one event, as maxevents says; the kernel writes only that.
-        let n = unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), &mut ev, 1, ms) };
+        let mut evs = [libc::epoll_event { events: 0, u64: 0 }; HARVEST];
+        // SAFETY: room for exactly HARVEST events, as maxevents says; the kernel writes only those.
+        let n = unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), evs.as_mut_ptr(), HARVEST as libc::c_int, ms) };
         if keeping {
             self.timekeeper.store(false, Ordering::SeqCst);
         } else {
             self.untimed.fetch_sub(1, Ordering::SeqCst);
         }
-        let token = ev.u64;
-        if n != 1 || token == SIGNAL {
-            return Woken::Look;
-        }
-        let mut inner = self.lock();
-        match Self::take(&mut inner, token) {
-            Some(item) => {
-                self.len.fetch_sub(1, Ordering::SeqCst);
-                Woken::Ready(item)
-            }
+        let n = usize::try_from(n).unwrap_or(0);
+        match self.harvest(evs[..n].iter().map(|e| e.u64)) {
+            Some(item) => Woken::Ready(item),
             None => Woken::Look,
         }
+    }
+
+    /// Sort what one `epoll_wait` reported: the first live item is the caller's, the others wait
+    /// in `ready` for the next waiters (one sleeping in `epoll_wait` is signalled to come for
+    /// them). With the queue signal among the events, the caller gets no item (it is to look at
+    /// the queue) and every item goes to `ready`.
+    fn harvest(&self, tokens: impl Iterator<Item = u64> + Clone) -> Option<T> {
+        let signalled = tokens.clone().any(|t| t == SIGNAL);
+        let mut mine = None;
+        let mut pushed = 0;
+        let mut inner = self.lock();
+        for token in tokens.filter(|&t| t != SIGNAL) {
+            if mine.is_none() && !signalled {
+                // A stale token (its item expired meanwhile) is dropped here.
+                mine = Self::take(&mut inner, token);
+            } else {
+                inner.ready.push_back(token);
+                pushed += 1;
+            }
+        }
+        drop(inner);
+        if mine.is_some() {
+            self.len.fetch_sub(1, Ordering::SeqCst);
+        }
+        if pushed > 0 {
+            self.pending.fetch_add(pushed, Ordering::SeqCst);
+            if self.untimed.load(Ordering::SeqCst) > 0 || self.timekeeper.load(Ordering::SeqCst) {
+                self.signal();
+            }
+        }
+        mine
+    }
+
+    /// The first live item of `ready`, if any (stale tokens are dropped on the way).
+    fn take_ready(&self) -> Option<T> {
+        if self.pending.load(Ordering::SeqCst) == 0 {
+            return None;
+        }
+        let mut inner = self.lock();
+        while let Some(token) = inner.ready.pop_front() {
+            self.pending.fetch_sub(1, Ordering::SeqCst);
+            if let Some(item) = Self::take(&mut inner, token) {
+                drop(inner);
+                self.len.fetch_sub(1, Ordering::SeqCst);
+                return Some(item);
+            }
+        }
+        None
     }
 
     /// Items whose deadline has passed, taken out of the set (and out of the epoll instance).
@@ -263,6 +335,8 @@ impl<T: HotItem> HotSet<T> {
     pub fn drain(&self) -> Vec<T> {
         let mut inner = self.lock();
         inner.order.clear();
+        self.pending.fetch_sub(inner.ready.len(), Ordering::SeqCst);
+        inner.ready.clear();
         let mut out = Vec::new();
         for i in 0..inner.slots.len() {
             let token = (inner.slots[i].generation as u64) << 32 | i as u64;
@@ -375,6 +449,77 @@ mod tests {
         // Woken, it waits again as the timekeeper and returns at the deadline.
         assert!(matches!(set.wait(None), Woken::Look));
         assert_eq!(set.expired(Instant::now()).len(), 1);
+    }
+
+    #[test]
+    fn one_wait_takes_every_readable_item_and_the_next_waits_serve_them_without_an_event() {
+        let set = HotSet::new().unwrap();
+        let mut peers = Vec::new();
+        for i in 0..4 {
+            let (item, mut peer) = pair(i);
+            set.insert(item, far()).map_err(|e| e.1).unwrap();
+            peer.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+            peers.push(peer);
+        }
+        let Woken::Ready(first) = set.wait(Some(Duration::from_secs(5))) else { panic!("no item") };
+        // The three others were reported by the same epoll_wait and kept for the next waits.
+        assert_eq!(set.pending.load(Ordering::SeqCst), 3);
+        let mut got = vec![first.2];
+        for _ in 0..3 {
+            // EPOLLONESHOT: epoll has nothing more to say about them; only `ready` can serve them.
+            let Woken::Ready(item) = set.wait(Some(Duration::from_millis(1))) else {
+                panic!("a harvested item was lost")
+            };
+            got.push(item.2);
+        }
+        got.sort();
+        assert_eq!(got, vec![0, 1, 2, 3]);
+        assert!(set.is_empty());
+        assert!(matches!(set.wait(Some(Duration::from_millis(20))), Woken::Look));
+    }
+
+    #[test]
+    fn a_harvested_item_that_expires_is_handed_out_once_by_expiry_only() {
+        let set = HotSet::new().unwrap();
+        let mut peers = Vec::new();
+        for i in 0..2 {
+            let (item, mut peer) = pair(i);
+            set.insert(item, Instant::now()).map_err(|e| e.1).unwrap();
+            peer.write_all(b"x").unwrap();
+            peers.push(peer);
+        }
+        let Woken::Ready(first) = set.wait(Some(Duration::from_secs(5))) else { panic!("no item") };
+        let gone = set.expired(Instant::now() + Duration::from_millis(2));
+        assert_eq!(gone.iter().map(|i| i.2).collect::<Vec<_>>(), vec![1 - first.2]);
+        // Its token in `ready` is stale now: skipped, not handed out a second time.
+        assert!(matches!(set.wait(Some(Duration::from_millis(20))), Woken::Look));
+        assert_eq!(set.pending.load(Ordering::SeqCst), 0);
+        assert!(set.is_empty());
+    }
+
+    #[test]
+    fn items_left_for_others_wake_a_waiter_asleep_in_epoll() {
+        let set = Arc::new(HotSet::<Item>::new().unwrap());
+        // Two items that are not readable: only `harvest`, called by hand below, reports them.
+        let (a, _pa) = pair(1);
+        let (b, _pb) = pair(2);
+        set.insert(a, far()).map_err(|e| e.1).unwrap();
+        set.insert(b, far()).map_err(|e| e.1).unwrap();
+        let tokens: Vec<u64> = set.lock().order.iter().map(|&(_, t)| t).collect();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let s = set.clone();
+        std::thread::spawn(move || loop {
+            // No timeout: only an event or the signal ends this wait.
+            if let Woken::Ready(item) = s.wait(None) {
+                tx.send(item.2).unwrap();
+                return;
+            }
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        let mine = set.harvest(tokens.iter().copied()).expect("the first item is the caller's");
+        let theirs =
+            rx.recv_timeout(Duration::from_secs(10)).expect("the sleeping waiter was not told about the other item");
+        assert_eq!(mine.2 + theirs, 3);
     }
 
     #[test]
