@@ -387,6 +387,18 @@ mod tests {
         Instant::now() + Duration::from_secs(60)
     }
 
+    /// `n` items in the set until `deadline`, each made readable; their peers, to keep open.
+    fn readable(set: &HotSet<Item>, n: u32, deadline: Instant) -> Vec<UnixStream> {
+        (0..n)
+            .map(|i| {
+                let (item, mut peer) = pair(i);
+                set.insert(item, deadline).map_err(|e| e.1).unwrap();
+                peer.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+                peer
+            })
+            .collect()
+    }
+
     #[test]
     fn a_readable_item_is_handed_out_once_and_the_quiet_one_stays() {
         let set = HotSet::new().unwrap();
@@ -454,13 +466,7 @@ mod tests {
     #[test]
     fn one_wait_takes_every_readable_item_and_the_next_waits_serve_them_without_an_event() {
         let set = HotSet::new().unwrap();
-        let mut peers = Vec::new();
-        for i in 0..4 {
-            let (item, mut peer) = pair(i);
-            set.insert(item, far()).map_err(|e| e.1).unwrap();
-            peer.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
-            peers.push(peer);
-        }
+        let _peers = readable(&set, 4, far());
         let Woken::Ready(first) = set.wait(Some(Duration::from_secs(5))) else { panic!("no item") };
         // The three others were reported by the same epoll_wait and kept for the next waits.
         assert_eq!(set.pending.load(Ordering::SeqCst), 3);
@@ -481,13 +487,7 @@ mod tests {
     #[test]
     fn a_harvested_item_that_expires_is_handed_out_once_by_expiry_only() {
         let set = HotSet::new().unwrap();
-        let mut peers = Vec::new();
-        for i in 0..2 {
-            let (item, mut peer) = pair(i);
-            set.insert(item, Instant::now()).map_err(|e| e.1).unwrap();
-            peer.write_all(b"x").unwrap();
-            peers.push(peer);
-        }
+        let _peers = readable(&set, 2, Instant::now());
         let Woken::Ready(first) = set.wait(Some(Duration::from_secs(5))) else { panic!("no item") };
         let gone = set.expired(Instant::now() + Duration::from_millis(2));
         assert_eq!(gone.iter().map(|i| i.2).collect::<Vec<_>>(), vec![1 - first.2]);
