@@ -679,6 +679,11 @@ pass_fail() { if [ "$1" = 1 ]; then echo PASS; else echo FAIL; fi; }
 ROOT_BODY='{"docs":"/docs","message":"Welcome to Adcluster API","version":"0.1.0"}'
 HEALTH_BODY='{"database":"up","spool":0,"status":"ok","uptime_seconds":1.5,"version":"0.1.0"}'
 
+# http_url WHO PATH: the URL of PATH on our server (ours) or on nginx (http).
+http_url() {
+    if [ "$1" = nginx ]; then echo "http://127.0.0.1:$NGINX_PORT$2"; else echo "http://127.0.0.1:$SERVER_PORT$2"; fi
+}
+
 cmd_http() {
     need_tools wrk:wrk nginx:nginx curl:curl ss:iproute2
     build_server
@@ -695,16 +700,14 @@ cmd_http() {
     # would otherwise also pay for its threads' first touch of their stacks and buffers.
     for path in / /health; do
         for who in ours nginx; do
-            url="http://127.0.0.1:$SERVER_PORT$path"
-            [ "$who" = nginx ] && url="http://127.0.0.1:$NGINX_PORT$path"
-            wrk -t"$WRK_THREADS" -c"$WRK_CONNS" -d2s "$url" >/dev/null 2>&1 || die "the warm-up of $who GET $path failed"
+            wrk -t"$WRK_THREADS" -c"$WRK_CONNS" -d2s "$(http_url "$who" "$path")" >/dev/null 2>&1 \
+                || die "the warm-up of $who GET $path failed"
         done
     done
     for r in $(seq 1 "$BENCH_ROUNDS"); do
         for path in / /health; do
             for who in ours nginx; do
-                url="http://127.0.0.1:$SERVER_PORT$path"
-                [ "$who" = nginx ] && url="http://127.0.0.1:$NGINX_PORT$path"
+                url="$(http_url "$who" "$path")"
                 log "round $r: $who GET $path (${BENCH_SECONDS}s)"
                 res="$(run_wrk "$TMP/wrk-$who-${path//\//_}-$r.txt" "${WRK_STD[@]}" "$url")"
                 log "  req/s p99_ms non2xx socket_errors: $res"

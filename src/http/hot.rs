@@ -20,7 +20,7 @@
 //! 64-bit counter nobody needs to read).
 //!
 //! Harvest: one `epoll_wait` takes up to `HARVEST` readable items; its caller keeps the first,
-//! the rest wait in `ready` (tokens, at most one per item in the set) for the next waiters, which
+//! the rest wait in `ready` (tokens, at most `HARVEST` per concurrent waiter) for the next waiters, which
 //! take them without a system call. A waiter asleep in `epoll_wait` meanwhile is signalled to
 //! come for them, so no readable item waits for a new event. Under load this made `epoll_wait`
 //! 0.08 calls per `GET /` instead of 1 (`docs/performance.md`).
@@ -67,9 +67,10 @@ struct Inner<T> {
     /// (deadline, token) in insert order; deadlines come in order as the linger is fixed.
     order: VecDeque<(Instant, u64)>,
     /// Tokens of items whose readiness one `epoll_wait` reported beside the item its caller
-    /// took: the next waiters take them from here without a system call. At most one per item
-    /// in the set (`EPOLLONESHOT`: an item reports once per insert); a token whose item has
-    /// expired or been drained since is stale and skipped.
+    /// took: the next waiters take them from here without a system call. A waiter calls
+    /// `epoll_wait` only after finding this empty, so it holds at most `HARVEST` tokens per
+    /// waiter that was in `epoll_wait` at once (the pollers: one per core). A token whose item
+    /// has expired or been drained since is stale and skipped.
     ready: VecDeque<u64>,
 }
 
@@ -480,6 +481,28 @@ mod tests {
         }
         got.sort();
         assert_eq!(got, vec![0, 1, 2, 3]);
+        assert!(set.is_empty());
+        assert!(matches!(set.wait(Some(Duration::from_millis(20))), Woken::Look));
+    }
+
+    /// More readable items than one `epoll_wait` takes: the first call takes `HARVEST`, the
+    /// rest are reported by a later one, and every item is handed out exactly once.
+    #[test]
+    fn past_the_harvest_limit_the_rest_come_from_the_next_epoll_wait() {
+        let set = HotSet::new().unwrap();
+        let n = HARVEST as u32 + 4;
+        let _peers = readable(&set, n, far());
+        let Woken::Ready(first) = set.wait(Some(Duration::from_secs(5))) else { panic!("no item") };
+        assert_eq!(set.pending.load(Ordering::SeqCst), HARVEST - 1, "one call takes HARVEST events");
+        let mut got = vec![first.2];
+        while got.len() < n as usize {
+            match set.wait(Some(Duration::from_secs(5))) {
+                Woken::Ready(item) => got.push(item.2),
+                Woken::Look => panic!("{} of {n} items handed out, then nothing", got.len()),
+            }
+        }
+        got.sort();
+        assert_eq!(got, (0..n).collect::<Vec<_>>());
         assert!(set.is_empty());
         assert!(matches!(set.wait(Some(Duration::from_millis(20))), Woken::Look));
     }
