@@ -537,6 +537,36 @@ fn the_database_stopped_and_restarted_under_traffic() {
 }
 
 #[test]
+fn an_instance_is_not_sent_to_before_it_listens() {
+    // n2's listener takes 2 s to `LISTEN` (a debug-build hook); its publisher connects at once.
+    // Until n2 listens, a message for its client must be refused: sent, it would be lost.
+    let db = TestDb::create();
+    let env = [("CLUSTER", "postgres"), ("CLUSTER_PRESENCE_TIMEOUT_SECS", "3")];
+    let n1 = Node::start(&db.name, "n1", &env);
+    let mut alice = n1.join("/ws/alice");
+    let listening = eventually(Duration::from_secs(10), || n1.log().contains("instance n1 listening"));
+    assert!(listening, "{}", n1.log());
+    let mut slow = env.to_vec();
+    slow.push(("ADCLUSTER_TEST_LISTEN_DELAY_MS", "2000"));
+    let n2 = Node::start(&db.name, "n2", &slow);
+    let mut bob = n2.join("/ws/bob");
+    let mut refused = 0;
+    let sent = eventually(Duration::from_secs(20), || {
+        alice.send("/send_to bob hello");
+        let v = alice.recv();
+        if v["type"] == "error" {
+            assert_eq!(v["error"], "client_not_found", "{v}");
+            refused += 1;
+        }
+        v["type"] == "sent"
+    });
+    assert!(sent, "never sent; n1 log:\n{}", n1.log());
+    assert!(refused > 0, "bob was reachable at once: the delay did not hold n2's listener back");
+    assert_eq!(bob.recv()["message"], "hello", "answered sent, so bob must have it");
+    bob.assert_silent(Duration::from_millis(300));
+}
+
+#[test]
 fn an_instance_stopped_with_sigterm_says_goodbye() {
     // The default presence timeout (15 s): only the goodbye can drop bob within a few seconds.
     let (_db, mut nodes) = cluster(2, 15);

@@ -4,7 +4,8 @@
 //! heartbeating. It reconnects by itself every `RETRY` while the database is away.
 //!
 //! On each (re)connection, in this order: `LISTEN`; register this instance; ask the publisher
-//! for a snapshot of our clients (which also clears the rows of an earlier run with the same
+//! for a snapshot of our clients (it writes it once we are listening, and publishes nothing
+//! before: see `publisher.rs`) (which also clears the rows of an earlier run with the same
 //! `INSTANCE_ID`); read every other instance's clients from `ws_clients` and make the hub agree
 //! (with `join`/`leave` notices for what changed meanwhile). Listening before reading means no
 //! change is missed; one seen twice is applied once (every remote client carries its origin).
@@ -84,6 +85,7 @@ fn session(
     down_logged: &mut bool,
 ) -> Result<(), String> {
     let mut c = pg.connect(postgres::NoTls).map_err(|e| e.to_string())?;
+    test_delay();
     c.batch_execute(&format!("LISTEN {}; LISTEN {}", wire::ALL_CHANNEL, shared.my_channel))
         .map_err(|e| e.to_string())?;
     register(&mut c, shared)?;
@@ -138,6 +140,19 @@ fn session(
         }
     }
 }
+
+/// Debug builds only: `ADCLUSTER_TEST_LISTEN_DELAY_MS` holds each newly connected listener back
+/// that long before its `LISTEN`, so that a test can make it slower than the publisher
+/// (`tests/cluster.rs`). Not compiled into a release build.
+#[cfg(debug_assertions)]
+fn test_delay() {
+    if let Some(ms) = std::env::var("ADCLUSTER_TEST_LISTEN_DELAY_MS").ok().and_then(|v| v.parse::<u64>().ok()) {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
+}
+
+#[cfg(not(debug_assertions))]
+fn test_delay() {}
 
 fn register(c: &mut postgres::Client, shared: &Shared) -> Result<(), String> {
     let me: &str = &shared.me;

@@ -9,6 +9,13 @@
 //! The connection runs with `synchronous_commit = off`: notifications are not durable anyway,
 //! and a commit that waits for the WAL flush would add a disk sync to every message.
 //!
+//! Nothing is published while this instance's listener is not listening (at start, and after
+//! it lost its connection until it has `LISTEN`ed again): every notification from an instance
+//! counts as a sign that it can be reached, so a word sent before we listen would invite
+//! messages that nobody here hears. (Found by the outage test: after a restart of the
+//! database, the publisher's snapshot reached the others before our `LISTEN`, and a message
+//! for one of our clients was answered `sent` and lost.)
+//!
 //! On a database error the item in hand and everything queued is failed: each message's local
 //! sender gets an error frame (it may or may not have been delivered: the connection broke),
 //! presence is rewritten whole (a snapshot) once a connection works again — and every
@@ -33,6 +40,9 @@ use crate::ws::Ws;
 
 /// Pause between connection attempts while the database is away.
 pub const RETRY: Duration = Duration::from_millis(500);
+
+/// How often a connected publisher looks again whether the listener is listening.
+const LISTENER_WAIT: Duration = Duration::from_millis(50);
 
 /// An idle publishing connection is checked this often.
 const IDLE_CHECK: Duration = Duration::from_secs(2);
@@ -122,6 +132,17 @@ pub fn run(shared: Arc<Shared>, rx: Receiver<Item>, pg: postgres::Config, ws: Ar
             }
             continue;
         };
+        if !shared.listening.load(Ordering::SeqCst) {
+            // Our listener is not `LISTEN`ing yet (starting, or back from an outage). Publish
+            // nothing until it is: any word from us tells the others we can be reached
+            // (`Shared::heard`), and what they sent us before we listen would be lost. Queued
+            // messages are failed to their senders; presence waits for the snapshot.
+            if fail_queued(&shared, &rx, &ws) {
+                return;
+            }
+            std::thread::sleep(LISTENER_WAIT);
+            continue;
+        }
         if shared.resync.swap(false, Ordering::SeqCst) {
             last_snapshot = Instant::now();
             let clients = ws.hub.local_clients();
