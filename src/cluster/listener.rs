@@ -4,9 +4,9 @@
 //! heartbeating. It reconnects by itself every `RETRY` while the database is away.
 //!
 //! On each (re)connection, in this order: `LISTEN`; register this instance; ask the publisher
-//! for a snapshot of our clients (it writes it once we are listening, and publishes nothing
-//! before: see `publisher.rs`) (which also clears the rows of an earlier run with the same
-//! `INSTANCE_ID`); read every other instance's clients from `ws_clients` and make the hub agree
+//! for a snapshot of our clients (which also clears the rows of an earlier run with the same
+//! `INSTANCE_ID`; the publisher writes it once we are listening, and publishes nothing before:
+//! see `publisher.rs`); read every other instance's clients from `ws_clients` and make the hub agree
 //! (with `join`/`leave` notices for what changed meanwhile). Listening before reading means no
 //! change is missed; one seen twice is applied once (every remote client carries its origin).
 //!

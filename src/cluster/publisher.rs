@@ -136,7 +136,8 @@ pub fn run(shared: Arc<Shared>, rx: Receiver<Item>, pg: postgres::Config, ws: Ar
             // Our listener is not `LISTEN`ing yet (starting, or back from an outage). Publish
             // nothing until it is: any word from us tells the others we can be reached
             // (`Shared::heard`), and what they sent us before we listen would be lost. Queued
-            // messages are failed to their senders; presence waits for the snapshot.
+            // messages are failed to their senders; presence waits for the snapshot. A stop
+            // asked meanwhile ends here without removing our rows: the others reap them.
             if fail_queued(&shared, &rx, &ws) {
                 return;
             }
