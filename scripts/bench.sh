@@ -1922,7 +1922,7 @@ cmd_ws() {
             echo "- Ours: not run (BENCH_WS_TARGETS=${targets[*]})"
         fi
         echo "- Node: $node_v, ws $ws_v, \`node server.mjs\` (one process, one thread; each fan-out frame serialised once into a Buffer shared by every recipient; no permessage-deflate, no native add-ons)"
-        echo "- Load: \`tools/ws-bench\` (release) on the same 2 cores: 2 epoll reader threads, 8 connect threads; latencies from its own monotonic clock (send time in the message text, taken right before the write; arrival right after the reader's \`recv\`). Server CPU is utime+stime of \`/proc/PID/stat\` over the measured window (all threads), divided by the frames delivered in it; RSS from \`/proc/PID/status\`"
+        echo "- Load: \`tools/ws-bench\` (release) on the same 2 cores: 2 epoll reader threads, 8 connect threads; latencies from its own monotonic clock (send time in the message text, taken right before the write; arrival right after the reader's \`recv\`). Server CPU is utime+stime of \`/proc/PID/stat\` over the measured window (all threads), divided by the frames delivered in it (for (e) and (f) also its stime alone: the kernel's part, on loopback the receiver's TCP input and wake-up included); RSS from \`/proc/PID/status\`"
         echo "- Open-files limit $(ulimit -Sn); each round starts both servers afresh; $BENCH_ROUNDS rounds, the two sides alternating (ours first in odd rounds, Node first in even ones); the table shows each side's best round per figure, the goals hold only if they hold in every round (the CPU goal: best against best)"
         echo
         echo "Scenarios (each a separate ws-bench run, after the server is quiet):"
@@ -1961,9 +1961,11 @@ cmd_ws() {
         ws_row "(c, d) server VmHWM, KiB" fanout server.hwm_end_kib min
         ws_row "(e) 2,000 in 20 groups: last receiver p99, ms" fanout20 fanout.last_p99_ms min
         ws_row "(e) server CPU per delivery (flat), µs" fanout20 flat.server_cpu_us_per_delivery min
+        ws_row "(e) of which in the kernel (stime), µs" fanout20 flat.server_sys_us_per_delivery min
         ws_row "(e) flat last receiver p99, ms" fanout20 flat.last_p99_ms min
         ws_row "(f) 10,000 in 10 groups: last receiver p99, ms" fanout10k fanout.last_p99_ms min
         ws_row "(f) server CPU per delivery (flat), µs" fanout10k flat.server_cpu_us_per_delivery min
+        ws_row "(f) of which in the kernel (stime), µs" fanout10k flat.server_sys_us_per_delivery min
         ws_row "(f) flat last receiver p99, ms" fanout10k flat.last_p99_ms min
         ws_row "(f) server VmHWM (peak RSS), KiB" fanout10k server.hwm_end_kib min
         echo

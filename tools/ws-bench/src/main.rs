@@ -93,7 +93,7 @@ fn raise_nofile(want: u64) -> u64 {
 #[derive(Clone, Copy)]
 struct Cpu {
     at: Instant,
-    server_ticks: Option<u64>,
+    server_ticks: Option<procfs::Ticks>,
     tool_us: u64,
 }
 
@@ -647,11 +647,15 @@ impl Bench {
                 self.out.f(format!("{m}.send_late_max_ms"), run.late_max_ns as f64 / 1e6, 3);
             }
             if let (Some(t0), Some(t1)) = (run.cpu0.server_ticks, run.cpu1.server_ticks) {
-                let us = (t1 - t0) as f64 * 1e6 / self.clk_tck as f64;
-                self.out.f(format!("{m}.server_cpu_s"), us / 1e6, 2);
-                self.out.f(format!("{m}.server_cpu_pct"), us / 1e4 / secs, 1);
+                let us = |ticks: u64| ticks as f64 * 1e6 / self.clk_tck as f64;
+                let all = us(t1.total() - t0.total());
+                self.out.f(format!("{m}.server_cpu_s"), all / 1e6, 2);
+                self.out.f(format!("{m}.server_cpu_pct"), all / 1e4 / secs, 1);
                 if deliveries > 0 {
-                    self.out.f(format!("{m}.server_cpu_us_per_delivery"), us / deliveries as f64, 3);
+                    self.out.f(format!("{m}.server_cpu_us_per_delivery"), all / deliveries as f64, 3);
+                    // The kernel's part (stime): on loopback the same `send` path for any server.
+                    let sys = us(t1.system - t0.system);
+                    self.out.f(format!("{m}.server_sys_us_per_delivery"), sys / deliveries as f64, 3);
                 }
             }
             let tool_us = (run.cpu1.tool_us - run.cpu0.tool_us) as f64;

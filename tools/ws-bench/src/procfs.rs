@@ -17,18 +17,33 @@ pub fn clk_tck() -> u64 {
     }
 }
 
-/// utime + stime in ticks from the text of `/proc/PID/stat`. The command name (field 2) may hold
-/// spaces and parentheses, so fields are counted after the last `)`: state is field 3, utime 14,
-/// stime 15.
-pub fn parse_stat_ticks(stat: &str) -> Option<u64> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut f = rest.split_whitespace().skip(11);
-    let utime: u64 = f.next()?.parse().ok()?;
-    let stime: u64 = f.next()?.parse().ok()?;
-    Some(utime + stime)
+/// CPU time in ticks, as `/proc/PID/stat` splits it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ticks {
+    /// utime: in the process's own code.
+    pub user: u64,
+    /// stime: in the kernel on its behalf (its system calls).
+    pub system: u64,
 }
 
-pub fn cpu_ticks(pid: u32) -> io::Result<u64> {
+impl Ticks {
+    pub fn total(self) -> u64 {
+        self.user + self.system
+    }
+}
+
+/// utime and stime from the text of `/proc/PID/stat`. The command name (field 2) may hold
+/// spaces and parentheses, so fields are counted after the last `)`: state is field 3, utime 14,
+/// stime 15.
+pub fn parse_stat_ticks(stat: &str) -> Option<Ticks> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut f = rest.split_whitespace().skip(11);
+    let user: u64 = f.next()?.parse().ok()?;
+    let system: u64 = f.next()?.parse().ok()?;
+    Some(Ticks { user, system })
+}
+
+pub fn cpu_ticks(pid: u32) -> io::Result<Ticks> {
     let s = fs::read_to_string(format!("/proc/{pid}/stat"))?;
     parse_stat_ticks(&s).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unreadable /proc/PID/stat"))
 }
@@ -62,12 +77,12 @@ pub fn self_cpu_us() -> u64 {
 pub fn wait_quiet(pid: u32, max: Duration) -> (Duration, bool) {
     let t0 = Instant::now();
     let mut calm = 0;
-    let Ok(mut last) = cpu_ticks(pid) else {
+    let Ok(mut last) = cpu_ticks(pid).map(Ticks::total) else {
         return (t0.elapsed(), false);
     };
     while t0.elapsed() < max {
         std::thread::sleep(Duration::from_millis(250));
-        let Ok(now) = cpu_ticks(pid) else {
+        let Ok(now) = cpu_ticks(pid).map(Ticks::total) else {
             return (t0.elapsed(), false);
         };
         calm = if now.saturating_sub(last) <= 1 { calm + 1 } else { 0 };
@@ -87,7 +102,7 @@ mod tests {
     fn stat_fields_after_the_name() {
         // A name with spaces and a ')' of its own.
         let s = "1234 (node (ws) x) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 11 0 5 0 0";
-        assert_eq!(parse_stat_ticks(s), Some(325));
+        assert_eq!(parse_stat_ticks(s), Some(Ticks { user: 250, system: 75 }));
         assert_eq!(parse_stat_ticks("garbage"), None);
     }
 
