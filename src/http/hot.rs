@@ -20,8 +20,8 @@
 //! 64-bit counter nobody needs to read).
 //!
 //! Harvest: one `epoll_wait` takes up to `HARVEST` readable items; its caller keeps the first,
-//! the rest wait in `ready` (tokens, at most `HARVEST` per concurrent waiter) for the next waiters, which
-//! take them without a system call. A waiter asleep in `epoll_wait` meanwhile is signalled to
+//! the rest wait in `ready` (tokens, at most `HARVEST` per concurrent waiter) for the next
+//! waiters, which take them without a system call. A waiter asleep in `epoll_wait` meanwhile is signalled to
 //! come for them, so no readable item waits for a new event. Under load this made `epoll_wait`
 //! 0.08 calls per `GET /` instead of 1 (`docs/performance.md`).
 //!
