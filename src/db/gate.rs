@@ -6,114 +6,28 @@
 //! steady overload that is where the latency tail comes from. [`FairPool`] puts a gate of
 //! `pool_size` permits in front of the pool: a checkout first takes a permit, in arrival order,
 //! and only then asks r2d2, which, as at most `pool_size` permits are out, always has an idle
-//! connection or room to open one. A released permit goes straight to the longest waiter
-//! (handoff), never back into a free count a newcomer could grab.
+//! connection or room to open one. The gate itself is `util::fifo::FifoGate`: a released permit
+//! goes straight to the longest waiter (handoff), never back into a free count a newcomer could
+//! grab.
 //!
-//! Queue: `GateState::waiters`, owned by the gate; it holds at most one entry per thread that is
-//! waiting (so at most the number of threads that check out: the HTTP workers plus the monitor
-//! and a few others). Each waiter leaves it when served or when its wait reaches the checkout
-//! timeout (`DB_CHECKOUT_TIMEOUT_MS`), whichever comes first; the whole checkout (gate plus r2d2)
-//! is bounded by that one timeout.
-//! Lock: `Gate::state`, held for a few instructions (never across I/O or a wait).
+//! Queue: the gate's line of waiters holds at most one entry per thread that is waiting (so at
+//! most the number of threads that check out: the HTTP workers plus the monitor and a few
+//! others). Each waiter leaves it when served or when its wait reaches the checkout timeout
+//! (`DB_CHECKOUT_TIMEOUT_MS`), whichever comes first; the whole checkout (gate plus r2d2) is
+//! bounded by that one timeout.
 //! Must never: hand out more than `pool_size` permits; lose a permit (a waiter that times out
 //! while being granted one takes it, then gives it back through [`Checkout`]'s drop); let a
 //! newcomer pass a waiter.
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::mem::ManuallyDrop;
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::Thread;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::pool::{Manager, Tracked};
-
-/// A thread parked in the gate's queue. `granted` is set (under the gate's lock) by the thread
-/// that hands it a permit, and then the waiter is unparked.
-struct Waiter {
-    thread: Thread,
-    granted: AtomicBool,
-}
-
-thread_local! {
-    /// This thread's waiter, reused by every checkout it makes (a thread waits in one queue at a
-    /// time), so that a contended checkout allocates nothing.
-    static WAITER: Arc<Waiter> = Arc::new(Waiter { thread: std::thread::current(), granted: AtomicBool::new(false) });
-}
-
-struct GateState {
-    /// Permits neither held nor handed to a waiter. Nonzero only while `waiters` is empty.
-    free: usize,
-    /// Waiting threads, longest waiting first.
-    waiters: VecDeque<Arc<Waiter>>,
-}
-
-/// `size` permits handed out in arrival order.
-struct Gate {
-    state: Mutex<GateState>,
-    size: usize,
-}
-
-impl Gate {
-    fn new(size: usize) -> Gate {
-        Gate { state: Mutex::new(GateState { free: size, waiters: VecDeque::new() }), size }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Take a permit, waiting in line until `deadline`. False when the deadline passed first.
-    fn acquire(&self, deadline: Instant) -> bool {
-        let waiter = {
-            let mut st = self.lock();
-            if st.free > 0 {
-                st.free -= 1;
-                return true;
-            }
-            let w = WAITER.with(Arc::clone);
-            w.granted.store(false, Ordering::Relaxed);
-            st.waiters.push_back(w.clone());
-            w
-        };
-        loop {
-            if waiter.granted.load(Ordering::Acquire) {
-                return true;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                let mut st = self.lock();
-                // Granted between the check above and taking the lock: the permit is ours.
-                if waiter.granted.load(Ordering::Acquire) {
-                    return true;
-                }
-                if let Some(i) = st.waiters.iter().position(|w| Arc::ptr_eq(w, &waiter)) {
-                    st.waiters.remove(i);
-                }
-                return false;
-            }
-            // Spurious wake-ups (and stray unpark tokens) just go round the loop again.
-            std::thread::park_timeout(deadline - now);
-        }
-    }
-
-    /// Give a permit back: to the longest waiter if there is one, else to the free count.
-    fn release(&self) {
-        let mut st = self.lock();
-        match st.waiters.pop_front() {
-            Some(w) => {
-                w.granted.store(true, Ordering::Release);
-                // Wake it outside the lock: the wake-up is a system call, and the lock is taken
-                // by every checkout.
-                drop(st);
-                w.thread.unpark();
-            }
-            None => st.free += 1,
-        }
-    }
-}
+use crate::util::fifo::FifoGate;
 
 /// The start of [`CheckoutError::Busy`]'s message: how `db::is_busy_pool` tells a busy pool
 /// (not an outage) from a connection error once both are a `DbError::Unavailable`.
@@ -144,7 +58,7 @@ impl std::error::Error for CheckoutError {}
 /// through [`FairPool::get`].
 pub struct FairPool {
     pool: r2d2::Pool<Manager>,
-    gate: Arc<Gate>,
+    gate: Arc<FifoGate>,
     timeout: Duration,
     /// The schema epoch of this pool's statement caches (`stmt.rs`).
     epoch: super::stmt::SchemaEpoch,
@@ -155,7 +69,7 @@ impl FairPool {
     /// most `timeout` in all. `epoch` is the one `pool`'s manager gives its connections' caches.
     pub fn new(pool: r2d2::Pool<Manager>, timeout: Duration, epoch: super::stmt::SchemaEpoch) -> FairPool {
         let size = pool.max_size() as usize;
-        FairPool { pool, gate: Arc::new(Gate::new(size)), timeout, epoch }
+        FairPool { pool, gate: Arc::new(FifoGate::new(size)), timeout, epoch }
     }
 
     /// The schema changed (a migration was applied): every connection drops its prepared
@@ -173,7 +87,7 @@ impl FairPool {
     pub fn get_timeout(&self, timeout: Duration) -> Result<Checkout, CheckoutError> {
         let start = Instant::now();
         let deadline = start + timeout;
-        if !self.gate.acquire(deadline) {
+        if !self.gate.acquire(Some(deadline)) {
             return Err(CheckoutError::Busy(timeout));
         }
         // Holding a permit: r2d2 has an idle connection or room for one; the wait left is only
@@ -200,14 +114,12 @@ impl FairPool {
 
     /// Threads waiting in line right now.
     pub fn waiting(&self) -> usize {
-        self.gate.lock().waiters.len()
+        self.gate.waiting()
     }
 
     /// Permits not held by anyone right now (at most the pool's size).
     pub fn free_permits(&self) -> usize {
-        let st = self.gate.lock();
-        debug_assert!(st.free <= self.gate.size);
-        st.free
+        self.gate.free()
     }
 }
 
@@ -216,7 +128,7 @@ impl FairPool {
 /// next in line, so whoever gets the permit finds the connection idle.
 pub struct Checkout {
     conn: ManuallyDrop<r2d2::PooledConnection<Manager>>,
-    gate: Arc<Gate>,
+    gate: Arc<FifoGate>,
 }
 
 impl Drop for Checkout {
@@ -247,7 +159,6 @@ mod tests {
     use crate::db::pool::{build_pool, ensure_database};
     use std::sync::mpsc;
 
-    /// Waits (without a time bound on correctness) until `n` threads queue in the gate.
     /// A fresh database and a fair pool of `size` connections on it (30 s checkout timeout).
     fn pool_of(tag: &str, size: u32) -> (TestDb, Arc<FairPool>) {
         let db = TestDb::new(tag);
@@ -259,6 +170,7 @@ mod tests {
         (db, pool)
     }
 
+    /// Waits (without a time bound on correctness) until `n` threads queue in the gate.
     fn until_waiting(pool: &FairPool, n: usize) {
         while pool.waiting() != n {
             std::thread::sleep(Duration::from_millis(1));

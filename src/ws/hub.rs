@@ -34,6 +34,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use super::protocol::{self, ClientError, Command, Encoded, ErrorCode, GroupInfo, ServerFrame};
+use crate::util::fifo::FifoGate;
 
 mod remote;
 pub use remote::{Event, Home, Link, NotSent, Origin, RemoteClient, Unreachable};
@@ -185,6 +186,14 @@ pub struct Hub {
     pub stats: HubStats,
     /// The other instances (`CLUSTER=postgres`), set once at start; `None` for a single instance.
     link: std::sync::OnceLock<Arc<dyn Link>>,
+    /// Fan-outs that write at once: as many as the process may use cores. A fan-out (a frame
+    /// for more than one client, from `push_all`, or a reader's deferred writes) takes a permit
+    /// for its whole loop; when none is free it waits its turn, first come first served (at
+    /// most one waiter per thread that fans out: session readers, HTTP handlers, the cluster
+    /// listener). Without it, eight fan-outs in flight were eight runnable threads sharing the
+    /// process's CPU time slice by slice, each finishing only when all did; see
+    /// `docs/decisions.md`, "Fan-outs take turns".
+    writers: FifoGate,
 }
 
 /// What the hub has done since start, for `/metrics`.
@@ -217,12 +226,23 @@ fn anon_id() -> String {
 
 impl Hub {
     pub fn new() -> Hub {
+        Hub::with_writers(std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+
+    /// A hub whose fan-outs write `writers` at a time (`Hub::writers`).
+    fn with_writers(writers: usize) -> Hub {
         Hub {
             state: Mutex::new(State::default()),
             next_serial: AtomicU64::new(1),
             stats: HubStats::default(),
             link: std::sync::OnceLock::new(),
+            writers: FifoGate::new(writers),
         }
+    }
+
+    /// The fan-out gate (see `Hub::writers`), for a session's deferred writes.
+    pub fn writers(&self) -> &FifoGate {
+        &self.writers
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -337,7 +357,7 @@ impl Hub {
         let mut total = 0;
         for (targets, encode) in outgoing.0 {
             let frame = encode();
-            let queued = push_all(&targets, &frame, &mut slow);
+            let queued = push_all(&self.writers, &targets, &frame, &mut slow);
             first.get_or_insert(queued);
             total += queued;
             if let Some(me) = sender {
@@ -367,7 +387,7 @@ impl Hub {
             }
             t.out.close(1008, "slow consumer: outbound queue full", true);
             for (targets, encode) in outgoing.0 {
-                push_all(&targets, &encode(), &mut slow);
+                push_all(&self.writers, &targets, &encode(), &mut slow);
             }
         }
     }
@@ -614,7 +634,9 @@ fn group_infos(st: &State) -> Vec<GroupInfo> {
 }
 
 /// Push `frame` to every target; the ones that are full go to `slow`. Returns how many queued.
-fn push_all(targets: &[Target], frame: &Encoded, slow: &mut Vec<Target>) -> usize {
+/// A fan-out (more than one target) waits for its turn at `writers` first.
+fn push_all(writers: &FifoGate, targets: &[Target], frame: &Encoded, slow: &mut Vec<Target>) -> usize {
+    let _turn = (targets.len() > 1).then(|| writers.enter());
     let mut queued = 0;
     for (i, t) in targets.iter().enumerate() {
         // Each push begins with a cache miss on the member's queue (its lock), after the
@@ -799,6 +821,79 @@ mod tests {
         run(&hub, &d, "/group six");
         assert_eq!(heard(&[&out_a2, &out_d]), [0, 1], "nor one who disconnected");
         assert_eq!(hub.members("g").unwrap(), ["d"]);
+    }
+
+    /// An outbox whose pushes, once `armed`, wait until `open`: a recipient that makes the
+    /// fan-out writing to it take as long as the test wants. Counts the pushes that got in.
+    #[derive(Default)]
+    struct Stall {
+        armed: std::sync::atomic::AtomicBool,
+        open: Mutex<bool>,
+        opened: std::sync::Condvar,
+        inside: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Outbox for Stall {
+        fn push(&self, _: &Encoded) -> Pushed {
+            if self.armed.load(Ordering::SeqCst) {
+                self.inside.fetch_add(1, Ordering::SeqCst);
+                let mut open = self.open.lock().unwrap();
+                while !*open {
+                    open = self.opened.wait(open).unwrap();
+                }
+            }
+            Pushed::Queued
+        }
+        fn start(&self) {}
+        fn close(&self, _: u16, _: &str, _: bool) {}
+    }
+
+    /// Waits until `f` holds; panics with `what` if it does not within 10 s (a hang, not a
+    /// measurement: on a correct hub the condition holds in microseconds).
+    fn within(what: &str, f: impl Fn() -> bool) {
+        let start = std::time::Instant::now();
+        while !f() {
+            assert!(start.elapsed() < std::time::Duration::from_secs(10), "{what}");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
+    /// One fan-out writes at a time here: while the first is held up by a slow recipient, the
+    /// next two wait at the gate instead of writing beside it, and go in the order they came.
+    #[test]
+    fn fanouts_take_turns_in_arrival_order() {
+        let hub = Arc::new(Hub::with_writers(1));
+        let stall = Arc::new(Stall::default());
+        // First in the group's order (ids are sorted), so every fan-out meets it first.
+        hub.connect(Some("0-stall"), Some("g"), false, stall.clone());
+        let members: Vec<(Member, Arc<Fake>)> =
+            ["a", "b", "c"].iter().map(|id| connect(&hub, Some(id), Some("g"))).collect();
+        for (_, out) in &members {
+            out.take();
+        }
+        stall.armed.store(true, Ordering::SeqCst);
+        let send = |i: usize, text: &'static str| {
+            let (hub, m) = (hub.clone(), members[i].0.clone());
+            std::thread::spawn(move || run(&hub, &m, text))
+        };
+        let first = send(0, "/group one");
+        within("the first fan-out did not reach the slow recipient", || stall.inside.load(Ordering::SeqCst) == 1);
+        let second = send(1, "/group two");
+        within("the second fan-out did not wait for the first", || hub.writers().waiting() == 1);
+        let third = send(2, "/group three");
+        within("the third fan-out did not wait in line", || hub.writers().waiting() == 2);
+        assert_eq!(stall.inside.load(Ordering::SeqCst), 1, "only the first fan-out is writing");
+        *stall.open.lock().unwrap() = true;
+        stall.opened.notify_all();
+        for t in [first, second, third] {
+            t.join().unwrap();
+        }
+        assert_eq!(stall.inside.load(Ordering::SeqCst), 3);
+        for (m, out) in &members {
+            let got: Vec<String> = out.take().iter().map(|f| f["message"].as_str().unwrap().to_string()).collect();
+            assert_eq!(got, ["one", "two", "three"], "as {} received them", m.id);
+        }
+        assert_eq!(hub.writers().free(), 1);
     }
 
     #[test]

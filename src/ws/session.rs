@@ -27,6 +27,7 @@ use tungstenite::Message;
 use super::hub::{Member, Outbox, Pushed};
 use super::protocol::{self, ClientError, Encoded, ErrorCode};
 use super::{Ws, WsSettings};
+use crate::util::fifo::FifoGate;
 use crate::{debug, info, warn};
 
 /// Most frames handed to one `sendmsg` (each is one `iovec`).
@@ -62,15 +63,18 @@ thread_local! {
 /// one `sendmsg`. Active from `start` to `flush`; the reader flushes before it waits for
 /// anything, and dropping flushes too (every way out of `read_loop`, a panic included), so a
 /// token is never left taken.
-struct Deferral {
+struct Deferral<'a> {
     /// The list's buffer while no deferral is active, kept so that a fan-out to 1,000 does not
     /// grow a new one for every run.
     spare: Vec<Arc<Outbound>>,
+    /// The hub's fan-out gate: a flush that writes to several clients is a fan-out, and takes
+    /// its turn like one (`Hub::writers`).
+    writers: &'a FifoGate,
 }
 
-impl Deferral {
-    fn new() -> Deferral {
-        Deferral { spare: Vec::new() }
+impl<'a> Deferral<'a> {
+    fn new(writers: &'a FifoGate) -> Deferral<'a> {
+        Deferral { spare: Vec::new(), writers }
     }
 
     /// From now until `flush`, a push on this thread that takes a writer token leaves the
@@ -89,6 +93,7 @@ impl Deferral {
         let Some(mut list) = DEFERRED.with(|d| d.borrow_mut().take()) else {
             return;
         };
+        let _turn = (list.len() > 1).then(|| self.writers.enter());
         for out in list.drain(..) {
             out.write_turn(Writer::Sender);
         }
@@ -96,7 +101,7 @@ impl Deferral {
     }
 }
 
-impl Drop for Deferral {
+impl Drop for Deferral<'_> {
     fn drop(&mut self) {
         self.flush();
     }
@@ -755,7 +760,7 @@ fn read_loop(ws: &Ws, stream: &TcpStream, leftover: Vec<u8>, member: &Member, ou
     // The first message of a run is deferred too when the last run had several: a client that
     // streams is likely sending more while this one fans out. Otherwise its writes go out at
     // once (a queue round trip less per recipient, for the many clients that send one at a time).
-    let mut deferral = Deferral::new();
+    let mut deferral = Deferral::new(hub.writers());
     let mut run = 0;
     let mut streaming = false;
     loop {
@@ -1017,7 +1022,8 @@ mod tests {
             client.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
             client.read(&mut [0u8; 16]).is_err()
         };
-        let mut deferral = Deferral::new();
+        let writers = FifoGate::new(1);
+        let mut deferral = Deferral::new(&writers);
         deferral.start();
         for i in 0..3 {
             assert_eq!(out.push(&text(i)), Pushed::Queued);
@@ -1038,6 +1044,40 @@ mod tests {
         assert_eq!(read_frames(&mut client, 1)[0].1, b"m5", "dropping flushes");
         out.push(&text(6));
         assert_eq!(read_frames(&mut client, 1)[0].1, b"m6");
+    }
+
+    /// A flush that writes to several clients is a fan-out: it waits for its turn at the hub's
+    /// gate (`Hub::writers`) like any other, and writes nothing before it.
+    #[test]
+    fn a_deferred_flush_to_several_clients_takes_its_turn() {
+        let writers = Arc::new(FifoGate::new(1));
+        let (a, mut client_a) = attached(1000, 1 << 20);
+        let (b, mut client_b) = attached(1000, 1 << 20);
+        a.start();
+        b.start();
+        let turn = writers.enter();
+        let flusher = {
+            let (writers, a, b) = (writers.clone(), a.clone(), b.clone());
+            std::thread::spawn(move || {
+                let mut deferral = Deferral::new(&writers);
+                deferral.start();
+                a.push(&protocol::encode_text("to a".to_string()));
+                b.push(&protocol::encode_text("to b".to_string()));
+                deferral.flush();
+            })
+        };
+        let start = Instant::now();
+        while writers.waiting() != 1 {
+            assert!(start.elapsed() < Duration::from_secs(10), "the flush did not wait for its turn");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        client_a.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        assert!(client_a.read(&mut [0u8; 16]).is_err(), "nothing is written before its turn");
+        drop(turn);
+        flusher.join().unwrap();
+        assert_eq!(read_frames(&mut client_a, 1)[0].1, b"to a");
+        assert_eq!(read_frames(&mut client_b, 1)[0].1, b"to b");
+        assert_eq!(writers.free(), 1);
     }
 
     #[test]
