@@ -41,6 +41,14 @@
 //! `sendmsg`s. The first message of a run is deferred too when the client's last run had
 //! several (it streams), so a steady stream is written once per run.
 //!
+//! **Fan-outs take turns** (`Hub::writers`, a `util::fifo::FifoGate`): a loop that writes one
+//! frame to several clients (a `/group`, a broadcast, a reader's deferred writes) first takes one
+//! of as many permits as the process may use cores, first come first served, and gives it back
+//! when its loop ends. Eight fan-outs in flight used to be eight runnable threads sharing the
+//! process's time slice by slice, so each finished only when all of them did; now each runs to
+//! its end in turn. The wait is for other fan-outs, never for a client: each of their writes is
+//! non-blocking.
+//!
 //! Why not a writer thread per session, as the design notes sketch: two threads per session
 //! would be 20,000 threads at the 10,000-client goal, and this machine's `kernel.pid_max` is
 //! 32768 (every thread takes a pid) with `vm.max_map_count` 65530 (each thread stack is two
@@ -63,6 +71,10 @@
 //!   several clients, while any queue still holds them. Above `WS_QUEUE_KB` (weighted by how
 //!   many queues hold each) the reader pauses, at most a second per frame, so one broadcaster
 //!   cannot keep thousands of queues full (`session::pace_reading`).
+//! - **Fan-out line** (`Hub::writers`, owned by the hub): threads waiting for a fan-out turn, at
+//!   most one entry per thread that fans out (session readers, HTTP handlers of the server's
+//!   messages, the cluster listener). Never full: a waiter waits until the fan-outs ahead of it
+//!   have finished their non-blocking loops.
 //! - **Flusher inbox** (`adopt` and `watch` lists): each session is in each at most once at a
 //!   time, so both are bounded by `WS_MAX_CLIENTS`.
 //! - A fan-out frame is encoded once; every recipient's queue holds the same `Arc<[u8]>`.
@@ -74,8 +86,12 @@
 //! `Hub::state` (registry + groups, one lock, see `hub.rs`) and each session's queue lock (with
 //! its `drained` condvar, which only the session's own reader waits on). Order: the hub lock
 //! may be held while a *not yet started* queue is locked (the welcome frame); never the other
-//! way round. Frames are encoded after the hub lock is dropped. The flusher's inbox lock and `Ws::flusher` are only ever taken
-//! alone. No socket I/O happens under any of them.
+//! way round. Frames are encoded after the hub lock is dropped. The flusher's inbox lock,
+//! `Ws::flusher` and the fan-out gate's own lock are only ever taken alone. No socket I/O
+//! happens under any of them. A fan-out turn is not a lock on data: it is held across the
+//! fan-out's non-blocking sends (and the queue locks they take), never while waiting for
+//! anything else, and never taken twice by one thread (a reader's deferred writes take theirs
+//! at the flush, after the pushes that listed them have given theirs back).
 //!
 //! # Shutdown
 //!
