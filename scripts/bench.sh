@@ -1759,6 +1759,9 @@ ws_run() {
     if [ "$who" = ours ]; then port=$SERVER_PORT pid=$SERVER_PID; else port=$NODE_PORT pid=$NODE_PID; fi
     local out="$TMP/ws-$scen-$who-$r.txt"
     log "round $r: $who, $scen: ws-bench $*"
+    # Each scenario's peak is its own: without the reset, a server's VmHWM at the end of (f) was
+    # its peak since start, for Node the 1,000-member flat-out phase of (d).
+    (echo 5 >"/proc/$pid/clear_refs") 2>/dev/null || WS_HWM_SINCE_START=1
     "$(ws_bench_bin)" --url "ws://127.0.0.1:$port" --pid "$pid" "$@" >"$out" 2>"${out%.txt}.log" \
         || { tail -n 20 "${out%.txt}.log" >&2; die "ws-bench failed against $who ($scen, round $r)"; }
     grep -E '^ws-bench: (connected|settled|after|closed|drain|flat: no|note)' "${out%.txt}.log" | sed 's/^ws-bench: /  /' >&2 || true
@@ -1933,6 +1936,11 @@ cmd_ws() {
         echo "- (d) flat out: same run, phase flat: a new \`/group\` message whenever fewer than $BENCH_WS_WINDOW are in flight (sent, not yet at every member)"
         echo "- (e) \`$tool ${e_args[*]}\`: 2,000 clients in 20 groups of 100, one sender per group (messages go round the groups); both phases"
         echo "- (f) \`$tool ${f_args[*]}\`: 10,000 clients in 10 groups of 1,000, one sender per group; both phases; the server's peak RSS (VmHWM) at the end"
+        if [ -n "${WS_HWM_SINCE_START:-}" ]; then
+            echo "- VmHWM could not be reset (\`/proc/PID/clear_refs\` not writable): each peak is the server's since it started, earlier scenarios of the round included"
+        else
+            echo "- VmHWM is reset to the current RSS (\`echo 5 > /proc/PID/clear_refs\`) before each scenario, so each peak is that scenario's (plus what the server kept from the earlier ones)"
+        fi
         echo "- Each phase sends 1 s of unmeasured messages first; connecting the $BENCH_WS_MEMBERS members costs a join storm first (each connect is announced to the members already there: about $((BENCH_WS_MEMBERS * (BENCH_WS_MEMBERS - 1) / 2)) \`join\` frames), counted in (c)'s connect time but not in any measured window"
         echo
         echo "| figure | ours | Node ws | ours/Node |"
