@@ -128,11 +128,6 @@ impl FifoGate {
     pub fn free(&self) -> usize {
         self.lock().free
     }
-
-    /// How many permits the gate has.
-    pub fn size(&self) -> usize {
-        self.size
-    }
 }
 
 /// A permit of a [`FifoGate`], given back (to the next in line) when dropped.
@@ -147,15 +142,8 @@ impl Drop for Permit<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::util::within;
     use std::sync::mpsc;
-    use std::time::Duration;
-
-    /// Wait (by polling, without a time limit that could fail a slow machine) until `f` holds.
-    fn until(f: impl Fn() -> bool) {
-        while !f() {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
 
     #[test]
     fn permits_go_to_waiters_in_arrival_order() {
@@ -170,7 +158,7 @@ mod tests {
                 tx.send(i).unwrap();
             }));
             // The next one starts only once this one is in line.
-            until(|| gate.waiting() == i + 1);
+            within("a waiter did not get in line", || gate.waiting() == i + 1);
         }
         // A newcomer with a deadline already past does not pass them, and leaves the line.
         assert!(!gate.acquire(Some(Instant::now())));
@@ -186,8 +174,7 @@ mod tests {
 
     #[test]
     fn never_more_than_size_permits_and_none_lost() {
-        let gate = FifoGate::new(0);
-        assert_eq!(gate.size(), 1, "a gate has at least one permit");
+        assert_eq!(FifoGate::new(0).free(), 1, "a gate has at least one permit");
         let gate = Arc::new(FifoGate::new(2));
         let inside = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let most = Arc::new(std::sync::atomic::AtomicUsize::new(0));

@@ -8,3 +8,15 @@ pub mod mem;
 pub mod rlimit;
 pub mod time;
 pub mod tmp_owner;
+
+/// Tests: polls `f` every millisecond until it holds; panics with `what` when it has not held
+/// within 10 s (a hang, not a measurement: where it is used, the condition holds in
+/// microseconds).
+#[cfg(test)]
+pub(crate) fn within(what: &str, f: impl Fn() -> bool) {
+    let start = std::time::Instant::now();
+    while !f() {
+        assert!(start.elapsed() < std::time::Duration::from_secs(10), "{what}");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}

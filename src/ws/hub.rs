@@ -848,20 +848,11 @@ mod tests {
         fn close(&self, _: u16, _: &str, _: bool) {}
     }
 
-    /// Waits until `f` holds; panics with `what` if it does not within 10 s (a hang, not a
-    /// measurement: on a correct hub the condition holds in microseconds).
-    fn within(what: &str, f: impl Fn() -> bool) {
-        let start = std::time::Instant::now();
-        while !f() {
-            assert!(start.elapsed() < std::time::Duration::from_secs(10), "{what}");
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-    }
-
     /// One fan-out writes at a time here: while the first is held up by a slow recipient, the
     /// next two wait at the gate instead of writing beside it, and go in the order they came.
     #[test]
     fn fanouts_take_turns_in_arrival_order() {
+        use crate::util::within;
         let hub = Arc::new(Hub::with_writers(1));
         let stall = Arc::new(Stall::default());
         // First in the group's order (ids are sorted), so every fan-out meets it first.

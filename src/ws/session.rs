@@ -1066,11 +1066,7 @@ mod tests {
                 deferral.flush();
             })
         };
-        let start = Instant::now();
-        while writers.waiting() != 1 {
-            assert!(start.elapsed() < Duration::from_secs(10), "the flush did not wait for its turn");
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        crate::util::within("the flush did not wait for its turn", || writers.waiting() == 1);
         client_a.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
         assert!(client_a.read(&mut [0u8; 16]).is_err(), "nothing is written before its turn");
         drop(turn);
