@@ -347,6 +347,35 @@ fn leave_on_close_frame_dropped_tcp_and_ping_timeout() {
     assert_eq!(get_json(&srv, "/api/ws/clients")["count"], 1);
 }
 
+/// A client that sends a frame a byte at a time, never finishing it, is silent: only whole
+/// messages count as signs of life, so it is dropped at the ping timeout, not when (or if) its
+/// frame is done. 500 such clients must not hold 500 sessions for as long as they like.
+#[test]
+fn a_client_trickling_a_frame_is_dropped_at_the_ping_timeout() {
+    let srv = TestServer::start_with(
+        Opts::default().env("SECRET_KEY", SECRET).env("WS_PING_INTERVAL_SECS", "1").env("WS_PING_TIMEOUT_SECS", "2"),
+    );
+    let (mut w, _) = WsClient::join(&srv, "/ws/watcher/room");
+    let mut slow = raw_handshake(&srv, "/ws/slow/room");
+    assert_eq!(w.recv()["type"], "join");
+    // 400 bytes at one every 50 ms would take 20 s to finish.
+    let frame = masked_frame(0x1, "/group x".repeat(50).as_bytes());
+    let started = Instant::now();
+    let trickle = std::thread::spawn(move || {
+        for b in &frame {
+            if slow.write_all(std::slice::from_ref(b)).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    let l = w.recv_type("leave");
+    assert_eq!(l["client_id"], "slow", "{l}");
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(1500) && took < Duration::from_secs(10), "dropped after {took:?}");
+    trickle.join().unwrap();
+}
+
 #[test]
 fn the_server_pings() {
     let srv =

@@ -3,6 +3,7 @@
 //! the `101` on, the socket is ours.
 //!
 //! - `protocol.rs` — pure: client commands, server frames, names. No sockets, no locks.
+//! - `incoming.rs` — pure: the client's bytes to messages (RFC 6455 frames), or the rule broken.
 //! - `hub.rs` — the registry and the groups behind one lock; the rules of every command.
 //! - `session.rs` — the socket side: the reader thread, the outbound queue, the flusher.
 //!
@@ -11,8 +12,8 @@
 //! - **One reader thread per session** (`ws-session`, stack `WS_THREAD_STACK_KB`). Started by
 //!   the HTTP worker that answers the upgrade (before the `101`, so a failed spawn is still a
 //!   `503`; the worker also registers the client in the hub before the `101`, so a client that
-//!   has read its `101` can be found), it reads the socket: it parses frames (tungstenite's
-//!   `WebSocketContext`, 64 KiB limit), runs commands against the hub, answers pings, sends a
+//!   has read its `101` can be found), it reads the socket: it parses frames (`incoming::Decoder`,
+//!   64 KiB limit, no buffer held while it waits), runs commands against the hub, answers pings, sends a
 //!   ping every `WS_PING_INTERVAL_SECS` and drops a client silent for `WS_PING_TIMEOUT_SECS`.
 //!   At most `WS_MAX_CLIENTS` sessions exist (a counter reserved before the `101`; over it the
 //!   upgrade is answered `503`). The thread ends with the connection.
@@ -103,6 +104,7 @@
 //! sender on a client; log a token or a query string.
 
 pub mod hub;
+pub mod incoming;
 pub mod protocol;
 pub mod session;
 
@@ -261,7 +263,10 @@ impl Ws {
             .spawn(move || {
                 let _slot = slot;
                 let Ok(Handover::Registered(member)) = rx.recv() else { return };
-                match rx.recv() {
+                let handover = rx.recv();
+                // The channel has done its work: not held for the session's life.
+                drop(rx);
+                match handover {
                     Ok(Handover::Socket(stream, leftover)) => {
                         session::run(&ws, &member, &thread_out, stream, leftover, peer)
                     }

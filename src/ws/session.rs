@@ -20,11 +20,8 @@ use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use tungstenite::error::{Error as WsError, ProtocolError};
-use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
-use tungstenite::Message;
-
 use super::hub::{Member, Outbox, Pushed};
+use super::incoming::{Decoder, Incoming, Violation};
 use super::protocol::{self, ClientError, Encoded, ErrorCode};
 use super::{Ws, WsSettings};
 use crate::util::fifo::FifoGate;
@@ -38,11 +35,10 @@ const INLINE_ROUNDS: usize = 4;
 
 /// Most writes the flusher makes for one socket in one turn before serving the others.
 const FLUSHER_ROUNDS: usize = 16;
-/// The reader's receive buffer (tungstenite grows it for a large frame, up to the 64 KiB limit).
-/// tungstenite keeps two of this size per session (its read chunk and its storage): 1 KiB,
-/// not 4, took 10,000 idle sessions from 167 to 136 MB of RSS (`scripts/bench.sh ws`, idle);
-/// a message over 1 KiB costs a few more `read`s.
-const READ_BUFFER: usize = 1024;
+/// Most bytes the reader takes from its socket in one `recv`. It asks the socket how much is
+/// there (`FIONREAD`) and allocates only that, so a reader waiting for its client holds no
+/// buffer at all (`incoming::Decoder`).
+const READ_MAX: usize = 16 * 1024;
 
 /// Most messages a reader runs from what its client has already sent before it writes what they
 /// queued (`Deferral`).
@@ -668,37 +664,78 @@ impl Flusher {
 // ---------------------------------------------------------------------------------------------
 // The reader
 
-/// The read side for tungstenite: reads the socket; replies tungstenite would write itself
-/// (pong, close echo) are dropped here, because the session queues its own through `Outbound`.
-/// `nonblocking`: read only what has already arrived (`WouldBlock` otherwise), for running the
-/// messages a client has already sent in one go (`Deferral`).
-struct ReadSide<'a> {
-    stream: &'a TcpStream,
-    nonblocking: bool,
+/// Why a read gave no message.
+enum Failed {
+    /// The client broke a rule of the protocol.
+    Violation(Violation),
+    /// The connection ended (end of stream) without a close frame.
+    Eof,
+    Io(io::Error),
 }
 
-impl Read for ReadSide<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if !self.nonblocking {
-            return (&*self.stream).read(buf);
-        }
-        // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the whole call, and the
-        // descriptor belongs to `stream`, which outlives it.
-        let n = unsafe { libc::recv(self.stream.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
+/// The next message the client has sent: from what was read already, else after one read of
+/// the socket. `wait`: how long to wait for the socket to be readable (`None`: not at all, only
+/// what has already arrived, for running the messages a client has already sent in one go,
+/// `Deferral`). `Ok(None)`: no whole message yet (nothing arrived in time, or only part of one).
+fn next_message(d: &mut Decoder, stream: &TcpStream, wait: Option<Duration>) -> Result<Option<Incoming>, Failed> {
+    if let Some(m) = d.message().map_err(Failed::Violation)? {
+        return Ok(Some(m));
     }
+    match fill(d, stream, wait) {
+        Ok(0) => return Err(Failed::Eof),
+        Ok(_) => {}
+        Err(e)
+            if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted) =>
+        {
+            return Ok(None)
+        }
+        Err(e) => return Err(Failed::Io(e)),
+    }
+    d.message().map_err(Failed::Violation)
 }
 
-impl Write for ReadSide<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        Ok(buf.len())
+/// One read of the socket into `d`, of as many bytes as are there (at most `READ_MAX`): the
+/// buffer is allocated for the read, never held while waiting. `Ok(0)`: end of stream.
+/// `TimedOut` when nothing arrived within `wait`, `WouldBlock` when `wait` is `None` and
+/// nothing is there.
+fn fill(d: &mut Decoder, stream: &TcpStream, wait: Option<Duration>) -> io::Result<usize> {
+    let fd = stream.as_raw_fd();
+    if let Some(wait) = wait {
+        let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        let ms = wait.as_millis().clamp(1, libc::c_int::MAX as u128) as libc::c_int;
+        // SAFETY: one valid pollfd for the duration of the call.
+        match unsafe { libc::poll(&mut p, 1, ms) } {
+            0 => return Err(io::ErrorKind::TimedOut.into()),
+            n if n < 0 => return Err(io::Error::last_os_error()),
+            _ => {}
+        }
     }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+    let mut ready: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int to the pointer, which is valid for the call.
+    if unsafe { libc::ioctl(fd, libc::FIONREAD, &mut ready) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if ready <= 0 {
+        if wait.is_none() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        // Readable with nothing to read: the end of the stream or an error; `recv` says which.
+        let mut one = [0u8; 1];
+        let n = recv(fd, &mut one)?;
+        d.feed(&one[..n]);
+        return Ok(n);
+    }
+    d.read_with((ready as usize).min(READ_MAX), |space| recv(fd, space))
+}
+
+fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the whole call; `fd` is the
+    // session's socket, open for the call.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
     }
 }
 
@@ -742,15 +779,9 @@ fn read_loop(ws: &Ws, stream: &TcpStream, leftover: Vec<u8>, member: &Member, ou
     let s = &ws.settings;
     // Wake at least this often to ping and to check the silence timeout.
     let tick = s.ping_interval.min(s.ping_timeout).max(Duration::from_millis(10));
-    if let Err(e) = stream.set_read_timeout(Some(tick)) {
-        return End::Dropped(format!("cannot set a read timeout: {e}"));
-    }
-    let config = WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER)
-        .max_message_size(Some(protocol::MESSAGE_MAX))
-        .max_frame_size(Some(protocol::MESSAGE_MAX));
-    let mut ctx = WebSocketContext::from_partially_read(leftover, Role::Server, Some(config));
-    let mut io = ReadSide { stream, nonblocking: false };
+    let mut decoder = Decoder::new(protocol::MESSAGE_MAX, leftover);
+    // Only run what has already arrived (the rest of a run of messages, see below).
+    let mut nonblocking = false;
     let mut last_seen = Instant::now();
     let mut next_ping = last_seen + s.ping_interval;
     let hub = &ws.hub;
@@ -764,66 +795,60 @@ fn read_loop(ws: &Ws, stream: &TcpStream, leftover: Vec<u8>, member: &Member, ou
     let mut run = 0;
     let mut streaming = false;
     loop {
-        if !io.nonblocking {
+        if !nonblocking {
             deferral.flush();
             if let Some(end) = pace_reading(s, member, out, &mut fanout, &mut last_seen) {
                 return end;
             }
         }
-        if io.nonblocking || streaming {
+        if nonblocking || streaming {
             deferral.start();
         }
-        let result = ctx.read(&mut io);
+        let result = next_message(&mut decoder, stream, (!nonblocking).then_some(tick));
         let now = Instant::now();
-        let got_message = result.is_ok();
+        let got_message = matches!(result, Ok(Some(_)));
         match result {
-            Ok(message) => {
+            Ok(None) => {}
+            Ok(Some(message)) => {
                 last_seen = now;
                 match message {
-                    Message::Text(text) => match protocol::parse_client_text(text.as_str()) {
+                    Incoming::Text(text) => match protocol::parse_client_text(&text) {
                         Ok(cmd) => fanout.extend(hub.handle(member, cmd)),
                         Err(e) => hub.send_error(member, out.clone(), &e),
                     },
-                    Message::Binary(_) => hub.send_error(
+                    Incoming::Binary => hub.send_error(
                         member,
                         out.clone(),
                         &ClientError::new(ErrorCode::Unsupported, "binary frames are not supported: send text"),
                     ),
-                    Message::Ping(payload) => {
+                    Incoming::Ping(payload) => {
                         hub.push_own(member, out.clone(), &protocol::encode_pong(&payload));
                     }
-                    Message::Pong(_) | Message::Frame(_) => {}
-                    Message::Close(frame) => {
-                        // Echo the client's code (tungstenite has already replaced a code that is
-                        // not allowed on the wire by 1002).
-                        let code = frame.map(|f| u16::from(f.code)).unwrap_or(1000);
+                    Incoming::Pong => {}
+                    Incoming::Close(code) => {
+                        // Echo the client's code (1000 when it sent none, 1002 for one that may
+                        // not be sent on the wire).
                         hub.disconnect(member);
                         out.close(code, "", false);
                         return End::Closed;
                     }
                 }
             }
-            Err(WsError::Io(e)) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
-            Err(WsError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(WsError::Capacity(e)) => return server_close(hub, member, out, 1009, "message too big", e.to_string()),
-            Err(WsError::Utf8(_)) => {
-                return server_close(hub, member, out, 1007, "invalid UTF-8", "invalid UTF-8 in a text frame".into())
+            Err(Failed::Violation(v)) => {
+                let detail = v.detail(protocol::MESSAGE_MAX);
+                return server_close(hub, member, out, v.code(), v.reason(), detail);
             }
-            Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake))
-            | Err(WsError::ConnectionClosed)
-            | Err(WsError::AlreadyClosed) => return End::Dropped("connection closed without a close frame".into()),
-            Err(WsError::Io(e)) => return End::Dropped(format!("read failed: {e}")),
-            Err(WsError::Protocol(e)) => return server_close(hub, member, out, 1002, "protocol error", e.to_string()),
-            Err(e) => return server_close(hub, member, out, 1011, "internal error", e.to_string()),
+            Err(Failed::Eof) => return End::Dropped("connection closed without a close frame".into()),
+            Err(Failed::Io(e)) => return End::Dropped(format!("read failed: {e}")),
         }
         // Go on with what has already arrived while the run stays short and small: its writes
         // are all still queued, so its fan-out must stay under half a queue (what
         // `pace_reading` lets through without a pause) and its own queue under the high-water
         // mark.
         run += usize::from(got_message);
-        io.nonblocking =
+        nonblocking =
             got_message && run < DEFER_MESSAGES && !out.backlog().1 && fanout_bytes(&mut fanout) <= s.queue_bytes / 2;
-        if !io.nonblocking {
+        if !nonblocking {
             if run > 0 {
                 streaming = run > 1;
             }
