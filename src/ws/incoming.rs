@@ -211,7 +211,8 @@ impl Decoder {
     }
 
     /// True when no byte waits to be decoded and no message is half assembled.
-    pub fn is_idle(&self) -> bool {
+    #[cfg(test)]
+    fn is_idle(&self) -> bool {
         self.buf.capacity() == 0 && self.partial.is_none()
     }
 

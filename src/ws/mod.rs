@@ -12,9 +12,10 @@
 //! - **One reader thread per session** (`ws-session`, stack `WS_THREAD_STACK_KB`). Started by
 //!   the HTTP worker that answers the upgrade (before the `101`, so a failed spawn is still a
 //!   `503`; the worker also registers the client in the hub before the `101`, so a client that
-//!   has read its `101` can be found), it reads the socket: it parses frames (`incoming::Decoder`,
-//!   64 KiB limit, no buffer held while it waits), runs commands against the hub, answers pings, sends a
-//!   ping every `WS_PING_INTERVAL_SECS` and drops a client silent for `WS_PING_TIMEOUT_SECS`.
+//!   has read its `101` can be found), it reads the socket: it parses frames
+//!   (`incoming::Decoder`, 64 KiB limit, no buffer held while it waits), runs commands against
+//!   the hub, answers pings, sends a ping every `WS_PING_INTERVAL_SECS` and drops a client
+//!   silent for `WS_PING_TIMEOUT_SECS` (only whole messages break the silence).
 //!   At most `WS_MAX_CLIENTS` sessions exist (a counter reserved before the `101`; over it the
 //!   upgrade is answered `503`). The thread ends with the connection.
 //! - **One flusher thread for all sessions** (`ws-flush`, started with the first session). It

@@ -722,7 +722,9 @@ fn fill(d: &mut Decoder, stream: &TcpStream, wait: Option<Duration>) -> io::Resu
         // Readable with nothing to read: the end of the stream or an error; `recv` says which.
         let mut one = [0u8; 1];
         let n = recv(fd, &mut one)?;
-        d.feed(&one[..n]);
+        if n > 0 {
+            d.feed(&one[..n]);
+        }
         return Ok(n);
     }
     d.read_with((ready as usize).min(READ_MAX), |space| recv(fd, space))
