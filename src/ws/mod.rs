@@ -115,6 +115,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::http::response::UpgradeFn;
+use crate::util::handoff;
 
 pub use hub::Hub;
 
@@ -184,14 +185,6 @@ pub struct Ws {
     flusher: Mutex<Option<Arc<session::Flusher>>>,
 }
 
-/// What the HTTP side hands a session's reader thread, in this order.
-enum Handover {
-    /// The client is in the hub (its welcome queued).
-    Registered(hub::Member),
-    /// The `101` is written: the socket, and any bytes the client sent after its request head.
-    Socket(TcpStream, Vec<u8>),
-}
-
 /// A reserved session: gives its place back when dropped (when the reader thread ends).
 struct Slot(Arc<Ws>);
 
@@ -237,7 +230,7 @@ impl Ws {
     /// start its reader thread (waiting for the socket), and register the client in the hub —
     /// so by the time the client reads the `101` it can be found, and its welcome is queued.
     /// Returns what `Response::upgrade` runs after the `101`. If the `101` is never written,
-    /// the thread sees its channel closed, unregisters the client and ends.
+    /// the thread sees the hand-off dropped, unregisters the client and ends.
     pub fn open_session(
         self: &Arc<Self>,
         id: Option<String>,
@@ -254,8 +247,9 @@ impl Ws {
             Refused("Cannot start a WebSocket session now".into())
         })?;
         let out = session::Outbound::new(&self.settings, flusher);
-        // Two messages: the registration (right below), then the socket (after the 101).
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Handover>(2);
+        // Two hand-overs: the registration (right below), then, after the 101, the socket and
+        // any bytes the client sent after its request head.
+        let (tx, rx) = handoff::pair::<hub::Member, (TcpStream, Vec<u8>)>();
         let ws = self.clone();
         let thread_out = out.clone();
         std::thread::Builder::new()
@@ -263,15 +257,11 @@ impl Ws {
             .stack_size(self.settings.stack_size)
             .spawn(move || {
                 let _slot = slot;
-                let Ok(Handover::Registered(member)) = rx.recv() else { return };
-                let handover = rx.recv();
-                // The channel has done its work: not held for the session's life.
-                drop(rx);
-                match handover {
-                    Ok(Handover::Socket(stream, leftover)) => {
-                        session::run(&ws, &member, &thread_out, stream, leftover, peer)
-                    }
-                    _ => {
+                let Some(member) = rx.first() else { return };
+                // `second` consumes the hand-off: not held for the session's life.
+                match rx.second() {
+                    Some((stream, leftover)) => session::run(&ws, &member, &thread_out, stream, leftover, peer),
+                    None => {
                         // The 101 was never written: the client never connected.
                         ws.hub.disconnect(&member);
                         thread_out.kill();
@@ -289,10 +279,10 @@ impl Ws {
             // registry may have missed this client. Sweep again (it is idempotent).
             self.hub.shutdown();
         }
-        let _ = tx.send(Handover::Registered(member));
+        tx.first(member);
         Ok(Box::new(move |stream, leftover| {
-            // The thread is waiting; if it is gone the socket is simply dropped.
-            let _ = tx.send(Handover::Socket(stream, leftover));
+            // The thread is waiting; if it is gone the socket is simply dropped with the hand-off.
+            tx.second((stream, leftover));
         }))
     }
 
