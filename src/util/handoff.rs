@@ -77,24 +77,19 @@ impl<A, B> Drop for Sender<A, B> {
 impl<A, B> Receiver<A, B> {
     /// Waits for the first value; `None` if the sender was dropped without sending it.
     pub fn first(&self) -> Option<A> {
-        let mut s = self.0.lock();
-        loop {
-            if let Some(a) = s.first.take() {
-                return Some(a);
-            }
-            if s.sender_gone {
-                return None;
-            }
-            s = self.0.ready.wait(s).unwrap_or_else(|p| p.into_inner());
-        }
+        self.wait(|s| s.first.take())
     }
 
     /// Waits for the second value; `None` if the sender was dropped without sending it.
     pub fn second(self) -> Option<B> {
+        self.wait(|s| s.second.take())
+    }
+
+    fn wait<T>(&self, take: impl Fn(&mut State<A, B>) -> Option<T>) -> Option<T> {
         let mut s = self.0.lock();
         loop {
-            if let Some(b) = s.second.take() {
-                return Some(b);
+            if let Some(v) = take(&mut s) {
+                return Some(v);
             }
             if s.sender_gone {
                 return None;
