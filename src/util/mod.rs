@@ -2,7 +2,6 @@
 //! Must never: grow into a grab bag. A helper that belongs to one concern lives there.
 
 pub mod fifo;
-pub mod handoff;
 pub mod hash_pipe;
 pub mod log;
 pub mod mem;

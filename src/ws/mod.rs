@@ -6,6 +6,8 @@
 //! - `incoming.rs` — pure: the client's bytes to messages (RFC 6455 frames), or the rule broken.
 //! - `hub.rs` — the registry and the groups behind one lock; the rules of every command.
 //! - `session.rs` — the socket side: the reader thread, the outbound queue, the flusher.
+//! - `handoff.rs` — how the worker that answers an upgrade hands the session thread its
+//!   registration and then its socket.
 //!
 //! # Threads
 //!
@@ -104,6 +106,7 @@
 //! Must never: do socket I/O or call the database while holding a hub or queue lock; block a
 //! sender on a client; log a token or a query string.
 
+mod handoff;
 pub mod hub;
 pub mod incoming;
 pub mod protocol;
@@ -115,7 +118,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::http::response::UpgradeFn;
-use crate::util::handoff;
 
 pub use hub::Hub;
 

@@ -1,6 +1,6 @@
 //! A hand-off of two values, in order, from one thread to one other that waits for them, or
 //! the news that the sender is gone. Used between the HTTP worker that answers a WebSocket
-//! upgrade and the session thread it starts (`ws/mod.rs`): first the registration, then the
+//! upgrade and the session thread it starts (`mod.rs`): first the registration, then the
 //! socket once the `101` is written.
 //!
 //! Why not `std::sync::mpsc::sync_channel`: that channel is one allocation of about 650 bytes
