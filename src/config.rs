@@ -77,7 +77,12 @@ pub const SETTINGS: &[Setting] = &[
     s("MAX_UPLOAD_FILES", "--max-upload-files", "20", "most files in one POST /api/upload/multiple"),
     s("ALLOW_SIGNUP", "--allow-signup", "true", "true: POST /users/ is open; false: superusers only"),
     s("WS_AUTH", "--ws-auth", "optional", "optional or required: whether a WebSocket connect needs a token"),
-    s("WS_MAX_CLIENTS", "--ws-max-clients", "10000", "most WebSocket sessions at once (over it: 503)"),
+    s(
+        "WS_MAX_CLIENTS",
+        "--ws-max-clients",
+        "10000",
+        "most WebSocket sessions at once (over it: 503); lowered at start to what the machine can start as threads",
+    ),
     s(
         "WS_QUEUE_FRAMES",
         "--ws-queue-frames",

@@ -102,6 +102,8 @@ fn serve(args: &[String]) -> Result<(), Failure> {
     let signals = signals::block().map_err(|e| failed(format!("cannot set up signal handling: {e}")))?;
     // One descriptor per HTTP connection and one per WebSocket session.
     util::rlimit::raise_nofile(cfg.max_connections + cfg.ws_max_clients);
+    // One thread per WebSocket session: no more than the machine can start (see `util::rlimit`).
+    let ws_max_clients = util::rlimit::thread_ceiling(cfg.ws_max_clients);
     let build = if cfg!(debug_assertions) { "debug" } else { "release" };
     info!("starting adcluster {} ({build} build): {}", api::VERSION, cfg.redacted_summary());
     if let Some(warning) = config::wrong_folder_warning(&cfg) {
@@ -124,7 +126,9 @@ fn serve(args: &[String]) -> Result<(), Failure> {
         ))
     })?;
     db.attach_spool(Arc::new(spool)).map_err(|e| failed(format!("cannot start the spool replayer: {e}")))?;
-    let ws = Arc::new(adcluster::ws::Ws::new(adcluster::ws::WsSettings::from_config(&cfg)));
+    let ws_settings =
+        adcluster::ws::WsSettings { max_clients: ws_max_clients, ..adcluster::ws::WsSettings::from_config(&cfg) };
+    let ws = Arc::new(adcluster::ws::Ws::new(ws_settings));
     let alerter = adcluster::ops::alert::Alerter {
         ws: ws.clone(),
         command: cfg.alert_command.clone(),
