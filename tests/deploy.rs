@@ -83,6 +83,14 @@ fn the_server_unit_is_hardened() {
     ] {
         assert!(unit.lines().any(|l| l == line), "adcluster.service lacks {line}");
     }
+    // A thread per WebSocket session: systemd's default TasksMax (15% of the pid limit) would
+    // cap the default WS_MAX_CLIENTS (10000) at about 4,850 sessions.
+    let tasks_max: usize = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("TasksMax="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("adcluster.service sets no numeric TasksMax"));
+    assert!(tasks_max >= 10_000 + 256, "TasksMax={tasks_max} is short of the default WS_MAX_CLIENTS");
     let timer = std::fs::read_to_string(deploy.join("adcluster-backup.timer")).unwrap();
     assert!(timer.contains("OnCalendar=") && timer.contains("Persistent=true"));
     let backup = std::fs::read_to_string(deploy.join("adcluster-backup.service")).unwrap();

@@ -272,7 +272,11 @@ impl Ws {
                 }
             })
             .map_err(|e| {
-                crate::warn!("cannot start a ws session thread: {e}");
+                // EAGAIN here is a thread limit: the service's (systemd's TasksMax, a container's
+                // pids limit), the user's (`ulimit -u`) or the machine's (kernel.pid_max).
+                crate::warn!(
+                    "cannot start a ws session thread: {e} (each session is a thread: check the service's TasksMax or pids limit, ulimit -u, kernel.pid_max)"
+                );
                 Refused("Cannot start a WebSocket session now".into())
             })?;
         // Nothing can fail from here on: register (a takeover closes the older connection now).
