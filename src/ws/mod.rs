@@ -57,8 +57,9 @@
 //! would be 20,000 threads at the 10,000-client goal, and this machine's `kernel.pid_max` is
 //! 32768 (every thread takes a pid) with `vm.max_map_count` 65530 (each thread is four
 //! mappings) — beyond the ceiling. Even one thread per session meets these limits before
-//! 20,000 sessions: `WS_MAX_CLIENTS` is lowered at start to what fits (`util::rlimit`). With the token, threads are one per session plus one,
-//! and a fan-out costs one non-blocking `sendmsg` per recipient with no thread wake-up at all.
+//! 20,000 sessions: `WS_MAX_CLIENTS` is lowered at start to what fits (`util::rlimit`). With
+//! the token, threads are one per session plus one, and a fan-out costs one non-blocking
+//! `sendmsg` per recipient with no thread wake-up at all.
 //! See `docs/decisions.md`.
 //!
 //! # Queues, bounds, and what happens when full
