@@ -451,6 +451,8 @@ fn a_busy_pool_is_not_an_outage() {
             .env("SECRET_KEY", SECRET)
             .env("DB_POOL_SIZE", "1")
             .env("DB_CHECKOUT_TIMEOUT_MS", "300")
+            // No statement timeout: the blocked request must wait for the lock, holding the pool.
+            .env("DB_STATEMENT_TIMEOUT_MS", "0")
             .env("ALERT_COMMAND", &format!("cat >> '{}'", alerts_log.display())),
     );
     signup(&srv, "busy@example.com");
@@ -486,6 +488,38 @@ fn a_busy_pool_is_not_an_outage() {
     assert_eq!(health(&srv)["database"], "up");
     tx.rollback().unwrap();
     assert_eq!(blocked.join().unwrap(), 200);
+    assert_eq!(get_auth(&srv, "/users/me", &tok).status, 200);
+    assert!(!srv.log().contains("database is down"), "{}", srv.log());
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(std::fs::read_to_string(&alerts_log).unwrap_or_default().is_empty(), "an alert was sent");
+}
+
+#[test]
+fn a_query_stuck_behind_a_lock_is_cut_off_with_a_503_and_no_outage() {
+    let dir = common::TempDir::new("stuck");
+    let alerts_log = dir.path().join("alerts.log");
+    let srv = TestServer::start_with(
+        Opts::default()
+            .env("SECRET_KEY", SECRET)
+            .env("DB_STATEMENT_TIMEOUT_MS", "300")
+            .env("ALERT_COMMAND", &format!("cat >> '{}'", alerts_log.display())),
+    );
+    signup(&srv, "stuck@example.com");
+    let tok = token(&srv, "stuck@example.com");
+    let mut locker = srv.db.client();
+    let mut tx = locker.transaction().unwrap();
+    tx.batch_execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE").unwrap();
+    // Every request that reads users waits 300 ms for the lock, then gets the contract's 503; the
+    // worker and the pooled connection are free again (no request is left hanging).
+    for _ in 0..3 {
+        let r = get_auth(&srv, "/users/me", &tok);
+        assert_eq!(r.status, 503, "{}", r.text());
+        assert_eq!(r.json()["detail"], "Database unavailable");
+        assert!(r.header("retry-after").is_some());
+        assert_eq!(r.header("x-data-stale"), None, "served from memory while PostgreSQL is up");
+    }
+    assert_eq!(health(&srv)["database"], "up");
+    tx.rollback().unwrap();
     assert_eq!(get_auth(&srv, "/users/me", &tok).status, 200);
     assert!(!srv.log().contains("database is down"), "{}", srv.log());
     std::thread::sleep(Duration::from_millis(500));

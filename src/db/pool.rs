@@ -119,11 +119,16 @@ pub struct DbConfig {
     /// Longest one connection attempt (TCP connect + start-up) may take. A `connect_timeout` in
     /// `DATABASE_URL` wins over this.
     pub connect_timeout: Duration,
+    /// Longest one statement on a pooled connection may run (PostgreSQL's `statement_timeout`,
+    /// waiting for a lock included); zero: no limit. Bounds how long a request's worker can be
+    /// held by a query stuck behind a lock or a slow plan.
+    pub statement_timeout: Duration,
 }
 
 impl Default for DbConfig {
     /// The defaults of the configuration table: `localhost:5432`, database `adcluster_db`, user
-    /// `postgres`, no password; a pool of 10, 2 s checkout timeout, 5 s connect timeout.
+    /// `postgres`, no password; a pool of 10, 2 s checkout timeout, 5 s connect timeout, 10 s
+    /// statement timeout.
     fn default() -> DbConfig {
         DbConfig {
             host: "localhost".into(),
@@ -135,9 +140,14 @@ impl Default for DbConfig {
             pool_size: 10,
             checkout_timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(5),
+            statement_timeout: DEFAULT_STATEMENT_TIMEOUT,
         }
     }
 }
+
+/// The default of `DB_STATEMENT_TIMEOUT_MS`: far above any query the server makes (the slowest,
+/// a file listing or a spool replay batch, take milliseconds), far below a client's patience.
+pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl fmt::Debug for DbConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -151,6 +161,7 @@ impl fmt::Debug for DbConfig {
             .field("pool_size", &self.pool_size)
             .field("checkout_timeout", &self.checkout_timeout)
             .field("connect_timeout", &self.connect_timeout)
+            .field("statement_timeout", &self.statement_timeout)
             .finish()
     }
 }
@@ -268,7 +279,9 @@ impl DbError {
     /// 57P02 crash_shutdown, 57P03 cannot_connect_now, 53300 too_many_connections,
     /// 3D000 invalid_catalog_name (database dropped or not created yet), class 28 (authentication
     /// refused: a configuration problem, but from a client's side the database is just not
-    /// usable; the log says which).
+    /// usable; the log says which), and 57014 query_canceled (a statement past
+    /// `DB_STATEMENT_TIMEOUT_MS`: PostgreSQL is up but this request cannot be served now, so
+    /// `503` as for a busy pool, which `db::is_busy_pool` tells from an outage).
     pub fn is_unavailable(&self) -> bool {
         matches!(self, DbError::Unavailable(_))
     }
@@ -318,6 +331,10 @@ impl From<super::gate::CheckoutError> for DbError {
     }
 }
 
+/// The start of the error for a statement cancelled by `statement_timeout`: how
+/// `db::is_busy_pool` tells it (PostgreSQL up, this query too slow) from an outage.
+pub const STATEMENT_TIMEOUT_WORDING: &str = "a statement ran past DB_STATEMENT_TIMEOUT_MS";
+
 /// SQLSTATEs that mean "the database is not usable now", not "this statement is wrong".
 fn unavailable_state(code: &SqlState) -> bool {
     let c = code.code();
@@ -343,6 +360,11 @@ impl From<postgres::Error> for DbError {
                 message.push(')');
             }
             let code = db.code();
+            if code == &SqlState::QUERY_CANCELED {
+                // Our statement timeout (or an administrator's `pg_cancel_backend`): PostgreSQL is
+                // up, this query waited or ran too long. A 503 like a busy pool, not an outage.
+                return DbError::Unavailable(format!("{STATEMENT_TIMEOUT_WORDING} ({message}) [57014]"));
+            }
             if unavailable_state(code) {
                 return DbError::Unavailable(format!("{} [{}]", message, code.code()));
             }
@@ -430,7 +452,19 @@ fn connect_maintenance(cfg: &DbConfig) -> Result<postgres::Client, DbError> {
 /// (convert with `DbError::from` / `?`).
 pub fn build_pool(cfg: &DbConfig) -> Result<DbPool, DbError> {
     let epoch = super::stmt::SchemaEpoch::default();
-    let manager = Manager(PostgresConnectionManager::new(cfg.pg_config()?, NoTls), epoch.clone());
+    let mut pg = cfg.pg_config()?;
+    if !cfg.statement_timeout.is_zero() {
+        // A start-up option of the pooled connections only (not of migrations, the monitor's probe,
+        // the cluster listener or the GUI, which have their own bounds): no round trip. An
+        // `options` of `DATABASE_URL` is kept, ours after it.
+        let ours = format!("-c statement_timeout={}", cfg.statement_timeout.as_millis());
+        let options = match pg.get_options() {
+            Some(theirs) if !theirs.trim().is_empty() => format!("{theirs} {ours}"),
+            _ => ours,
+        };
+        pg.options(&options);
+    }
+    let manager = Manager(PostgresConnectionManager::new(pg, NoTls), epoch.clone());
     let pool = r2d2::Pool::builder()
         .max_size(cfg.pool_size.max(1))
         // No connection at start: start-up must not wait for (or fail on) the database.
@@ -471,6 +505,7 @@ pub(crate) mod tests {
             pool_size: 4,
             checkout_timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(3),
+            statement_timeout: DEFAULT_STATEMENT_TIMEOUT,
         }
     }
 
@@ -672,6 +707,43 @@ pub(crate) mod tests {
         let err = DbError::from(conn.query("SELECT 1/0", &[]).unwrap_err());
         assert_eq!(err.code(), Some("22012"));
         assert!(!err.is_unavailable());
+    }
+
+    #[test]
+    fn a_statement_past_the_timeout_is_a_busy_database_and_the_connection_lives_on() {
+        let db = TestDb::new("stmt_to");
+        let mut admin = db.create_and_connect();
+        admin.batch_execute("CREATE TABLE t (x int)").unwrap();
+        let mut cfg = db.cfg.clone();
+        cfg.pool_size = 1;
+        cfg.statement_timeout = Duration::from_millis(200);
+        // A `DATABASE_URL` with options of its own keeps them.
+        cfg.url = Some(format!(
+            "postgres://{}@{}:{}/{}?options=-c%20work_mem%3D5MB",
+            cfg.user, cfg.host, cfg.port, cfg.dbname
+        ));
+        let pool = build_pool(&cfg).unwrap();
+        let mut conn = pool.get().unwrap();
+        let row = conn.query_one("SELECT current_setting('statement_timeout'), current_setting('work_mem')", &[]);
+        let (timeout, work_mem): (String, String) = row.map(|r| (r.get(0), r.get(1))).unwrap();
+        assert_eq!((timeout.as_str(), work_mem.as_str()), ("200ms", "5MB"));
+        // Blocked behind a lock held from outside: cut off, not left waiting.
+        let mut tx = admin.transaction().unwrap();
+        tx.batch_execute("LOCK TABLE t IN ACCESS EXCLUSIVE MODE").unwrap();
+        let err = DbError::from(conn.query("SELECT count(*) FROM t", &[]).unwrap_err());
+        assert!(err.is_unavailable() && crate::db::is_busy_pool(&err), "{err}");
+        assert!(err.to_string().contains("[57014]"), "{err}");
+        tx.rollback().unwrap();
+        // The same pooled connection serves the next query.
+        let n: i64 = conn.query_one("SELECT count(*) FROM t", &[]).unwrap().get(0);
+        assert_eq!(n, 0);
+        drop(conn);
+        // Zero: no limit (PostgreSQL's default of 0 stays).
+        cfg.statement_timeout = Duration::ZERO;
+        cfg.url = None;
+        let pool = build_pool(&cfg).unwrap();
+        let timeout: String = pool.get().unwrap().query_one("SHOW statement_timeout", &[]).unwrap().get(0);
+        assert_eq!(timeout, "0");
     }
 
     #[test]

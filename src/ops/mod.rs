@@ -52,6 +52,7 @@ pub fn db_config(cfg: &Config) -> DbConfig {
         url: cfg.database_url.clone(),
         pool_size: cfg.db_pool_size,
         checkout_timeout: cfg.db_checkout_timeout,
+        statement_timeout: cfg.db_statement_timeout,
         ..DbConfig::default()
     }
 }
