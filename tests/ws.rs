@@ -576,6 +576,22 @@ fn rest_send_to_and_broadcast_to_group() {
     }
     let r = post_json(&srv, "/api/ws/send_to/a", Some(&t), "{}");
     assert_eq!(r.json()["detail"][0]["loc"], json!(["body", "message"]));
+    // A message's limit is a WebSocket message's: 64 KiB of UTF-8, here counted in bytes ("é" is 2).
+    let at_limit = format!("{}{}", "é".repeat(32 * 1024 - 1), "xy");
+    assert_eq!(at_limit.len(), 64 * 1024);
+    for path in ["/api/ws/send_to/a", "/api/ws/broadcast_to_group/team"] {
+        let r = post_json(&srv, path, Some(&t), &json!({ "message": at_limit }).to_string());
+        assert_eq!(r.status, 200, "{}", r.text());
+        let over = json!({ "message": format!("{at_limit}z") }).to_string();
+        let r = post_json(&srv, path, Some(&t), &over);
+        assert_eq!(r.status, 422, "{}", r.text());
+        assert_eq!(r.json()["detail"][0]["loc"], json!(["body", "message"]));
+        assert_eq!(r.json()["detail"][0]["type"], "string_too_long");
+    }
+    assert_eq!(a.recv()["message"].as_str().map(str::len), Some(64 * 1024));
+    for x in [&mut a, &mut b] {
+        assert_eq!(x.recv()["message"].as_str().map(str::len), Some(64 * 1024));
+    }
     for token in [None, Some("garbage")] {
         for path in ["/api/ws/send_to/a", "/api/ws/broadcast_to_group/team"] {
             let r = post_json(&srv, path, token, r#"{"message": "x"}"#);

@@ -26,7 +26,7 @@ use crate::auth::{bearer_token, unauthorized};
 use crate::config::WsAuth;
 use crate::http::{HttpError, Request, Response, Router};
 use crate::ws::hub::NotSent;
-use crate::ws::protocol::{valid_name, ADMINS_GROUP};
+use crate::ws::protocol::{valid_name, ADMINS_GROUP, MESSAGE_MAX};
 
 pub fn routes(r: &mut Router, app: &Arc<App>) {
     // The upgrade routes: not HTTP operations, so not in the OpenAPI document.
@@ -217,10 +217,15 @@ fn group(app: &App, req: &mut Request<'_>) -> Result<Response, HttpError> {
     Ok(Response::json(200, &json!({ "group": name, "member_count": members.len(), "members": members })))
 }
 
-/// `{"message": string}`.
+/// `{"message": string}`, at most [`MESSAGE_MAX`] bytes: the contract's limit of a WebSocket
+/// message holds for the server's own messages too (a client may rely on it), so a larger one is
+/// a `422`, not a frame no client could have sent.
 fn message_body(req: &mut Request<'_>) -> Result<String, HttpError> {
     let mut f = Fields::from_json(req)?;
     let message = f.required_str("message");
+    if message.as_ref().is_some_and(|m| m.len() > MESSAGE_MAX) {
+        f.problem("message", format!("String should have at most {MESSAGE_MAX} bytes of UTF-8"), "string_too_long");
+    }
     f.finish()?;
     Ok(message.unwrap_or_default())
 }
@@ -288,7 +293,10 @@ pub fn schemas() -> Value {
         },
         "WsMessage": {
             "type": "object", "required": ["message"],
-            "properties": { "message": { "type": "string", "pattern": NO_NUL_PATTERN } }
+            "properties": { "message": {
+                "type": "string", "pattern": NO_NUL_PATTERN,
+                "description": format!("at most {MESSAGE_MAX} bytes of UTF-8")
+            } }
         },
         "WsSent": {
             "type": "object", "required": ["status", "client_id"],
