@@ -502,6 +502,59 @@ fn a_client_that_never_reads_is_dropped_with_1008_and_holds_nobody_up() {
 }
 
 #[test]
+fn clients_that_never_read_are_closed_when_all_queues_together_are_full() {
+    // Each client's own limits out of reach (1 GiB, a million frames): only the total can act.
+    let srv = TestServer::start_with(
+        Opts::default()
+            .env("SECRET_KEY", SECRET)
+            .env("WS_QUEUE_KB", "1048576")
+            .env("WS_QUEUE_FRAMES", "1000000")
+            .env("WS_QUEUE_TOTAL_MB", "4")
+            // A share of the total per client of 400 KiB: the sender's receipts stay far below.
+            .env("WS_MAX_CLIENTS", "10"),
+    );
+    let slow: Vec<_> = (0..3).map(|i| raw_handshake(&srv, &format!("/ws/slow{i}"))).collect();
+    let (mut sender, _) = WsClient::join(&srv, "/ws/sender");
+    let (mut third, _) = WsClient::join(&srv, "/ws/third");
+    let chunk = "f".repeat(16 * 1024);
+    let mut sent_bytes = 0usize;
+    let mut evicted = [false; 3];
+    // Round the three non-readers until the total closes them (or 96 MiB went out: the kernel's
+    // buffers take a few MiB per socket first).
+    while !evicted.iter().all(|e| *e) && sent_bytes < 96 << 20 {
+        for i in 0..3 {
+            for _ in 0..16 {
+                sender.write(&format!("/send_to slow{i} {chunk}"));
+            }
+        }
+        sender.flush();
+        for _ in 0..48 {
+            let v = sender.recv();
+            match (v["type"].as_str(), v["error"].as_str()) {
+                (Some("sent"), _) => sent_bytes += chunk.len(),
+                (Some("error"), Some("client_not_found")) => {}
+                _ => panic!("unexpected {v}"),
+            }
+        }
+        let clients = get_json(&srv, "/api/ws/clients");
+        for (i, e) in evicted.iter_mut().enumerate() {
+            let id = format!("slow{i}");
+            *e = !clients["clients"].as_array().unwrap().iter().any(|c| c["client_id"] == id.as_str());
+        }
+    }
+    assert!(evicted.iter().all(|e| *e), "not all closed after {} KiB: {evicted:?}", sent_bytes / 1024);
+    eprintln!("three non-readers closed after {} KiB were sent to them", sent_bytes / 1024);
+    // The clients that read were never behind: still here, and served at once.
+    sender.send("/send_to third after");
+    assert_eq!(third.recv()["message"], "after");
+    assert_eq!(get_json(&srv, "/api/ws/clients")["count"], 2);
+    for raw in slow {
+        let (code, reason) = WsClient::from_raw(raw).expect_close();
+        assert_eq!(code, 1008, "{reason}");
+    }
+}
+
+#[test]
 fn a_second_connection_takes_the_id_over() {
     let srv = server();
     let (mut w, _) = WsClient::join(&srv, "/ws/w/g");

@@ -73,6 +73,11 @@
 //!   (its group hears `leave`), its queue is replaced by a close frame `1008`, and the flusher
 //!   shuts the socket down if that frame cannot be written within `CLOSE_GRACE`. The sender is
 //!   never blocked on a recipient.
+//! - **All outbound queues together** (`protocol::live_frame_bytes`, every encoded frame alive,
+//!   a shared one once). Bound: `WS_QUEUE_TOTAL_MB`. Past it, a client whose queue holds more
+//!   than its share (the total over `WS_MAX_CLIENTS`) is a slow consumer at its next frame, as
+//!   above; clients that keep up (empty queues) are not touched. Without it, clients that never
+//!   read could hold `WS_QUEUE_KB` each: 40 GiB at the defaults.
 //! - **Fan-out in flight** (per session, its reader's own list): the frames its commands sent to
 //!   several clients, while any queue still holds them. Above `WS_QUEUE_KB` (weighted by how
 //!   many queues hold each) the reader pauses, at most a second per frame, so one broadcaster
@@ -136,6 +141,9 @@ pub struct WsSettings {
     pub queue_frames: usize,
     /// Most bytes in one client's outbound queue (`WS_QUEUE_KB`).
     pub queue_bytes: usize,
+    /// Most bytes of frames alive in all queues together (`WS_QUEUE_TOTAL_MB`; a frame shared by
+    /// many queues counts once): past it, a push to a client whose queue is not empty evicts it.
+    pub queue_total_bytes: usize,
     /// Stack size of a session's reader thread (`WS_THREAD_STACK_KB`).
     pub stack_size: usize,
     /// A ping this often (`WS_PING_INTERVAL_SECS`).
@@ -152,6 +160,7 @@ impl Default for WsSettings {
             max_clients: 10_000,
             queue_frames: 1024,
             queue_bytes: 4 * 1024 * 1024,
+            queue_total_bytes: 256 * 1024 * 1024,
             stack_size: 128 * 1024,
             ping_interval: Duration::from_secs(30),
             ping_timeout: Duration::from_secs(60),
@@ -166,6 +175,7 @@ impl WsSettings {
             max_clients: c.ws_max_clients,
             queue_frames: c.ws_queue_frames,
             queue_bytes: c.ws_queue_kb.saturating_mul(1024),
+            queue_total_bytes: c.ws_queue_total_mb.saturating_mul(1024 * 1024),
             stack_size: c.ws_thread_stack_kb.saturating_mul(1024),
             ping_interval: c.ws_ping_interval,
             ping_timeout: c.ws_ping_timeout,

@@ -6,6 +6,7 @@
 //! Must never: touch a socket, a lock or the clock beyond reading the time for `timestamp`.
 //! Everything here is tested without a network.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -29,7 +30,48 @@ pub const ADMINS_GROUP: &str = "admins";
 pub const JSON_DEPTH_MAX: usize = 16;
 
 /// One encoded WebSocket frame, shared by every recipient of a fan-out.
-pub type Encoded = Arc<[u8]>;
+pub type Encoded = Arc<FrameBytes>;
+
+/// Bytes of every encoded frame alive in this process (a frame shared by many queues counts once),
+/// so that the sum of all outbound queues can be held to `WS_QUEUE_TOTAL_MB` (`session::Outbound`).
+/// Owner: [`FrameBytes`], which adds its length when made and takes it back when dropped; nobody
+/// else writes it. Bound: what the queues may hold, plus the frames being fanned out right now.
+static LIVE_FRAME_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+/// The bytes of one encoded frame, counted in [`live_frame_bytes`] while they exist.
+pub struct FrameBytes(Box<[u8]>);
+
+impl FrameBytes {
+    fn new(bytes: Vec<u8>) -> FrameBytes {
+        let bytes = bytes.into_boxed_slice();
+        LIVE_FRAME_BYTES.fetch_add(bytes.len(), Ordering::Relaxed);
+        FrameBytes(bytes)
+    }
+}
+
+impl Drop for FrameBytes {
+    fn drop(&mut self) {
+        LIVE_FRAME_BYTES.fetch_sub(self.0.len(), Ordering::Relaxed);
+    }
+}
+
+impl std::ops::Deref for FrameBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for FrameBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FrameBytes({} bytes)", self.0.len())
+    }
+}
+
+/// Bytes of all encoded frames alive in this process: queued for clients, or being sent.
+pub fn live_frame_bytes() -> usize {
+    LIVE_FRAME_BYTES.load(Ordering::Relaxed)
+}
 
 /// Whether `name` is a valid client id or group name: 1 to 64 of `A-Z a-z 0-9 _ . -`.
 pub fn valid_name(name: &str) -> bool {
@@ -356,7 +398,7 @@ fn format_frame(frame: Frame) -> Encoded {
     let mut out = Vec::with_capacity(frame.len());
     // Formatting into a Vec cannot fail.
     frame.format(&mut out).expect("formatting a frame into memory");
-    out.into()
+    Arc::new(FrameBytes::new(out))
 }
 
 /// An unmasked (server-to-client) text frame.

@@ -196,8 +196,9 @@ impl OutState {
 ///
 /// Owner: the session (its reader thread holds an `Arc`), the hub's registry entry, and — while
 /// the socket is full or the connection is closing — the flusher. Bound: `queue_frames` frames
-/// and `queue_bytes` bytes; a push beyond either is refused with `Pushed::Full` (the hub then
-/// evicts the client with 1008). Control frames (pong, ping, close) go through the same queue,
+/// and `queue_bytes` bytes, and its share of `queue_total_bytes` while all queues together are
+/// past that; a push beyond any is refused with `Pushed::Full` (the hub then evicts the client
+/// with 1008). Control frames (pong, ping, close) go through the same queue,
 /// so frames never interleave.
 pub struct Outbound {
     /// The session's socket (shared with its reader: one descriptor per session), used here
@@ -207,6 +208,12 @@ pub struct Outbound {
     state: Mutex<OutState>,
     max_frames: usize,
     max_bytes: usize,
+    /// `WS_QUEUE_TOTAL_MB`: over it (`protocol::live_frame_bytes`), a push to a queue holding
+    /// `fair_share` bytes or more is refused like a full one.
+    max_total: usize,
+    /// The total divided among `WS_MAX_CLIENTS`: while no queue holds more, the queues together
+    /// stay within the total.
+    fair_share: usize,
     /// Back-pressure marks: above `high` (frames or bytes) the session stops reading its client
     /// until the queue is back under `low`. Half and a quarter of the hard limits.
     high: (usize, usize),
@@ -238,6 +245,8 @@ impl Outbound {
             }),
             max_frames: settings.queue_frames.max(1),
             max_bytes: settings.queue_bytes.max(1),
+            max_total: settings.queue_total_bytes.max(1),
+            fair_share: settings.queue_total_bytes / settings.max_clients.max(1),
             high: ((settings.queue_frames / 2).max(1), (settings.queue_bytes / 2).max(1)),
             low: ((settings.queue_frames / 4).max(1), (settings.queue_bytes / 4).max(1)),
             drained: Condvar::new(),
@@ -485,8 +494,16 @@ impl Outbox for Outbound {
             if st.closing || st.dead {
                 return Pushed::Closed;
             }
-            let full =
-                st.queue.len() >= self.max_frames || (!st.queue.is_empty() && st.bytes + frame.len() > self.max_bytes);
+            // A client whose queue is empty is keeping up: its frame goes out at once (or waits
+            // for one writer's turn) whatever the total. One that is behind is closed when its
+            // own queue is full, or when all queues together are and it holds more than its
+            // share of the total: then the memory is going to clients that do not read, and
+            // each of them goes at its next frame. (The total is read last: it is one cache
+            // line that every frame's birth and death writes.)
+            let behind = !st.queue.is_empty();
+            let full = st.queue.len() >= self.max_frames
+                || (behind && st.bytes + frame.len() > self.max_bytes)
+                || (behind && st.bytes >= self.fair_share && protocol::live_frame_bytes() > self.max_total);
             if full {
                 return Pushed::Full;
             }
@@ -1016,6 +1033,52 @@ mod tests {
             }
         }
         frames
+    }
+
+    #[test]
+    fn all_queues_together_are_held_to_their_total() {
+        // Limits measured from what is alive now, so that frames of other tests in this process
+        // (none under nextest, which runs each test alone) only make the test stricter.
+        let chunk = |i: usize| protocol::encode_text(format!("{i:04}{}", "x".repeat(1020)));
+        let base = protocol::live_frame_bytes();
+        let total = 8 * chunk(0).len();
+        let queue = |total: usize| {
+            let s = WsSettings { queue_total_bytes: base + total, max_clients: 4, ..settings(1000, 1 << 20) };
+            Outbound::new(&s, Flusher::start().unwrap())
+        };
+        // Not started: every push queues. The first eight fit under the total.
+        let (lagging, other) = (queue(total), queue(total));
+        for i in 0..8 {
+            assert_eq!(lagging.push(&chunk(i)), Pushed::Queued, "frame {i}");
+        }
+        assert_eq!(protocol::live_frame_bytes() - base, total);
+        // Over it with the next frame: a queue that is behind by more than its share of the
+        // total (a quarter: four clients) is refused, though its own limit (1 MiB) is far off.
+        assert_eq!(lagging.push(&chunk(8)), Pushed::Full);
+        // Another client takes frames until it holds its share, then it is refused too.
+        let len = chunk(0).len();
+        let share = (base + total) / 4;
+        let mut taken = 0;
+        while other.push(&chunk(100 + taken)) == Pushed::Queued {
+            taken += 1;
+            assert!(taken < 100, "the total never refused the second client");
+        }
+        assert_eq!(taken, share.div_ceil(len).max(1));
+        // A frame shared by many queues counts once.
+        let shared = chunk(10);
+        let before = protocol::live_frame_bytes();
+        let many: Vec<_> = (0..50).map(|_| queue(1 << 30)).collect();
+        for q in &many {
+            assert_eq!(q.push(&shared), Pushed::Queued);
+        }
+        assert_eq!(protocol::live_frame_bytes(), before);
+        // Memory given back: the lagging client's frames are freed with its queue.
+        drop((lagging, other, many, shared));
+        assert_eq!(protocol::live_frame_bytes(), base);
+        let fresh = queue(total);
+        for i in 0..8 {
+            assert_eq!(fresh.push(&chunk(i)), Pushed::Queued, "frame {i} after the others went");
+        }
     }
 
     #[test]
