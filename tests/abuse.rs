@@ -101,8 +101,7 @@ fn a_hundred_large_dribbled_bodies_hold_at_most_the_transfer_share() {
     // Large bodies (over the 64 KiB pre-read) are read by workers, at most TRANSFER_WORKERS (1
     // of 2 here) at once; the rest wait, unread, in the dispatcher.
     let srv = TestServer::start_with(small_pool().env("BODY_TIMEOUT_SECS", "5"));
-    let head =
-        "POST /auth/login HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n";
+    let head = "POST /__test/echo HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n";
     let mut held = hold(&srv, 100, head, b"{");
     for round in 0..3 {
         for s in held.iter_mut() {
@@ -119,6 +118,54 @@ fn a_hundred_large_dribbled_bodies_hold_at_most_the_transfer_share() {
         .collect();
     assert!(answers.iter().all(|a| a.starts_with("HTTP/1.1 408") || a.starts_with("HTTP/1.1 503")), "{answers:?}");
     assert!(answers.iter().any(|a| a.starts_with("HTTP/1.1 503") && a.contains("retry-after")), "{answers:?}");
+}
+
+#[test]
+fn bodies_to_the_open_routes_never_wait_for_a_transfer_slot() {
+    // The transfer share (2 of 4 workers) held by bodies dribbled to a route that takes them,
+    // and more of them parked for it.
+    let srv = TestServer::start_with(
+        Opts::default().env("WORKERS", "4").env("SECRET_KEY", SECRET).env("BODY_TIMEOUT_SECS", "5"),
+    );
+    let head = "POST /__test/echo HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n";
+    let mut held = hold(&srv, 6, head, b"x");
+    // Over the open routes' 64 KiB, declared or chunked: refused at once, not parked until the
+    // share frees (which would be a 503 after BODY_TIMEOUT_SECS).
+    for path in ["/auth/login", "/users/"] {
+        let mut s = TcpStream::connect(srv.addr).unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: 65537\r\n\r\n{{"
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        let answer = String::from_utf8_lossy(&read_all(&mut s, Duration::from_secs(3))).into_owned();
+        assert!(answer.starts_with("HTTP/1.1 413"), "{path}: {answer}");
+        let mut s = TcpStream::connect(srv.addr).unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        // One chunk of 65 KiB, in two writes: the first ends where the body's bytes (framing
+        // included) are past 64 KiB while its payload is not yet over the limit, the moment a
+        // body is handed to a transfer slot when its route takes large ones.
+        let framing = format!("{:x}\r\n", 65 * 1024);
+        s.write_all(framing.as_bytes()).unwrap();
+        let first = 64 * 1024 + 1 - framing.len();
+        s.write_all(&[b' '; 64 * 1024][..first]).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        s.write_all(&vec![b' '; 65 * 1024 - first]).unwrap();
+        s.write_all(b"\r\n").unwrap();
+        let answer = String::from_utf8_lossy(&read_all(&mut s, Duration::from_secs(3))).into_owned();
+        assert!(answer.starts_with("HTTP/1.1 413"), "{path} chunked: {answer}");
+    }
+    // At the limit exactly, a body is read in the dispatcher and served, slots or not.
+    let login = r#"{"email": "nobody@example.com", "password": "x"}"#;
+    let body = format!("{login}{}", " ".repeat(64 * 1024 - login.len()));
+    assert_eq!(body.len(), 64 * 1024);
+    let r = srv.request("POST", "/auth/login", &[("Content-Type", "application/json")], body.as_bytes());
+    assert_eq!(r.status, 401, "{}", r.text());
+    for s in held.iter_mut() {
+        let _ = s.write_all(b" ");
+    }
 }
 
 /// A client socket with a tiny receive buffer: the server cannot push much into it.

@@ -20,7 +20,8 @@ use crate::http::{HttpError, Request, Response, Router};
 
 pub fn routes(r: &mut Router, app: &Arc<App>) {
     let app = app.clone();
-    r.add("POST", "/auth/login", move |req| login(&app, req)).doc(
+    let limit = app.config.max_json_bytes.min(super::OPEN_BODY_MAX);
+    r.add("POST", "/auth/login", move |req| login(&app, req)).limit(limit).doc(
         Op::new("auth", "Log in and get an access token", "login")
             .body(&[
                 ("application/json", schema_ref("LoginRequest")),

@@ -28,6 +28,13 @@ pub mod ws_api;
 /// Version reported by `/`, `/health` and the OpenAPI document.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// Largest body of the routes anyone may call without a token (`POST /auth/login`, `POST
+/// /users/`): far above what they take (an email, a password of at most 1,024 characters, a name
+/// of at most 200), and no more than the HTTP layer reads before a handler runs (64 KiB), so
+/// that such a body never takes one of the few transfer slots meant for uploads: a longer one is
+/// refused with `413` on its declared length, at once. `MAX_JSON_BYTES` still applies when lower.
+pub const OPEN_BODY_MAX: u64 = 64 * 1024;
+
 /// State shared by all handlers. Cheap to clone (an `Arc`).
 pub struct App {
     pub config: Config,

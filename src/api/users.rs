@@ -23,7 +23,8 @@ pub const FULL_NAME_MAX: usize = 200;
 
 pub fn routes(r: &mut Router, app: &Arc<App>) {
     let a = app.clone();
-    r.add("POST", "/users/", move |req| create(&a, req)).doc(
+    let limit = app.config.max_json_bytes.min(super::OPEN_BODY_MAX);
+    r.add("POST", "/users/", move |req| create(&a, req)).limit(limit).doc(
         Op::new("users", "Create a user (sign up)", "create_user")
             .body(&[("application/json", schema_ref("UserCreate"))])
             .json(201, "The new user", schema_ref("User"))

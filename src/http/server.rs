@@ -38,7 +38,11 @@
 //! `transfer_workers` workers do so at once (by default half the pool; the rest are kept for
 //! short requests) and at most `max_transfers_per_addr` for one client address. A large-body
 //! request beyond those caps is parked in the dispatcher, unread, until a slot frees (or 503
-//! after `body_timeout`); a stream that finds no slot is answered 503 at once. See `docs/decisions.md` ("Slow peers cost a socket").
+//! after `body_timeout`); a stream that finds no slot is answered 503 at once. A body its route
+//! would refuse (its declared length, or the payload of the chunks buffered so far, over the
+//! route's `body_limit`) takes no slot: a worker answers 413 at once, reading no more of it. So
+//! routes whose limit is within the pre-read (the app's open ones) never hold a slot. See
+//! `docs/decisions.md` ("Slow peers cost a socket").
 //!
 //! Queues and their bounds:
 //! - the **worker queue** (`Shared::queue`, a `Mutex<VecDeque>`, signalled through the hot
@@ -171,8 +175,8 @@ enum PreBody {
     None,
     /// `Content-Length`: the request is complete at this many unconsumed bytes (head + body).
     Length(usize),
-    /// Chunked: the decoder has seen `fed` bytes of the body so far.
-    Chunked { dec: ChunkedDecoder, fed: usize },
+    /// Chunked: the decoder has seen `fed` bytes of the body so far, `data` of them payload.
+    Chunked { dec: ChunkedDecoder, fed: usize, data: u64 },
 }
 
 /// How far a connection's next request has arrived. Kept between reads, so a head or body that
@@ -285,7 +289,7 @@ enum Progress {
 /// Look at what a connection has buffered since last time: find the end of the head (searching
 /// only the new bytes), parse it once, and follow a small body's arrival. May send the
 /// `100 Continue` of a small body (the dispatcher reads that body itself).
-fn advance(conn: &mut Conn, cfg: &ServerConfig) -> Progress {
+fn advance(conn: &mut Conn, cfg: &ServerConfig, router: &Router) -> Progress {
     let avail = conn.buf.len() - conn.pos;
     if !conn.req.started {
         if avail == 0 {
@@ -328,10 +332,15 @@ fn advance(conn: &mut Conn, cfg: &ServerConfig) -> Progress {
                     conn.deadline = cfg.body_deadline(n);
                 }
                 Framing::Chunked => {
-                    conn.req.body = PreBody::Chunked { dec: ChunkedDecoder::new(), fed: 0 };
+                    conn.req.body = PreBody::Chunked { dec: ChunkedDecoder::new(), fed: 0, data: 0 };
                     conn.deadline = cfg.body_deadline(cfg.preread_body_bytes);
                 }
-                Framing::Length(_) => {
+                Framing::Length(n) => {
+                    if conn.req.head.as_ref().and_then(|h| route_limit(router, h)).is_some_and(|l| n > l) {
+                        // Refused on its declared length by a worker at once, reading none of
+                        // it: a body its route would refuse never takes a transfer slot.
+                        return Progress::Ready;
+                    }
                     conn.req.transfer = true;
                     return Progress::Transfer;
                 }
@@ -360,21 +369,30 @@ fn advance(conn: &mut Conn, cfg: &ServerConfig) -> Progress {
                 Progress::Wait
             }
         }
-        PreBody::Chunked { dec, fed } => {
+        PreBody::Chunked { dec, fed, data } => {
             let mut rest = &buf[head_len + *fed..];
             while !rest.is_empty() && !dec.is_done() {
                 match dec.feed(rest) {
-                    Ok((used, _)) => {
+                    Ok((used, run)) => {
                         *fed += used;
+                        *data += run.len() as u64;
                         rest = &rest[used..];
                     }
                     // Bad framing: the worker's body reader finds it again and answers 400.
                     Err(_) => return Progress::Ready,
                 }
             }
-            if dec.is_done() {
+            let limit = conn.req.head.as_ref().and_then(|h| route_limit(router, h));
+            // A route that takes no more than the pre-read is given the buffer's room for chunk
+            // framing too, so that its payload, not the framing around it, decides: over the
+            // limit it is a 413 at once, never a transfer slot (unless it is mostly framing).
+            let small = limit.is_some_and(|l| l <= cfg.preread_body_bytes);
+            let threshold = cfg.preread_body_bytes + if small { CHUNK_FRAMING_ROOM as u64 } else { 0 };
+            if dec.is_done() || limit.is_some_and(|l| *data > l) {
+                // Done, or already over its route's limit: the worker's body reader finds that
+                // in the bytes buffered here and answers 413 without waiting for the peer.
                 Progress::Ready
-            } else if *fed as u64 > cfg.preread_body_bytes {
+            } else if *fed as u64 > threshold {
                 conn.req.transfer = true;
                 Progress::Transfer
             } else {
@@ -383,6 +401,18 @@ fn advance(conn: &mut Conn, cfg: &ServerConfig) -> Progress {
         }
     }
 }
+
+/// The body limit of the route `head` asks for; `None` for an unknown route or method (its answer
+/// does not depend on the body).
+fn route_limit(router: &Router, head: &RequestHead) -> Option<u64> {
+    match router.find(&head.method, &head.path) {
+        Match::Found(route, _) => Some(route.body_limit),
+        _ => None,
+    }
+}
+
+/// Room in a connection's buffer beyond the pre-read body, for chunk framing (`read_more`).
+const CHUNK_FRAMING_ROOM: usize = 4096;
 
 /// State shared by the dispatcher and the workers.
 struct Shared {
@@ -753,7 +783,7 @@ fn place(shared: &Shared, mut conn: Conn, waiting: &mut Vec<Conn>, parked: &mut 
         // No new request is started once shutdown has begun (the workers may be gone).
         return;
     }
-    match advance(&mut conn, &shared.cfg) {
+    match advance(&mut conn, &shared.cfg, &shared.router) {
         Progress::Wait => waiting.push(conn),
         Progress::Ready => enqueue(shared, conn),
         Progress::Transfer => match shared.gate.transfer(conn.ip()) {
@@ -850,7 +880,7 @@ fn expire(waiting: &mut Vec<Conn>, parked: &mut VecDeque<Conn>, now: Instant) {
 /// Read what a readable waiting connection has sent. False when it is gone.
 fn read_more(conn: &mut Conn, read_buf: &mut [u8], cfg: &ServerConfig) -> bool {
     // Enough for the largest head and pre-read body (with room for chunk framing), no more.
-    let cap = cfg.head_limits.max_head_bytes + cfg.preread_body_bytes as usize + 4096;
+    let cap = cfg.head_limits.max_head_bytes + cfg.preread_body_bytes as usize + CHUNK_FRAMING_ROOM;
     let room = cap.saturating_sub(conn.buf.len() - conn.pos).clamp(1, read_buf.len());
     match conn.stream.read(&mut read_buf[..room]) {
         Ok(0) => false,
@@ -1168,7 +1198,7 @@ enum Buffered {
 }
 
 fn buffered_request(shared: &Shared, mut conn: Conn) -> Buffered {
-    match advance(&mut conn, &shared.cfg) {
+    match advance(&mut conn, &shared.cfg, &shared.router) {
         Progress::Ready => Buffered::Request(conn),
         Progress::Transfer => match shared.gate.transfer(conn.ip()) {
             Ok(slot) => {
