@@ -350,7 +350,7 @@ fn build_auth(cfg: &Config) -> Result<auth::Auth, Failure> {
         keys: token::TokenKeys::new(&secret),
         token_ttl: cfg.access_token_expire,
         limiter: auth::ratelimit::LoginLimiter::default(),
-        hasher: auth::HashPool::start(cores, (cfg.workers / 4).max(1))
+        hasher: auth::HashPool::start(cores, (cfg.workers / 4).max(1), auth::HASH_WAIT_MAX)
             .map_err(|e| failed(format!("cannot start the hashing threads: {e}")))?,
     })
 }

@@ -99,7 +99,7 @@ mod tests {
             keys: crate::auth::token::TokenKeys::new(&[7u8; 32]),
             token_ttl: config.access_token_expire,
             limiter: crate::auth::ratelimit::LoginLimiter::default(),
-            hasher: crate::auth::HashPool::start(1, 1).unwrap(),
+            hasher: crate::auth::HashPool::start(1, 1, crate::auth::HASH_WAIT_MAX).unwrap(),
         };
         let ws = Arc::new(crate::ws::Ws::new(crate::ws::WsSettings::from_config(&config)));
         Arc::new(App { config, started: Instant::now(), db, auth, ws, metrics: Default::default() })

@@ -5,11 +5,16 @@
 //! `argon2-N`) at the lowest CPU priority (`SCHED_IDLE`), so a login flood slows logins, not the rest
 //! of the server: a worker serving `/health` always wins the CPU over a hash. A worker that needs
 //! a hash queues the job and waits; at most `max_waiting` jobs wait, beyond that the request is
-//! answered 503 at once. So a login flood can hold at most `threads + max_waiting` HTTP workers.
+//! answered 503 at once. So a login flood can hold at most `threads + max_waiting` HTTP workers,
+//! each for at most `HASH_WAIT_MAX` (a machine so busy that the idle-priority hashing threads
+//! get no CPU for that long answers 503 too, instead of holding the worker for as long as the
+//! load lasts; the job it gave up on is skipped).
 //! Must never: log or echo a password or a token; tell an unknown email apart from a wrong
 //! password (same status, same body, one hash spent either way).
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -30,6 +35,10 @@ pub enum HashError {
 
 type Job = Box<dyn FnOnce() + Send>;
 
+/// Longest a request waits for its hash (queue and hashing together): a hash takes about 40 ms,
+/// so this is only reached when the hashing threads, at the lowest priority, get no CPU.
+pub const HASH_WAIT_MAX: Duration = Duration::from_secs(10);
+
 /// The Argon2 thread pool. The queue (`jobs`) is owned by the pool, holds at most `max_waiting`
 /// jobs, and refuses more (`HashError::Busy`) rather than block the caller.
 pub struct HashPool {
@@ -37,16 +46,19 @@ pub struct HashPool {
     cv: Condvar,
     pub threads: usize,
     pub max_waiting: usize,
+    /// How long `run` waits for a result before giving up with `Busy` (`HASH_WAIT_MAX`).
+    pub max_wait: Duration,
 }
 
 impl HashPool {
     /// Start `threads` hashing threads at the lowest priority (`lowest_priority`).
-    pub fn start(threads: usize, max_waiting: usize) -> std::io::Result<Arc<HashPool>> {
+    pub fn start(threads: usize, max_waiting: usize, max_wait: Duration) -> std::io::Result<Arc<HashPool>> {
         let pool = Arc::new(HashPool {
             jobs: Mutex::new(VecDeque::new()),
             cv: Condvar::new(),
             threads: threads.max(1),
             max_waiting,
+            max_wait,
         });
         for i in 0..pool.threads {
             let p = pool.clone();
@@ -76,20 +88,32 @@ impl HashPool {
         self.jobs.lock().unwrap_or_else(|e| e.into_inner()).len() >= self.max_waiting
     }
 
-    /// Run `f` on a hashing thread and wait for its result.
+    /// Run `f` on a hashing thread and wait for its result, at most `max_wait` (then `Busy`, and
+    /// `f` is skipped if it has not started).
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, HashError> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let abandoned = Arc::new(AtomicBool::new(false));
         {
+            let abandoned = abandoned.clone();
             let mut q = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
             if q.len() >= self.max_waiting {
                 return Err(HashError::Busy);
             }
             q.push_back(Box::new(move || {
-                let _ = tx.send(f());
+                if !abandoned.load(Ordering::Acquire) {
+                    let _ = tx.send(f());
+                }
             }));
         }
         self.cv.notify_one();
-        rx.recv().map_err(|_| HashError::Failed)
+        match rx.recv_timeout(self.max_wait) {
+            Ok(v) => Ok(v),
+            Err(RecvTimeoutError::Timeout) => {
+                abandoned.store(true, Ordering::Release);
+                Err(HashError::Busy)
+            }
+            Err(RecvTimeoutError::Disconnected) => Err(HashError::Failed),
+        }
     }
 }
 
@@ -263,7 +287,7 @@ mod tests {
 
     #[test]
     fn hash_pool_runs_jobs_and_refuses_beyond_its_queue() {
-        let pool = HashPool::start(1, 1).unwrap();
+        let pool = HashPool::start(1, 1, HASH_WAIT_MAX).unwrap();
         assert_eq!(pool.run(|| 6 * 7).unwrap(), 42);
         // Block the only thread, fill the one queue slot, and the next job is refused at once.
         let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
@@ -289,5 +313,31 @@ mod tests {
         // A panicking job is a failure for its caller only; the pool goes on.
         assert!(matches!(pool.run(|| -> u8 { panic!("boom") }), Err(HashError::Failed)));
         assert_eq!(pool.run(|| 1).unwrap(), 1);
+    }
+
+    #[test]
+    fn a_hash_that_gets_no_cpu_in_time_is_busy_and_skipped() {
+        let pool = HashPool::start(1, 4, Duration::from_millis(200)).unwrap();
+        // The only hashing thread held (as by a machine too busy to run it).
+        let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let p = pool.clone();
+        let blocker = std::thread::spawn(move || {
+            p.run(move || {
+                started_tx.send(()).unwrap();
+                release_rx.recv_timeout(Duration::from_secs(30)).unwrap()
+            })
+        });
+        started_rx.recv().unwrap();
+        let ran = Arc::new(AtomicBool::new(false));
+        let r = ran.clone();
+        let waited = std::time::Instant::now();
+        assert!(matches!(pool.run(move || r.store(true, Ordering::SeqCst)), Err(HashError::Busy)));
+        assert!(waited.elapsed() >= Duration::from_millis(200));
+        // The blocker itself gave up too; once the thread is free, the abandoned job is skipped.
+        release_tx.send(()).unwrap();
+        assert!(matches!(blocker.join().unwrap(), Err(HashError::Busy)));
+        assert_eq!(pool.run(|| 5).unwrap(), 5);
+        assert!(!ran.load(Ordering::SeqCst), "a job given up on was run");
     }
 }
