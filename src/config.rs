@@ -160,7 +160,7 @@ pub const SETTINGS: &[Setting] = &[
     s("MAX_HEADERS", "--max-headers", "100", "most header fields in a request (over it: 431)"),
     s("MAX_JSON_BYTES", "--max-json-bytes", "1048576", "largest JSON or form request body in bytes (over it: 413)"),
     s("HEAD_TIMEOUT_SECS", "--head-timeout-secs", "10", "time for a request head to arrive (then 408)"),
-    s("BODY_TIMEOUT_SECS", "--body-timeout-secs", "30", "longest silence while a request body arrives (then 408)"),
+    s("BODY_TIMEOUT_SECS", "--body-timeout-secs", "30", "longest silence of a request body (then 408) or of a client reading a response; after it, a large body must keep MIN_BODY_RATE_KB"),
     s(
         "MIN_BODY_RATE_KB",
         "--min-body-rate-kb",

@@ -168,6 +168,19 @@ fn bodies_to_the_open_routes_never_wait_for_a_transfer_slot() {
     }
 }
 
+#[test]
+fn a_silent_large_body_is_cut_off_after_body_timeout_even_with_no_minimum_rate() {
+    // No minimum rate: only the silence bound, BODY_TIMEOUT_SECS, can end this body.
+    let srv = TestServer::start_with(small_pool().env("BODY_TIMEOUT_SECS", "1").env("MIN_BODY_RATE_KB", "0"));
+    let mut s = TcpStream::connect(srv.addr).unwrap();
+    s.write_all(b"POST /__test/echo HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n").unwrap();
+    s.write_all(&[b'x'; 1000]).unwrap();
+    // Well before the 30 s the silence bound used to be, whatever BODY_TIMEOUT_SECS said.
+    let answer = String::from_utf8_lossy(&read_all(&mut s, Duration::from_secs(8))).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert_health(&srv, "after a silent body");
+}
+
 /// A client socket with a tiny receive buffer: the server cannot push much into it.
 fn tiny_reader(addr: SocketAddr) -> TcpStream {
     let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
