@@ -382,15 +382,18 @@ fn advance(conn: &mut Conn, cfg: &ServerConfig, router: &Router) -> Progress {
                     Err(_) => return Progress::Ready,
                 }
             }
+            if dec.is_done() {
+                return Progress::Ready;
+            }
             let limit = conn.req.head.as_ref().and_then(|h| route_limit(router, h));
             // A route that takes no more than the pre-read is given the buffer's room for chunk
             // framing too, so that its payload, not the framing around it, decides: over the
             // limit it is a 413 at once, never a transfer slot (unless it is mostly framing).
             let small = limit.is_some_and(|l| l <= cfg.preread_body_bytes);
             let threshold = cfg.preread_body_bytes + if small { CHUNK_FRAMING_ROOM as u64 } else { 0 };
-            if dec.is_done() || limit.is_some_and(|l| *data > l) {
-                // Done, or already over its route's limit: the worker's body reader finds that
-                // in the bytes buffered here and answers 413 without waiting for the peer.
+            if limit.is_some_and(|l| *data > l) {
+                // Already over its route's limit: the worker's body reader finds that in the
+                // bytes buffered here and answers 413 without waiting for the peer.
                 Progress::Ready
             } else if *fed as u64 > threshold {
                 conn.req.transfer = true;

@@ -4,7 +4,8 @@
 //! group names.
 //!
 //! Must never: touch a socket, a lock or the clock beyond reading the time for `timestamp`.
-//! Everything here is tested without a network.
+//! Its one piece of state is a counter: the bytes of encoded frames alive in the process
+//! (`live_frame_bytes`, kept by `FrameBytes` itself). Everything here is tested without a network.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -1037,8 +1037,8 @@ mod tests {
 
     #[test]
     fn all_queues_together_are_held_to_their_total() {
-        // Limits measured from what is alive now, so that frames of other tests in this process
-        // (none under nextest, which runs each test alone) only make the test stricter.
+        // The count is process-wide: the exact sums below hold because nextest runs each test
+        // in a process of its own (the suite's runner); limits start from what is alive now.
         let chunk = |i: usize| protocol::encode_text(format!("{i:04}{}", "x".repeat(1020)));
         let base = protocol::live_frame_bytes();
         let total = 8 * chunk(0).len();
