@@ -784,8 +784,11 @@ mod tests {
         assert_eq!(c.max_connections, 4096);
         assert_eq!((c.body_timeout, c.shutdown_grace), (Duration::from_secs(30), Duration::from_secs(30)));
         assert_eq!(c.min_body_rate, 16 * 1024);
-        // Not in the contract: ours, documented in docs/api.md.
+        // Not in the contract: ours, documented in docs/api.md, and written twice (the setting's
+        // table and the library's own default), so they are checked to agree.
         assert_eq!(c.db_statement_timeout, crate::db::pool::DEFAULT_STATEMENT_TIMEOUT);
+        let ws = crate::ws::WsSettings::default();
+        assert_eq!(c.ws_queue_total_mb * 1024 * 1024, ws.queue_total_bytes);
     }
 
     #[test]

@@ -316,10 +316,6 @@ fn http_config(cfg: &Config) -> http::ServerConfig {
         max_transfers_per_addr: cfg.max_transfers_per_addr,
         head_timeout: cfg.head_timeout,
         body_timeout: cfg.body_timeout,
-        // The longest silence of a body being read or a response being written by a worker:
-        // `BODY_TIMEOUT_SECS`, as documented (it was a fixed 30 s, the setting's default, so a
-        // lower setting did not bound a silent body while `MIN_BODY_RATE_KB` was 0).
-        write_timeout: cfg.body_timeout,
         idle_timeout: cfg.keepalive_timeout,
         min_body_rate: cfg.min_body_rate,
         shutdown_grace: cfg.shutdown_grace,

@@ -38,8 +38,8 @@ type Job = Box<dyn FnOnce() + Send>;
 /// Longest a request waits for its hash (queue and hashing together): a hash takes about 40 ms,
 /// so this is only reached when the hashing threads, at the lowest priority, get no CPU. As long
 /// as a client is likely to wait (`BODY_TIMEOUT_SECS`'s default): a shorter bound would turn a
-/// busy machine's slow logins into refused ones (the test suite on two cores starved a hash for
-/// 7 s while it compiled).
+/// busy machine's slow logins into refused ones (the pool's unit test took 7.5 s, seen once by
+/// hand in nextest's timing, while the machine compiled).
 pub const HASH_WAIT_MAX: Duration = Duration::from_secs(30);
 
 /// The Argon2 thread pool. The queue (`jobs`) is owned by the pool, holds at most `max_waiting`
@@ -333,9 +333,7 @@ mod tests {
         let (release_tx, blocker) = hold_the_thread(&pool);
         let ran = Arc::new(AtomicBool::new(false));
         let r = ran.clone();
-        let waited = std::time::Instant::now();
         assert!(matches!(pool.run(move || r.store(true, Ordering::SeqCst)), Err(HashError::Busy)));
-        assert!(waited.elapsed() >= Duration::from_millis(200));
         // The blocker itself gave up too; once the thread is free, the abandoned job is skipped.
         release_tx.send(()).unwrap();
         assert!(matches!(blocker.join().unwrap(), Err(HashError::Busy)));

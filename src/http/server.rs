@@ -15,7 +15,7 @@
 //!   arriving do not push back: `head_timeout` for a head, `body_timeout` plus the body's length
 //!   at `min_body_rate` for a small body (then 408), `idle_timeout` between requests, and `Pace`
 //!   for a response (a reader slower than `min_body_rate` after `body_timeout`, or silent for
-//!   `write_timeout`, is cut off). Accept errors (EMFILE and the like) are logged and retried
+//!   `body_timeout`, is cut off). Accept errors (EMFILE and the like) are logged and retried
 //!   after a pause; they never stop the listener.
 //! - **workers** (`workers` of them, `http-worker-N`): take a complete request from the queue,
 //!   call the handler, and start writing its response without ever waiting on the socket: what
@@ -110,12 +110,10 @@ pub struct ServerConfig {
     /// Time allowed for a whole request head to arrive, from its first byte.
     pub head_timeout: Duration,
     /// How long a request body (or a response) may take before it must keep `min_body_rate`;
-    /// also the longest silence allowed while a large body arrives.
+    /// also the longest silence allowed while a large body arrives or a client takes a response.
     pub body_timeout: Duration,
     /// How long an idle keep-alive connection is kept open.
     pub idle_timeout: Duration,
-    /// Longest silence allowed while a client takes a response.
-    pub write_timeout: Duration,
     /// How long an answered keep-alive connection stays in the hot set, where any idle worker
     /// takes up its next request, before it is handed back to the dispatcher.
     pub keepalive_linger: Duration,
@@ -142,7 +140,6 @@ impl Default for ServerConfig {
             head_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(30),
-            write_timeout: Duration::from_secs(30),
             keepalive_linger: Duration::from_millis(50),
             shutdown_grace: Duration::from_secs(30),
             head_limits: HeadLimits::default(),
@@ -159,7 +156,7 @@ impl ServerConfig {
     }
 
     fn pace(&self) -> Pace {
-        Pace { grace: self.body_timeout, min_rate: self.min_body_rate, stall: self.write_timeout }
+        Pace { grace: self.body_timeout, min_rate: self.min_body_rate, stall: self.body_timeout }
     }
 
     /// The fixed deadline of a body of `len` bytes that starts arriving now.
@@ -175,8 +172,9 @@ enum PreBody {
     None,
     /// `Content-Length`: the request is complete at this many unconsumed bytes (head + body).
     Length(usize),
-    /// Chunked: the decoder has seen `fed` bytes of the body so far, `data` of them payload.
-    Chunked { dec: ChunkedDecoder, fed: usize, data: u64 },
+    /// Chunked: the decoder has seen `fed` bytes of the body so far, `data` of them payload;
+    /// `limit` is its route's body limit, looked up once with the head (`route_limit`).
+    Chunked { dec: ChunkedDecoder, fed: usize, data: u64, limit: Option<u64> },
 }
 
 /// How far a connection's next request has arrived. Kept between reads, so a head or body that
@@ -324,6 +322,12 @@ fn advance(conn: &mut Conn, cfg: &ServerConfig, router: &Router) -> Progress {
             };
             let used = conn.req.head_len.unwrap_or(end);
             let (framing, expect_continue) = (head.framing, head.expect_continue);
+            // Only a body that may be large needs its route's limit here.
+            let limit = match framing {
+                Framing::Chunked => route_limit(router, &head),
+                Framing::Length(n) if n > cfg.preread_body_bytes => route_limit(router, &head),
+                _ => None,
+            };
             conn.req.head = Some(head);
             match framing {
                 Framing::None => return Progress::Ready,
@@ -332,11 +336,11 @@ fn advance(conn: &mut Conn, cfg: &ServerConfig, router: &Router) -> Progress {
                     conn.deadline = cfg.body_deadline(n);
                 }
                 Framing::Chunked => {
-                    conn.req.body = PreBody::Chunked { dec: ChunkedDecoder::new(), fed: 0, data: 0 };
+                    conn.req.body = PreBody::Chunked { dec: ChunkedDecoder::new(), fed: 0, data: 0, limit };
                     conn.deadline = cfg.body_deadline(cfg.preread_body_bytes);
                 }
                 Framing::Length(n) => {
-                    if conn.req.head.as_ref().and_then(|h| route_limit(router, h)).is_some_and(|l| n > l) {
+                    if limit.is_some_and(|l| n > l) {
                         // Refused on its declared length by a worker at once, reading none of
                         // it: a body its route would refuse never takes a transfer slot.
                         return Progress::Ready;
@@ -369,7 +373,7 @@ fn advance(conn: &mut Conn, cfg: &ServerConfig, router: &Router) -> Progress {
                 Progress::Wait
             }
         }
-        PreBody::Chunked { dec, fed, data } => {
+        PreBody::Chunked { dec, fed, data, limit } => {
             let mut rest = &buf[head_len + *fed..];
             while !rest.is_empty() && !dec.is_done() {
                 match dec.feed(rest) {
@@ -385,7 +389,6 @@ fn advance(conn: &mut Conn, cfg: &ServerConfig, router: &Router) -> Progress {
             if dec.is_done() {
                 return Progress::Ready;
             }
-            let limit = conn.req.head.as_ref().and_then(|h| route_limit(router, h));
             // A route that takes no more than the pre-read is given the buffer's room for chunk
             // framing too, so that its payload, not the framing around it, decides: over the
             // limit it is a 413 at once, never a transfer slot (unless it is mostly framing).
