@@ -609,6 +609,23 @@ fn the_row_cap_truncates_at_the_edge() {
     assert_eq!(r.text().lines().count(), 501);
 }
 
+/// `psql --csv`'s output with each record's closing LF made CRLF: an LF outside double quotes
+/// ends a record (psql quotes every field holding CR or LF, and doubles quotes inside one, so
+/// toggling at each quote tracks whether a byte is inside a field).
+fn psql_records_to_crlf(csv: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(csv.len() + csv.len() / 8);
+    let mut quoted = false;
+    for &b in csv {
+        match b {
+            b'"' => quoted = !quoted,
+            b'\n' if !quoted => out.push(b'\r'),
+            _ => {}
+        }
+        out.push(b);
+    }
+    out
+}
+
 #[test]
 fn csv_export_is_byte_for_byte_what_psql_prints() {
     let (db, dir) = setup(
@@ -648,15 +665,19 @@ fn csv_export_is_byte_for_byte_what_psql_prints() {
         .output()
         .expect("psql must be installed (postgresql-client)");
     assert!(out.status.success(), "psql: {}", String::from_utf8_lossy(&out.stderr));
+    // The contract says RFC 4180: records end with CRLF where psql ends them with LF; nothing
+    // else differs (a line break inside a quoted field stays as it is).
+    let psql = psql_records_to_crlf(&out.stdout);
+    assert!(psql.len() > out.stdout.len(), "psql's output has records to convert");
     assert_eq!(
         String::from_utf8_lossy(&r.body),
-        String::from_utf8_lossy(&out.stdout),
-        "the GUI's CSV differs from psql --csv"
+        String::from_utf8_lossy(&psql),
+        "the GUI's CSV differs from psql --csv (with CRLF record ends)"
     );
-    assert_eq!(r.body, out.stdout);
+    assert_eq!(r.body, psql);
     // An empty result still has its header.
     let r = gui.api("POST", "/api/export?format=csv", Some(json!({"sql": "SELECT id, label FROM tricky WHERE false"})));
-    assert_eq!(r.text(), "id,label\n");
+    assert_eq!(r.text(), "id,label\r\n");
     // A statement without rows cannot be exported; neither can a bad one.
     let r = gui.api("POST", "/api/export?format=csv", Some(json!({"sql": "SET work_mem = '8MB'"})));
     assert_eq!(r.status, 400);

@@ -1,10 +1,11 @@
 //! Exports: a whole result as CSV or JSON, written while it is read from a cursor, one batch at
 //! a time (see `query::next_batch`), so a million-row export costs one batch of memory.
 //!
-//! CSV is what `psql --csv` prints, byte for byte: a header row of column names; fields that
-//! hold the separator, a double quote, CR or LF (or are exactly `\.`) are quoted with quotes
-//! doubled (RFC 4180); NULL is an empty field (so is the empty string, as in `psql`: use JSON
-//! when the difference matters); lines end with LF. JSON is an array of objects, one per row,
+//! CSV is RFC 4180, as the contract says, and otherwise what `psql --csv` prints: a header row
+//! of column names; fields that hold the separator, a double quote, CR or LF (or are exactly
+//! `\.`) are quoted with quotes doubled; NULL is an empty field (so is the empty string, as in
+//! `psql`: use JSON when the difference matters); each record ends with CRLF (`psql` ends them
+//! with LF: the one difference, a line break inside a quoted field is kept as it is). JSON is an array of objects, one per row,
 //! keyed by column name, values as in `query::write_json_value`.
 //!
 //! Must never: hold a whole result in memory, or end a failed export as if it were complete
@@ -45,6 +46,9 @@ impl Format {
     }
 }
 
+/// What ends a CSV record (RFC 4180, section 2: "delimited by a line break (CRLF)").
+pub const RECORD_END: &[u8] = b"\r\n";
+
 /// Append one CSV field, quoted when `psql --csv` would quote it.
 pub fn csv_field(s: &str, out: &mut Vec<u8>) {
     if s.contains([',', '"', '\r', '\n']) || s == "\\." {
@@ -71,7 +75,7 @@ pub fn header(format: Format, columns: &[Column], out: &mut Vec<u8>) {
                 }
                 csv_field(&c.name, out);
             }
-            out.push(b'\n');
+            out.extend_from_slice(RECORD_END);
         }
         Format::Json => out.push(b'['),
     }
@@ -89,7 +93,7 @@ pub fn row(format: Format, columns: &[Column], row: &TextRow, first: bool, out: 
                     csv_field(v, out);
                 }
             }
-            out.push(b'\n');
+            out.extend_from_slice(RECORD_END);
         }
         Format::Json => {
             out.extend_from_slice(if first { b"\n{" } else { b",\n{" });
@@ -185,6 +189,17 @@ mod tests {
         assert_eq!(csv("\\."), "\"\\.\"");
         assert_eq!(csv("한글 ünïcode"), "한글 ünïcode");
         assert_eq!(csv(""), "");
+    }
+
+    #[test]
+    fn csv_records_end_with_crlf_and_a_field_keeps_its_own_line_break() {
+        let ty = postgres::types::Type::TEXT;
+        let cols = vec![Column::new("a", &ty), Column::new("b", &ty)];
+        let mut out = Vec::new();
+        header(Format::Csv, &cols, &mut out);
+        row(Format::Csv, &cols, &vec![Some("two\nlines".into()), None], true, &mut out);
+        row(Format::Csv, &cols, &vec![Some("x".into()), Some("".into())], false, &mut out);
+        assert_eq!(String::from_utf8(out).unwrap(), "a,b\r\n\"two\nlines\",\r\nx,\r\n");
     }
 
     #[test]
