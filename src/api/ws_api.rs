@@ -3,15 +3,16 @@
 //! REST API"). The sessions themselves live in `crate::ws`.
 //!
 //! An upgrade is checked completely before the `101`: a WebSocket handshake over HTTP/1.1 (else
-//! `426`), valid id and group (`400`), a valid token when `WS_AUTH=required` or when one is given
-//! (`401`), a superuser's token for the reserved group `admins` (`403`), a free session slot and
-//! thread (`503`).
+//! `426`), valid id and group (`400`), a valid token when `WS_AUTH=required` (`401`; with
+//! `optional` a token that is not valid counts as none), a superuser's token for the reserved
+//! group `admins` (`403`), a free session slot and thread (`503`).
 //!
 //! Tokens and the database: a token's signature and expiry are always checked. Whether its user
 //! still exists and is active is checked too while PostgreSQL is up; while it is down (degraded
 //! mode) it is checked in the account cache when the account is there, and otherwise the token
 //! alone is trusted, because the contract keeps WebSocket messaging and this REST API working
-//! without the database.
+//! without the database. An answer whose token was checked that way (the `101` included) says
+//! `X-Data-Stale: true`, as every answer served from memory does.
 //!
 //! Must never: log a query string (tokens travel in `?token=`), or block on the hub.
 
@@ -22,7 +23,7 @@ use serde_json::{json, Value};
 use super::extract::{Fields, NO_NUL_PATTERN};
 use super::openapi::{schema_ref, Op};
 use super::App;
-use crate::auth::{bearer_token, unauthorized};
+use crate::auth::{bearer_token, stale_mark, unauthorized};
 use crate::config::WsAuth;
 use crate::http::{HttpError, Request, Response, Router};
 use crate::ws::hub::NotSent;
@@ -117,7 +118,7 @@ fn upgrade(
         return Err(HttpError::new(400, "Missing or invalid Sec-WebSocket-Key"));
     }
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
-    let admin = check_ws_token(app, req)?;
+    let Checked { superuser: admin, stale } = check_ws_token(app, req)?;
     if group.as_deref() == Some(ADMINS_GROUP) && !admin {
         return Err(HttpError::new(
             403,
@@ -128,7 +129,11 @@ fn upgrade(
         .ws
         .open_session(id, group, admin, req.peer)
         .map_err(|e| HttpError::new(503, e.0).header("retry-after", "5"))?;
-    Ok(Response::upgrade(vec![("upgrade".into(), "websocket".into()), ("sec-websocket-accept".into(), accept)], then))
+    let mut headers = vec![("upgrade".into(), "websocket".into()), ("sec-websocket-accept".into(), accept)];
+    if stale {
+        headers.push(("x-data-stale".into(), "true".into()));
+    }
+    Ok(Response::upgrade(headers, then))
 }
 
 /// A `Sec-WebSocket-Key` is base64 of 16 bytes: 22 base64 characters and `==`.
@@ -137,16 +142,30 @@ fn valid_key(key: &str) -> bool {
     b.len() == 24 && b[22..] == *b"==" && b[..22].iter().all(|c| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/')
 }
 
-/// The token of a connect: `?token=` or `Authorization: Bearer`. Required with `WS_AUTH=required`;
-/// checked whenever one is given (a stale token is better refused than silently ignored).
-/// Returns whether it is a superuser's (who may be in the reserved group `admins`).
-fn check_ws_token(app: &App, req: &Request<'_>) -> Result<bool, HttpError> {
+/// What a token check found out about the caller.
+#[derive(Debug, Clone, Copy, Default)]
+struct Checked {
+    /// A superuser's token (who may be in the reserved group `admins`).
+    superuser: bool,
+    /// Checked from memory while the database is away: the answer carries `X-Data-Stale: true`.
+    stale: bool,
+}
+
+/// The token of a connect: `?token=` or `Authorization: Bearer`. With `WS_AUTH=required` a
+/// connect without a valid one is a `401`; with `optional` a token that is not valid (expired,
+/// forged, of a deactivated account) counts as none, as the contract has it: the client
+/// connects, and is not a superuser (so `/ws/{id}/admins` is a `403`).
+fn check_ws_token(app: &App, req: &Request<'_>) -> Result<Checked, HttpError> {
     let from_query = req.query()?.into_iter().find(|(k, _)| k == "token").map(|(_, v)| v).filter(|t| !t.is_empty());
     let token = from_query.or_else(|| bearer_token(req).map(str::to_string));
+    let required = app.config.ws_auth == WsAuth::Required;
     match token {
-        None if app.config.ws_auth == WsAuth::Required => Err(unauthorized()),
-        None => Ok(false),
-        Some(t) => token_user_ok(app, &t),
+        None if required => Err(unauthorized()),
+        None => Ok(Checked::default()),
+        Some(t) => match token_user_ok(app, &t) {
+            Err(e) if e.status == 401 && !required => Ok(Checked::default()),
+            checked => checked,
+        },
     }
 }
 
@@ -155,7 +174,7 @@ fn check_ws_token(app: &App, req: &Request<'_>) -> Result<bool, HttpError> {
 /// Returns whether that user is a superuser; while the database is down that is known only for
 /// an account in memory, and otherwise the answer is no (the reserved group waits for the
 /// database).
-fn token_user_ok(app: &App, token: &str) -> Result<bool, HttpError> {
+fn token_user_ok(app: &App, token: &str) -> Result<Checked, HttpError> {
     let id = app.auth.token_user_id(token).ok_or_else(unauthorized)?;
     let db = &app.db;
     if !db.is_up() {
@@ -163,8 +182,8 @@ fn token_user_ok(app: &App, token: &str) -> Result<bool, HttpError> {
         // on its token alone, so that messaging keeps working.
         return match db.cache.by_id(id) {
             Some(u) if !u.is_active => Err(unauthorized()),
-            Some(u) => Ok(u.is_superuser),
-            None => Ok(false),
+            Some(u) => Ok(Checked { superuser: u.is_superuser, stale: true }),
+            None => Ok(Checked { superuser: false, stale: true }),
         };
     }
     let found =
@@ -173,9 +192,9 @@ fn token_user_ok(app: &App, token: &str) -> Result<bool, HttpError> {
         db.cache.put(u);
     }
     match found {
-        Ok(Some(u)) if u.is_active => Ok(u.is_superuser),
+        Ok(Some(u)) if u.is_active => Ok(Checked { superuser: u.is_superuser, stale: false }),
         Ok(_) => Err(unauthorized()),
-        Err(e) if e.is_unavailable() => Ok(false),
+        Err(e) if e.is_unavailable() => Ok(Checked { superuser: false, stale: true }),
         Err(e) => {
             crate::error!("database error while checking a WebSocket token: {e}");
             Err(HttpError::new(500, "Internal Server Error"))
@@ -184,9 +203,10 @@ fn token_user_ok(app: &App, token: &str) -> Result<bool, HttpError> {
 }
 
 /// The caller of a POST route: a bearer token (see the module doc for the database's part).
-fn require_caller(app: &App, req: &Request<'_>) -> Result<(), HttpError> {
+/// Returns whether it was checked from memory (the answer then says `X-Data-Stale: true`).
+fn require_caller(app: &App, req: &Request<'_>) -> Result<bool, HttpError> {
     let token = bearer_token(req).ok_or_else(unauthorized)?;
-    token_user_ok(app, token).map(|_| ())
+    token_user_ok(app, token).map(|c| c.stale)
 }
 
 fn clients(app: &App) -> Response {
@@ -231,7 +251,7 @@ fn message_body(req: &mut Request<'_>) -> Result<String, HttpError> {
 }
 
 fn send_to(app: &App, req: &mut Request<'_>) -> Result<Response, HttpError> {
-    require_caller(app, req)?;
+    let stale = require_caller(app, req)?;
     let message = message_body(req)?;
     let id = req.param("client_id").to_string();
     match app.ws.hub.send_from_server(&id, &message) {
@@ -242,16 +262,16 @@ fn send_to(app: &App, req: &mut Request<'_>) -> Result<Response, HttpError> {
                 .header("retry-after", "5"))
         }
     }
-    Ok(Response::json(200, &json!({ "status": "sent", "client_id": id })))
+    Ok(stale_mark(stale, Response::json(200, &json!({ "status": "sent", "client_id": id }))))
 }
 
 fn broadcast(app: &App, req: &mut Request<'_>) -> Result<Response, HttpError> {
-    require_caller(app, req)?;
+    let stale = require_caller(app, req)?;
     let message = message_body(req)?;
     let group = req.param("group_name").to_string();
     let recipients =
         app.ws.hub.group_from_server(&group, &message).ok_or_else(|| HttpError::new(404, "Group not found"))?;
-    Ok(Response::json(200, &json!({ "status": "sent", "group": group, "recipients": recipients })))
+    Ok(stale_mark(stale, Response::json(200, &json!({ "status": "sent", "group": group, "recipients": recipients }))))
 }
 
 /// Schemas of this section, for the OpenAPI document.

@@ -166,6 +166,11 @@ pub fn upgrade_response(srv: &TestServer, path: &str, extra: &[(&str, &str)]) ->
 
 /// Do the handshake by hand and return the raw socket right after the `101` head.
 pub fn raw_handshake(srv: &TestServer, path: &str) -> TcpStream {
+    raw_handshake_head(srv, path).0
+}
+
+/// [`raw_handshake`], and the `101` head itself (lower-case header names, as the server writes).
+pub fn raw_handshake_head(srv: &TestServer, path: &str) -> (TcpStream, String) {
     let mut s = TcpStream::connect(srv.addr).unwrap();
     s.set_read_timeout(Some(FRAME_TIMEOUT)).unwrap();
     let mut req = format!("GET {path} HTTP/1.1\r\nHost: test\r\n");
@@ -184,7 +189,8 @@ pub fn raw_handshake(srv: &TestServer, path: &str) -> TcpStream {
     let head = String::from_utf8_lossy(&head);
     assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
     assert!(head.contains("sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
-    s
+    let head = head.into_owned();
+    (s, head)
 }
 
 /// A masked client text frame, by hand.
