@@ -186,6 +186,47 @@ fn inactive_users_cannot_log_in_and_their_tokens_stop_working() {
 }
 
 #[test]
+fn the_caller_is_checked_before_the_parameters() {
+    // As in FastAPI, whose token dependency runs before a route's own path and query are
+    // validated: a bad parameter from a caller who is not let in is a 401, not a 422.
+    let srv = server();
+    signup(&srv, "p@example.com", "password1");
+    let good = login(&srv, "p@example.com", "password1");
+    // Well signed and unexpired, but its user does not exist: only the database can tell.
+    let ghost = sign(
+        &json!({ "sub": "999999", "email": "ghost@example.com", "iat": now() - 10, "exp": now() + 600 }),
+        SECRET.as_bytes(),
+        jsonwebtoken::Algorithm::HS256,
+    );
+    for (method, path, loc) in [
+        ("GET", "/users/abc", json!(["path", "user_id"])),
+        ("GET", "/users/?limit=0", json!(["query", "limit"])),
+        ("GET", "/teams/abc", json!(["path", "team_id"])),
+        ("GET", "/teams/?skip=-1", json!(["query", "skip"])),
+        ("POST", "/teams/abc/members", json!(["path", "team_id"])),
+        ("GET", "/api/files?category=videos", json!(["query", "category"])),
+        ("GET", "/api/files?mine=maybe", json!(["query", "mine"])),
+    ] {
+        let body: &[u8] = if method == "POST" { br#"{"user_id": 1}"# } else { b"" };
+        let call = |token: Option<&str>| {
+            let auth = token.map(|t| format!("Bearer {t}"));
+            let mut headers = vec![("Content-Type", "application/json")];
+            if let Some(a) = &auth {
+                headers.push(("Authorization", a));
+            }
+            srv.request(method, path, &headers, body)
+        };
+        for token in [None, Some("not-a-token"), Some(ghost.as_str())] {
+            let r = call(token);
+            assert_eq!(r.status, 401, "{method} {path} with {token:?}: {}", r.text());
+        }
+        let r = call(Some(&good));
+        assert_eq!(r.status, 422, "{method} {path}: {}", r.text());
+        assert_eq!(r.json()["detail"][0]["loc"], loc, "{method} {path}");
+    }
+}
+
+#[test]
 fn bad_tokens_are_401() {
     let srv = server();
     let user = signup(&srv, "tok@example.com", "password1");

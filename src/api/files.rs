@@ -404,6 +404,7 @@ pub fn routes(r: &mut Router, app: &Arc<App>) {
 }
 
 fn list(app: &App, req: &mut Request<'_>) -> Result<Response, HttpError> {
+    let caller = app.auth.current_user(&app.db, req)?;
     let pairs = req.query()?;
     let category = pairs.iter().find(|(k, _)| k == "category").map(|(_, v)| v.as_str());
     if let Some(c) = category {
@@ -425,7 +426,6 @@ fn list(app: &App, req: &mut Request<'_>) -> Result<Response, HttpError> {
             )
         })?,
     };
-    let caller = app.auth.current_user(&app.db, req)?;
     let mut c = app.conn()?;
     let found = records::list(&mut c, category, mine.then_some(caller.id)).map_err(|e| app.db_err(e))?;
     let files: Vec<Value> = found.iter().map(FileRecord::to_json).collect();

@@ -114,16 +114,16 @@ fn create(app: &App, req: &mut Request<'_>) -> Result<Response, HttpError> {
 }
 
 fn list(app: &App, req: &mut Request<'_>) -> Result<Response, HttpError> {
-    let (skip, limit) = pagination(req)?;
     app.auth.current_user(&app.db, req)?;
+    let (skip, limit) = pagination(req)?;
     let mut c = app.conn()?;
     let all = teams::list(&mut c, skip, limit).map_err(|e| app.db_err(e))?;
     Ok(Response::json(200, &Value::Array(all.iter().map(teams::Team::to_json).collect())))
 }
 
 fn get(app: &App, req: &mut Request<'_>) -> Result<Response, HttpError> {
-    let id = path_i64(req, "team_id")?;
     app.auth.current_user(&app.db, req)?;
+    let id = path_i64(req, "team_id")?;
     let mut c = app.conn()?;
     match teams::get(&mut c, id).map_err(|e| app.db_err(e))? {
         Some(t) => Ok(Response::json(200, &t.to_json())),
@@ -132,8 +132,8 @@ fn get(app: &App, req: &mut Request<'_>) -> Result<Response, HttpError> {
 }
 
 fn add_member(app: &App, req: &mut Request<'_>) -> Result<Response, HttpError> {
-    let team_id = path_i64(req, "team_id")?;
     let caller = app.auth.current_user(&app.db, req)?;
+    let team_id = path_i64(req, "team_id")?;
     let mut f = Fields::from_json(req)?;
     let user_id = f.required_i64("user_id");
     f.finish()?;
