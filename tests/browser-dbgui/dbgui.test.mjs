@@ -286,7 +286,8 @@ test("exports download the whole result as CSV and JSON", async () => {
   const csv = await download("#export-csv");
   assert.match(csv.name, /\.csv$/);
   assert.equal(csv.body.toString("utf8"),
-    'id,name,doc,tags\n1,"a,b","{""k"": [1, 2]}","{x,y}"\n2,,,\n3,"say ""hi""","{""nested"": {""ok"": true}}",{}\n');
+    // RFC 4180: CRLF after each record.
+    'id,name,doc,tags\r\n1,"a,b","{""k"": [1, 2]}","{x,y}"\r\n2,,,\r\n3,"say ""hi""","{""nested"": {""ok"": true}}",{}\r\n');
   const json = await download("#export-json");
   assert.match(json.name, /\.json$/);
   assert.deepEqual(JSON.parse(json.body.toString("utf8")), [
