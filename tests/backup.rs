@@ -542,9 +542,11 @@ fn backup_all_dumps_the_whole_cluster() {
     let o = run(&["backup", "--all"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(stderr(&o).contains("pg_dumpall"), "it says which program it used: {}", stderr(&o));
-    // BACKUP_DIR is the default, relative `dbBackup`: the path printed is relative too.
-    assert!(stdout(&o).starts_with("dbBackup/full_backup_"), "{}", stdout(&o));
-    let file = work.path().join(stdout(&o).trim());
+    // BACKUP_DIR is the default, relative `dbBackup`; the path printed is absolute, so that it
+    // names the file from anywhere.
+    let file = PathBuf::from(stdout(&o).trim());
+    assert!(file.is_absolute() && file.starts_with(work.path().join("dbBackup")), "{file:?}");
+    assert!(file.file_name().unwrap().to_str().unwrap().starts_with("full_backup_"), "{file:?}");
     let text = std::fs::read_to_string(&file).unwrap();
     assert!(text.contains("PostgreSQL database cluster dump"));
     assert!(text.contains("CREATE ROLE reporter"), "the roles are in it");
@@ -602,8 +604,10 @@ fn the_shell_scripts_wrap_the_commands_and_read_the_install_folders_env() {
     };
     let o = script("db_full_backup.sh", &[]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    // The path printed names the file from where the script was run, not only from the
+    // install folder the script runs the binary in.
     let file = PathBuf::from(stdout(&o).trim());
-    assert!(file.starts_with(home.path().join("dbBackup")) || home.path().join(&file).is_file(), "{file:?}");
+    assert!(file.is_absolute() && file.starts_with(home.path().join("dbBackup")) && file.is_file(), "{file:?}");
     assert_eq!(script("db_full_backup.sh", &["--keep", "0"]).status.code(), Some(2));
     // A relative --output means relative to where the operator is.
     let o = script("db_full_backup.sh", &["--output", "mine.sql"]);

@@ -247,7 +247,7 @@ pub fn run(args: &[String]) -> Result<(), OpsError> {
     };
     append_log(&cfg.backup_dir, &backup_log_line(at, command, file, size, started.elapsed(), &outcome));
     let (path, _) = result?;
-    println!("{}", path.display());
+    println!("{}", super::shown(&path).display());
     if let Some(n) = a.keep {
         prune(&cfg.backup_dir, n)?;
     }

@@ -56,3 +56,11 @@ pub fn db_config(cfg: &Config) -> DbConfig {
         ..DbConfig::default()
     }
 }
+
+/// `path` as printed on standard output: absolute, so that it names the file from wherever the
+/// output is read (the wrapper scripts run the binary in the install folder, where a relative
+/// `BACKUP_DIR` lives, not where the operator typed the command). `std::path::absolute` joins
+/// the working directory without touching the file system; should that fail, the path as given.
+pub fn shown(path: &std::path::Path) -> std::path::PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}

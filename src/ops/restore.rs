@@ -288,7 +288,7 @@ fn restore(
     let verified = if check.checksum { "checksum verified" } else { "no checksum line; ends with pg_dump's end line" };
     if a.dry_run {
         println!("would run: {}", pgtools::display_command(&tool, &env, &args));
-        println!("file: {}, {}, {verified}", file.display(), human_size(check.size));
+        println!("file: {}, {}, {verified}", super::shown(&file).display(), human_size(check.size));
         if !db_exists {
             println!("the database does not exist yet: it would be created first");
         }
@@ -322,7 +322,7 @@ fn restore(
             pgtools::stderr_reason(&stderr)
         )));
     }
-    println!("restored {} into {}", file.display(), dbc.describe());
+    println!("restored {} into {}", super::shown(&file).display(), dbc.describe());
     Ok(())
 }
 
