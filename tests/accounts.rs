@@ -227,6 +227,46 @@ fn the_caller_is_checked_before_the_parameters() {
 }
 
 #[test]
+fn a_json_route_reads_its_body_as_json_only_when_it_is_declared_json_or_undeclared() {
+    // FastAPI's rule: no Content-Type or a JSON one (application/json, application/*+json) is
+    // parsed; anything else is validated as raw bytes, which are no object.
+    let srv = server();
+    let body = br#"{"email": "ct@example.com", "password": "password1"}"#;
+    for ct in ["text/plain", "application/x-www-form-urlencoded"] {
+        let r = srv.request("POST", "/users/", &[("Content-Type", ct)], body);
+        assert_eq!(r.status, 422, "{ct}: {}", r.text());
+        assert_eq!(r.json()["detail"][0]["loc"], json!(["body"]), "{ct}");
+        assert_eq!(r.json()["detail"][0]["type"], "model_attributes_type", "{ct}");
+    }
+    let r = srv.request("POST", "/users/", &[], body);
+    assert_eq!(r.status, 201, "no Content-Type: {}", r.text());
+    let token = login(&srv, "ct@example.com", "password1");
+    let auth = format!("Bearer {token}");
+    let r = srv.request(
+        "POST",
+        "/teams/",
+        &[("Authorization", &auth), ("Content-Type", "text/plain")],
+        br#"{"name": "t"}"#,
+    );
+    assert_eq!(
+        (r.status, r.json()["detail"][0]["type"].as_str()),
+        (422, Some("model_attributes_type")),
+        "{}",
+        r.text()
+    );
+    let r = srv.request(
+        "POST",
+        "/teams/",
+        &[("Authorization", &auth), ("Content-Type", "application/vnd.api+json; charset=UTF-8")],
+        br#"{"name": "t"}"#,
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    // An empty body is missing, whatever it is declared as.
+    let r = srv.request("POST", "/teams/", &[("Authorization", &auth), ("Content-Type", "text/plain")], b"");
+    assert_eq!((r.status, r.json()["detail"][0]["type"].as_str()), (422, Some("missing")), "{}", r.text());
+}
+
+#[test]
 fn bad_tokens_are_401() {
     let srv = server();
     let user = signup(&srv, "tok@example.com", "password1");

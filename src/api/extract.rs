@@ -22,10 +22,39 @@ pub struct Fields {
     pub issues: Vec<ValidationIssue>,
 }
 
+/// pydantic's answer to a body that is not a JSON object.
+fn not_an_object() -> HttpError {
+    HttpError::validation(
+        &["body"],
+        "Input should be a valid dictionary or object to extract fields from",
+        "model_attributes_type",
+    )
+}
+
+/// Whether a request's `Content-Type` lets its body be read as JSON, by FastAPI's rule: none at
+/// all, `application/json`, or `application/<anything>+json`, parameters (`; charset=utf-8`) and
+/// letter case aside.
+pub fn is_json_media_type(content_type: Option<&str>) -> bool {
+    let Some(ct) = content_type else { return true };
+    let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    match essence.split_once('/') {
+        Some(("application", sub)) => sub == "json" || sub.ends_with("+json"),
+        _ => false,
+    }
+}
+
 impl Fields {
-    /// Read the body as a JSON object. Malformed JSON, a missing body and a non-object are 422s.
+    /// Read the body as a JSON object. Malformed JSON, a missing body and a non-object are 422s;
+    /// so is a body declared as something else than JSON (`text/plain`, a form), as in FastAPI,
+    /// which reads a body as JSON only without a `Content-Type` or with a JSON one
+    /// ([`is_json_media_type`]) and otherwise validates the raw bytes, which are no object.
+    /// (`POST /auth/login` reads its body itself: it takes forms too.)
     pub fn from_json(req: &mut Request<'_>) -> Result<Fields, HttpError> {
         let bytes = req.body_bytes()?;
+        let empty = bytes.iter().all(u8::is_ascii_whitespace);
+        if !empty && !is_json_media_type(req.header("content-type")) {
+            return Err(not_an_object());
+        }
         Fields::parse_json(&bytes)
     }
 
@@ -42,11 +71,7 @@ impl Fields {
         })?;
         match value {
             Value::Object(map) => Ok(Fields { map, issues: Vec::new() }),
-            _ => Err(HttpError::validation(
-                &["body"],
-                "Input should be a valid dictionary or object to extract fields from",
-                "model_attributes_type",
-            )),
+            _ => Err(not_an_object()),
         }
     }
 
@@ -322,6 +347,28 @@ mod tests {
         assert_eq!(issues.len(), 2);
         assert_eq!((issues[0].kind.as_str(), issues[1].kind.as_str()), ("string_type", "missing"));
         assert_eq!(issues[1].loc, vec![serde_json::json!("body"), serde_json::json!("password")]);
+    }
+
+    #[test]
+    fn json_media_types_are_fastapis() {
+        for ct in [
+            None,
+            Some("application/json"),
+            Some("Application/JSON; charset=utf-8"),
+            Some("application/merge-patch+json"),
+        ] {
+            assert!(is_json_media_type(ct), "{ct:?}");
+        }
+        for ct in [
+            Some("text/plain"),
+            Some("application/x-www-form-urlencoded"),
+            Some("multipart/form-data; boundary=x"),
+            Some("text/json"),
+            Some(""),
+            Some("application/jsonx"),
+        ] {
+            assert!(!is_json_media_type(ct), "{ct:?}");
+        }
     }
 
     #[test]
