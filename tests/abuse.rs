@@ -181,6 +181,37 @@ fn a_silent_large_body_is_cut_off_after_body_timeout_even_with_no_minimum_rate()
     assert_health(&srv, "after a silent body");
 }
 
+#[test]
+fn time_the_handler_spends_before_it_reads_the_body_is_not_the_clients() {
+    // A handler that waits 4 s (on the database, say) before it reads a body: the client's
+    // clocks (1 s of silence at most, 64 KiB/s after 1 s) start when the server reads, not
+    // before. The client sends part of the body at once and the rest half a second after the
+    // server is back: before the fix the server found the body "late" and answered 408.
+    let srv = TestServer::start_with(small_pool().env("BODY_TIMEOUT_SECS", "1").env("MIN_BODY_RATE_KB", "64"));
+    let total = 200 * 1024;
+    let mut s = TcpStream::connect(srv.addr).unwrap();
+    s.write_all(
+        format!("POST /__test/echo?sleep_ms=4000 HTTP/1.1\r\nHost: a\r\nContent-Length: {total}\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    s.write_all(&vec![b'a'; 70 * 1024]).unwrap();
+    std::thread::sleep(Duration::from_millis(4500));
+    s.write_all(&vec![b'b'; total - 70 * 1024]).unwrap();
+    let answer = String::from_utf8_lossy(&read_all(&mut s, Duration::from_secs(10))).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert!(answer.contains(&format!("\"length\":{total}")), "{answer:?}");
+    // The client's own silence still counts: the same request whose rest never comes is a 408.
+    let mut s = TcpStream::connect(srv.addr).unwrap();
+    s.write_all(
+        format!("POST /__test/echo?sleep_ms=2000 HTTP/1.1\r\nHost: a\r\nContent-Length: {total}\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    s.write_all(&vec![b'a'; 70 * 1024]).unwrap();
+    let answer = String::from_utf8_lossy(&read_all(&mut s, Duration::from_secs(10))).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert_health(&srv, "after a handler that waited before reading");
+}
+
 /// A client socket with a tiny receive buffer: the server cannot push much into it.
 fn tiny_reader(addr: SocketAddr) -> TcpStream {
     let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();

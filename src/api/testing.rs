@@ -16,8 +16,18 @@ use sha2::{Digest, Sha256};
 use crate::http::{HttpError, Response, Router};
 
 pub fn routes(r: &mut Router) {
-    // Reads the whole body (within the JSON limit) and reports its length and sha256.
+    // Reads the whole body (within the JSON limit) and reports its length and sha256; with
+    // `?sleep_ms=` it first sleeps that long (at most 10 s), as a handler that waits on the
+    // database before it reads its body.
     r.add("POST", "/__test/echo", |req| {
+        let ms: u64 = req
+            .query()?
+            .iter()
+            .find(|(k, _)| k == "sleep_ms")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0)
+            .min(10_000);
+        std::thread::sleep(Duration::from_millis(ms));
         let body = req.body_bytes()?;
         let digest = Sha256::digest(&body);
         let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();

@@ -293,6 +293,12 @@ pub struct BodyReader<'c> {
     started: Instant,
     progress_at: Instant,
     pace: Pace,
+    /// When the last read returned to the handler (at first: when the reader was made).
+    /// Time from then to the next read is the handler's own (a database query before it reads
+    /// its body, writing what it read to disk): it does not count against the client, so every
+    /// clock above is moved on by it (`credit_time_away`). Otherwise a handler that waited 30 s on
+    /// the database would find a body the client sent at once "too slow" and answer 408.
+    left_at: Instant,
     /// A total deadline: the whole body by then (its declared length at the minimum rate, or
     /// the route's limit at that rate for a chunked body); the drain's second.
     deadline: Option<Instant>,
@@ -322,6 +328,7 @@ impl<'c> BodyReader<'c> {
             failed: false,
             started: Instant::now(),
             progress_at: Instant::now(),
+            left_at: Instant::now(),
             pace: Pace { grace: Duration::MAX, min_rate: 0, stall: Duration::from_secs(30) },
             deadline: None,
         }
@@ -352,6 +359,16 @@ impl<'c> BodyReader<'c> {
             return Err(BodyError::Stalled.into_io());
         }
         Ok(())
+    }
+
+    /// Move every clock of the pace on by the time since the handler last had a read return:
+    /// that time was the server's, not the client's (see `left_at`).
+    fn credit_time_away(&mut self) {
+        let away = self.left_at.elapsed();
+        let later = |t: Instant| t.checked_add(away).unwrap_or(t);
+        self.started = later(self.started);
+        self.progress_at = later(self.progress_at);
+        self.deadline = self.deadline.map(later);
     }
 
     /// One read from the socket, waiting (in `poll`, a second at a time, checking the pace)
@@ -419,8 +436,11 @@ impl<'c> BodyReader<'c> {
         }
         self.limit = self.read.saturating_add(max);
         // At most a second for what is left: a client dribbling the body of a request we have
-        // already answered must not keep the worker.
-        self.deadline = Some(Instant::now() + Duration::from_secs(1));
+        // already answered must not keep the worker. (The time the handler took is credited
+        // first, so that it does not stretch that second.)
+        self.credit_time_away();
+        self.left_at = Instant::now();
+        self.deadline = Some(self.left_at + Duration::from_secs(1));
         let mut scratch = [0u8; 8192];
         self.drain_loop(&mut scratch)
     }
@@ -464,7 +484,9 @@ impl Read for BodyReader<'_> {
         if self.done || out.is_empty() {
             return Ok(0);
         }
+        self.credit_time_away();
         let result = self.read_inner(out);
+        self.left_at = Instant::now();
         if result.is_err() {
             self.failed = true;
         }
