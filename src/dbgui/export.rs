@@ -5,8 +5,8 @@
 //! of column names; fields that hold the separator, a double quote, CR or LF (or are exactly
 //! `\.`) are quoted with quotes doubled; NULL is an empty field (so is the empty string, as in
 //! `psql`: use JSON when the difference matters); each record ends with CRLF (`psql` ends them
-//! with LF: the one difference, a line break inside a quoted field is kept as it is). JSON is an array of objects, one per row,
-//! keyed by column name, values as in `query::write_json_value`.
+//! with LF: the one difference, a line break inside a quoted field is kept as it is). JSON is an
+//! array of objects, one per row, keyed by column name, values as in `query::write_json_value`.
 //!
 //! Must never: hold a whole result in memory, or end a failed export as if it were complete
 //! (an error is returned, and the HTTP layer leaves out the final chunk).
