@@ -712,7 +712,7 @@ pub fn help_text() -> String {
          USAGE:\n    adcluster [serve] [FLAGS]\n\n\
          COMMANDS:\n    serve      run the server (the default)\n    migrate    create the database if missing, apply the schema, exit\n    \
          user create --email E --password P|- [--superuser] [--full-name N]\n               create a user (the way to make the first superuser); - reads the password from stdin\n    backup [--all] [--output FILE] [--keep N]\n               a plain-SQL backup to BACKUP_DIR (see `adcluster backup --help`)\n    \
-         restore [FILE] [--dry-run] [--yes]\n               restore a backup, all or nothing (see `adcluster restore --help`)\n    \
+         restore [FILE] [--dry-run] [--yes] [--wait SECS]\n               restore a backup, all or nothing (see `adcluster restore --help`)\n    \
          db-gui [--host 127.0.0.1] [--port 3030] [--allow-writes]\n               the database web GUI (read-only unless --allow-writes); prints its URL with the token\n    \
          help       print this text\n\n\
          SETTINGS (flag, environment variable, default). Later wins: defaults < .env < environment < flags.\n",

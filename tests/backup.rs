@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{login, post_json, signup, token, TempDir, TestServer};
+use common::{get_auth, login, post_json, signup, token, TempDir, TestServer};
 use serde_json::{json, Value};
 
 const SECRET: &str = "backup-test-secret-0123456789abcdefghijklmn";
@@ -642,19 +642,11 @@ fn the_shell_scripts_wrap_the_commands_and_read_the_install_folders_env() {
     assert!(error_line(&o).contains("cannot find the adcluster binary"));
 }
 
-#[test]
-fn the_server_answers_while_a_restore_is_in_progress() {
-    let srv = server();
-    let t = populate(&srv);
-    let file = backup(&srv, &[]);
-    let at_backup = checksums(&srv);
-    change_everything(&srv, &t);
-    // A reader holds `users`: the restore, inside its one transaction, waits for it after it has
-    // already replaced other tables. That is the middle of a restore, held still.
-    let mut holder = srv.db.client();
-    holder.batch_execute("BEGIN; SELECT count(*) FROM users").unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_adcluster"))
+/// `adcluster restore --yes FILE ARGS` started in the background against the server's database.
+fn restore_in_background(srv: &TestServer, file: &Path, args: &[&str]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_adcluster"))
         .args(["restore", "--yes", file.to_str().unwrap()])
+        .args(args)
         .current_dir(srv.dir.path())
         .env_clear()
         .envs(srv.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -662,7 +654,11 @@ fn the_server_answers_while_a_restore_is_in_progress() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// Wait until a session of the test database waits for a lock (the restore's try).
+fn until_a_session_waits_for_a_lock(srv: &TestServer) {
     let mut c = srv.db.client();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while c
@@ -675,20 +671,120 @@ fn the_server_answers_while_a_restore_is_in_progress() {
         == 0
     {
         assert!(std::time::Instant::now() < deadline, "the restore never reached the lock");
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(20));
     }
-    // Mid-restore: the server answers what does not need the tables being replaced.
-    for path in ["/health", "/api/ws/groups", "/"] {
-        let r = srv.get(path);
-        assert_eq!(r.status, 200, "{path} during a restore: {}", r.text());
+}
+
+#[test]
+fn a_restore_waits_for_a_long_transaction_without_holding_up_the_server() {
+    let srv = server();
+    let t = populate(&srv);
+    let file = backup(&srv, &[]);
+    let at_backup = checksums(&srv);
+    change_everything(&srv, &t);
+    // Another session reads `users` in a long transaction (a report, a db-gui export).
+    let mut holder = srv.db.client();
+    holder.batch_execute("BEGIN; SELECT count(*) FROM users").unwrap();
+    let holder_pid: i32 = holder.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    let child = restore_in_background(&srv, &file, &[]);
+    until_a_session_waits_for_a_lock(&srv);
+    // The restore takes every table before it changes one, and gives them back when one is not
+    // free: the server's reads and writes of those tables are answered meanwhile, not queued
+    // behind a restore that waits (they would get a 503 when DB_STATEMENT_TIMEOUT_MS ran out).
+    for i in 0..5 {
+        let r = get_auth(&srv, "/teams/", &t);
+        assert_eq!(r.status, 200, "GET /teams/ while the restore waits: {}", r.text());
+        let r = post_json(&srv, "/teams/", Some(&t), &json!({ "name": format!("during-{i}") }));
+        assert_eq!(r.status, 201, "POST /teams/ while the restore waits: {}", r.text());
+        for path in ["/health", "/api/ws/groups", "/"] {
+            let r = srv.get(path);
+            assert_eq!(r.status, 200, "{path} during a restore: {}", r.text());
+        }
     }
-    // (Queries on `users` would now queue behind the restore's lock until it commits, which is
-    // the point: nobody sees a half-restored table. The held reader commits only below.)
     holder.batch_execute("COMMIT").unwrap();
     let o = child.wait_with_output().unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    assert_eq!(checksums(&srv), at_backup);
+    let err = stderr(&o);
+    assert!(err.contains("waiting for other sessions to release tables"), "{err}");
+    assert!(err.contains(&format!("pid {holder_pid} ")), "it names the session in the way: {err}");
+    assert_eq!(checksums(&srv), at_backup, "the teams made while it waited are gone: it restored after them");
     assert_eq!(login(&srv, "ana@example.com", "password1").status, 200);
+}
+
+#[test]
+fn a_restore_that_cannot_get_the_tables_gives_up_after_wait_and_changes_nothing() {
+    let srv = server();
+    let t = populate(&srv);
+    let file = backup(&srv, &[]);
+    change_everything(&srv, &t);
+    let changed = checksums(&srv);
+    let mut holder = srv.db.client();
+    holder.batch_execute("BEGIN; SELECT count(*) FROM teams").unwrap();
+    let holder_pid: i32 = holder.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    let o = adc(&srv, &["restore", "--yes", "--wait", "1", file.to_str().unwrap()], &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let line = error_line(&o);
+    assert!(line.contains("locked for 1 s (--wait)") && line.contains("the database is unchanged"), "{line}");
+    assert!(line.contains(&format!("pid {holder_pid} ")) && line.contains("pg_terminate_backend"), "{line}");
+    holder.batch_execute("COMMIT").unwrap();
+    assert_eq!(checksums(&srv), changed);
+    // A bad --wait is a usage error.
+    let o = adc(&srv, &["restore", "--yes", "--wait", "soon", file.to_str().unwrap()], &[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(error_line(&o).contains("--wait"));
+}
+
+#[test]
+fn writes_during_restores_are_answered_never_with_a_500() {
+    // Requests that touch several tables (a team and its first member, checked against users)
+    // while restores replace those tables: before the restore took its locks first, some of them
+    // deadlocked with it (a 500, or a failed restore), a team could vanish between its insert
+    // and its read (a 500), and a team read in two statements (the team, then its members) could
+    // come back without its members when a restore committed between them (a 403 on adding one).
+    let srv = server();
+    let t = populate(&srv);
+    let file = backup(&srv, &[]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let statuses = std::sync::Arc::new(std::sync::Mutex::new(BTreeMap::<u16, usize>::new()));
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (stop, statuses) = (stop.clone(), statuses.clone());
+            let (addr, t) = (srv.addr, t.clone());
+            std::thread::spawn(move || {
+                let auth = format!("Bearer {t}");
+                let mut i = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    i += 1;
+                    let body = json!({ "name": format!("w{w}-{i}") }).to_string();
+                    let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
+                    let r = common::Conn::open(addr).send("POST", "/teams/", &headers, body.as_bytes());
+                    let mut s = statuses.lock().unwrap();
+                    *s.entry(r.status).or_default() += 1;
+                    if r.status == 201 {
+                        let id = r.json()["id"].as_i64().unwrap();
+                        let path = format!("/teams/{id}/members");
+                        let body = json!({ "user_id": 1 }).to_string();
+                        drop(s);
+                        let r = common::Conn::open(addr).send("POST", &path, &headers, body.as_bytes());
+                        *statuses.lock().unwrap().entry(r.status).or_default() += 1;
+                    }
+                }
+            })
+        })
+        .collect();
+    for _ in 0..4 {
+        let o = adc(&srv, &["restore", "--yes", file.to_str().unwrap()], &[]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        w.join().unwrap();
+    }
+    let statuses = statuses.lock().unwrap().clone();
+    assert!(statuses.get(&201).copied().unwrap_or(0) > 0, "{statuses:?}");
+    // 200/201 done; 404 the team was restored away between the two requests; 503 busy.
+    assert!(statuses.keys().all(|s| [200, 201, 404, 503].contains(s)), "{statuses:?}");
+    assert!(!srv.log().contains("database error"), "{}", srv.log());
 }
 
 #[test]
@@ -749,6 +845,13 @@ fn restore_into_a_database_that_does_not_exist_yet_creates_it() {
         admin.query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&fresh]).unwrap().is_some()
     };
     assert!(!exists(&mut admin));
+    // A restore that fails leaves no database behind: "as it was" is "not there".
+    let failing = srv.dir.path().join("failing.sql");
+    std::fs::write(&failing, "SELECT 1/0;\n--\n-- PostgreSQL database dump complete\n--\n").unwrap();
+    let o = adc(&srv, &["restore", "--yes", failing.to_str().unwrap()], &[("DB_NAME", &fresh)]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(error_line(&o).contains("division by zero"), "{}", stderr(&o));
+    assert!(!exists(&mut admin), "the database made for the failed restore was dropped");
     let o = adc(&srv, &["restore", "--yes", file.to_str().unwrap()], &[("DB_NAME", &fresh)]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(exists(&mut admin));

@@ -147,7 +147,16 @@ fn add_member(app: &App, req: &mut Request<'_>) -> Result<Response, HttpError> {
     if users::by_id(&mut c, user_id).map_err(|e| app.db_err(e))?.is_none() {
         return Err(HttpError::new(404, "User not found"));
     }
-    teams::add_member(&mut c, team_id, user_id).map_err(|e| app.db_err(e))?;
+    match teams::add_member(&mut c, team_id, user_id) {
+        Ok(()) => {}
+        // The user (or the team) went away between the checks above and the insert: a
+        // concurrent delete, or a restore. Not found, as it would be a moment later.
+        Err(e) if e.is_foreign_key_violation() => {
+            let team_left = teams::get(&mut c, team_id).map_err(|e| app.db_err(e))?.is_some();
+            return Err(HttpError::new(404, if team_left { "User not found" } else { "Team not found" }));
+        }
+        Err(e) => return Err(app.db_err(e)),
+    }
     let team =
         teams::get(&mut c, team_id).map_err(|e| app.db_err(e))?.ok_or_else(|| HttpError::new(404, "Team not found"))?;
     Ok(Response::json(200, &team.to_json()))

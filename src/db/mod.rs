@@ -148,12 +148,14 @@ pub fn cause_hint(err: &DbError) -> &'static str {
 /// only, so in the first moment of an outage some waiters see a bare timeout too: they answer 503
 /// until the monitor, woken by the first error, has decided (within about a second).
 pub fn is_busy_pool(err: &DbError) -> bool {
-    // r2d2's own wording, the fair gate's (`gate::CheckoutError::Busy`), and a statement cut off
-    // by `DB_STATEMENT_TIMEOUT_MS` (busy in the same sense: PostgreSQL answered).
+    // r2d2's own wording, the fair gate's (`gate::CheckoutError::Busy`), a statement cut off by
+    // `DB_STATEMENT_TIMEOUT_MS`, and a transaction cancelled for another's sake (a deadlock):
+    // busy in the same sense, PostgreSQL answered.
     matches!(err, DbError::Unavailable(m)
         if m.ends_with("timed out waiting for connection")
             || m.contains(gate::BUSY_WORDING)
-            || m.starts_with(pool::STATEMENT_TIMEOUT_WORDING))
+            || m.starts_with(pool::STATEMENT_TIMEOUT_WORDING)
+            || m.starts_with(pool::CONFLICT_WORDING))
 }
 
 /// How many batches of reads by id may run at once (`batch.rs`): a quarter of the pool, at least

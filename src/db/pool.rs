@@ -281,7 +281,9 @@ impl DbError {
     /// refused: a configuration problem, but from a client's side the database is just not
     /// usable; the log says which), and 57014 query_canceled (a statement past
     /// `DB_STATEMENT_TIMEOUT_MS`: PostgreSQL is up but this request cannot be served now, so
-    /// `503` as for a busy pool, which `db::is_busy_pool` tells from an outage).
+    /// `503` as for a busy pool, which `db::is_busy_pool` tells from an outage), and so are
+    /// 40P01 deadlock_detected, 40001 serialization_failure and 55P03 lock_not_available (a
+    /// transaction PostgreSQL gave up on for another's sake: worth retrying, not a `500`).
     pub fn is_unavailable(&self) -> bool {
         matches!(self, DbError::Unavailable(_))
     }
@@ -297,6 +299,12 @@ impl DbError {
     /// True for SQLSTATE 23505 unique_violation (e.g. email already registered → `409`).
     pub fn is_unique_violation(&self) -> bool {
         self.code() == Some(SqlState::UNIQUE_VIOLATION.code())
+    }
+
+    /// True for SQLSTATE 23503 foreign_key_violation (e.g. a member added to a team whose user
+    /// was deleted meanwhile → `404`).
+    pub fn is_foreign_key_violation(&self) -> bool {
+        self.code() == Some(SqlState::FOREIGN_KEY_VIOLATION.code())
     }
 
     /// The error for a failed pool checkout: always "unavailable" (the pool could not produce a
@@ -335,6 +343,11 @@ impl From<super::gate::CheckoutError> for DbError {
 /// `db::is_busy_pool` tells it (PostgreSQL up, this query too slow) from an outage.
 pub const STATEMENT_TIMEOUT_WORDING: &str = "a statement ran past DB_STATEMENT_TIMEOUT_MS";
 
+/// The start of the error for a transaction PostgreSQL cancelled to resolve a conflict with
+/// another session (deadlock, serialization failure, lock not available): PostgreSQL is up and
+/// the same request would likely succeed a moment later, so `503` like a busy pool.
+pub const CONFLICT_WORDING: &str = "the transaction lost a conflict with another session; try again";
+
 /// SQLSTATEs that mean "the database is not usable now", not "this statement is wrong".
 fn unavailable_state(code: &SqlState) -> bool {
     let c = code.code();
@@ -364,6 +377,11 @@ impl From<postgres::Error> for DbError {
                 // Our statement timeout (or an administrator's `pg_cancel_backend`): PostgreSQL is
                 // up, this query waited or ran too long. A 503 like a busy pool, not an outage.
                 return DbError::Unavailable(format!("{STATEMENT_TIMEOUT_WORDING} ({message}) [57014]"));
+            }
+            if [SqlState::T_R_DEADLOCK_DETECTED, SqlState::T_R_SERIALIZATION_FAILURE, SqlState::LOCK_NOT_AVAILABLE]
+                .contains(code)
+            {
+                return DbError::Unavailable(format!("{CONFLICT_WORDING} ({message}) [{}]", code.code()));
             }
             if unavailable_state(code) {
                 return DbError::Unavailable(format!("{} [{}]", message, code.code()));
@@ -429,6 +447,15 @@ pub fn ensure_database(cfg: &DbConfig) -> Result<(), DbError> {
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Drops the configured database (`restore` undoing the database it created for a restore that
+/// failed). Refused by PostgreSQL while anyone is connected to it: nothing is forced.
+pub fn drop_database(cfg: &DbConfig) -> Result<(), DbError> {
+    let name = cfg.target_dbname()?;
+    let mut admin = connect_maintenance(cfg)?;
+    admin.batch_execute(&format!("DROP DATABASE IF EXISTS {}", quote_ident(&name)))?;
+    Ok(())
 }
 
 /// A connection to `postgres`, or to `template1` when `postgres` has been dropped.
@@ -707,6 +734,38 @@ pub(crate) mod tests {
         let err = DbError::from(conn.query("SELECT 1/0", &[]).unwrap_err());
         assert_eq!(err.code(), Some("22012"));
         assert!(!err.is_unavailable());
+    }
+
+    #[test]
+    fn a_deadlock_or_a_lock_not_free_is_a_busy_database_not_a_failed_query() {
+        let db = TestDb::new("deadlock");
+        let mut a = db.create_and_connect();
+        a.batch_execute("CREATE TABLE t1 (x int); CREATE TABLE t2 (x int)").unwrap();
+        let mut b = db.cfg.pg_config().unwrap().connect(NoTls).unwrap();
+        // a holds t1 and wants t2; b holds t2 and wants t1: PostgreSQL cancels one of them.
+        a.batch_execute("BEGIN; LOCK TABLE t1").unwrap();
+        b.batch_execute("BEGIN; LOCK TABLE t2").unwrap();
+        let other = std::thread::spawn(move || {
+            let r = b.batch_execute("LOCK TABLE t1").map_err(DbError::from);
+            let _ = b.batch_execute("ROLLBACK");
+            r
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        let mine = a.batch_execute("LOCK TABLE t2").map_err(DbError::from);
+        let _ = a.batch_execute("ROLLBACK");
+        let theirs = other.join().unwrap();
+        let err = mine.err().or(theirs.err()).expect("one side is the deadlock's victim");
+        assert!(err.is_unavailable() && crate::db::is_busy_pool(&err), "{err}");
+        assert!(err.to_string().contains("[40P01]"), "{err}");
+        // NOWAIT on a taken lock: 55P03, the same.
+        a.batch_execute("BEGIN; LOCK TABLE t1").unwrap();
+        let mut c = db.cfg.pg_config().unwrap().connect(NoTls).unwrap();
+        let err = DbError::from(c.batch_execute("BEGIN; LOCK TABLE t1 NOWAIT").unwrap_err());
+        assert!(err.is_unavailable() && crate::db::is_busy_pool(&err), "{err}");
+        assert!(err.to_string().contains("[55P03]"), "{err}");
+        // A statement that is wrong stays a failed query.
+        let err = DbError::from(a.batch_execute("SELECT * FROM missing_table").unwrap_err());
+        assert!(!err.is_unavailable() && err.code() == Some("42P01"), "{err}");
     }
 
     #[test]

@@ -8,6 +8,15 @@
 //! are never answered with data from half a restore) and then see the restored rows; its
 //! prepared statements are re-planned by PostgreSQL against the new tables.
 //!
+//! Locks first ([`LOCK_FIRST`]): before the file, in the same transaction, the restore locks every
+//! table of the database at once, waiting at most `LOCK_ATTEMPT` for each; when a lock is not
+//! free in time (a long transaction elsewhere: a report, a db-gui export) it rolls back, pauses
+//! and tries again, for up to `--wait` seconds, and then gives up naming the sessions in the way.
+//! Taking the tables one by one as the file drops them would hold some while waiting for
+//! others: every request of the server behind the waiting lock stalls for as long as that
+//! transaction lasts, and a request that holds one table and wants another deadlocks with it
+//! (PostgreSQL then cancels one side: a `500`, or a failed restore).
+//!
 //! Before the database is touched, the file is checked: a backup written by `adcluster backup`
 //! ends with `-- adcluster backup: sha256=HEX bytes=N` and must match it (a flipped byte or a cut
 //! file is refused); any other plain-SQL dump must at least end with pg_dump's "dump complete"
@@ -16,13 +25,14 @@
 //! it creates databases and roles, which cannot happen inside one transaction.
 //!
 //! Must never: change the database when the file is damaged or the run is refused; ask on a
-//! terminal when `--yes` is given; proceed without a terminal and without `--yes`.
+//! terminal when `--yes` is given; proceed without a terminal and without `--yes`; hold a table
+//! while it waits for another; leave behind a database it created for a restore that failed.
 
 use std::fs::{self, File};
 use std::io::{BufRead, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use sha2::{Digest, Sha256};
 
@@ -36,16 +46,20 @@ pub const HELP: &str = "\
 adcluster restore — put a backup back into the database, all or nothing
 
 USAGE:
-    adcluster restore [FILE] [--dry-run] [--yes] [SETTINGS FLAGS]
+    adcluster restore [FILE] [--dry-run] [--yes] [--wait SECS] [SETTINGS FLAGS]
 
 Restores FILE, or the newest full_backup_*.sql in BACKUP_DIR, into the configured database
 (created when missing), in one transaction: afterwards every table holds what it held when the
 backup was taken; if anything fails, the database is as it was. A running server keeps serving
-and then serves the restored data. The file's checksum is verified first.
+and then serves the restored data. The file's checksum is verified first. The restore locks
+every table before it changes any; while another session's transaction holds one, it retries
+(the server's requests are held at most 0.2 s per try) and gives up after --wait seconds,
+naming the sessions in the way.
 
 OPTIONS:
     --dry-run     print the command it would run and the file's size; change nothing
     -y, --yes     do not ask for confirmation (needed when not on a terminal)
+    --wait SECS   how long to keep trying to lock the tables (default 60)
     -h, --help    print this text
 
 Whole-cluster backups (backup --all) are not restored by this command: it prints the psql
@@ -56,27 +70,82 @@ Exit codes: 0 success, 1 the restore failed (the database is unchanged), 2 bad u
 ";
 
 /// The command line of `restore`, apart from the settings flags.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Debug, PartialEq)]
 pub struct Args {
     pub file: Option<PathBuf>,
     pub dry_run: bool,
     pub yes: bool,
     pub help: bool,
+    /// `--wait SECS`: how long to keep trying to take the tables' locks.
+    pub wait: Duration,
 }
 
+impl Default for Args {
+    fn default() -> Args {
+        Args { file: None, dry_run: false, yes: false, help: false, wait: DEFAULT_LOCK_WAIT }
+    }
+}
+
+/// The default of `--wait`.
+pub const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(60);
+
 /// Take our flags out of `args`; the rest go to `Config::load`, whose leftovers are the FILE.
-pub fn parse_args(args: &[String]) -> (Args, Vec<String>) {
+pub fn parse_args(args: &[String]) -> Result<(Args, Vec<String>), OpsError> {
     let mut a = Args::default();
     let mut rest = Vec::new();
-    for arg in args {
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
         match arg.as_str() {
             "--dry-run" | "-n" => a.dry_run = true,
             "--yes" | "-y" => a.yes = true,
             "--help" | "-h" => a.help = true,
-            _ => rest.push(arg.clone()),
+            "--wait" => {
+                let v = it.next().ok_or_else(|| OpsError::usage("--wait needs a number of seconds"))?;
+                a.wait = parse_wait(v)?;
+            }
+            _ => match arg.strip_prefix("--wait=") {
+                Some(v) => a.wait = parse_wait(v)?,
+                None => rest.push(arg.clone()),
+            },
         }
     }
-    (a, rest)
+    Ok((a, rest))
+}
+
+fn parse_wait(v: &str) -> Result<Duration, OpsError> {
+    match v.parse::<u64>() {
+        Ok(n) if n <= 86_400 => Ok(Duration::from_secs(n)),
+        _ => Err(OpsError::usage(format!("--wait {v:?}: expected a whole number of seconds, 0 to 86400"))),
+    }
+}
+
+/// The longest one try waits for one table's lock: at worst what a request of a running server
+/// waits behind a restore that has not yet got all its tables.
+pub const LOCK_ATTEMPT_MS: u32 = 200;
+/// The pause between two tries: the transaction in the way gets the tables back, and so do the
+/// requests queued behind our try.
+const LOCK_RETRY_PAUSE: Duration = Duration::from_millis(300);
+
+/// What psql runs before the file, in the same transaction: every ordinary and partitioned table
+/// of the database locked `ACCESS EXCLUSIVE` in one statement, waiting at most
+/// [`LOCK_ATTEMPT_MS`] for each lock. The file itself sets `lock_timeout` back to 0 (pg_dump
+/// writes that), so nothing after this can time out on a lock, and no lock it needs is held by
+/// anyone else: none of our tables can be part of a deadlock.
+pub fn lock_first() -> String {
+    format!(
+        "SET lock_timeout = '{LOCK_ATTEMPT_MS}ms'; \
+         DO $adcluster_restore$ DECLARE tables text; BEGIN \
+         SELECT string_agg(c.oid::regclass::text, ', ' ORDER BY c.oid) INTO tables \
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.relkind IN ('r', 'p') AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'; \
+         IF tables IS NOT NULL THEN EXECUTE 'LOCK TABLE ' || tables || ' IN ACCESS EXCLUSIVE MODE'; END IF; \
+         END $adcluster_restore$;"
+    )
+}
+
+/// Whether psql failed because a lock was not free within [`LOCK_ATTEMPT_MS`] (SQLSTATE 55P03).
+pub fn is_lock_timeout(stderr: &str) -> bool {
+    stderr.contains("canceling statement due to lock timeout")
 }
 
 /// What the check of a file found.
@@ -191,18 +260,19 @@ pub fn human_size(bytes: u64) -> String {
     }
 }
 
-/// The psql arguments of a restore of `file`.
+/// The psql arguments of a restore of `file`: [`lock_first`], then the file, in one transaction
+/// (`--single-transaction` wraps every `--command` and `--file` in one `BEGIN`/`COMMIT`).
 pub fn psql_args(file: &Path) -> Vec<String> {
-    ["--no-psqlrc", "--single-transaction", "--set", "ON_ERROR_STOP=1", "--quiet", "--no-password", "--file"]
+    ["--no-psqlrc", "--single-transaction", "--set", "ON_ERROR_STOP=1", "--quiet", "--no-password", "--command"]
         .iter()
         .map(|s| s.to_string())
-        .chain([file.display().to_string()])
+        .chain([lock_first(), "--file".to_string(), file.display().to_string()])
         .collect()
 }
 
 /// `restore`: parse, run, log.
 pub fn run(args: &[String]) -> Result<(), OpsError> {
-    let (a, rest) = parse_args(args);
+    let (a, rest) = parse_args(args)?;
     if a.help {
         print!("{HELP}");
         return Ok(());
@@ -303,27 +373,115 @@ fn restore(
         crate::db::pool::ensure_database(&dbc)
             .map_err(|e| OpsError::failed(format!("cannot create the database {}: {e}", dbc.describe())))?;
     }
-    let mut cmd = pgtools::command(&tool, &env);
-    cmd.args(&args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|e| OpsError::failed(format!("cannot run {}: {e}", tool.path.display())))?;
-    guard.set_child(Some(child.id()));
-    let stderr = backup::collect_stderr(child.stderr.take().expect("piped"));
-    let status = child.wait().map_err(|e| OpsError::failed(format!("cannot wait for psql: {e}")))?;
-    guard.set_child(None);
-    let stderr = stderr.join().unwrap_or_default();
-    if let Some(sig) = guard.interrupted() {
-        return Err(OpsError::failed(format!(
-            "interrupted by {sig}; the restore was rolled back, the database is unchanged"
-        )));
+    let result = run_psql(&tool, &env, &args, a.wait, guard, &dbc);
+    if result.is_err() && !db_exists {
+        // We made it for this restore; "as it was" means not there.
+        if let Err(e) = crate::db::pool::drop_database(&dbc) {
+            eprintln!("warning: the database {} was created for this restore and is left empty: {e}", dbc.describe());
+        }
     }
-    if !status.success() {
-        return Err(OpsError::failed(format!(
-            "the restore failed and was rolled back, the database is unchanged: {}",
-            pgtools::stderr_reason(&stderr)
-        )));
-    }
+    result?;
     println!("restored {} into {}", super::shown(&file).display(), dbc.describe());
     Ok(())
+}
+
+/// Run psql until it has restored the file, failed for a reason other than a lock in the way,
+/// or `wait` has passed since the first try.
+fn run_psql(
+    tool: &pgtools::Tool,
+    env: &[(&'static str, String)],
+    args: &[String],
+    wait: Duration,
+    guard: &Guard,
+    dbc: &crate::db::DbConfig,
+) -> Result<(), OpsError> {
+    let until = Instant::now() + wait;
+    let mut waiting_said = false;
+    loop {
+        let mut cmd = pgtools::command(tool, env);
+        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut child =
+            cmd.spawn().map_err(|e| OpsError::failed(format!("cannot run {}: {e}", tool.path.display())))?;
+        guard.set_child(Some(child.id()));
+        let stderr = backup::collect_stderr(child.stderr.take().expect("piped"));
+        let status = child.wait().map_err(|e| OpsError::failed(format!("cannot wait for psql: {e}")))?;
+        guard.set_child(None);
+        let stderr = stderr.join().unwrap_or_default();
+        let interrupted = |guard: &Guard| {
+            guard.interrupted().map(|sig| {
+                OpsError::failed(format!(
+                    "interrupted by {sig}; the restore was rolled back, the database is unchanged"
+                ))
+            })
+        };
+        if let Some(e) = interrupted(guard) {
+            return Err(e);
+        }
+        if status.success() {
+            return Ok(());
+        }
+        if !is_lock_timeout(&stderr) {
+            return Err(OpsError::failed(format!(
+                "the restore failed and was rolled back, the database is unchanged: {}",
+                pgtools::stderr_reason(&stderr)
+            )));
+        }
+        if Instant::now() >= until {
+            return Err(OpsError::failed(format!(
+                "other sessions kept tables of {} locked for {} s (--wait), so the restore could not start; \
+                 the database is unchanged. {}; let them finish or end them (SELECT pg_terminate_backend(PID)), \
+                 then run the restore again",
+                dbc.describe(),
+                wait.as_secs(),
+                lock_holders(dbc)
+            )));
+        }
+        if !waiting_said {
+            eprintln!(
+                "waiting for other sessions to release tables of {} (up to {} s, --wait): {}",
+                dbc.describe(),
+                wait.as_secs(),
+                lock_holders(dbc)
+            );
+            waiting_said = true;
+        }
+        std::thread::sleep(LOCK_RETRY_PAUSE);
+        if let Some(e) = interrupted(guard) {
+            return Err(e);
+        }
+    }
+}
+
+/// Who holds locks on tables of the database now, for a message: `pid 123 (application "x",
+/// idle in transaction, transaction open 25 s)`, longest-open first, at most five.
+fn lock_holders(dbc: &crate::db::DbConfig) -> String {
+    const SQL: &str = "SELECT a.pid, coalesce(nullif(a.application_name, ''), '-'), coalesce(a.state, '-'), \
+        coalesce(extract(epoch FROM now() - a.xact_start)::bigint, 0) \
+        FROM pg_stat_activity a \
+        WHERE a.datname = current_database() AND a.pid <> pg_backend_pid() AND EXISTS ( \
+          SELECT 1 FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
+          WHERE l.pid = a.pid AND l.granted AND l.locktype = 'relation' AND c.relkind IN ('r', 'p') \
+            AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())) \
+        ORDER BY a.xact_start NULLS LAST LIMIT 5";
+    let rows = dbc
+        .pg_config()
+        .map_err(|e| e.to_string())
+        .and_then(|c| c.connect(postgres::NoTls).map_err(|e| crate::db::DbError::from(e).to_string()))
+        .and_then(|mut c| c.query(SQL, &[]).map_err(|e| crate::db::DbError::from(e).to_string()));
+    match rows {
+        Ok(rows) if rows.is_empty() => "no session holds one now".into(),
+        Ok(rows) => {
+            let who: Vec<String> = rows
+                .iter()
+                .map(|r| {
+                    let (pid, app, state, secs): (i32, String, String, i64) = (r.get(0), r.get(1), r.get(2), r.get(3));
+                    format!("pid {pid} (application {app:?}, {state}, transaction open {secs} s)")
+                })
+                .collect();
+            format!("sessions holding them: {}", who.join(", "))
+        }
+        Err(e) => format!("(could not list the sessions holding them: {e})"),
+    }
 }
 
 /// Ask on the terminal; refuse (exit 2) without one.
@@ -428,14 +586,22 @@ mod tests {
     fn arguments_and_sizes() {
         let args: Vec<String> =
             ["--dry-run", "x.sql", "--yes", "--db-name", "d"].iter().map(|s| s.to_string()).collect();
-        let (a, rest) = parse_args(&args);
+        let (a, rest) = parse_args(&args).unwrap();
         assert!(a.dry_run && a.yes && !a.help);
+        assert_eq!(a.wait, DEFAULT_LOCK_WAIT);
         assert_eq!(rest, vec!["x.sql", "--db-name", "d"]);
+        let wait = |v: &[&str]| parse_args(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>()).map(|(a, _)| a.wait);
+        assert_eq!(wait(&["--wait", "5"]).unwrap(), Duration::from_secs(5));
+        assert_eq!(wait(&["--wait=0"]).unwrap(), Duration::ZERO);
+        for bad in [&["--wait"][..], &["--wait", "-1"], &["--wait=soon"], &["--wait", "86401"]] {
+            assert_eq!(wait(bad).unwrap_err().code, 2, "{bad:?}");
+        }
         assert_eq!(human_size(512), "512 bytes");
         assert_eq!(human_size(1536), "1.5 KiB (1536 bytes)");
         let args = psql_args(Path::new("/b/f.sql"));
         assert!(args.windows(2).any(|w| w == ["--set", "ON_ERROR_STOP=1"]));
         assert!(args.contains(&"--single-transaction".to_string()));
-        assert_eq!(args.last().unwrap(), "/b/f.sql");
+        // The locks are taken first, in the same transaction as the file.
+        assert_eq!(args[args.len() - 4..], ["--command".to_string(), lock_first(), "--file".into(), "/b/f.sql".into()]);
     }
 }
