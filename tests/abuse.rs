@@ -168,6 +168,82 @@ fn bodies_to_the_open_routes_never_wait_for_a_transfer_slot() {
     }
 }
 
+/// A chunked login body of `payload` bytes in chunks of `size` bytes, with or without its end.
+fn chunked_login(payload: usize, size: usize, end: bool) -> Vec<u8> {
+    let login = r#"{"email": "nobody@example.com", "password": "x"}"#;
+    let body = format!("{login}{}", " ".repeat(payload - login.len()));
+    let mut out =
+        b"POST /auth/login HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+            .to_vec();
+    for piece in body.as_bytes().chunks(size) {
+        out.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        out.extend_from_slice(piece);
+        out.extend_from_slice(b"\r\n");
+    }
+    if end {
+        out.extend_from_slice(b"0\r\n\r\n");
+    }
+    out
+}
+
+#[test]
+fn a_small_body_in_tiny_chunks_is_refused_not_given_a_transfer_slot() {
+    let srv = TestServer::start_with(small_pool().env("BODY_TIMEOUT_SECS", "10"));
+    // 12,000 bytes of login as 1-byte chunks (72 KB on the wire), and then nothing: it used to
+    // take a transfer slot and a worker until BODY_TIMEOUT_SECS (a 408); 16 of them from one
+    // address held every upload slot of a 2-core machine.
+    let mut s = TcpStream::connect(srv.addr).unwrap();
+    s.write_all(&chunked_login(12_000, 1, false)).unwrap();
+    let answer = String::from_utf8_lossy(&read_all(&mut s, Duration::from_secs(5))).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("too much framing") && answer.contains("4096 bytes"), "{answer}");
+    // At the edge: 64 KiB in chunks of 100 bytes spends 3,941 bytes on framing (656 chunks of
+    // "64\r\n...\r\n" and the last one), within the room: read and answered.
+    let body = chunked_login(64 * 1024, 100, true);
+    let head_len = body.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert_eq!(body.len() - head_len - 64 * 1024, 3_941);
+    let mut s = TcpStream::connect(srv.addr).unwrap();
+    s.write_all(&body).unwrap();
+    let answer = String::from_utf8_lossy(&read_all(&mut s, Duration::from_secs(5))).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    // Chunks of 20 bytes: 19,667 bytes of framing for 64 KiB, over the room even though every
+    // byte arrives: refused.
+    let mut s = TcpStream::connect(srv.addr).unwrap();
+    s.write_all(&chunked_login(64 * 1024, 20, true)).unwrap();
+    let answer = String::from_utf8_lossy(&read_all(&mut s, Duration::from_secs(5))).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+}
+
+#[test]
+fn one_address_cannot_take_every_transfer_slot() {
+    // 8 workers: 4 transfer slots, 2 of them for one address. Four large bodies from 127.0.0.1
+    // stall; one from 127.0.0.2 must still be read at once, not when the stalled ones time out.
+    let srv = TestServer::start_with(
+        small_pool().env("WORKERS", "8").env("BODY_TIMEOUT_SECS", "10").env("MIN_BODY_RATE_KB", "0"),
+    );
+    let head = "POST /__test/echo HTTP/1.1\r\nHost: a\r\nContent-Length: 200000\r\n\r\n";
+    let mut stalled = hold(&srv, 4, head, &[b'q'; 1000]);
+    std::thread::sleep(Duration::from_millis(300));
+    let other = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    other.bind(&"127.0.0.2:0".parse::<SocketAddr>().unwrap().into()).unwrap();
+    other.connect(&srv.addr.into()).unwrap();
+    let mut other = Conn::wrap(other.into());
+    other.write(head.as_bytes());
+    other.write(&vec![b'q'; 200_000]);
+    other.stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    assert_eq!(other.read_response(false).json()["length"], 200_000);
+    // Served while the stalled bodies still held their slots (no 408 yet): not after them.
+    for s in stalled.iter_mut() {
+        s.set_nonblocking(true).unwrap();
+        let mut b = [0u8; 1];
+        let r = s.read(&mut b);
+        assert!(
+            matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "a stalled body was answered: {r:?}"
+        );
+    }
+}
+
 #[test]
 fn a_silent_large_body_is_cut_off_after_body_timeout_even_with_no_minimum_rate() {
     // No minimum rate: only the silence bound, BODY_TIMEOUT_SECS, can end this body.

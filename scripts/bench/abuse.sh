@@ -60,7 +60,7 @@ cmd_abuse() {
     {
         section_head abuse "\`GET /health\` for a normal client while hostile sockets are held, against the same with none (issue 8: slow peers cost a socket, not a worker)." "BENCH_ABUSE_SOCKETS=$BENCH_ABUSE_SOCKETS"
         echo "- Load: \`$WRK_CMD_DESC http://127.0.0.1:PORT/health\` while \`scripts/bench/abuse_hold.py PORT KIND $BENCH_ABUSE_SOCKETS\` holds the sockets (one kind at a time; a socket the server closes is reopened)"
-        echo "- Server: \`target/release/adcluster serve\` with its defaults (WORKERS=64, TRANSFER_WORKERS=32, MAX_TRANSFERS_PER_ADDR=16, MAX_CONNECTIONS_PER_ADDR=1024; every socket here comes from 127.0.0.1)"
+        echo "- Server: \`target/release/adcluster serve\` with its defaults (WORKERS=64, TRANSFER_WORKERS=32, MAX_TRANSFERS_PER_ADDR=0: half of TRANSFER_WORKERS, MAX_CONNECTIONS_PER_ADDR=1024; every socket here comes from 127.0.0.1)"
         echo "- Baselines (no hostile socket) before each kind and after the last; each kind's reference is the mean req/s of the baselines on either side of it. Baselines, req/s and p99 ms: $(echo "$bases" | awk 'NF { printf "%s%s (%s)", (n++ ? ", " : ""), $1, $2 }')"
         echo
         echo "| hostile sockets | req/s | p99 (ms) | reference req/s | ratio | non-2xx | socket errors | goal (>= $GOAL_ABUSE_RATIO, p99 < $GOAL_ABUSE_P99_MS ms) |"

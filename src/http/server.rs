@@ -36,12 +36,14 @@
 //! (`Body::Stream`, produced by code while it is sent) — are the one thing a worker still waits
 //! on a client for, and only under `Pace` (so each ends in bounded time). At most
 //! `transfer_workers` workers do so at once (by default half the pool; the rest are kept for
-//! short requests) and at most `max_transfers_per_addr` for one client address. A large-body
+//! short requests) and at most `max_transfers_per_addr` for one client address (by default half
+//! of those, so that one address cannot take them all). A large-body
 //! request beyond those caps is parked in the dispatcher, unread, until a slot frees (or 503
 //! after `body_timeout`); a stream that finds no slot is answered 503 at once. A body its route
 //! would refuse (its declared length, or the payload of the chunks buffered so far, over the
 //! route's `body_limit`) takes no slot: a worker answers 413 at once, reading no more of it. So
-//! routes whose limit is within the pre-read (the app's open ones) never hold a slot. See
+//! routes whose limit is within the pre-read (the app's open ones) never hold a slot; a chunked
+//! body to such a route whose framing overflows `CHUNK_FRAMING_ROOM` is a 400 at once. See
 //! `docs/decisions.md` ("Slow peers cost a socket").
 //!
 //! Queues and their bounds:
@@ -105,7 +107,8 @@ pub struct ServerConfig {
     /// Most workers busy with a long transfer (a large request body) at once; 0: half the pool
     /// (at least one). The others are kept for short requests.
     pub transfer_workers: usize,
-    /// Most long transfers from one client address at once.
+    /// Most long transfers from one client address at once; 0: half the transfer workers (at
+    /// least one), so one address never holds every slot.
     pub max_transfers_per_addr: usize,
     /// Time allowed for a whole request head to arrive, from its first byte.
     pub head_timeout: Duration,
@@ -136,7 +139,7 @@ impl Default for ServerConfig {
             max_connections: 4096,
             max_connections_per_addr: 1024,
             transfer_workers: 0,
-            max_transfers_per_addr: 16,
+            max_transfers_per_addr: 0,
             head_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(30),
@@ -153,6 +156,15 @@ impl ServerConfig {
     fn transfer_share(&self) -> usize {
         let n = if self.transfer_workers == 0 { self.workers / 2 } else { self.transfer_workers };
         n.clamp(1, self.workers.max(1))
+    }
+
+    /// Transfer slots one client address may hold: `max_transfers_per_addr`, or with 0 half of
+    /// [`transfer_share`](Self::transfer_share), so that one address never holds them all.
+    fn transfers_per_addr(&self) -> usize {
+        match self.max_transfers_per_addr {
+            0 => (self.transfer_share() / 2).max(1),
+            n => n,
+        }
     }
 
     fn pace(&self) -> Pace {
@@ -391,13 +403,18 @@ fn advance(conn: &mut Conn, cfg: &ServerConfig, router: &Router) -> Progress {
             }
             // A route that takes no more than the pre-read is given the buffer's room for chunk
             // framing too, so that its payload, not the framing around it, decides: over the
-            // limit it is a 413 at once, never a transfer slot (unless it is mostly framing).
+            // limit it is a 413 at once, never a transfer slot; framing beyond the room is a 400.
             let small = limit.is_some_and(|l| l <= cfg.preread_body_bytes);
             let threshold = cfg.preread_body_bytes + if small { CHUNK_FRAMING_ROOM as u64 } else { 0 };
             if limit.is_some_and(|l| *data > l) {
                 // Already over its route's limit: the worker's body reader finds that in the
                 // bytes buffered here and answers 413 without waiting for the peer.
                 Progress::Ready
+            } else if small && *fed as u64 > threshold {
+                // The payload still fits the route, so the framing overflowed its room: chunks
+                // of a few bytes each. Refused here: such a body must not get a transfer slot (a
+                // worker waiting on a client for a 12 KiB login sent as 1-byte chunks).
+                Progress::Reject(400, too_much_chunk_framing(cfg.preread_body_bytes))
             } else if *fed as u64 > threshold {
                 conn.req.transfer = true;
                 Progress::Transfer
@@ -417,8 +434,19 @@ fn route_limit(router: &Router, head: &RequestHead) -> Option<u64> {
     }
 }
 
-/// Room in a connection's buffer beyond the pre-read body, for chunk framing (`read_more`).
+/// Room in a connection's buffer beyond the pre-read body, for chunk framing (`read_more`): a
+/// chunked body to a route that takes at most the pre-read may spend this much on chunk sizes,
+/// extensions and line ends (a 64 KiB body in chunks of 100 bytes spends about 4 KiB); more is a
+/// `400` (`too_much_chunk_framing`).
 const CHUNK_FRAMING_ROOM: usize = 4096;
+
+/// The `400` detail for a small body whose chunk framing overflowed [`CHUNK_FRAMING_ROOM`].
+fn too_much_chunk_framing(preread: u64) -> String {
+    format!(
+        "Chunked body has too much framing: a body of at most {preread} bytes may spend at most \
+         {CHUNK_FRAMING_ROOM} bytes on chunk framing; send larger chunks or a Content-Length"
+    )
+}
 
 /// State shared by the dispatcher and the workers.
 struct Shared {
@@ -555,7 +583,7 @@ impl Server {
                 max_open: cfg.max_connections,
                 max_open_per_addr: cfg.max_connections_per_addr.max(1),
                 max_transfers: cfg.transfer_share(),
-                max_transfers_per_addr: cfg.max_transfers_per_addr.max(1),
+                max_transfers_per_addr: cfg.transfers_per_addr(),
             },
             wake.try_clone()?,
         );
