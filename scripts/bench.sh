@@ -1827,7 +1827,7 @@ cmd_ws() {
     make_tmp
     local ws_max=$((biggest + 100)) secret
     secret="$(random_hex 32)"
-    local server_env=(WS_MAX_CLIENTS="$ws_max" SECRET_KEY="$secret")
+    local server_env=(WS_MAX_CLIENTS="$ws_max" WS_MAX_CLIENTS_PER_ADDR=0 SECRET_KEY="$secret")
 
     local a_args=(--clients "$BENCH_WS_CLIENTS" --members "$BENCH_WS_IDLE_MEMBERS" --mode idle --seconds "$BENCH_SECONDS")
     local b_args=(--clients "$BENCH_WS_RTT_CLIENTS" --members 2 --mode rtt --rate "$BENCH_WS_RTT_RATE" --seconds "$BENCH_SECONDS")
@@ -1920,7 +1920,7 @@ cmd_ws() {
             "BENCH_WS_WINDOW=$BENCH_WS_WINDOW"
         echo "- CPU: $cpu"
         if [ -n "$WS_HAS_OURS" ]; then
-            echo "- Ours: \`$server_desc\`, LOG_LEVEL=warn, WS_MAX_CLIENTS=$ws_max, other settings default; PostgreSQL $pg_version, a fresh database dropped after the run"
+            echo "- Ours: \`$server_desc\`, LOG_LEVEL=warn, WS_MAX_CLIENTS=$ws_max, WS_MAX_CLIENTS_PER_ADDR=0 (every client comes from 127.0.0.1), other settings default; PostgreSQL $pg_version, a fresh database dropped after the run"
         else
             echo "- Ours: not run (BENCH_WS_TARGETS=${targets[*]})"
         fi

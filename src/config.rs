@@ -90,6 +90,12 @@ pub const SETTINGS: &[Setting] = &[
         "most WebSocket sessions at once (over it: 503); lowered at start to what the machine can start as threads",
     ),
     s(
+        "WS_MAX_CLIENTS_PER_ADDR",
+        "--ws-max-clients-per-addr",
+        "1024",
+        "most WebSocket sessions from one client address (over it: 429); 0: no cap (behind a reverse proxy)",
+    ),
+    s(
         "WS_QUEUE_FRAMES",
         "--ws-queue-frames",
         "1024",
@@ -422,6 +428,7 @@ pub struct Config {
     pub allow_signup: bool,
     pub ws_auth: WsAuth,
     pub ws_max_clients: usize,
+    pub ws_max_clients_per_addr: usize,
     pub ws_queue_frames: usize,
     pub ws_queue_kb: usize,
     pub ws_queue_total_mb: usize,
@@ -532,6 +539,7 @@ impl Config {
             allow_signup: raw.boolean("ALLOW_SIGNUP")?,
             ws_auth,
             ws_max_clients: count(raw, "WS_MAX_CLIENTS", 1)?,
+            ws_max_clients_per_addr: count(raw, "WS_MAX_CLIENTS_PER_ADDR", 0)?,
             ws_queue_frames: count(raw, "WS_QUEUE_FRAMES", 1)?,
             ws_queue_kb: count(raw, "WS_QUEUE_KB", 1)?,
             ws_queue_total_mb: count(raw, "WS_QUEUE_TOTAL_MB", 1)?,

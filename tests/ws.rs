@@ -607,6 +607,35 @@ fn the_session_limit_refuses_with_503() {
 }
 
 #[test]
+fn one_address_cannot_take_every_session() {
+    let srv = TestServer::start_with(Opts::default().env("WS_MAX_CLIENTS", "10").env("WS_MAX_CLIENTS_PER_ADDR", "2"));
+    let (_a, _) = WsClient::join(&srv, "/ws/a");
+    let (b, _) = WsClient::join(&srv, "/ws/b");
+    // A third from 127.0.0.1: 429, with the contract's Retry-After.
+    let r = upgrade_response(&srv, "/ws/c", &[]);
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(r.json()["detail"], "Too many WebSocket sessions from your address");
+    assert_eq!(r.header("retry-after"), Some("5"));
+    // Another address still gets in.
+    let other = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    other.bind(&"127.0.0.2:0".parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
+    other.connect(&srv.addr.into()).unwrap();
+    let mut other: std::net::TcpStream = other.into();
+    let mut req = String::from("GET /ws/d HTTP/1.1\r\nHost: test\r\n");
+    for (k, v) in common::ws::upgrade_headers() {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    other.write_all(format!("{req}\r\n").as_bytes()).unwrap();
+    other.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut head = [0u8; 12];
+    other.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 101");
+    // The address's place frees when one of its sessions ends.
+    b.close();
+    assert!(eventually(Duration::from_secs(10), || upgrade_response(&srv, "/ws/c", &[]).status == 101));
+}
+
+#[test]
 fn rest_send_to_and_broadcast_to_group() {
     let srv = server();
     let t = token(&srv, "rest@example.com");

@@ -83,7 +83,7 @@ start() {
     # From its own directory, so that no .env of the caller's directory is read.
     env -C "$TMP/$name" DB_HOST="$PGHOST" DB_PORT="$PGPORT" DB_USER="$PGUSER" DB_PASSWORD="${PGPASSWORD:-}" \
         DB_NAME="$DB" SECRET_KEY="$SECRET" DATA_DIR="$TMP/$name/data" UPLOAD_DIR="$TMP/$name/uploads" \
-        WS_MAX_CLIENTS=5000 LOG_LEVEL=info "$@" setsid "${START_BIN:-$BIN}" serve --host 127.0.0.1 --port 0 >"$logf" 2>&1 </dev/null &
+        WS_MAX_CLIENTS=5000 WS_MAX_CLIENTS_PER_ADDR=0 LOG_LEVEL=info "$@" setsid "${START_BIN:-$BIN}" serve --host 127.0.0.1 --port 0 >"$logf" 2>&1 </dev/null &
     local pid=$!
     PIDS+=("$pid")
     for _ in $(seq 1 100); do
@@ -181,7 +181,7 @@ sec="$TMP/section.md"
     echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo "- Machine: $(nproc) cores (nproc), ${mem} GiB RAM (free -g), kernel $(uname -r), ${os}; CPU $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
     echo "- Command: \`scripts/bench.sh ws-cluster\` (BENCH_SECONDS=$BENCH_SECONDS, BENCH_ROUNDS=$BENCH_ROUNDS, BENCH_WS_RTT_CLIENTS=$BENCH_WS_RTT_CLIENTS, BENCH_WS_RTT_RATE=$BENCH_WS_RTT_RATE, BENCH_WS_MEMBERS=$BENCH_WS_MEMBERS, BENCH_WS_FANOUT_RATE=$BENCH_WS_FANOUT_RATE, BENCH_WS_WINDOW=$BENCH_WS_WINDOW)"
-    echo "- Servers: \`target/release/adcluster serve\` on 127.0.0.1, LOG_LEVEL=info, WS_MAX_CLIENTS=5000; single: CLUSTER=off; cluster: three processes with CLUSTER=postgres, INSTANCE_ID=bench-n1..3, other settings default; PostgreSQL $pgv on $PGHOST:$PGPORT, a fresh database dropped after the run. All processes share the machine's cores with the load generator (and with whatever else runs on it)."
+    echo "- Servers: \`target/release/adcluster serve\` on 127.0.0.1, LOG_LEVEL=info, WS_MAX_CLIENTS=5000, WS_MAX_CLIENTS_PER_ADDR=0; single: CLUSTER=off; cluster: three processes with CLUSTER=postgres, INSTANCE_ID=bench-n1..3, other settings default; PostgreSQL $pgv on $PGHOST:$PGPORT, a fresh database dropped after the run. All processes share the machine's cores with the load generator (and with whatever else runs on it)."
     echo "- Clients: \`ws-bench --url ws://A[,ws://B,ws://C]\`: client i connects to the (i mod 3)-th instance, so the two ends of each /send_to pair are always on different instances and 2/3 of the group's members are remote to the sender."
     [ -n "$REF" ] && echo "- Reference: BENCH_WS_REF_BIN=\`$REF\`${BENCH_WS_REF_DESC:+ ($BENCH_WS_REF_DESC)}, CLUSTER unset, run first in each round with the same scenarios: the A/B of the single instance before and after this feature."
     echo "- Load average at the end of the run: $(cut -d' ' -f1-3 /proc/loadavg) (the machine is shared; every figure is noisy to that extent)"

@@ -128,7 +128,7 @@ fn upgrade(
     let then = app
         .ws
         .open_session(id, group, admin, req.peer)
-        .map_err(|e| HttpError::new(503, e.0).header("retry-after", "5"))?;
+        .map_err(|e| HttpError::new(e.status, e.message).header("retry-after", "5"))?;
     let mut headers = vec![("upgrade".into(), "websocket".into()), ("sec-websocket-accept".into(), accept)];
     if stale {
         headers.push(("x-data-stale".into(), "true".into()));

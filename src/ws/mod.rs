@@ -19,7 +19,8 @@
 //!   the hub, answers pings, sends a ping every `WS_PING_INTERVAL_SECS` and drops a client
 //!   silent for `WS_PING_TIMEOUT_SECS` (only whole messages break the silence).
 //!   At most `WS_MAX_CLIENTS` sessions exist (a counter reserved before the `101`; over it the
-//!   upgrade is answered `503`). The thread ends with the connection.
+//!   upgrade is answered `503`), and at most `WS_MAX_CLIENTS_PER_ADDR` from one client address
+//!   (`429`), so that one address cannot take every session. The thread ends with the connection.
 //! - **One flusher thread for all sessions** (`ws-flush`, started with the first session). It
 //!   finishes writing queues whose socket was full (`poll` for `POLLOUT`; at most
 //!   `FLUSHER_ROUNDS` writes per socket per turn, round-robin) and shuts down
@@ -119,7 +120,8 @@ pub mod incoming;
 pub mod protocol;
 pub mod session;
 
-use std::net::{SocketAddr, TcpStream};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -137,6 +139,8 @@ pub const CLOSE_GRACE: Duration = Duration::from_secs(5);
 pub struct WsSettings {
     /// Most sessions at once (`WS_MAX_CLIENTS`).
     pub max_clients: usize,
+    /// Most sessions from one client address at once (`WS_MAX_CLIENTS_PER_ADDR`); 0: no cap.
+    pub max_clients_per_addr: usize,
     /// Most frames in one client's outbound queue (`WS_QUEUE_FRAMES`).
     pub queue_frames: usize,
     /// Most bytes in one client's outbound queue (`WS_QUEUE_KB`).
@@ -158,6 +162,7 @@ impl Default for WsSettings {
     fn default() -> Self {
         WsSettings {
             max_clients: 10_000,
+            max_clients_per_addr: 1024,
             queue_frames: 1024,
             queue_bytes: 4 * 1024 * 1024,
             queue_total_bytes: 256 * 1024 * 1024,
@@ -173,6 +178,7 @@ impl WsSettings {
     pub fn from_config(c: &crate::config::Config) -> WsSettings {
         WsSettings {
             max_clients: c.ws_max_clients,
+            max_clients_per_addr: c.ws_max_clients_per_addr,
             queue_frames: c.ws_queue_frames,
             queue_bytes: c.ws_queue_kb.saturating_mul(1024),
             queue_total_bytes: c.ws_queue_total_mb.saturating_mul(1024 * 1024),
@@ -184,9 +190,20 @@ impl WsSettings {
     }
 }
 
-/// Why a session could not be opened (answered `503` before the upgrade).
+/// Why a session could not be opened (answered before the upgrade, with `Retry-After`).
 #[derive(Debug)]
-pub struct Refused(pub String);
+pub struct Refused {
+    /// `503` (the server's limit, a thread that cannot start, shutdown) or `429` (this
+    /// address's limit).
+    pub status: u16,
+    pub message: String,
+}
+
+impl Refused {
+    fn busy(message: &str) -> Refused {
+        Refused { status: 503, message: message.into() }
+    }
+}
 
 /// The WebSocket side of the server: the hub, the session count, the flusher.
 pub struct Ws {
@@ -194,17 +211,30 @@ pub struct Ws {
     pub settings: WsSettings,
     /// Sessions whose reader thread exists (or is about to). Bounded by `max_clients`.
     sessions: AtomicUsize,
+    /// Sessions per client address (owner: the slots; an address leaves the map with its last
+    /// session, so it holds at most `max_clients` entries). Bounded per address by
+    /// `max_clients_per_addr`; empty when that is 0.
+    per_addr: Mutex<HashMap<IpAddr, usize>>,
     stopping: AtomicBool,
     /// Started with the first session.
     flusher: Mutex<Option<Arc<session::Flusher>>>,
 }
 
 /// A reserved session: gives its place back when dropped (when the reader thread ends).
-struct Slot(Arc<Ws>);
+struct Slot(Arc<Ws>, Option<IpAddr>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
         self.0.sessions.fetch_sub(1, Ordering::SeqCst);
+        if let Some(ip) = self.1 {
+            let mut map = self.0.per_addr.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = map.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(&ip);
+                }
+            }
+        }
     }
 }
 
@@ -214,6 +244,7 @@ impl Ws {
             hub: Hub::new(),
             settings,
             sessions: AtomicUsize::new(0),
+            per_addr: Mutex::new(HashMap::new()),
             stopping: AtomicBool::new(false),
             flusher: Mutex::new(None),
         }
@@ -224,10 +255,26 @@ impl Ws {
         self.sessions.load(Ordering::SeqCst)
     }
 
-    fn reserve(self: &Arc<Self>) -> Option<Slot> {
+    /// A place for a session from `ip`: one of `max_clients`, and of `max_clients_per_addr` for
+    /// that address.
+    fn reserve(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, Refused> {
         let max = self.settings.max_clients;
-        self.sessions.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max).then_some(n + 1)).ok()?;
-        Some(Slot(self.clone()))
+        self.sessions
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max).then_some(n + 1))
+            .map_err(|_| Refused::busy("Too many WebSocket clients; try again later"))?;
+        let per_addr = self.settings.max_clients_per_addr;
+        if per_addr == 0 {
+            return Ok(Slot(self.clone(), None));
+        }
+        let mut map = self.per_addr.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= per_addr {
+            drop(map);
+            self.sessions.fetch_sub(1, Ordering::SeqCst);
+            return Err(Refused { status: 429, message: "Too many WebSocket sessions from your address".into() });
+        }
+        *n += 1;
+        Ok(Slot(self.clone(), Some(ip)))
     }
 
     fn flusher(&self) -> std::io::Result<Arc<session::Flusher>> {
@@ -253,12 +300,12 @@ impl Ws {
         peer: SocketAddr,
     ) -> Result<UpgradeFn, Refused> {
         if self.stopping.load(Ordering::SeqCst) {
-            return Err(Refused("Server is shutting down".into()));
+            return Err(Refused::busy("Server is shutting down"));
         }
-        let slot = self.reserve().ok_or_else(|| Refused("Too many WebSocket clients; try again later".into()))?;
+        let slot = self.reserve(peer.ip())?;
         let flusher = self.flusher().map_err(|e| {
             crate::error!("cannot start the ws flusher thread: {e}");
-            Refused("Cannot start a WebSocket session now".into())
+            Refused::busy("Cannot start a WebSocket session now")
         })?;
         let out = session::Outbound::new(&self.settings, flusher);
         // Two hand-overs: the registration (right below), then, after the 101, the socket and
@@ -288,7 +335,7 @@ impl Ws {
                 crate::warn!(
                     "cannot start a ws session thread: {e} (each session is a thread: check the service's TasksMax or pids limit, ulimit -u, kernel.pid_max)"
                 );
-                Refused("Cannot start a WebSocket session now".into())
+                Refused::busy("Cannot start a WebSocket session now")
             })?;
         // Nothing can fail from here on: register (a takeover closes the older connection now).
         let member = self.hub.connect(id.as_deref(), group.as_deref(), admin, out);
