@@ -13,7 +13,7 @@
 //! Must never: block, or call into the hub (the hub may be calling us under its lock).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
@@ -73,9 +73,31 @@ pub struct Shared {
     pub heard: Mutex<HashMap<Arc<str>, Instant>>,
     /// An instance not heard for this long cannot be reached.
     pub window: std::time::Duration,
+    /// While the publisher is inside one statement: when it began, in milliseconds since
+    /// `born` (0: it is not in one). A statement that does not come back (a PostgreSQL that
+    /// hangs) would otherwise let messages be answered `sent` while they wait behind it, until
+    /// the heartbeats run out (`window`).
+    pub sending_since_ms: AtomicU64,
+    /// The clock of `sending_since_ms`.
+    pub born: Instant,
 }
 
+/// How long one publishing statement may take before new messages are refused as
+/// unreachable rather than queued behind it.
+pub const STUCK_AFTER_MS: u64 = 1000;
+
 impl Shared {
+    /// Milliseconds since `born`, at least 1 (0 means "not sending").
+    pub fn now_ms(&self) -> u64 {
+        (self.born.elapsed().as_millis() as u64).max(1)
+    }
+
+    /// The publisher has been inside one statement for more than [`STUCK_AFTER_MS`].
+    pub fn publisher_stuck(&self) -> bool {
+        let since = self.sending_since_ms.load(Ordering::SeqCst);
+        since != 0 && self.now_ms().saturating_sub(since) > STUCK_AFTER_MS
+    }
+
     /// Note that `instance` spoke. True when it was not known to be reachable (new, or silent
     /// past the window): then we heartbeat back at once, so it can reach us without waiting.
     pub fn heard(&self, instance: &str) -> bool {
@@ -163,6 +185,9 @@ impl Link for PgLink {
         if !s.publishing.load(Ordering::SeqCst) || !s.listening.load(Ordering::SeqCst) {
             return Err(Unreachable("the database that links the instances cannot be reached now".into()));
         }
+        if s.publisher_stuck() {
+            return Err(Unreachable("the database that links the instances does not answer now".into()));
+        }
         if !s.queue(channel, json, None, sender) {
             return Err(Unreachable("the queue to the other instances is full (CLUSTER_QUEUE_KB)".into()));
         }
@@ -199,6 +224,8 @@ mod tests {
             publisher_stale: AtomicBool::new(false),
             heard: Mutex::new(HashMap::new()),
             window: Duration::from_secs(3),
+            sending_since_ms: AtomicU64::new(0),
+            born: Instant::now(),
         });
         (s, rx)
     }
@@ -233,6 +260,23 @@ mod tests {
         assert!(link.publish(private("x")).is_ok() && link.publish(private("x")).is_ok());
         assert!(link.publish(private("x")).is_err());
         assert_eq!(s.queued_bytes.load(Ordering::SeqCst), 2 * one, "a refused item leaves no bytes counted");
+    }
+
+    #[test]
+    fn a_publisher_stuck_in_a_statement_refuses_new_messages() {
+        let (s, _rx) = shared(usize::MAX, 10);
+        let link = PgLink(s.clone());
+        assert!(link.publish(private("x")).is_ok());
+        // In a statement for half a second: still queued behind it.
+        s.sending_since_ms.store(s.now_ms(), Ordering::SeqCst);
+        assert!(link.publish(private("x")).is_ok());
+        // For longer than STUCK_AFTER_MS (the clock moved on): the sender is told now.
+        std::thread::sleep(Duration::from_millis(STUCK_AFTER_MS + 100));
+        let err = link.publish(private("x")).expect_err("refused");
+        assert!(err.0.contains("does not answer"), "{}", err.0);
+        // The statement came back.
+        s.sending_since_ms.store(0, Ordering::SeqCst);
+        assert!(link.publish(private("x")).is_ok());
     }
 
     #[test]

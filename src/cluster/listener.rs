@@ -40,6 +40,9 @@ const BATCH: usize = 512;
 
 /// Payload rows older than this are swept (a listener that far behind has lost its place).
 const PAYLOAD_TTL_SECS: f64 = 60.0;
+/// How often the listener sweeps old payload rows: a row lives at most `PAYLOAD_TTL_SECS` plus
+/// this plus one heartbeat interval. (Every 50 heartbeats it was 150 s at the default timing.)
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
 /// The heartbeat clock.
 #[derive(Debug, Clone, Copy)]
@@ -99,7 +102,7 @@ fn session(
     }
     let since = Instant::now();
     let mut next_beat = Instant::now();
-    let mut beats: u64 = 0;
+    let mut last_sweep: Option<Instant> = None;
     loop {
         if Instant::now() >= next_beat {
             heartbeat(&mut c, shared)?;
@@ -107,10 +110,10 @@ fn session(
                 reap(&mut c, shared, timing)?;
                 prune(&mut c, shared, ws)?;
             }
-            if beats % 50 == 0 {
+            if last_sweep.map_or(true, |t| t.elapsed() >= SWEEP_EVERY) {
                 sweep(&mut c)?;
+                last_sweep = Some(Instant::now());
             }
-            beats += 1;
             next_beat = Instant::now() + timing.interval;
         }
         let wait = next_beat.saturating_duration_since(Instant::now());

@@ -43,7 +43,7 @@ pub mod listener;
 pub mod publisher;
 pub mod wire;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -102,6 +102,8 @@ pub fn start(ws: Arc<Ws>, db: &DbConfig, settings: &Settings) -> std::io::Result
         publisher_stale: AtomicBool::new(false),
         heard: Mutex::new(Default::default()),
         window: timing.stale,
+        sending_since_ms: AtomicU64::new(0),
+        born: Instant::now(),
     });
     ws.hub.set_link(Arc::new(PgLink(shared.clone())));
     let (s, p, w) = (shared.clone(), pg.clone(), ws.clone());

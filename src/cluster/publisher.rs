@@ -162,7 +162,10 @@ pub fn run(shared: Arc<Shared>, rx: Receiver<Item>, pg: postgres::Config, ws: Ar
         match next {
             Ok(Item::Notify { channel, json, write, sender }) => {
                 shared.queued_bytes.fetch_sub(json.len(), Ordering::SeqCst);
-                if let Err(e) = send(c, &shared.me, &channel, &json, write.as_ref()) {
+                shared.sending_since_ms.store(shared.now_ms(), Ordering::SeqCst);
+                let sent = send(c, &shared.me, &channel, &json, write.as_ref());
+                shared.sending_since_ms.store(0, Ordering::SeqCst);
+                if let Err(e) = sent {
                     crate::warn!("cluster: lost the publishing connection: {e}");
                     shared.publishing.store(false, Ordering::SeqCst);
                     conn = None;
