@@ -47,10 +47,23 @@ pub enum Item {
         json: String,
         write: Option<Write>,
         /// A message of this local client (told when it is lost).
-        sender: Option<String>,
+        sender: Option<Sender>,
     },
     /// Leave the cluster (delete our rows, tell the others) and end; answers when done.
     Stop(SyncSender<()>),
+}
+
+/// The local client a queued message is from, and what to call the message when telling it the
+/// message may be lost ("your message to b").
+pub struct Sender {
+    pub id: String,
+    pub what: String,
+}
+
+impl Sender {
+    fn new(id: &str, what: String) -> Option<Sender> {
+        Some(Sender { id: id.to_string(), what })
+    }
 }
 
 /// What the cluster threads and the link share.
@@ -132,7 +145,7 @@ impl Shared {
     }
 
     /// Queue an item; `false` when the queue is full (items or bytes) or the publisher is gone.
-    fn queue(&self, channel: Channel, json: String, write: Option<Write>, sender: Option<String>) -> bool {
+    fn queue(&self, channel: Channel, json: String, write: Option<Write>, sender: Option<Sender>) -> bool {
         let n = json.len();
         if self.queued_bytes.fetch_add(n, Ordering::SeqCst) + n > self.max_bytes {
             self.queued_bytes.fetch_sub(n, Ordering::SeqCst);
@@ -169,10 +182,15 @@ impl Link for PgLink {
                 (Channel::All, Some(Write::Group { id: id.into(), serial, group: group.map(Into::into) }), None)
             }
             Event::Gone { id, serial } => (Channel::All, Some(Write::Delete { id: id.into(), serial }), None),
-            Event::Private { from, instance, .. } => {
-                (Channel::Instance(wire::instance_channel(instance)), None, Some(from.to_string()))
+            Event::Private { from, to, instance, .. } => (
+                Channel::Instance(wire::instance_channel(instance)),
+                None,
+                Sender::new(from, format!("your message to {to}")),
+            ),
+            Event::Group { from, group, .. } => {
+                (Channel::All, None, Sender::new(from, format!("your message to the group {group}")))
             }
-            Event::Group { from, .. } | Event::Broadcast { from, .. } => (Channel::All, None, Some(from.to_string())),
+            Event::Broadcast { from, .. } => (Channel::All, None, Sender::new(from, "your message to everyone".into())),
         };
         if write.is_some() {
             // Presence: never an error for the caller. When it cannot be queued, the whole
@@ -249,8 +267,11 @@ mod tests {
         assert_eq!(link.publish(Event::Gone { id: "a", serial: 1 }), Ok(()));
         assert!(s.resync.load(Ordering::SeqCst));
         // Taking one out (what the publisher does) makes room for exactly one.
-        let Ok(Item::Notify { json, .. }) = rx.try_recv() else { panic!("an item") };
+        let Ok(Item::Notify { json, sender, .. }) = rx.try_recv() else { panic!("an item") };
         s.queued_bytes.fetch_sub(json.len(), Ordering::SeqCst);
+        // A message says whose it is and to whom, for the error its sender gets if it is lost.
+        let sender = sender.expect("a message has a sender");
+        assert_eq!((sender.id.as_str(), sender.what.as_str()), ("a", "your message to b"));
         assert_eq!(link.publish(private("x")), Ok(()));
         assert!(link.publish(private("x")).is_err());
 

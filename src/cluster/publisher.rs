@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use postgres::{GenericClient, Statement};
 
-use super::link::{Channel, Item, Shared, Write};
+use super::link::{Channel, Item, Sender, Shared, Write};
 use super::wire;
 use crate::ws::hub::RemoteClient;
 use crate::ws::protocol::ErrorCode;
@@ -169,7 +169,7 @@ pub fn run(shared: Arc<Shared>, rx: Receiver<Item>, pg: postgres::Config, ws: Ar
                     crate::warn!("cluster: lost the publishing connection: {e}");
                     shared.publishing.store(false, Ordering::SeqCst);
                     conn = None;
-                    lost(&shared, &ws, sender.as_deref(), write.is_some());
+                    lost(&shared, &ws, sender.as_ref(), write.is_some());
                     if fail_queued(&shared, &rx, &ws) {
                         return;
                     }
@@ -273,18 +273,21 @@ fn leave(client: &mut postgres::Client, shared: &Shared) -> Result<(), postgres:
 }
 
 /// An item that did not go out: its sender hears it, a presence change is rewritten later.
-fn lost(shared: &Shared, ws: &Ws, sender: Option<&str>, presence: bool) {
+fn lost(shared: &Shared, ws: &Ws, sender: Option<&Sender>, presence: bool) {
     if presence {
         shared.resync.store(true, Ordering::SeqCst);
     }
-    if let Some(from) = sender.filter(|f| *f != "server") {
-        ws.hub.tell(
-            from,
-            ErrorCode::ClientNotFound,
-            "a message of yours for a client on another instance may not have been delivered: \
-             the connection to the database that links the instances was lost",
-        );
+    if let Some(s) = sender.filter(|s| s.id != "server") {
+        ws.hub.tell(&s.id, ErrorCode::ClientNotFound, &lost_text(&s.what));
     }
+}
+
+/// The error a sender gets for a message that may be lost: which message (its recipient), and why.
+fn lost_text(what: &str) -> String {
+    format!(
+        "{what} may not have been delivered to clients on other instances: the connection to the \
+         database that links the instances was lost"
+    )
 }
 
 /// Fail everything queued (the connection is down). True when asked to stop.
@@ -293,7 +296,7 @@ fn fail_queued(shared: &Shared, rx: &Receiver<Item>, ws: &Ws) -> bool {
         match item {
             Item::Notify { json, write, sender, .. } => {
                 shared.queued_bytes.fetch_sub(json.len(), Ordering::SeqCst);
-                lost(shared, ws, sender.as_deref(), write.is_some());
+                lost(shared, ws, sender.as_ref(), write.is_some());
             }
             Item::Stop(done) => {
                 let _ = done.send(());
