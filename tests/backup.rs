@@ -666,6 +666,29 @@ fn the_shell_scripts_wrap_the_commands_and_read_the_install_folders_env() {
     let o = script("db_full_backup.sh", &["--output", "mine.sql"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(elsewhere.path().join("mine.sql").is_file());
+    // So does every settings flag whose value is a path, `--flag PATH` and `--flag=PATH` alike
+    // (the wrapper's list of them is config.rs's: see the_wrapper_knows_every_path_setting).
+    for (args, folder) in [(&["--backup-dir", "relbk"][..], "relbk"), (&["--backup-dir=relbk2"][..], "relbk2")] {
+        let o = script("db_full_backup.sh", args);
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", stderr(&o));
+        let file = PathBuf::from(stdout(&o).trim());
+        assert!(file.starts_with(elsewhere.path().join(folder)) && file.is_file(), "{args:?}: {file:?}");
+        assert!(elsewhere.path().join(folder).join("backup.log").is_file());
+        assert!(!home.path().join(folder).exists(), "{args:?} was read in the install folder");
+        let mut dry = vec!["--dry-run"];
+        dry.extend_from_slice(args);
+        let o = script("db_restore.sh", &dry);
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", stderr(&o));
+        assert!(stdout(&o).contains(file.to_str().unwrap()), "{args:?}: {}", stdout(&o));
+    }
+    let url = format!("postgres://{}@{}:{}/{}", get("DB_USER"), get("DB_HOST"), get("DB_PORT"), get("DB_NAME"));
+    std::fs::write(elsewhere.path().join("url.txt"), format!("{url}\n")).unwrap();
+    for args in [&["--database-url-file", "url.txt"][..], &["--database-url-file=url.txt"]] {
+        let mut all = vec!["--dry-run"];
+        all.extend_from_slice(args);
+        let o = script("db_restore.sh", &all);
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", stderr(&o));
+    }
 
     let mut c = srv.db.client();
     c.batch_execute("DELETE FROM team_members; UPDATE users SET full_name = 'zz'").unwrap();
