@@ -4,7 +4,8 @@
 # The binary: $ADCLUSTER_BIN when set; else `adcluster` next to the scripts, in the install
 # folder, in its bin/, target/release/ (a source checkout); else the one on PATH.
 # The install folder: $ADCLUSTER_HOME when set, else the folder above the scripts.
-# Paths given as arguments (FILE, --output FILE) are made absolute first, so they mean what they
+# Paths given as arguments (restore's FILE, --output FILE, and every settings flag whose value
+# is a path, `--flag PATH` or `--flag=PATH`) are made absolute first, so they mean what they
 # meant where the operator typed them.
 
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -20,6 +21,19 @@ find_adcluster() {
   done
   c="$(command -v adcluster 2>/dev/null)" && { printf '%s\n' "$c"; return; }
   die "cannot find the adcluster binary: put it next to this script, in $home, or on PATH (or set ADCLUSTER_BIN); build it with 'cargo build --release'"
+}
+
+# The settings flags whose values are paths: the `path_setting` rows of src/config.rs's SETTINGS
+# (the unit test `the_wrapper_knows_every_path_setting` in src/ops/mod.rs keeps the two equal).
+path_flags=(--backup-dir --data-dir --database-url-file --db-gui-token-file --db-password-file --secret-key-file --upload-dir)
+
+# Whether $1 is --output/-o or a settings flag whose value is a path.
+is_path_flag() {
+  local f
+  for f in --output -o "${path_flags[@]}"; do
+    [ "$1" = "$f" ] && return 0
+  done
+  return 1
 }
 
 absolute() {
@@ -38,10 +52,11 @@ run_adcluster() {
       path) args+=("$(absolute "$a")"); expect=""; continue ;;
       value) args+=("$a"); expect=""; continue ;;
     esac
+    if is_path_flag "$a"; then args+=("$a"); expect=path; continue; fi
     case "$a" in
-      --output|-o) args+=("$a"); expect=path ;;
-      --output=*) args+=("--output=$(absolute "${a#--output=}")") ;;
-      --all|--dry-run|-n|--yes|-y|--help|-h|--*=*) args+=("$a") ;;
+      --*=*)
+        if is_path_flag "${a%%=*}"; then args+=("${a%%=*}=$(absolute "${a#*=}")"); else args+=("$a"); fi ;;
+      --all|--dry-run|-n|--yes|-y|--help|-h) args+=("$a") ;;
       -*) args+=("$a"); expect=value ;;  # a settings flag (--db-name NAME) or --keep N
       *) if [ "$cmd" = restore ]; then args+=("$(absolute "$a")"); else args+=("$a"); fi ;;
     esac

@@ -25,16 +25,24 @@ pub struct Setting {
     pub default: &'static str,
     pub help: &'static str,
     pub secret: bool,
+    /// The value is a file or folder name (relative: to the working directory). The wrapper
+    /// scripts make such flags' values absolute before they change directory.
+    pub path: bool,
 }
 
 const fn s(var: &'static str, flag: &'static str, default: &'static str, help: &'static str) -> Setting {
-    Setting { var, flag, default, help, secret: false }
+    Setting { var, flag, default, help, secret: false, path: false }
+}
+
+/// A setting whose value is a path (see `Setting::path`).
+const fn path_setting(var: &'static str, flag: &'static str, default: &'static str, help: &'static str) -> Setting {
+    Setting { var, flag, default, help, secret: false, path: true }
 }
 
 /// A secret: no flag (a command line is visible to every user of the machine), never printed.
 /// Its `<var>_FILE` row (see `secret_file`) reads it from a file.
 const fn secret(var: &'static str, help: &'static str) -> Setting {
-    Setting { var, flag: "", default: "", help, secret: true }
+    Setting { var, flag: "", default: "", help, secret: true, path: false }
 }
 
 /// The flag a secret would have had: refused with an explanation instead of "unexpected argument".
@@ -51,9 +59,9 @@ pub const SETTINGS: &[Setting] = &[
     s("DB_NAME", "--db-name", "adcluster_db", "database name (created when missing)"),
     s("DB_USER", "--db-user", "postgres", "database user"),
     secret("DB_PASSWORD", "database password"),
-    s("DB_PASSWORD_FILE", "--db-password-file", "", "file holding DB_PASSWORD (one trailing newline removed)"),
+    path_setting("DB_PASSWORD_FILE", "--db-password-file", "", "file holding DB_PASSWORD (one trailing newline removed)"),
     secret("DATABASE_URL", "postgres:// URL; wins over the DB_* settings"),
-    s("DATABASE_URL_FILE", "--database-url-file", "", "file holding DATABASE_URL"),
+    path_setting("DATABASE_URL_FILE", "--database-url-file", "", "file holding DATABASE_URL"),
     s(
         "DB_POOL_SIZE",
         "--db-pool-size",
@@ -68,11 +76,11 @@ pub const SETTINGS: &[Setting] = &[
         "longest one query of a request may run, lock waits included, before 503 (0: no limit)",
     ),
     secret("SECRET_KEY", "HS256 key for tokens, at least 32 bytes (unset: generated into DATA_DIR/secret_key)"),
-    s("SECRET_KEY_FILE", "--secret-key-file", "", "file holding SECRET_KEY"),
+    path_setting("SECRET_KEY_FILE", "--secret-key-file", "", "file holding SECRET_KEY"),
     s("ACCESS_TOKEN_EXPIRE_MINUTES", "--access-token-expire-minutes", "30", "token lifetime in minutes"),
-    s("UPLOAD_DIR", "--upload-dir", "uploads", "root folder of uploaded files"),
-    s("BACKUP_DIR", "--backup-dir", "dbBackup", "where backups are written and looked for"),
-    s("DATA_DIR", "--data-dir", "data", "local state: generated secret, write-behind spool (DATA_DIR/spool/)"),
+    path_setting("UPLOAD_DIR", "--upload-dir", "uploads", "root folder of uploaded files"),
+    path_setting("BACKUP_DIR", "--backup-dir", "dbBackup", "where backups are written and looked for"),
+    path_setting("DATA_DIR", "--data-dir", "data", "local state: generated secret, write-behind spool (DATA_DIR/spool/)"),
     s(
         "ACCOUNT_CACHE_SIZE",
         "--account-cache-size",
@@ -179,7 +187,7 @@ pub const SETTINGS: &[Setting] = &[
         "DB_GUI_TOKEN",
         "access token of `adcluster db-gui` (unset: a random one per start, printed on its start line)",
     ),
-    s("DB_GUI_TOKEN_FILE", "--db-gui-token-file", "", "file holding DB_GUI_TOKEN"),
+    path_setting("DB_GUI_TOKEN_FILE", "--db-gui-token-file", "", "file holding DB_GUI_TOKEN"),
     s("DB_GUI_TIMEOUT_SECS", "--db-gui-timeout-secs", "30", "db-gui: statement_timeout of every query it runs"),
     s(
         "DB_GUI_MAX_ROWS",

@@ -451,6 +451,59 @@ fn keep_deletes_all_but_the_newest_backups() {
     assert_eq!(log.lines().count(), 6, "{log}");
 }
 
+#[test]
+fn backups_started_at_once_all_succeed_each_with_a_file_of_its_own() {
+    let srv = server();
+    populate(&srv);
+    // Started in the same second, they want the same name; none may fail or replace another.
+    let runs: Vec<std::process::Child> = (0..4)
+        .map(|_| {
+            Command::new(env!("CARGO_BIN_EXE_adcluster"))
+                .arg("backup")
+                .current_dir(srv.dir.path())
+                .env_clear()
+                .envs(srv.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("run adcluster backup")
+        })
+        .collect();
+    let mut paths: Vec<PathBuf> = runs
+        .into_iter()
+        .map(|child| {
+            let o = child.wait_with_output().unwrap();
+            assert_eq!(o.status.code(), Some(0), "a concurrent backup failed: {}", stderr(&o));
+            PathBuf::from(stdout(&o).trim())
+        })
+        .collect();
+    paths.sort();
+    paths.dedup();
+    assert_eq!(paths.len(), 4, "four backups, four files: {paths:?}");
+    let dir = backup_dir(&srv);
+    let mut expected: Vec<String> =
+        paths.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    expected.insert(0, "backup.log".into());
+    assert_eq!(files_in(&dir), expected, "no temporary file left, nothing else");
+    for p in &paths {
+        let o = adc(&srv, &["restore", "--dry-run", p.to_str().unwrap()], &[]);
+        assert_eq!(o.status.code(), Some(0), "{p:?}: {}", stderr(&o));
+        let all = format!("{}{}", stdout(&o), stderr(&o));
+        assert!(all.contains("checksum verified"), "{p:?}: {all}");
+    }
+    // The newest by name is the one restore picks.
+    let o = adc(&srv, &["restore", "--dry-run"], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains(paths[3].to_str().unwrap()), "{}", stdout(&o));
+    let log = std::fs::read_to_string(dir.join("backup.log")).unwrap();
+    assert_eq!(
+        log.lines().filter(|l| l.starts_with("20") && l.contains(" backup ") && l.ends_with("result=ok")).count(),
+        4,
+        "{log}"
+    );
+}
+
 /// A private PostgreSQL cluster (initdb as the `postgres` OS user into a temp dir), stopped and
 /// removed on drop. `None` (with the reason printed) where it cannot be made.
 struct Cluster {
@@ -613,6 +666,29 @@ fn the_shell_scripts_wrap_the_commands_and_read_the_install_folders_env() {
     let o = script("db_full_backup.sh", &["--output", "mine.sql"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(elsewhere.path().join("mine.sql").is_file());
+    // So does every settings flag whose value is a path, `--flag PATH` and `--flag=PATH` alike
+    // (the wrapper's list of them is config.rs's: see the_wrapper_knows_every_path_setting).
+    for (args, folder) in [(&["--backup-dir", "relbk"][..], "relbk"), (&["--backup-dir=relbk2"][..], "relbk2")] {
+        let o = script("db_full_backup.sh", args);
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", stderr(&o));
+        let file = PathBuf::from(stdout(&o).trim());
+        assert!(file.starts_with(elsewhere.path().join(folder)) && file.is_file(), "{args:?}: {file:?}");
+        assert!(elsewhere.path().join(folder).join("backup.log").is_file());
+        assert!(!home.path().join(folder).exists(), "{args:?} was read in the install folder");
+        let mut dry = vec!["--dry-run"];
+        dry.extend_from_slice(args);
+        let o = script("db_restore.sh", &dry);
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", stderr(&o));
+        assert!(stdout(&o).contains(file.to_str().unwrap()), "{args:?}: {}", stdout(&o));
+    }
+    let url = format!("postgres://{}@{}:{}/{}", get("DB_USER"), get("DB_HOST"), get("DB_PORT"), get("DB_NAME"));
+    std::fs::write(elsewhere.path().join("url.txt"), format!("{url}\n")).unwrap();
+    for args in [&["--database-url-file", "url.txt"][..], &["--database-url-file=url.txt"]] {
+        let mut all = vec!["--dry-run"];
+        all.extend_from_slice(args);
+        let o = script("db_restore.sh", &all);
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", stderr(&o));
+    }
 
     let mut c = srv.db.client();
     c.batch_execute("DELETE FROM team_members; UPDATE users SET full_name = 'zz'").unwrap();

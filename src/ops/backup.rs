@@ -6,7 +6,9 @@
 //! the same folder (`.full_backup_....sql.partial-PID`, mode 0600: a backup holds password
 //! hashes), followed by one last comment line `-- adcluster backup: sha256=HEX bytes=N` (the
 //! checksum of everything above it, which `restore` checks before it touches the database),
-//! fsync'd, linked to its final name (never over an existing file) and the folder fsync'd. A
+//! fsync'd, linked to its final name (never over an existing file: the name is claimed only
+//! then, and when backups started in the same second have it, the next of `..._HHMMSS_01.sql`,
+//! `_02`, ...: see `link_new_backup`) and the folder fsync'd. A
 //! failure or an interruption (SIGINT/SIGTERM/SIGHUP: see `interrupt.rs`) removes the temporary
 //! file; one left by a `kill -9` is hidden from `restore` and `--keep`, and removed by the next
 //! run once its process is gone.
@@ -38,7 +40,8 @@ adcluster backup — a plain-SQL backup of the database
 USAGE:
     adcluster backup [--all] [--output FILE] [--keep N] [SETTINGS FLAGS]
 
-Writes BACKUP_DIR/full_backup_YYYY-MM-DD_HHMMSS.sql (UTC) with pg_dump, and prints its path.
+Writes BACKUP_DIR/full_backup_YYYY-MM-DD_HHMMSS.sql (UTC) with pg_dump, and prints its path;
+backups started in the same second get ..._HHMMSS_01.sql, _02, ... (none is ever replaced).
 The file appears only when complete; a failed or interrupted backup leaves nothing behind.
 Uses the server's settings (.env, environment, flags: DATABASE_URL or DB_*, BACKUP_DIR); the
 password reaches pg_dump through its environment, never its command line.
@@ -285,7 +288,7 @@ fn backup(cfg: &Config, a: &Args, guard: &Guard) -> Result<(PathBuf, u64), OpsEr
     };
     let mut fell_back = false;
 
-    let final_path = match &a.output {
+    let wanted = match &a.output {
         Some(p) => {
             if p.exists() {
                 return Err(OpsError::failed(format!(
@@ -295,22 +298,13 @@ fn backup(cfg: &Config, a: &Args, guard: &Guard) -> Result<(PathBuf, u64), OpsEr
             }
             p.clone()
         }
-        None => {
-            // Two backups in the same second: wait for the next one rather than overwrite.
-            let mut p = cfg.backup_dir.join(backup_name(SystemTime::now()));
-            for _ in 0..3 {
-                if !p.exists() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(400));
-                p = cfg.backup_dir.join(backup_name(SystemTime::now()));
-            }
-            p
-        }
+        // The name's time is when the dump starts (its snapshot); the name itself is claimed
+        // only at the end (`link_new_backup`), so backups started in the same second all finish.
+        None => cfg.backup_dir.join(backup_name(SystemTime::now())),
     };
-    let dir = final_path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let dir = wanted.parent().map(Path::to_path_buf).unwrap_or_default();
     sweep_partials(if dir.as_os_str().is_empty() { Path::new(".") } else { &dir });
-    let tmp_path = temp_path(&final_path);
+    let tmp_path = temp_path(&wanted);
     guard.arm();
     let mut tmp = TempFile { path: tmp_path.clone(), armed: false };
     let mut file = {
@@ -347,22 +341,62 @@ fn backup(cfg: &Config, a: &Args, guard: &Guard) -> Result<(PathBuf, u64), OpsEr
         eprintln!("dumped by {by}");
     }
     let hex: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    let done = file
-        .write_all(trailer(&hex, bytes).as_bytes())
+    file.write_all(trailer(&hex, bytes).as_bytes())
         .and_then(|_| file.sync_all())
-        .and_then(|_| fs::hard_link(&tmp_path, &final_path));
-    match done {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            return Err(OpsError::failed(format!("{} appeared meanwhile; not replaced", final_path.display())))
-        }
-        Err(e) => return Err(OpsError::failed(format!("cannot write {}: {e}", final_path.display()))),
-    }
+        .map_err(|e| OpsError::failed(format!("cannot write {}: {e}", tmp_path.display())))?;
+    let final_path = match &a.output {
+        // An explicit name is the operator's: taken meanwhile, it is not replaced.
+        Some(_) => match fs::hard_link(&tmp_path, &wanted) {
+            Ok(()) => wanted,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(OpsError::failed(format!("{} appeared meanwhile; not replaced", wanted.display())))
+            }
+            Err(e) => return Err(OpsError::failed(format!("cannot write {}: {e}", wanted.display()))),
+        },
+        None => link_new_backup(&tmp_path, &wanted)
+            .map_err(|e| OpsError::failed(format!("cannot write {}: {e}", wanted.display())))?,
+    };
     drop(tmp); // removes the temporary name; the backup keeps its own
     let size = fs::metadata(&final_path).map(|m| m.len()).unwrap_or(bytes);
     sync_dir(if dir.as_os_str().is_empty() { Path::new(".") } else { &dir })
         .map_err(|e| OpsError::failed(format!("cannot sync {}: {e}", dir.display())))?;
     Ok((final_path, size))
+}
+
+/// The most backups that can share one second's name (`full_backup_..._HHMMSS_99.sql`).
+pub const MAX_SAME_SECOND: u32 = 99;
+
+/// `full_backup_..._HHMMSS.sql`, or for `n` >= 1 `full_backup_..._HHMMSS_NN.sql`: the names
+/// of backups started in the same second. `_` sorts after `.` and before the next second's
+/// digits, so by name they stay in order of time (and of `n`), after the plain one.
+pub fn numbered_name(name: &str, n: u32) -> String {
+    if n == 0 {
+        return name.to_string();
+    }
+    let stem = name.strip_suffix(SUFFIX).unwrap_or(name);
+    format!("{stem}_{n:02}{SUFFIX}")
+}
+
+/// Give the finished temporary file `tmp` the backup name `wanted` (a `backup_name`) or, when
+/// backups started in the same second already have it, the `numbered_name` after the highest
+/// of theirs still there (not a gap left by `--keep`: a new backup must sort after the older
+/// ones). Each name is claimed with link(2), which fails rather than replace a file: no backup
+/// is ever overwritten, and two runs cannot both get one name. Returns the name it got.
+fn link_new_backup(tmp: &Path, wanted: &Path) -> std::io::Result<PathBuf> {
+    let name = wanted.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let numbered = |n: u32| wanted.with_file_name(numbered_name(&name, n));
+    let mut n = (0..=MAX_SAME_SECOND).rev().find(|&n| numbered(n).symlink_metadata().is_ok()).map_or(0, |n| n + 1);
+    while n <= MAX_SAME_SECOND {
+        match fs::hard_link(tmp, numbered(n)) {
+            Ok(()) => return Ok(numbered(n)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => n += 1,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AlreadyExists,
+        format!("no backup name of that second is left (the last, {}, is taken)", numbered(MAX_SAME_SECOND).display()),
+    ))
 }
 
 /// How one run of pg_dump ended (other failures are `OpsError`s).
@@ -508,6 +542,68 @@ mod tests {
         assert_eq!(beyond_keep(&all, 2), &all[..2]);
         assert!(beyond_keep(&all, 4).is_empty());
         assert!(beyond_keep(&all, 9).is_empty());
+    }
+
+    #[test]
+    fn backups_started_in_the_same_second_each_get_a_name_of_their_own_in_order() {
+        let dir = std::env::temp_dir().join(format!("adc-backup-names-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let t = UNIX_EPOCH + Duration::from_secs(1_795_678_653);
+        let wanted = dir.join(backup_name(t));
+        // A backup of that second is already there (another run finished first).
+        fs::write(&wanted, "first").unwrap();
+        let mut got = Vec::new();
+        for i in 0..3 {
+            let tmp = dir.join(format!(".tmp{i}"));
+            fs::write(&tmp, format!("run {i}")).unwrap();
+            got.push(link_new_backup(&tmp, &wanted).unwrap());
+            fs::remove_file(&tmp).unwrap();
+        }
+        let names: Vec<String> = got.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+        assert_eq!(
+            names,
+            [
+                "full_backup_2026-11-26_073733_01.sql",
+                "full_backup_2026-11-26_073733_02.sql",
+                "full_backup_2026-11-26_073733_03.sql"
+            ]
+        );
+        assert_eq!(fs::read_to_string(&wanted).unwrap(), "first", "never overwritten");
+        for (i, p) in got.iter().enumerate() {
+            assert_eq!(fs::read_to_string(p).unwrap(), format!("run {i}"));
+        }
+        // They are backups, listed after the plain name and before the next second's backup,
+        // so --keep and restore's "newest" see them in order.
+        let next = dir.join(backup_name(t + Duration::from_secs(1)));
+        fs::write(&next, "next").unwrap();
+        let mut expected = vec![wanted.clone()];
+        expected.extend(got.iter().cloned());
+        expected.push(next);
+        assert_eq!(list_backups(&dir).unwrap(), expected);
+        assert!(names.iter().all(|n| is_backup_name(n)));
+        assert!(numbered_name(&backup_name(t), 10) > numbered_name(&backup_name(t), 9));
+        assert!(numbered_name(&backup_name(t), MAX_SAME_SECOND) < backup_name(t + Duration::from_secs(1)));
+        // A name freed by --keep is not reused: the new backup sorts after the ones still there.
+        fs::remove_file(&wanted).unwrap();
+        fs::remove_file(&got[0]).unwrap();
+        let tmp = dir.join(".tmp-gap");
+        fs::write(&tmp, "after the gap").unwrap();
+        let after_gap = link_new_backup(&tmp, &wanted).unwrap();
+        fs::remove_file(&tmp).unwrap();
+        assert_eq!(after_gap.file_name().unwrap(), "full_backup_2026-11-26_073733_04.sql");
+        assert_eq!(list_backups(&dir).unwrap().iter().rev().nth(1), Some(&after_gap));
+        fs::write(&wanted, "first").unwrap();
+        // When the second's last name is taken: an error, and still nothing replaced.
+        let tmp = dir.join(".tmp-last");
+        fs::write(&tmp, "last").unwrap();
+        for n in 5..=MAX_SAME_SECOND {
+            fs::write(dir.join(numbered_name(&backup_name(t), n)), "taken").unwrap();
+        }
+        let e = link_new_backup(&tmp, &wanted).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(fs::read_to_string(&wanted).unwrap(), "first");
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -64,3 +64,36 @@ pub fn db_config(cfg: &Config) -> DbConfig {
 pub fn shown(path: &std::path::Path) -> std::path::PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::SETTINGS;
+
+    /// The wrapper scripts' list of settings flags whose values are paths (`path_flags=(...)` in
+    /// scripts/adcluster-wrapper.sh), which they make absolute before changing directory.
+    fn wrapper_path_flags() -> Vec<String> {
+        let script = include_str!("../../scripts/adcluster-wrapper.sh");
+        let line = script.lines().find_map(|l| l.strip_prefix("path_flags=(")).expect("path_flags=( in the wrapper");
+        let list = line.strip_suffix(')').expect("path_flags on one line");
+        let mut flags: Vec<String> = list.split_whitespace().map(String::from).collect();
+        flags.sort();
+        flags
+    }
+
+    #[test]
+    fn the_wrapper_knows_every_path_setting() {
+        let mut from_config: Vec<String> = SETTINGS.iter().filter(|s| s.path).map(|s| s.flag.to_string()).collect();
+        from_config.sort();
+        assert_eq!(
+            wrapper_path_flags(),
+            from_config,
+            "scripts/adcluster-wrapper.sh's path_flags must list config.rs's path settings' flags"
+        );
+        // A new folder or file setting not marked as a path would be missed by both.
+        for s in SETTINGS.iter().filter(|s| !s.secret) {
+            let named_like_a_path = s.var.ends_with("_DIR") || s.var.ends_with("_FILE");
+            assert_eq!(s.path, named_like_a_path, "{}: path_setting(...) or s(...)?", s.var);
+            assert!(!s.path || !s.flag.is_empty(), "{} has no flag", s.var);
+        }
+    }
+}
