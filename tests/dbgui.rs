@@ -698,13 +698,15 @@ fn json_values_are_natural_for_each_type() {
                  '2024-05-01'::date AS day, '{"a": [1, null, "x"]}'::json AS js, '{"b": true}'::jsonb AS jsb,
                  '6f1c1f9e-2c4b-4e3f-9a4e-0d9b1d1c2b3a'::uuid AS id, ARRAY[1, 2, NULL] AS ints,
                  ARRAY['a b', 'c"d', NULL]::text[] AS texts, ARRAY[[1, 2], [3, 4]] AS matrix,
-                 '\xdeadbeef'::bytea AS bin, NULL::int AS nothing, '1 day 02:00:00'::interval AS span"#;
+                 '\xdeadbeef'::bytea AS bin, NULL::int AS nothing, '1 day 02:00:00'::interval AS span,
+                 ARRAY[box '((0,0),(1,1))', box '((2,2),(3,3))'] AS boxes"#;
     let expected = json!({
         "int": 42, "big": 9007199254740993u64, "num": 12.345, "dbl": 2.5, "nan": "NaN", "yes": true, "no": false,
         "txt": "text \"q\"", "tstz": "2024-05-01T10:30:00.5Z", "ts": "2024-05-01T12:30:00", "day": "2024-05-01",
         "js": {"a": [1, null, "x"]}, "jsb": {"b": true}, "id": "6f1c1f9e-2c4b-4e3f-9a4e-0d9b1d1c2b3a",
         "ints": [1, 2, null], "texts": ["a b", "c\"d", null], "matrix": [[1, 2], [3, 4]],
-        "bin": "\\xdeadbeef", "nothing": null, "span": "1 day 02:00:00"
+        "bin": "\\xdeadbeef", "nothing": null, "span": "1 day 02:00:00",
+        "boxes": ["(1,1),(0,0)", "(3,3),(2,2)"]
     });
     let r = gui.api("POST", "/api/export?format=json", Some(json!({ "sql": sql })));
     assert_eq!(r.status, 200, "{}", r.text());

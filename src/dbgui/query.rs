@@ -318,7 +318,8 @@ pub enum Conv {
     Timestamptz,
     Timestamp,
     Text,
-    Array(Box<Conv>),
+    /// An array: how its elements become JSON, and the delimiter between them in its text form.
+    Array(Box<Conv>, char),
 }
 
 impl Conv {
@@ -332,11 +333,23 @@ impl Conv {
             Type::TIMESTAMPTZ => Conv::Timestamptz,
             Type::TIMESTAMP => Conv::Timestamp,
             _ => match ty.kind() {
-                Kind::Array(elem) => Conv::Array(Box::new(Conv::of(elem))),
+                Kind::Array(elem) => Conv::Array(Box::new(Conv::of(elem)), array_delimiter(elem)),
                 Kind::Domain(base) => Conv::of(base),
                 _ => Conv::Text,
             },
         }
+    }
+}
+
+/// What separates the elements of an array of `elem` in PostgreSQL's text form: the element
+/// type's `typdelim`, which is `;` for `box` (its values hold commas) and `,` for every other
+/// built-in type; a domain has its base type's. (A user-defined base type with its own
+/// `DELIMITER` is not known here: its arrays are read with `,`.)
+pub fn array_delimiter(elem: &Type) -> char {
+    match elem.kind() {
+        Kind::Domain(base) => array_delimiter(base),
+        _ if *elem == Type::BOX => ';',
+        _ => ',',
     }
 }
 
@@ -352,7 +365,7 @@ pub fn write_json_value(conv: &Conv, value: Option<&str>, out: &mut Vec<u8>) {
         Conv::Json => out.extend_from_slice(v.as_bytes()),
         Conv::Timestamptz => write_json_str(&rfc3339(v, true).unwrap_or_else(|| v.to_string()), out),
         Conv::Timestamp => write_json_str(&rfc3339(v, false).unwrap_or_else(|| v.to_string()), out),
-        Conv::Array(elem) => match parse_array(v) {
+        Conv::Array(elem, delim) => match parse_array(v, *delim) {
             Some(a) => write_array(elem, &a, out),
             None => write_json_str(v, out),
         },
@@ -429,19 +442,20 @@ pub enum ArrayItem {
 }
 
 /// Parse PostgreSQL's array text (`{1,2,NULL}`, `{{a,b},{c,d}}`, `{"x y","q\"d"}`,
-/// `[0:1]={1,2}`). `None` when it is not one.
-pub fn parse_array(v: &str) -> Option<Vec<ArrayItem>> {
+/// `[0:1]={1,2}`) whose elements (and sub-arrays) are separated by `delim` (see
+/// [`array_delimiter`]: `{(1,1),(0,0);(3,3),(2,2)}` is two boxes). `None` when it is not one.
+pub fn parse_array(v: &str, delim: char) -> Option<Vec<ArrayItem>> {
     let v = match v.find("={") {
         Some(i) if v.starts_with('[') => &v[i + 1..],
         _ => v,
     };
     let chars: Vec<char> = v.chars().collect();
     let mut pos = 0;
-    let items = parse_list(&chars, &mut pos)?;
+    let items = parse_list(&chars, &mut pos, delim)?;
     (pos == chars.len()).then_some(items)
 }
 
-fn parse_list(c: &[char], pos: &mut usize) -> Option<Vec<ArrayItem>> {
+fn parse_list(c: &[char], pos: &mut usize, delim: char) -> Option<Vec<ArrayItem>> {
     if c.get(*pos) != Some(&'{') {
         return None;
     }
@@ -456,7 +470,7 @@ fn parse_list(c: &[char], pos: &mut usize) -> Option<Vec<ArrayItem>> {
             *pos += 1;
         }
         match c.get(*pos)? {
-            '{' => items.push(ArrayItem::List(parse_list(c, pos)?)),
+            '{' => items.push(ArrayItem::List(parse_list(c, pos, delim)?)),
             '"' => {
                 *pos += 1;
                 let mut s = String::new();
@@ -481,7 +495,7 @@ fn parse_list(c: &[char], pos: &mut usize) -> Option<Vec<ArrayItem>> {
             _ => {
                 let mut s = String::new();
                 while let Some(&ch) = c.get(*pos) {
-                    if ch == ',' || ch == '}' {
+                    if ch == delim || ch == '}' {
                         break;
                     }
                     if ch == '\\' {
@@ -500,7 +514,7 @@ fn parse_list(c: &[char], pos: &mut usize) -> Option<Vec<ArrayItem>> {
             *pos += 1;
         }
         match c.get(*pos)? {
-            ',' => *pos += 1,
+            &ch if ch == delim => *pos += 1,
             '}' => {
                 *pos += 1;
                 return Some(items);
@@ -660,16 +674,30 @@ mod tests {
 
     #[test]
     fn arrays_nest_and_keep_their_element_types() {
-        let ints = Conv::Array(Box::new(Conv::Number));
+        let ints = Conv::Array(Box::new(Conv::Number), ',');
         assert_eq!(json(ints.clone(), Some("{1,2,NULL}")), "[1,2,null]");
         assert_eq!(json(ints.clone(), Some("{{1,2},{3,4}}")), "[[1,2],[3,4]]");
         assert_eq!(json(ints, Some("[0:1]={7,8}")), "[7,8]");
-        let texts = Conv::Array(Box::new(Conv::Text));
+        let texts = Conv::Array(Box::new(Conv::Text), ',');
         assert_eq!(json(texts.clone(), Some(r#"{"a b","q\"d","NULL",NULL,x}"#)), r#"["a b","q\"d","NULL",null,"x"]"#);
         assert_eq!(json(texts.clone(), Some("{}")), "[]");
         assert_eq!(json(texts, Some("{unterminated")), "\"{unterminated\"");
-        let bools = Conv::Array(Box::new(Conv::Bool));
+        let bools = Conv::Array(Box::new(Conv::Bool), ',');
         assert_eq!(json(bools, Some("{t,f}")), "[true,false]");
+    }
+
+    #[test]
+    fn arrays_of_box_are_split_at_semicolons() {
+        // PostgreSQL prints `array[box '((0,0),(1,1))', box '((2,2),(3,3))']` so: box's
+        // `typdelim` is `;`, as its values hold commas.
+        let boxes = Conv::of(&Type::BOX_ARRAY);
+        assert_eq!(boxes, Conv::Array(Box::new(Conv::Text), ';'));
+        assert_eq!(json(boxes.clone(), Some("{(1,1),(0,0);(3,3),(2,2)}")), r#"["(1,1),(0,0)","(3,3),(2,2)"]"#);
+        assert_eq!(json(boxes.clone(), Some("{(1,1),(0,0);NULL}")), r#"["(1,1),(0,0)",null]"#);
+        assert_eq!(json(boxes, Some("{{(1,1),(0,0)};{(5,5),(1,1)}}")), r#"[["(1,1),(0,0)"],["(5,5),(1,1)"]]"#);
+        // Every other built-in type's arrays use commas.
+        assert_eq!(Conv::of(&Type::POINT_ARRAY), Conv::Array(Box::new(Conv::Text), ','));
+        assert_eq!(Conv::of(&Type::INT4_ARRAY), Conv::Array(Box::new(Conv::Number), ','));
     }
 
     #[test]
