@@ -731,6 +731,37 @@ fn json_values_are_natural_for_each_type() {
     assert_eq!(v, json!([]));
 }
 
+#[test]
+fn a_json_export_keeps_columns_that_share_a_name() {
+    let (db, dir) = setup(
+        "CREATE TABLE teams (id int PRIMARY KEY, name text);
+         CREATE TABLE users (id int PRIMARY KEY, name text, team_id int REFERENCES teams);
+         INSERT INTO teams VALUES (10, 'red'), (20, 'blue');
+         INSERT INTO users VALUES (1, 'ann', 10), (2, 'bob', 20);",
+    );
+    let gui = Gui::start(&db, &dir, &[], &[]);
+    let sql = "select u.*, t.* from users u join teams t on t.id = u.team_id order by u.id";
+    let r = gui.api("POST", "/api/export?format=json", Some(json!({ "sql": sql })));
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Each object has every column: the second `id` and `name` get `_2` (no key twice, which a
+    // parser would collapse to the last value).
+    assert_eq!(
+        r.json(),
+        json!([
+            {"id": 1, "name": "ann", "team_id": 10, "id_2": 10, "name_2": "red"},
+            {"id": 2, "name": "bob", "team_id": 20, "id_2": 20, "name_2": "blue"},
+        ])
+    );
+    assert_eq!(r.text().matches("\"id\":").count(), 2, "one `id` key per object: {}", r.text());
+    // The query result and the CSV keep the names as they are (arrays and a header row hold
+    // duplicates without loss).
+    let q = gui.query(sql).json();
+    assert_eq!(q["columns"], json!(["id", "name", "team_id", "id", "name"]));
+    assert_eq!(q["rows"][0], json!([1, "ann", 10, 10, "red"]));
+    let csv = gui.api("POST", "/api/export?format=csv", Some(json!({ "sql": sql })));
+    assert!(csv.text().starts_with("id,name,team_id,id,name\r\n1,ann,10,10,red\r\n"), "{}", csv.text());
+}
+
 fn status_kb(pid: u32, field: &str) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let line = s.lines().find(|l| l.starts_with(field)).unwrap_or_else(|| panic!("{field} in /proc status"));
