@@ -824,6 +824,55 @@ fn a_million_row_export_streams_in_bounded_memory() {
     assert_eq!(h["queries"][0]["kind"], "export-json");
 }
 
+/// Memory is bounded by bytes, not only by rows: 200 rows of 1 MiB are exported a few at a time
+/// (the first batch was 1000 rows whatever their size: 200 MiB held at once), and a query of
+/// rows of 10 MiB reads rows only until its 32 MiB cap (it read all `limit + 1` first).
+#[test]
+fn big_rows_are_read_in_bounded_memory() {
+    let (db, dir) = setup("");
+    let env = [("DB_GUI_TIMEOUT_SECS", "300")];
+    let warm = json!({"sql": "select g, repeat('w', 1000) from generate_series(1, 2000) g"});
+
+    let gui = Gui::start(&db, &dir, &env, &[]);
+    let _ = gui.api("POST", "/api/export?format=csv", Some(warm.clone()));
+    let before = status_kb(gui.pid(), "VmHWM:");
+    let auth = gui.bearer();
+    for format in ["csv", "json"] {
+        let body = json!({"sql": "select g AS n, repeat('x', 1 << 20) AS blob from generate_series(1, 200) g"});
+        let mut bytes = 0u64;
+        let mut sink = |chunk: &[u8]| bytes += chunk.len() as u64;
+        let r = request_with(
+            gui.addr,
+            "POST",
+            &format!("/api/export?format={format}"),
+            &[("Authorization", &auth)],
+            body.to_string().as_bytes(),
+            Some(&mut sink),
+        );
+        assert_eq!(r.status, 200);
+        assert!(r.complete, "{format}: the export ended with its final chunk");
+        assert!(bytes > 200 << 20, "{format}: {bytes}");
+    }
+    let grew = status_kb(gui.pid(), "VmHWM:").saturating_sub(before);
+    eprintln!("exports of 200 rows of 1 MiB: VmHWM grew {grew} KiB");
+    assert!(grew < 64 * 1024, "two exports of 200 MiB grew the GUI's peak RSS by {grew} KiB (limit 64 MiB)");
+    drop(gui);
+
+    let gui = Gui::start(&db, &dir, &env, &[]);
+    let _ = gui.query("select g, repeat('w', 1000) from generate_series(1, 2000) g");
+    let before = status_kb(gui.pid(), "VmHWM:");
+    let r = gui.query("select g AS n, repeat('y', 10 << 20) AS blob from generate_series(1, 12) g");
+    assert_eq!(r.status, 200);
+    let v = r.json();
+    assert_eq!(v["truncated"], true);
+    assert_eq!(v["row_count"], 3, "three rows of 10 MiB fit in 32 MiB of JSON");
+    drop(v);
+    drop(r);
+    let grew = status_kb(gui.pid(), "VmHWM:").saturating_sub(before);
+    eprintln!("a query of 12 rows of 10 MiB (30 MiB answered): VmHWM grew {grew} KiB");
+    assert!(grew < 112 * 1024, "the query grew the GUI's peak RSS by {grew} KiB (limit 112 MiB)");
+}
+
 #[test]
 fn an_export_that_fails_half_way_is_not_complete() {
     let (db, dir) = setup("");

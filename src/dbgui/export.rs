@@ -1,5 +1,6 @@
 //! Exports: a whole result as CSV or JSON, written while it is read from a cursor, one batch at
-//! a time (see `query::next_batch`), so a million-row export costs one batch of memory.
+//! a time (`query::Batches`: about 4 MiB of rows, the first batch one row), so an export costs
+//! one batch of memory whatever the number or the size of its rows.
 //!
 //! CSV is RFC 4180, as the contract says, and otherwise what `psql --csv` prints: a header row
 //! of column names; fields that hold the separator, a double quote, CR or LF (or are exactly
@@ -153,6 +154,7 @@ pub struct Export {
     pub columns: Vec<Column>,
     pub cursor: Cursor,
     pub first: Vec<TextRow>,
+    pub batches: query::Batches,
 }
 
 impl Export {
@@ -163,34 +165,34 @@ impl Export {
                 Err(SqlError::new("the statement returns no rows, so there is nothing to export (export a SELECT)"))
             }
             query::Started::Rows { columns, mut cursor } => {
-                let first = session.fetch(&mut cursor, query::EXPORT_BATCH)?;
-                Ok(Export { session, columns, cursor, first })
+                let mut batches = query::Batches::new();
+                let first = session.fetch(&mut cursor, batches.size())?;
+                batches.fetched(&first);
+                Ok(Export { session, columns, cursor, first, batches })
             }
         }
     }
 
     /// Write the whole result to `w`; returns the number of rows. Ends the transaction.
     pub fn write_all(self, format: Format, w: &mut dyn Write) -> io::Result<u64> {
-        let Export { mut session, columns, mut cursor, first } = self;
+        let Export { mut session, columns, mut cursor, first, mut batches } = self;
         let mut buf = Vec::with_capacity(64 * 1024);
         header(format, &columns, &mut buf);
         let keys = json_keys(&columns);
         let mut batch = first;
         let mut rows = 0u64;
         while !batch.is_empty() {
-            let n = batch.len();
-            let before = buf.len();
-            for r in &batch {
-                row(format, &columns, &keys, r, rows == 0, &mut buf);
+            // Each row is dropped once written.
+            for r in batch {
+                row(format, &columns, &keys, &r, rows == 0, &mut buf);
                 rows += 1;
                 if buf.len() >= 64 * 1024 {
                     w.write_all(&buf)?;
                     buf.clear();
                 }
             }
-            let size = buf.len().saturating_sub(before).max(1);
-            drop(batch);
-            batch = session.fetch(&mut cursor, query::next_batch(n, size)).map_err(|e| io::Error::other(e.message))?;
+            batch = session.fetch(&mut cursor, batches.size()).map_err(|e| io::Error::other(e.message))?;
+            batches.fetched(&batch);
         }
         footer(format, rows > 0, &mut buf);
         w.write_all(&buf)?;

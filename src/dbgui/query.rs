@@ -9,8 +9,9 @@
 //! A statement is first prepared (one statement only; syntax and name errors come back here
 //! with their position) to learn its columns and their types. A statement that returns rows
 //! runs through a cursor (`DECLARE ... NO SCROLL CURSOR`, then `FETCH` in batches), so a result
-//! is read a batch at a time, never whole: the row cap of a query costs `limit + 1` rows, and an
-//! export streams. Statements a cursor cannot hold (`SHOW`, `EXPLAIN`, `INSERT ... RETURNING`)
+//! is read a batch at a time, never whole: a query stops at its row cap or its byte cap, and an
+//! export streams. Batches are bounded by bytes as well as rows ([`Batches`]): the first `FETCH`
+//! asks for one row, later ones for about [`BATCH_BYTES`] of rows as big as the biggest so far. Statements a cursor cannot hold (`SHOW`, `EXPLAIN`, `INSERT ... RETURNING`)
 //! run directly and their (small) results are read whole.
 //!
 //! Values arrive in PostgreSQL's text format (what `psql` prints) and become JSON by column
@@ -18,8 +19,9 @@
 //! else a string (`bytea` as `\x` hex, `uuid`, `interval`, enums...).
 //!
 //! Must never: build SQL from user input other than the statement the user wrote (identifiers
-//! the GUI itself puts in SQL go through `quote_ident`), log a statement's text at `info`, or
-//! keep a transaction open after an error.
+//! the GUI itself puts in SQL go through `quote_ident`), log a statement's text at `info`, keep
+//! a transaction open after an error, or `FETCH` a number of rows not chosen by [`Batches`]
+//! (memory would grow with row size).
 
 use std::time::{Duration, Instant};
 
@@ -38,8 +40,10 @@ pub struct Mode {
     pub timeout: Duration,
 }
 
-/// Rows fetched per `FETCH` while exporting (fewer when rows are big, see `next_batch`).
-pub const EXPORT_BATCH: usize = 1000;
+/// Most rows one `FETCH` asks for (see [`Batches`]).
+pub const MAX_BATCH: usize = 1000;
+/// Bytes of rows one `FETCH` aims at (see [`Batches`]).
+pub const BATCH_BYTES: usize = 4 << 20;
 /// Most bytes of JSON a query result carries; past it the result is cut (`truncated`).
 pub const MAX_RESULT_BYTES: usize = 32 * 1024 * 1024;
 /// Tables up to this size (heap bytes) get an exact `count(*)`; bigger ones an estimate.
@@ -611,33 +615,78 @@ pub fn run(session: &mut Session, sql: &str, limit: usize) -> Result<QueryResult
             elapsed: started.elapsed(),
         }),
         Started::Rows { columns, mut cursor } => {
-            let fetched = session.fetch(&mut cursor, limit.saturating_add(1))?;
-            let mut truncated = fetched.len() > limit;
-            let mut rows = Vec::with_capacity(fetched.len().min(limit));
-            let mut bytes = 0;
-            for r in fetched.iter().take(limit) {
-                let mut out = Vec::new();
-                write_row_array(&columns, r, &mut out);
-                bytes += out.len();
-                if bytes > MAX_RESULT_BYTES {
-                    truncated = true;
+            // `limit + 1` rows at most (the one past the limit says `truncated`), fetched in
+            // byte-bounded batches, and no more once the JSON passes MAX_RESULT_BYTES.
+            let mut batches = Batches::new();
+            let mut rows = Vec::new();
+            let (mut bytes, mut truncated) = (0, false);
+            'fetch: loop {
+                let want = batches.size().min(limit.saturating_add(1) - rows.len());
+                let batch = session.fetch(&mut cursor, want)?;
+                batches.fetched(&batch);
+                let got = batch.len();
+                for r in batch {
+                    if rows.len() == limit {
+                        truncated = true;
+                        break 'fetch;
+                    }
+                    let mut out = Vec::new();
+                    write_row_array(&columns, &r, &mut out);
+                    bytes += out.len();
+                    if bytes > MAX_RESULT_BYTES {
+                        truncated = true;
+                        break 'fetch;
+                    }
+                    rows.push(out);
+                }
+                if got < want {
                     break;
                 }
-                rows.push(out);
             }
             Ok(QueryResult { row_count: rows.len() as u64, columns, rows, truncated, elapsed: started.elapsed() })
         }
     }
 }
 
-/// How many rows to fetch next, given how many bytes the last batch of `n` rows took: about
-/// 4 MiB per batch, at most [`EXPORT_BATCH`] rows.
-pub fn next_batch(n: usize, bytes: usize) -> usize {
-    if n == 0 || bytes == 0 {
-        return EXPORT_BATCH;
+/// How many rows each `FETCH` asks for, so that a batch holds about [`BATCH_BYTES`] whatever the
+/// size of the rows: the first asks for one row (nothing is known of them yet); each next one
+/// for as many rows as the biggest seen so far fit in `BATCH_BYTES`, at least one, at most twice
+/// the last and at most [`MAX_BATCH`]. So rows of 1 MiB come 4 at a time, small rows reach 1000
+/// a batch after ten batches, and a batch passes the budget only with rows bigger than any before
+/// them (one row is always read whole: PostgreSQL sends rows whole).
+#[derive(Debug, Clone)]
+pub struct Batches {
+    next: usize,
+    biggest: usize,
+}
+
+impl Default for Batches {
+    fn default() -> Batches {
+        Batches::new()
     }
-    let per_row = bytes.div_ceil(n);
-    ((4 << 20) / per_row).clamp(1, EXPORT_BATCH)
+}
+
+impl Batches {
+    pub fn new() -> Batches {
+        Batches { next: 1, biggest: 0 }
+    }
+
+    /// Rows to ask for next.
+    pub fn size(&self) -> usize {
+        self.next
+    }
+
+    /// Learn from a batch just fetched.
+    pub fn fetched(&mut self, rows: &[TextRow]) {
+        self.biggest = rows.iter().map(row_bytes).fold(self.biggest, usize::max);
+        let fit = BATCH_BYTES / self.biggest.max(1);
+        self.next = fit.clamp(1, self.next.saturating_mul(2).min(MAX_BATCH));
+    }
+}
+
+/// About the memory a row in text form takes: its values and a string's overhead per value.
+pub fn row_bytes(row: &TextRow) -> usize {
+    row.iter().map(|v| 32 + v.as_ref().map_or(0, String::len)).sum()
 }
 
 #[cfg(test)]
@@ -708,10 +757,30 @@ mod tests {
     }
 
     #[test]
-    fn batches_shrink_for_big_rows() {
-        assert_eq!(next_batch(0, 0), EXPORT_BATCH);
-        assert_eq!(next_batch(1000, 50_000), EXPORT_BATCH);
-        assert_eq!(next_batch(10, 10 << 20), 4);
-        assert_eq!(next_batch(1, 100 << 20), 1);
+    fn batches_are_bounded_by_bytes_from_the_first() {
+        let rows = |n: usize, size: usize| -> Vec<TextRow> { vec![vec![Some("x".repeat(size))]; n] };
+        let mut b = Batches::new();
+        assert_eq!(b.size(), 1, "nothing is known of the first row");
+        // Small rows: the batch doubles up to MAX_BATCH.
+        let mut sizes = Vec::new();
+        for _ in 0..12 {
+            let n = b.size();
+            sizes.push(n);
+            b.fetched(&rows(n, 40));
+        }
+        assert_eq!(sizes, [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000, 1000]);
+        // A bigger row shrinks the next batch to the budget, and it stays there.
+        b.fetched(&rows(1, 1 << 20));
+        assert_eq!(b.size(), BATCH_BYTES / ((1 << 20) + 32));
+        b.fetched(&rows(3, 100));
+        assert_eq!(b.size(), 3, "the biggest row so far rules");
+        // Rows bigger than the budget: one at a time.
+        let mut b = Batches::new();
+        b.fetched(&rows(1, 20 << 20));
+        assert_eq!(b.size(), 1);
+        // An empty batch (the end) changes nothing that matters.
+        let mut b = Batches::new();
+        b.fetched(&[]);
+        assert_eq!(b.size(), 2);
     }
 }
