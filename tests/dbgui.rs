@@ -873,6 +873,76 @@ fn big_rows_are_read_in_bounded_memory() {
     assert!(grew < 112 * 1024, "the query grew the GUI's peak RSS by {grew} KiB (limit 112 MiB)");
 }
 
+/// Send an export request on a socket with a small receive buffer; returns it unread.
+fn slow_export(gui: &Gui, sql: &str) -> TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(32 * 1024).unwrap();
+    sock.connect(&gui.addr.into()).unwrap();
+    let mut s: TcpStream = sock.into();
+    let body = json!({ "sql": sql }).to_string();
+    let head = format!(
+        "POST /api/export?format=csv HTTP/1.1\r\nHost: {}\r\nAuthorization: {}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        gui.addr,
+        gui.bearer(),
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body.as_bytes()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    s
+}
+
+/// Slow but steady readers of an export are served to the end; only one that stops reading (or
+/// falls below MIN_BODY_RATE_KB) is cut. The socket used to be judged by single waits for room
+/// in it, and with a big send buffer that room comes only after a third of it has drained: a
+/// steady 64 KiB/s reader was cut once that took longer than BODY_TIMEOUT_SECS.
+#[test]
+fn a_slow_steady_reader_of_an_export_is_not_cut_off() {
+    let (db, dir) = setup("");
+    let gui = Gui::start(&db, &dir, &[("BODY_TIMEOUT_SECS", "2"), ("MIN_BODY_RATE_KB", "16")], &[]);
+    let started = Instant::now();
+    // About 2.4 MB read 64 KiB every half second (128 KiB/s, 8 times the minimum): longer than
+    // the body timeout many times over.
+    let mut s = slow_export(&gui, "select g, repeat('y', 4000) from generate_series(1, 600) g");
+    let (mut raw, mut buf) = (Vec::new(), vec![0u8; 64 * 1024]);
+    loop {
+        let mut got = 0;
+        while got < buf.len() {
+            match s.read(&mut buf[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) => panic!("read after {:?}: {e}", started.elapsed()),
+            }
+        }
+        raw.extend_from_slice(&buf[..got]);
+        if got < buf.len() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let took = started.elapsed();
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 200"), "{}", &text[..text.len().min(200)]);
+    assert!(raw.ends_with(b"\r\n0\r\n\r\n"), "cut off after {took:?} and {} bytes", raw.len());
+    assert!(raw.len() > 2_400_000, "{}", raw.len());
+    assert!(took > Duration::from_secs(6), "{took:?}");
+    eprintln!("a steady reader took {} bytes in {took:?}", raw.len());
+
+    // One that stops reading is still cut: its export (16 MB, more than the socket buffers
+    // hold) ends without its final chunk.
+    let mut s = slow_export(&gui, "select g, repeat('y', 4000) from generate_series(1, 4000) g");
+    std::thread::sleep(Duration::from_secs(7));
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    assert!(!raw.ends_with(b"\r\n0\r\n\r\n"), "a stopped reader got the whole export");
+    assert!(raw.len() < 16_000_000, "{}", raw.len());
+    let h = gui.api("GET", "/api/history", None).json();
+    assert!(h["queries"][0]["error"].as_str().is_some_and(|e| e.contains("export failed")), "{h}");
+    assert_eq!(open_gui_transactions(&db), 0);
+}
+
 #[test]
 fn an_export_that_fails_half_way_is_not_complete() {
     let (db, dir) = setup("");
