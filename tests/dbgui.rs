@@ -698,13 +698,15 @@ fn json_values_are_natural_for_each_type() {
                  '2024-05-01'::date AS day, '{"a": [1, null, "x"]}'::json AS js, '{"b": true}'::jsonb AS jsb,
                  '6f1c1f9e-2c4b-4e3f-9a4e-0d9b1d1c2b3a'::uuid AS id, ARRAY[1, 2, NULL] AS ints,
                  ARRAY['a b', 'c"d', NULL]::text[] AS texts, ARRAY[[1, 2], [3, 4]] AS matrix,
-                 '\xdeadbeef'::bytea AS bin, NULL::int AS nothing, '1 day 02:00:00'::interval AS span"#;
+                 '\xdeadbeef'::bytea AS bin, NULL::int AS nothing, '1 day 02:00:00'::interval AS span,
+                 ARRAY[box '((0,0),(1,1))', box '((2,2),(3,3))'] AS boxes"#;
     let expected = json!({
         "int": 42, "big": 9007199254740993u64, "num": 12.345, "dbl": 2.5, "nan": "NaN", "yes": true, "no": false,
         "txt": "text \"q\"", "tstz": "2024-05-01T10:30:00.5Z", "ts": "2024-05-01T12:30:00", "day": "2024-05-01",
         "js": {"a": [1, null, "x"]}, "jsb": {"b": true}, "id": "6f1c1f9e-2c4b-4e3f-9a4e-0d9b1d1c2b3a",
         "ints": [1, 2, null], "texts": ["a b", "c\"d", null], "matrix": [[1, 2], [3, 4]],
-        "bin": "\\xdeadbeef", "nothing": null, "span": "1 day 02:00:00"
+        "bin": "\\xdeadbeef", "nothing": null, "span": "1 day 02:00:00",
+        "boxes": ["(1,1),(0,0)", "(3,3),(2,2)"]
     });
     let r = gui.api("POST", "/api/export?format=json", Some(json!({ "sql": sql })));
     assert_eq!(r.status, 200, "{}", r.text());
@@ -727,6 +729,37 @@ fn json_values_are_natural_for_each_type() {
     assert_eq!(v, json!([{"n": 1}, {"n": 2}, {"n": 3}]));
     let v = gui.api("POST", "/api/export?format=json", Some(json!({"sql": "select 1 AS n where false"}))).json();
     assert_eq!(v, json!([]));
+}
+
+#[test]
+fn a_json_export_keeps_columns_that_share_a_name() {
+    let (db, dir) = setup(
+        "CREATE TABLE teams (id int PRIMARY KEY, name text);
+         CREATE TABLE users (id int PRIMARY KEY, name text, team_id int REFERENCES teams);
+         INSERT INTO teams VALUES (10, 'red'), (20, 'blue');
+         INSERT INTO users VALUES (1, 'ann', 10), (2, 'bob', 20);",
+    );
+    let gui = Gui::start(&db, &dir, &[], &[]);
+    let sql = "select u.*, t.* from users u join teams t on t.id = u.team_id order by u.id";
+    let r = gui.api("POST", "/api/export?format=json", Some(json!({ "sql": sql })));
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Each object has every column: the second `id` and `name` get `_2` (no key twice, which a
+    // parser would collapse to the last value).
+    assert_eq!(
+        r.json(),
+        json!([
+            {"id": 1, "name": "ann", "team_id": 10, "id_2": 10, "name_2": "red"},
+            {"id": 2, "name": "bob", "team_id": 20, "id_2": 20, "name_2": "blue"},
+        ])
+    );
+    assert_eq!(r.text().matches("\"id\":").count(), 2, "one `id` key per object: {}", r.text());
+    // The query result and the CSV keep the names as they are (arrays and a header row hold
+    // duplicates without loss).
+    let q = gui.query(sql).json();
+    assert_eq!(q["columns"], json!(["id", "name", "team_id", "id", "name"]));
+    assert_eq!(q["rows"][0], json!([1, "ann", 10, 10, "red"]));
+    let csv = gui.api("POST", "/api/export?format=csv", Some(json!({ "sql": sql })));
+    assert!(csv.text().starts_with("id,name,team_id,id,name\r\n1,ann,10,10,red\r\n"), "{}", csv.text());
 }
 
 fn status_kb(pid: u32, field: &str) -> u64 {
@@ -789,6 +822,125 @@ fn a_million_row_export_streams_in_bounded_memory() {
     let h = gui.api("GET", "/api/history", None).json();
     assert_eq!(h["queries"][0]["row_count"], 1_000_000);
     assert_eq!(h["queries"][0]["kind"], "export-json");
+}
+
+/// Memory is bounded by bytes, not only by rows: 200 rows of 1 MiB are exported a few at a time
+/// (the first batch was 1000 rows whatever their size: 200 MiB held at once), and a query of
+/// rows of 10 MiB reads rows only until its 32 MiB cap (it read all `limit + 1` first).
+#[test]
+fn big_rows_are_read_in_bounded_memory() {
+    let (db, dir) = setup("");
+    let env = [("DB_GUI_TIMEOUT_SECS", "300")];
+    let warm = json!({"sql": "select g, repeat('w', 1000) from generate_series(1, 2000) g"});
+
+    let gui = Gui::start(&db, &dir, &env, &[]);
+    let _ = gui.api("POST", "/api/export?format=csv", Some(warm.clone()));
+    let before = status_kb(gui.pid(), "VmHWM:");
+    let auth = gui.bearer();
+    for format in ["csv", "json"] {
+        let body = json!({"sql": "select g AS n, repeat('x', 1 << 20) AS blob from generate_series(1, 200) g"});
+        let mut bytes = 0u64;
+        let mut sink = |chunk: &[u8]| bytes += chunk.len() as u64;
+        let r = request_with(
+            gui.addr,
+            "POST",
+            &format!("/api/export?format={format}"),
+            &[("Authorization", &auth)],
+            body.to_string().as_bytes(),
+            Some(&mut sink),
+        );
+        assert_eq!(r.status, 200);
+        assert!(r.complete, "{format}: the export ended with its final chunk");
+        assert!(bytes > 200 << 20, "{format}: {bytes}");
+    }
+    let grew = status_kb(gui.pid(), "VmHWM:").saturating_sub(before);
+    eprintln!("exports of 200 rows of 1 MiB: VmHWM grew {grew} KiB");
+    assert!(grew < 64 * 1024, "two exports of 200 MiB grew the GUI's peak RSS by {grew} KiB (limit 64 MiB)");
+    drop(gui);
+
+    let gui = Gui::start(&db, &dir, &env, &[]);
+    let _ = gui.query("select g, repeat('w', 1000) from generate_series(1, 2000) g");
+    let before = status_kb(gui.pid(), "VmHWM:");
+    let r = gui.query("select g AS n, repeat('y', 10 << 20) AS blob from generate_series(1, 12) g");
+    assert_eq!(r.status, 200);
+    let v = r.json();
+    assert_eq!(v["truncated"], true);
+    assert_eq!(v["row_count"], 3, "three rows of 10 MiB fit in 32 MiB of JSON");
+    drop(v);
+    drop(r);
+    let grew = status_kb(gui.pid(), "VmHWM:").saturating_sub(before);
+    eprintln!("a query of 12 rows of 10 MiB (30 MiB answered): VmHWM grew {grew} KiB");
+    assert!(grew < 112 * 1024, "the query grew the GUI's peak RSS by {grew} KiB (limit 112 MiB)");
+}
+
+/// Send an export request on a socket with a small receive buffer; returns it unread.
+fn slow_export(gui: &Gui, sql: &str) -> TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(32 * 1024).unwrap();
+    sock.connect(&gui.addr.into()).unwrap();
+    let mut s: TcpStream = sock.into();
+    let body = json!({ "sql": sql }).to_string();
+    let head = format!(
+        "POST /api/export?format=csv HTTP/1.1\r\nHost: {}\r\nAuthorization: {}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        gui.addr,
+        gui.bearer(),
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body.as_bytes()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    s
+}
+
+/// Slow but steady readers of an export are served to the end; only one that stops reading (or
+/// falls below MIN_BODY_RATE_KB) is cut. The socket used to be judged by single waits for room
+/// in it, and with a big send buffer that room comes only after a third of it has drained: a
+/// steady 64 KiB/s reader was cut once that took longer than BODY_TIMEOUT_SECS.
+#[test]
+fn a_slow_steady_reader_of_an_export_is_not_cut_off() {
+    let (db, dir) = setup("");
+    let gui = Gui::start(&db, &dir, &[("BODY_TIMEOUT_SECS", "2"), ("MIN_BODY_RATE_KB", "16")], &[]);
+    let started = Instant::now();
+    // About 2.4 MB read 64 KiB every half second (128 KiB/s, 8 times the minimum): longer than
+    // the body timeout many times over.
+    let mut s = slow_export(&gui, "select g, repeat('y', 4000) from generate_series(1, 600) g");
+    let (mut raw, mut buf) = (Vec::new(), vec![0u8; 64 * 1024]);
+    loop {
+        let mut got = 0;
+        while got < buf.len() {
+            match s.read(&mut buf[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) => panic!("read after {:?}: {e}", started.elapsed()),
+            }
+        }
+        raw.extend_from_slice(&buf[..got]);
+        if got < buf.len() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let took = started.elapsed();
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 200"), "{}", &text[..text.len().min(200)]);
+    assert!(raw.ends_with(b"\r\n0\r\n\r\n"), "cut off after {took:?} and {} bytes", raw.len());
+    assert!(raw.len() > 2_400_000, "{}", raw.len());
+    assert!(took > Duration::from_secs(6), "{took:?}");
+    eprintln!("a steady reader took {} bytes in {took:?}", raw.len());
+
+    // One that stops reading is still cut: its export (16 MB, more than the socket buffers
+    // hold) ends without its final chunk.
+    let mut s = slow_export(&gui, "select g, repeat('y', 4000) from generate_series(1, 4000) g");
+    std::thread::sleep(Duration::from_secs(7));
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    assert!(!raw.ends_with(b"\r\n0\r\n\r\n"), "a stopped reader got the whole export");
+    assert!(raw.len() < 16_000_000, "{}", raw.len());
+    let h = gui.api("GET", "/api/history", None).json();
+    assert!(h["queries"][0]["error"].as_str().is_some_and(|e| e.contains("export failed")), "{h}");
+    assert_eq!(open_gui_transactions(&db), 0);
 }
 
 #[test]

@@ -1,15 +1,19 @@
 //! Exports: a whole result as CSV or JSON, written while it is read from a cursor, one batch at
-//! a time (see `query::next_batch`), so a million-row export costs one batch of memory.
+//! a time (`query::Batches`: about 4 MiB of rows, the first batch one row), so an export costs
+//! one batch of memory whatever the number or the size of its rows.
 //!
 //! CSV is RFC 4180, as the contract says, and otherwise what `psql --csv` prints: a header row
 //! of column names; fields that hold the separator, a double quote, CR or LF (or are exactly
 //! `\.`) are quoted with quotes doubled; NULL is an empty field (so is the empty string, as in
 //! `psql`: use JSON when the difference matters); each record ends with CRLF (`psql` ends them
 //! with LF: the one difference, a line break inside a quoted field is kept as it is). JSON is an
-//! array of objects, one per row, keyed by column name, values as in `query::write_json_value`.
+//! array of objects, one per row, keyed by column name, values as in `query::write_json_value`;
+//! keys are unique ([`json_keys`]: a second `id` is `id_2`), as a JSON object's keys must be
+//! for every value to survive parsing.
 //!
-//! Must never: hold a whole result in memory, or end a failed export as if it were complete
-//! (an error is returned, and the HTTP layer leaves out the final chunk).
+//! Must never: hold a whole result in memory, end a failed export as if it were complete
+//! (an error is returned, and the HTTP layer leaves out the final chunk), or give a JSON object
+//! the same key twice (a parser would keep only one of the values).
 
 use std::io::{self, Write};
 
@@ -65,6 +69,31 @@ pub fn csv_field(s: &str, out: &mut Vec<u8>) {
     }
 }
 
+/// The keys of a JSON export's objects: each column's name, made unique. The first column of a
+/// name keeps it; a later one gets `_2`, `_3`... (the first such name that no column has and no
+/// earlier key took), so `id, name, id` is `id, name, id_2`, and `id, id, id_2` is
+/// `id, id_3, id_2`. Deterministic: the same columns always give the same keys.
+pub fn json_keys(columns: &[Column]) -> Vec<String> {
+    use std::collections::HashSet;
+    let taken: HashSet<&str> = columns.iter().map(|c| c.name.as_str()).collect();
+    let mut seen: HashSet<&str> = HashSet::new();
+    let mut made: HashSet<String> = HashSet::new();
+    let mut keys = Vec::with_capacity(columns.len());
+    for c in columns {
+        if seen.insert(c.name.as_str()) {
+            keys.push(c.name.clone());
+            continue;
+        }
+        let key = (2u64..)
+            .map(|k| format!("{}_{k}", c.name))
+            .find(|k| !taken.contains(k.as_str()) && !made.contains(k))
+            .expect("a free key");
+        made.insert(key.clone());
+        keys.push(key);
+    }
+    keys
+}
+
 /// The header of an export.
 pub fn header(format: Format, columns: &[Column], out: &mut Vec<u8>) {
     match format {
@@ -81,8 +110,9 @@ pub fn header(format: Format, columns: &[Column], out: &mut Vec<u8>) {
     }
 }
 
-/// One row of an export; `first` is whether it is the first row (JSON separators).
-pub fn row(format: Format, columns: &[Column], row: &TextRow, first: bool, out: &mut Vec<u8>) {
+/// One row of an export; `keys` are the JSON keys ([`json_keys`], unused for CSV), `first` is
+/// whether it is the first row (JSON separators).
+pub fn row(format: Format, columns: &[Column], keys: &[String], row: &TextRow, first: bool, out: &mut Vec<u8>) {
     match format {
         Format::Csv => {
             for (i, v) in row.iter().enumerate() {
@@ -97,11 +127,11 @@ pub fn row(format: Format, columns: &[Column], row: &TextRow, first: bool, out: 
         }
         Format::Json => {
             out.extend_from_slice(if first { b"\n{" } else { b",\n{" });
-            for (i, (c, v)) in columns.iter().zip(row).enumerate() {
+            for (i, ((c, key), v)) in columns.iter().zip(keys).zip(row).enumerate() {
                 if i > 0 {
                     out.push(b',');
                 }
-                query::write_json_str(&c.name, out);
+                query::write_json_str(key, out);
                 out.push(b':');
                 query::write_json_value(&c.conv, v.as_deref(), out);
             }
@@ -124,6 +154,7 @@ pub struct Export {
     pub columns: Vec<Column>,
     pub cursor: Cursor,
     pub first: Vec<TextRow>,
+    pub batches: query::Batches,
 }
 
 impl Export {
@@ -134,33 +165,34 @@ impl Export {
                 Err(SqlError::new("the statement returns no rows, so there is nothing to export (export a SELECT)"))
             }
             query::Started::Rows { columns, mut cursor } => {
-                let first = session.fetch(&mut cursor, query::EXPORT_BATCH)?;
-                Ok(Export { session, columns, cursor, first })
+                let mut batches = query::Batches::new();
+                let first = session.fetch(&mut cursor, batches.size())?;
+                batches.fetched(&first);
+                Ok(Export { session, columns, cursor, first, batches })
             }
         }
     }
 
     /// Write the whole result to `w`; returns the number of rows. Ends the transaction.
     pub fn write_all(self, format: Format, w: &mut dyn Write) -> io::Result<u64> {
-        let Export { mut session, columns, mut cursor, first } = self;
+        let Export { mut session, columns, mut cursor, first, mut batches } = self;
         let mut buf = Vec::with_capacity(64 * 1024);
         header(format, &columns, &mut buf);
+        let keys = json_keys(&columns);
         let mut batch = first;
         let mut rows = 0u64;
         while !batch.is_empty() {
-            let n = batch.len();
-            let before = buf.len();
-            for r in &batch {
-                row(format, &columns, r, rows == 0, &mut buf);
+            // Each row is dropped once written.
+            for r in batch {
+                row(format, &columns, &keys, &r, rows == 0, &mut buf);
                 rows += 1;
                 if buf.len() >= 64 * 1024 {
                     w.write_all(&buf)?;
                     buf.clear();
                 }
             }
-            let size = buf.len().saturating_sub(before).max(1);
-            drop(batch);
-            batch = session.fetch(&mut cursor, query::next_batch(n, size)).map_err(|e| io::Error::other(e.message))?;
+            batch = session.fetch(&mut cursor, batches.size()).map_err(|e| io::Error::other(e.message))?;
+            batches.fetched(&batch);
         }
         footer(format, rows > 0, &mut buf);
         w.write_all(&buf)?;
@@ -197,8 +229,8 @@ mod tests {
         let cols = vec![Column::new("a", &ty), Column::new("b", &ty)];
         let mut out = Vec::new();
         header(Format::Csv, &cols, &mut out);
-        row(Format::Csv, &cols, &vec![Some("two\nlines".into()), None], true, &mut out);
-        row(Format::Csv, &cols, &vec![Some("x".into()), Some("".into())], false, &mut out);
+        row(Format::Csv, &cols, &[], &vec![Some("two\nlines".into()), None], true, &mut out);
+        row(Format::Csv, &cols, &[], &vec![Some("x".into()), Some("".into())], false, &mut out);
         assert_eq!(String::from_utf8(out).unwrap(), "a,b\r\n\"two\nlines\",\r\nx,\r\n");
     }
 
@@ -207,9 +239,10 @@ mod tests {
         let ty = postgres::types::Type::INT4;
         let cols = vec![Column::new("n", &ty), Column::new("t", &postgres::types::Type::TEXT)];
         let mut out = Vec::new();
+        let keys = json_keys(&cols);
         header(Format::Json, &cols, &mut out);
-        row(Format::Json, &cols, &vec![Some("1".into()), None], true, &mut out);
-        row(Format::Json, &cols, &vec![Some("2".into()), Some("x".into())], false, &mut out);
+        row(Format::Json, &cols, &keys, &vec![Some("1".into()), None], true, &mut out);
+        row(Format::Json, &cols, &keys, &vec![Some("2".into()), Some("x".into())], false, &mut out);
         footer(Format::Json, true, &mut out);
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v, serde_json::json!([{"n": 1, "t": null}, {"n": 2, "t": "x"}]));
@@ -217,5 +250,27 @@ mod tests {
         header(Format::Json, &cols, &mut empty);
         footer(Format::Json, false, &mut empty);
         assert_eq!(empty, b"[]\n");
+    }
+
+    #[test]
+    fn json_keys_are_unique_and_first_names_are_kept() {
+        let ty = postgres::types::Type::INT4;
+        let keys = |names: &[&str]| json_keys(&names.iter().map(|n| Column::new(n, &ty)).collect::<Vec<_>>());
+        assert_eq!(keys(&["id", "name", "id", "name"]), ["id", "name", "id_2", "name_2"]);
+        assert_eq!(keys(&["id", "id", "id"]), ["id", "id_2", "id_3"]);
+        // A name some column already has is skipped, wherever that column is.
+        assert_eq!(keys(&["id", "id", "id_2"]), ["id", "id_3", "id_2"]);
+        assert_eq!(keys(&["id_2", "id", "id"]), ["id_2", "id", "id_3"]);
+        assert_eq!(keys(&["a", "b"]), ["a", "b"]);
+        assert!(keys(&[]).is_empty());
+
+        // Every value survives a parser that keeps one value per key.
+        let cols = vec![Column::new("id", &ty), Column::new("id", &ty)];
+        let mut out = Vec::new();
+        header(Format::Json, &cols, &mut out);
+        row(Format::Json, &cols, &json_keys(&cols), &vec![Some("1".into()), Some("2".into())], true, &mut out);
+        footer(Format::Json, true, &mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v, serde_json::json!([{"id": 1, "id_2": 2}]));
     }
 }

@@ -9,8 +9,9 @@
 //! A statement is first prepared (one statement only; syntax and name errors come back here
 //! with their position) to learn its columns and their types. A statement that returns rows
 //! runs through a cursor (`DECLARE ... NO SCROLL CURSOR`, then `FETCH` in batches), so a result
-//! is read a batch at a time, never whole: the row cap of a query costs `limit + 1` rows, and an
-//! export streams. Statements a cursor cannot hold (`SHOW`, `EXPLAIN`, `INSERT ... RETURNING`)
+//! is read a batch at a time, never whole: a query stops at its row cap or its byte cap, and an
+//! export streams. Batches are bounded by bytes as well as rows ([`Batches`]): the first `FETCH`
+//! asks for one row, later ones for about [`BATCH_BYTES`] of rows as big as the biggest so far. Statements a cursor cannot hold (`SHOW`, `EXPLAIN`, `INSERT ... RETURNING`)
 //! run directly and their (small) results are read whole.
 //!
 //! Values arrive in PostgreSQL's text format (what `psql` prints) and become JSON by column
@@ -18,8 +19,9 @@
 //! else a string (`bytea` as `\x` hex, `uuid`, `interval`, enums...).
 //!
 //! Must never: build SQL from user input other than the statement the user wrote (identifiers
-//! the GUI itself puts in SQL go through `quote_ident`), log a statement's text at `info`, or
-//! keep a transaction open after an error.
+//! the GUI itself puts in SQL go through `quote_ident`), log a statement's text at `info`, keep
+//! a transaction open after an error, or `FETCH` a number of rows not chosen by [`Batches`]
+//! (memory would grow with row size).
 
 use std::time::{Duration, Instant};
 
@@ -38,8 +40,10 @@ pub struct Mode {
     pub timeout: Duration,
 }
 
-/// Rows fetched per `FETCH` while exporting (fewer when rows are big, see `next_batch`).
-pub const EXPORT_BATCH: usize = 1000;
+/// Most rows one `FETCH` asks for (see [`Batches`]).
+pub const MAX_BATCH: usize = 1000;
+/// Bytes of rows one `FETCH` aims at (see [`Batches`]).
+pub const BATCH_BYTES: usize = 4 << 20;
 /// Most bytes of JSON a query result carries; past it the result is cut (`truncated`).
 pub const MAX_RESULT_BYTES: usize = 32 * 1024 * 1024;
 /// Tables up to this size (heap bytes) get an exact `count(*)`; bigger ones an estimate.
@@ -318,7 +322,8 @@ pub enum Conv {
     Timestamptz,
     Timestamp,
     Text,
-    Array(Box<Conv>),
+    /// An array: how its elements become JSON, and the delimiter between them in its text form.
+    Array(Box<Conv>, char),
 }
 
 impl Conv {
@@ -332,11 +337,23 @@ impl Conv {
             Type::TIMESTAMPTZ => Conv::Timestamptz,
             Type::TIMESTAMP => Conv::Timestamp,
             _ => match ty.kind() {
-                Kind::Array(elem) => Conv::Array(Box::new(Conv::of(elem))),
+                Kind::Array(elem) => Conv::Array(Box::new(Conv::of(elem)), array_delimiter(elem)),
                 Kind::Domain(base) => Conv::of(base),
                 _ => Conv::Text,
             },
         }
+    }
+}
+
+/// What separates the elements of an array of `elem` in PostgreSQL's text form: the element
+/// type's `typdelim`, which is `;` for `box` (its values hold commas) and `,` for every other
+/// built-in type; a domain has its base type's. (A user-defined base type with its own
+/// `DELIMITER` is not known here: its arrays are read with `,`.)
+pub fn array_delimiter(elem: &Type) -> char {
+    match elem.kind() {
+        Kind::Domain(base) => array_delimiter(base),
+        _ if *elem == Type::BOX => ';',
+        _ => ',',
     }
 }
 
@@ -352,7 +369,7 @@ pub fn write_json_value(conv: &Conv, value: Option<&str>, out: &mut Vec<u8>) {
         Conv::Json => out.extend_from_slice(v.as_bytes()),
         Conv::Timestamptz => write_json_str(&rfc3339(v, true).unwrap_or_else(|| v.to_string()), out),
         Conv::Timestamp => write_json_str(&rfc3339(v, false).unwrap_or_else(|| v.to_string()), out),
-        Conv::Array(elem) => match parse_array(v) {
+        Conv::Array(elem, delim) => match parse_array(v, *delim) {
             Some(a) => write_array(elem, &a, out),
             None => write_json_str(v, out),
         },
@@ -429,19 +446,20 @@ pub enum ArrayItem {
 }
 
 /// Parse PostgreSQL's array text (`{1,2,NULL}`, `{{a,b},{c,d}}`, `{"x y","q\"d"}`,
-/// `[0:1]={1,2}`). `None` when it is not one.
-pub fn parse_array(v: &str) -> Option<Vec<ArrayItem>> {
+/// `[0:1]={1,2}`) whose elements (and sub-arrays) are separated by `delim` (see
+/// [`array_delimiter`]: `{(1,1),(0,0);(3,3),(2,2)}` is two boxes). `None` when it is not one.
+pub fn parse_array(v: &str, delim: char) -> Option<Vec<ArrayItem>> {
     let v = match v.find("={") {
         Some(i) if v.starts_with('[') => &v[i + 1..],
         _ => v,
     };
     let chars: Vec<char> = v.chars().collect();
     let mut pos = 0;
-    let items = parse_list(&chars, &mut pos)?;
+    let items = parse_list(&chars, &mut pos, delim)?;
     (pos == chars.len()).then_some(items)
 }
 
-fn parse_list(c: &[char], pos: &mut usize) -> Option<Vec<ArrayItem>> {
+fn parse_list(c: &[char], pos: &mut usize, delim: char) -> Option<Vec<ArrayItem>> {
     if c.get(*pos) != Some(&'{') {
         return None;
     }
@@ -456,7 +474,7 @@ fn parse_list(c: &[char], pos: &mut usize) -> Option<Vec<ArrayItem>> {
             *pos += 1;
         }
         match c.get(*pos)? {
-            '{' => items.push(ArrayItem::List(parse_list(c, pos)?)),
+            '{' => items.push(ArrayItem::List(parse_list(c, pos, delim)?)),
             '"' => {
                 *pos += 1;
                 let mut s = String::new();
@@ -481,7 +499,7 @@ fn parse_list(c: &[char], pos: &mut usize) -> Option<Vec<ArrayItem>> {
             _ => {
                 let mut s = String::new();
                 while let Some(&ch) = c.get(*pos) {
-                    if ch == ',' || ch == '}' {
+                    if ch == delim || ch == '}' {
                         break;
                     }
                     if ch == '\\' {
@@ -500,7 +518,7 @@ fn parse_list(c: &[char], pos: &mut usize) -> Option<Vec<ArrayItem>> {
             *pos += 1;
         }
         match c.get(*pos)? {
-            ',' => *pos += 1,
+            &ch if ch == delim => *pos += 1,
             '}' => {
                 *pos += 1;
                 return Some(items);
@@ -597,33 +615,78 @@ pub fn run(session: &mut Session, sql: &str, limit: usize) -> Result<QueryResult
             elapsed: started.elapsed(),
         }),
         Started::Rows { columns, mut cursor } => {
-            let fetched = session.fetch(&mut cursor, limit.saturating_add(1))?;
-            let mut truncated = fetched.len() > limit;
-            let mut rows = Vec::with_capacity(fetched.len().min(limit));
-            let mut bytes = 0;
-            for r in fetched.iter().take(limit) {
-                let mut out = Vec::new();
-                write_row_array(&columns, r, &mut out);
-                bytes += out.len();
-                if bytes > MAX_RESULT_BYTES {
-                    truncated = true;
+            // `limit + 1` rows at most (the one past the limit says `truncated`), fetched in
+            // byte-bounded batches, and no more once the JSON passes MAX_RESULT_BYTES.
+            let mut batches = Batches::new();
+            let mut rows = Vec::new();
+            let (mut bytes, mut truncated) = (0, false);
+            'fetch: loop {
+                let want = batches.size().min(limit.saturating_add(1) - rows.len());
+                let batch = session.fetch(&mut cursor, want)?;
+                batches.fetched(&batch);
+                let got = batch.len();
+                for r in batch {
+                    if rows.len() == limit {
+                        truncated = true;
+                        break 'fetch;
+                    }
+                    let mut out = Vec::new();
+                    write_row_array(&columns, &r, &mut out);
+                    bytes += out.len();
+                    if bytes > MAX_RESULT_BYTES {
+                        truncated = true;
+                        break 'fetch;
+                    }
+                    rows.push(out);
+                }
+                if got < want {
                     break;
                 }
-                rows.push(out);
             }
             Ok(QueryResult { row_count: rows.len() as u64, columns, rows, truncated, elapsed: started.elapsed() })
         }
     }
 }
 
-/// How many rows to fetch next, given how many bytes the last batch of `n` rows took: about
-/// 4 MiB per batch, at most [`EXPORT_BATCH`] rows.
-pub fn next_batch(n: usize, bytes: usize) -> usize {
-    if n == 0 || bytes == 0 {
-        return EXPORT_BATCH;
+/// How many rows each `FETCH` asks for, so that a batch holds about [`BATCH_BYTES`] whatever the
+/// size of the rows: the first asks for one row (nothing is known of them yet); each next one
+/// for as many rows as the biggest seen so far fit in `BATCH_BYTES`, at least one, at most twice
+/// the last and at most [`MAX_BATCH`]. So rows of 1 MiB come 4 at a time, small rows reach 1000
+/// a batch after ten batches, and a batch passes the budget only with rows bigger than any before
+/// them (one row is always read whole: PostgreSQL sends rows whole).
+#[derive(Debug, Clone)]
+pub struct Batches {
+    next: usize,
+    biggest: usize,
+}
+
+impl Default for Batches {
+    fn default() -> Batches {
+        Batches::new()
     }
-    let per_row = bytes.div_ceil(n);
-    ((4 << 20) / per_row).clamp(1, EXPORT_BATCH)
+}
+
+impl Batches {
+    pub fn new() -> Batches {
+        Batches { next: 1, biggest: 0 }
+    }
+
+    /// Rows to ask for next.
+    pub fn size(&self) -> usize {
+        self.next
+    }
+
+    /// Learn from a batch just fetched.
+    pub fn fetched(&mut self, rows: &[TextRow]) {
+        self.biggest = rows.iter().map(row_bytes).fold(self.biggest, usize::max);
+        let fit = BATCH_BYTES / self.biggest.max(1);
+        self.next = fit.clamp(1, self.next.saturating_mul(2).min(MAX_BATCH));
+    }
+}
+
+/// About the memory a row in text form takes: its values and a string's overhead per value.
+pub fn row_bytes(row: &TextRow) -> usize {
+    row.iter().map(|v| 32 + v.as_ref().map_or(0, String::len)).sum()
 }
 
 #[cfg(test)]
@@ -660,16 +723,30 @@ mod tests {
 
     #[test]
     fn arrays_nest_and_keep_their_element_types() {
-        let ints = Conv::Array(Box::new(Conv::Number));
+        let ints = Conv::Array(Box::new(Conv::Number), ',');
         assert_eq!(json(ints.clone(), Some("{1,2,NULL}")), "[1,2,null]");
         assert_eq!(json(ints.clone(), Some("{{1,2},{3,4}}")), "[[1,2],[3,4]]");
         assert_eq!(json(ints, Some("[0:1]={7,8}")), "[7,8]");
-        let texts = Conv::Array(Box::new(Conv::Text));
+        let texts = Conv::Array(Box::new(Conv::Text), ',');
         assert_eq!(json(texts.clone(), Some(r#"{"a b","q\"d","NULL",NULL,x}"#)), r#"["a b","q\"d","NULL",null,"x"]"#);
         assert_eq!(json(texts.clone(), Some("{}")), "[]");
         assert_eq!(json(texts, Some("{unterminated")), "\"{unterminated\"");
-        let bools = Conv::Array(Box::new(Conv::Bool));
+        let bools = Conv::Array(Box::new(Conv::Bool), ',');
         assert_eq!(json(bools, Some("{t,f}")), "[true,false]");
+    }
+
+    #[test]
+    fn arrays_of_box_are_split_at_semicolons() {
+        // PostgreSQL prints `array[box '((0,0),(1,1))', box '((2,2),(3,3))']` so: box's
+        // `typdelim` is `;`, as its values hold commas.
+        let boxes = Conv::of(&Type::BOX_ARRAY);
+        assert_eq!(boxes, Conv::Array(Box::new(Conv::Text), ';'));
+        assert_eq!(json(boxes.clone(), Some("{(1,1),(0,0);(3,3),(2,2)}")), r#"["(1,1),(0,0)","(3,3),(2,2)"]"#);
+        assert_eq!(json(boxes.clone(), Some("{(1,1),(0,0);NULL}")), r#"["(1,1),(0,0)",null]"#);
+        assert_eq!(json(boxes, Some("{{(1,1),(0,0)};{(5,5),(1,1)}}")), r#"[["(1,1),(0,0)"],["(5,5),(1,1)"]]"#);
+        // Every other built-in type's arrays use commas.
+        assert_eq!(Conv::of(&Type::POINT_ARRAY), Conv::Array(Box::new(Conv::Text), ','));
+        assert_eq!(Conv::of(&Type::INT4_ARRAY), Conv::Array(Box::new(Conv::Number), ','));
     }
 
     #[test]
@@ -680,10 +757,30 @@ mod tests {
     }
 
     #[test]
-    fn batches_shrink_for_big_rows() {
-        assert_eq!(next_batch(0, 0), EXPORT_BATCH);
-        assert_eq!(next_batch(1000, 50_000), EXPORT_BATCH);
-        assert_eq!(next_batch(10, 10 << 20), 4);
-        assert_eq!(next_batch(1, 100 << 20), 1);
+    fn batches_are_bounded_by_bytes_from_the_first() {
+        let rows = |n: usize, size: usize| -> Vec<TextRow> { vec![vec![Some("x".repeat(size))]; n] };
+        let mut b = Batches::new();
+        assert_eq!(b.size(), 1, "nothing is known of the first row");
+        // Small rows: the batch doubles up to MAX_BATCH.
+        let mut sizes = Vec::new();
+        for _ in 0..12 {
+            let n = b.size();
+            sizes.push(n);
+            b.fetched(&rows(n, 40));
+        }
+        assert_eq!(sizes, [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000, 1000]);
+        // A bigger row shrinks the next batch to the budget, and it stays there.
+        b.fetched(&rows(1, 1 << 20));
+        assert_eq!(b.size(), BATCH_BYTES / ((1 << 20) + 32));
+        b.fetched(&rows(3, 100));
+        assert_eq!(b.size(), 3, "the biggest row so far rules");
+        // Rows bigger than the budget: one at a time.
+        let mut b = Batches::new();
+        b.fetched(&rows(1, 20 << 20));
+        assert_eq!(b.size(), 1);
+        // An empty batch (the end) changes nothing that matters.
+        let mut b = Batches::new();
+        b.fetched(&[]);
+        assert_eq!(b.size(), 2);
     }
 }

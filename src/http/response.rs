@@ -430,7 +430,7 @@ pub fn start_response(
 /// body). Returns the body's length (payload bytes, without the chunk framing).
 fn write_stream(stream: &TcpStream, head: &[u8], produce: StreamFn, chunked: bool, pace: Pace) -> io::Result<u64> {
     let started = Instant::now();
-    let mut sink = StreamSink { stream, chunked, sent: 0, blocked: Duration::ZERO, pace };
+    let mut sink = StreamSink::new(stream, chunked, pace);
     sink.send_all(head)?;
     {
         let mut buffered = io::BufWriter::with_capacity(STREAM_CHUNK, &mut sink);
@@ -451,44 +451,100 @@ fn write_stream(stream: &TcpStream, head: &[u8], produce: StreamFn, chunked: boo
 /// The socket side of a streamed body: one chunk per `write`, waiting for the (non-blocking)
 /// socket with `poll` under the pace. Only the time spent waiting for the socket counts against
 /// the pace (a producer that is slow to compute, a long database query, is not the reader's
-/// fault), and no single wait is longer than `pace.stall`.
+/// fault): `Pace::deadline` on a clock that runs only while we wait. Progress is bytes the
+/// socket took or bytes the reader took from it (the send queue shrank, [`unacked`]): the kernel
+/// says a full socket is writable only once a third of its buffer has drained, which a steady
+/// reader of a 4 MiB buffer at 40 KiB/s takes longer than `stall` to do, so waiting for that
+/// alone cut off readers that kept the pace. Waits are short ([`PROGRESS_CHECK`] at most) and
+/// each ends by looking for progress.
 struct StreamSink<'s> {
     stream: &'s TcpStream,
     chunked: bool,
     sent: u64,
+    /// Time spent waiting for the socket so far (the stream's clock).
     blocked: Duration,
+    /// `blocked` when the reader last made progress.
+    progress: Duration,
+    /// The send queue when last looked at while waiting.
+    queued: Option<u64>,
+    /// Where the clock starts (any fixed instant: `Pace::deadline` wants instants).
+    origin: Instant,
     pace: Pace,
 }
 
+/// Longest single wait of a stream for its socket before it looks for progress again.
+const PROGRESS_CHECK: Duration = Duration::from_millis(500);
+
+/// Bytes written to a TCP socket that its peer has not acknowledged yet (`SIOCOUTQ`, what
+/// `ss` shows as Send-Q). It shrinks as the reader takes data, whether or not the socket has room
+/// for more. `None` where it cannot be known.
+pub fn unacked(stream: &TcpStream) -> Option<u64> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let mut n: libc::c_int = 0;
+        // SAFETY: SIOCOUTQ (= TIOCOUTQ) writes one int to the pointer we pass.
+        let rc = unsafe { libc::ioctl(stream.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+        (rc == 0 && n >= 0).then_some(n as u64)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = stream;
+        None
+    }
+}
+
 impl StreamSink<'_> {
-    /// How long the reader may have kept us waiting so far.
-    fn allowance(&self) -> Duration {
-        if self.pace.min_rate == 0 {
-            return Duration::MAX;
+    fn new(stream: &TcpStream, chunked: bool, pace: Pace) -> StreamSink<'_> {
+        StreamSink {
+            stream,
+            chunked,
+            sent: 0,
+            blocked: Duration::ZERO,
+            progress: Duration::ZERO,
+            queued: None,
+            origin: Instant::now(),
+            pace,
         }
-        self.pace.grace.saturating_add(Duration::from_secs_f64(self.sent as f64 / self.pace.min_rate as f64))
     }
 
     fn send_all(&mut self, mut bytes: &[u8]) -> io::Result<()> {
         use std::os::fd::AsRawFd;
         while !bytes.is_empty() {
             match send_now(self.stream, &[IoSlice::new(bytes)]) {
-                Ok(n) => bytes = &bytes[n..],
+                Ok(n) => {
+                    bytes = &bytes[n..];
+                    self.progress = self.blocked;
+                    self.queued = None;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let wait = self.allowance().saturating_sub(self.blocked).min(self.pace.stall);
-                    if wait.is_zero() {
-                        return Err(io::Error::new(io::ErrorKind::TimedOut, "client reads too slowly"));
+                    let now = self.origin + self.blocked;
+                    let stalled = self.origin + self.progress + self.pace.stall;
+                    let deadline = self.pace.deadline(self.origin, self.sent, self.origin + self.progress);
+                    if now >= deadline {
+                        let why =
+                            if deadline >= stalled { "client stopped reading" } else { "client reads too slowly" };
+                        return Err(io::Error::new(io::ErrorKind::TimedOut, why));
                     }
+                    if self.queued.is_none() {
+                        self.queued = unacked(self.stream);
+                    }
+                    let wait = (deadline - now).min(PROGRESS_CHECK);
                     let t = Instant::now();
                     let mut fd = libc::pollfd { fd: self.stream.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
                     let ms = wait.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
                     // SAFETY: one valid pollfd for the duration of the call.
-                    let ready = unsafe { libc::poll(&mut fd, 1, ms) };
+                    unsafe { libc::poll(&mut fd, 1, ms) };
                     self.blocked += t.elapsed();
-                    if ready == 0 && t.elapsed() >= self.pace.stall {
-                        return Err(io::Error::new(io::ErrorKind::TimedOut, "client stopped reading"));
+                    // The reader took bytes though the socket may not say it has room yet.
+                    let queued = unacked(self.stream);
+                    if let (Some(before), Some(after)) = (self.queued, queued) {
+                        if after < before {
+                            self.progress = self.blocked;
+                        }
                     }
+                    self.queued = queued;
                 }
                 Err(e) => return Err(e),
             }
@@ -684,6 +740,53 @@ mod tests {
         };
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    }
+
+    #[test]
+    fn a_steady_reader_of_a_full_socket_is_not_cut_off() {
+        // A big send buffer and a small receive buffer: once full, the socket is said to be
+        // writable only after a third of the send buffer has drained, which at this reader's pace
+        // (about 200 KiB/s, far above `min_rate`) takes longer than `stall`. Bytes the reader
+        // takes are progress all the same.
+        use socket2::{Domain, Socket, Type};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        sock.set_recv_buffer_size(16 * 1024).unwrap();
+        sock.connect(&listener.local_addr().unwrap().into()).unwrap();
+        let mut client: TcpStream = sock.into();
+        let (server, _) = listener.accept().unwrap();
+        socket2::SockRef::from(&server).set_send_buffer_size(384 * 1024).unwrap();
+        server.set_nonblocking(true).unwrap();
+        let reader = std::thread::spawn(move || {
+            let (mut raw, mut buf) = (Vec::new(), vec![0u8; 8 * 1024]);
+            loop {
+                match std::io::Read::read(&mut client, &mut buf) {
+                    Ok(0) | Err(_) => return raw,
+                    Ok(n) => raw.extend_from_slice(&buf[..n]),
+                }
+                std::thread::sleep(Duration::from_millis(40));
+            }
+        });
+        let quick = Pace { grace: Duration::from_millis(300), min_rate: 16 * 1024, stall: Duration::from_millis(400) };
+        let total = 1 << 20;
+        let mut resp = Response::new(200).with_body(Body::Stream(Box::new(move |w| {
+            for _ in 0..total / STREAM_CHUNK {
+                w.write_all(&[b'z'; STREAM_CHUNK])?;
+            }
+            Ok(())
+        })));
+        let t = Instant::now();
+        let sent = start_response(&server, &mut resp, 1, true, false, &mut Vec::new(), quick);
+        let took = t.elapsed();
+        drop(server);
+        let (_, body) = dechunk(&reader.join().unwrap());
+        match sent {
+            Ok(Written::Done(n)) => assert_eq!(n, total as u64),
+            Ok(Written::Pending(..)) => panic!("a stream is written whole by the worker"),
+            Err(e) => panic!("a steady reader was cut off after {took:?}: {e}"),
+        }
+        assert_eq!(body.map(|b| b.len()), Some(total));
+        assert!(took > quick.stall * 4, "the reader was slow enough to matter: {took:?}");
     }
 
     #[test]
