@@ -280,6 +280,10 @@ pub struct Outgoing {
     progress_at: Instant,
     sent: u64,
     pace: Pace,
+    /// The socket's send queue ([`unacked`]) when it was last found full, or when the reader was
+    /// last seen to take from it: a queue that shrank since is a reader at work, even while the
+    /// socket is not yet writable (the kernel waits for a third of its buffer to drain).
+    queued: Option<u64>,
 }
 
 /// The result of starting a response.
@@ -301,6 +305,26 @@ impl Outgoing {
         self.pace.deadline(self.started, self.sent, self.progress_at)
     }
 
+    /// At the deadline: whether the reader has taken bytes from the socket since it was last
+    /// found full (or last looked at here). If so, that is progress: the deadline moves on. A
+    /// socket with a send buffer of megabytes, read steadily but slowly, takes longer than the
+    /// pace's `stall` to drain the third of it after which `poll` calls it writable.
+    pub fn reader_progressed(&mut self, stream: &TcpStream) -> bool {
+        let now = unacked(stream);
+        let moved = matches!((self.queued, now), (Some(before), Some(after)) if after < before);
+        self.queued = now;
+        if moved {
+            self.progress_at = Instant::now();
+        }
+        moved
+    }
+
+    /// The socket took all it could: remember its send queue for [`reader_progressed`].
+    fn full(&mut self, stream: &TcpStream) -> io::Result<bool> {
+        self.queued = unacked(stream);
+        Ok(false)
+    }
+
     /// Write what the socket takes now; `Ok(true)` once everything is written. A file part
     /// needs the socket in non-blocking mode (`sendfile` has no flags argument).
     pub fn write_some(&mut self, stream: &TcpStream) -> io::Result<bool> {
@@ -315,7 +339,7 @@ impl Outgoing {
                 let (hl, bl) = (head.len(), body.len());
                 let n = match send_now(stream, &[IoSlice::new(head), IoSlice::new(body)]) {
                     Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return self.full(stream),
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => return Err(e),
                 };
@@ -345,7 +369,7 @@ impl Outgoing {
                         return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "body shorter than its length"));
                     }
                     Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return self.full(stream),
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => return Err(e),
                 };
@@ -418,6 +442,7 @@ pub fn start_response(
         progress_at: now,
         sent: n as u64,
         pace,
+        queued: unacked(stream),
     };
     if out.write_some(stream)? {
         return Ok(Written::Done(len));
@@ -740,6 +765,43 @@ mod tests {
         };
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    }
+
+    #[test]
+    fn a_reader_draining_a_full_socket_is_progress_before_the_socket_is_writable() {
+        // The dispatcher's side of the same problem (a download, `Outgoing`): at the deadline it
+        // asks `reader_progressed` before it closes a connection whose socket never said it was
+        // writable again.
+        use socket2::{Domain, Socket, Type};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        sock.set_recv_buffer_size(16 * 1024).unwrap();
+        sock.connect(&listener.local_addr().unwrap().into()).unwrap();
+        let mut client: TcpStream = sock.into();
+        let (server, _) = listener.accept().unwrap();
+        socket2::SockRef::from(&server).set_send_buffer_size(384 * 1024).unwrap();
+        server.set_nonblocking(true).unwrap();
+        let pace = Pace { grace: Duration::from_secs(1), min_rate: 0, stall: Duration::from_secs(30) };
+        let mut resp = Response::new(200).with_body(Body::Bytes(vec![b'z'; 4 << 20]));
+        let Ok(Written::Pending(mut out, _)) =
+            start_response(&server, &mut resp, 1, true, false, &mut Vec::new(), pace)
+        else {
+            panic!("4 MiB do not fit the socket")
+        };
+        assert!(!out.reader_progressed(&server), "nothing was read");
+        // The reader takes 64 KiB: far less than the third of the send buffer after which the
+        // socket is writable again...
+        let mut buf = vec![0u8; 64 * 1024];
+        std::io::Read::read_exact(&mut client, &mut buf).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let mut fd = libc::pollfd { fd: std::os::fd::AsRawFd::as_raw_fd(&server), events: libc::POLLOUT, revents: 0 };
+        // SAFETY: one valid pollfd for the duration of the call.
+        assert_eq!(unsafe { libc::poll(&mut fd, 1, 0) }, 0, "the socket is not writable yet");
+        // ...but it is reading: progress, and the deadline moves on.
+        let before = out.deadline();
+        assert!(out.reader_progressed(&server));
+        assert!(out.deadline() > before);
+        assert!(!out.reader_progressed(&server), "no more reading, no more progress");
     }
 
     #[test]

@@ -884,11 +884,19 @@ fn write_pending(mut conn: Conn, cfg: &ServerConfig) -> Option<Conn> {
 /// Close connections past their deadline: idle ones and slow readers silently, half-sent
 /// requests with a 408, parked ones with a 503.
 fn expire(waiting: &mut Vec<Conn>, parked: &mut VecDeque<Conn>, now: Instant) {
-    waiting.retain(|c| {
+    waiting.retain_mut(|c| {
         if c.deadline > now {
             return true;
         }
-        if c.out.is_some() {
+        if let Some((out, _)) = c.out.as_mut() {
+            // A reader that took bytes since the socket filled is reading, though the socket
+            // may not say it is writable yet: its deadline moves on (within the pace's rate).
+            if out.reader_progressed(&c.stream) {
+                c.deadline = out.deadline();
+                if c.deadline > now {
+                    return true;
+                }
+            }
             debug!("{} reads its response too slowly; closing", c.peer);
         } else if c.not_before.is_none() && c.req.started {
             let what = if c.req.head_len.is_some() { "Request body timeout" } else { "Request header timeout" };
