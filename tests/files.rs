@@ -344,6 +344,15 @@ fn ranges_head_and_conditional_requests() {
     assert_eq!(r.status, 304);
     assert!(r.body.is_empty());
     assert_eq!(c.send("GET", url, &[("If-None-Match", "\"other\"")], b"").status, 200);
+    // If-Range: the range only for this very version, else the whole file.
+    let r = c.send("GET", url, &[("Range", "bytes=0-1"), ("If-Range", &etag)], b"");
+    assert_eq!((r.status, r.body.len()), (206, 2));
+    let r = c.send("GET", url, &[("Range", "bytes=0-1"), ("If-Range", "\"nope\"")], b"");
+    assert_eq!((r.status, r.body.len()), (200, 10_000));
+    // Long names keep their extension, so their category.
+    let long = upload_one(&env, &format!("{}.png", "a".repeat(300)), b"\x89PNG");
+    assert_eq!(long["category"], "images", "{long}");
+    assert!(long["filename"].as_str().unwrap().ends_with(".png"), "{long}");
     let img = upload_one(&env, "x.svg", b"<svg xmlns='http://www.w3.org/2000/svg'><script>alert(1)</script></svg>");
     let r = env.srv.get(img["url"].as_str().unwrap());
     assert_eq!(r.header("content-type"), Some("image/svg+xml"));
@@ -469,6 +478,18 @@ fn deletion_rules() {
         .to_string();
     let rec = upload_one(&env, "theirs.txt", b"theirs");
     assert_eq!(del(&root, rec["filename"].as_str().unwrap()).status, 200);
+    // Deletes of one file at once: exactly one of them deleted it (the others were all 200).
+    for round in 0..10 {
+        let rec = upload_one(&env, &format!("race{round}.txt"), b"race");
+        let name = rec["filename"].as_str().unwrap().to_string();
+        let statuses: Vec<u16> = std::thread::scope(|s| {
+            let all: Vec<_> = (0..6).map(|_| s.spawn(|| del(&env.token, &name).status)).collect();
+            all.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let mut sorted = statuses.clone();
+        sorted.sort();
+        assert_eq!(sorted, [200, 404, 404, 404, 404, 404], "round {round}: {statuses:?}");
+    }
 }
 
 #[test]

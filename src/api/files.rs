@@ -60,11 +60,24 @@ pub fn category_for(name: &str) -> &'static str {
     }
 }
 
+/// Longest client file name kept, in characters.
+const NAME_MAX: usize = 255;
+
 /// The last path component of a client's file name (browsers on Windows used to send the full
-/// path), trimmed, at most 255 characters; "upload" when nothing is left.
+/// path), trimmed, at most [`NAME_MAX`] characters, a longer one cut in its stem so that its
+/// extension (and so its category and stored name) is kept; "upload" when nothing is left.
 pub fn client_basename(name: &str) -> String {
     let base = name.rsplit(['/', '\\']).next().unwrap_or("").trim();
-    let base: String = base.chars().filter(|c| !c.is_control()).take(255).collect();
+    let base: String = base.chars().filter(|c| !c.is_control()).collect();
+    let base = if base.chars().count() <= NAME_MAX {
+        base
+    } else if let (Some(_), Some((stem, ext))) = (extension(&base), base.rsplit_once('.')) {
+        // `extension` vouches for `ext`: at most 16 ASCII letters and digits.
+        let stem: String = stem.chars().take(NAME_MAX - 1 - ext.len()).collect();
+        format!("{stem}.{ext}")
+    } else {
+        base.chars().take(NAME_MAX).collect()
+    };
     if base.is_empty() || base == "." || base == ".." {
         "upload".to_string()
     } else {
@@ -454,7 +467,10 @@ fn delete(app: &App, req: &mut Request<'_>) -> Result<Response, HttpError> {
     if !caller.is_superuser && record.uploader_id != Some(caller.id) {
         return Err(HttpError::new(403, "Only the uploader or a superuser may delete this file"));
     }
-    records::delete(&mut c, &name).map_err(|e| app.db_err(e))?;
+    // Two deletes of one file at once: both found the record, only one removes it.
+    if !records::delete(&mut c, &name).map_err(|e| app.db_err(e))? {
+        return Err(HttpError::new(404, "File not found"));
+    }
     let path = app.config.upload_dir.join(&record.category).join(&record.filename);
     if let Err(e) = fs::remove_file(&path) {
         if e.kind() != io::ErrorKind::NotFound {
@@ -544,6 +560,15 @@ mod tests {
         assert_eq!(client_basename("../../etc/passwd"), "passwd");
         assert_eq!(client_basename("   "), "upload");
         assert_eq!(client_basename("dir/.."), "upload");
+        // Too long: the stem is cut, the extension (and so the category) kept.
+        let long = client_basename(&format!("{}.png", "a".repeat(252)));
+        assert_eq!((long.chars().count(), category_for(&long)), (255, "images"));
+        assert!(long.ends_with("a.png"), "{long}");
+        let long = client_basename(&format!("{}.PDF", "b".repeat(300)));
+        assert_eq!((long.chars().count(), extension(&long).as_deref()), (255, Some("pdf")));
+        let long = client_basename(&"é".repeat(300));
+        assert_eq!(long.chars().count(), 255);
+        assert_eq!(client_basename(&format!("{}.png", "c".repeat(251))).chars().count(), 255, "255 exactly is kept");
         let n = stored_name("Photo.JPEG").unwrap();
         assert!(n.ends_with(".jpeg") && n.len() == 32 + 5, "{n}");
         assert_ne!(stored_name("a.png").unwrap(), stored_name("a.png").unwrap());

@@ -1,7 +1,8 @@
 //! Serving one file from disk: `ETag`, `Last-Modified`, `If-None-Match` / `If-Modified-Since`
-//! (304), a single `Range` (206, or 416 when unsatisfiable), streamed without loading the file.
+//! (304), a single `Range` (206, or 416 when unsatisfiable; under `If-Range` only for this very
+//! version), streamed without loading the file.
 //!
-//! The header logic (`parse_range`, `etag_matches`) is plain functions; `serve` does the I/O.
+//! The header logic (`parse_range`, `etag_matches`, `if_range_holds`) is plain functions; `serve` does the I/O.
 //! It knows nothing of which files may be served: the caller decides the path (and must have
 //! refused anything outside its root before calling). Must never: follow a symlink at the last
 //! path component (opened with `O_NOFOLLOW`), serve anything but a regular file, or read the
@@ -73,6 +74,17 @@ pub fn etag_matches(header: &str, etag: &str) -> bool {
     header.split(',').any(|t| t.trim() == "*" || bare(t) == bare(etag))
 }
 
+/// Whether `Range` applies under an `If-Range` header (RFC 9110 13.1.5): no header, or one that
+/// names this very file, an entity tag by strong comparison (a weak one never matches) or exactly
+/// its `Last-Modified`. Otherwise the client's copy is of another version: send the whole file.
+pub fn if_range_holds(header: Option<&str>, etag: &str, last_modified: &str) -> bool {
+    match header.map(str::trim) {
+        None => true,
+        Some(v) if v.starts_with('"') || v.starts_with("W/") => v == etag,
+        Some(v) => v == last_modified,
+    }
+}
+
 /// Serve the regular file at `path`. `Ok(None)` when there is no such regular file (the caller
 /// answers 404). `extra` headers are added to every answer (e.g. `nosniff`).
 pub fn serve(
@@ -116,7 +128,8 @@ pub fn serve(
     }
 
     let base = base.header("content-type", content_type);
-    match parse_range(req.header("range"), size) {
+    let range = req.header("range").filter(|_| if_range_holds(req.header("if-range"), &etag, &last_modified));
+    match parse_range(range, size) {
         RangeAnswer::Full => Ok(Some(base.with_body(Body::File { file, offset: 0, len: size }))),
         RangeAnswer::Partial { start, end } => {
             let len = end - start + 1;
@@ -147,6 +160,17 @@ pub fn open_nofollow(path: &Path) -> io::Result<File> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn if_range_needs_this_very_file() {
+        let (etag, date) = ("\"a-b-c\"", "Tue, 01 Dec 2026 10:00:00 GMT");
+        assert!(if_range_holds(None, etag, date));
+        assert!(if_range_holds(Some(" \"a-b-c\" "), etag, date));
+        assert!(if_range_holds(Some(date), etag, date));
+        for other in ["\"nope\"", "W/\"a-b-c\"", "Tue, 01 Dec 2026 10:00:01 GMT", "garbage"] {
+            assert!(!if_range_holds(Some(other), etag, date), "{other}");
+        }
+    }
 
     #[test]
     fn ranges() {
