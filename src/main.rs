@@ -116,7 +116,10 @@ fn serve(args: &[String]) -> Result<(), Failure> {
     let http_cfg = http_config(&cfg);
     let addr = format!("{}:{}", cfg.host, cfg.port);
     let auth = build_auth(&cfg)?;
-    let db = Arc::new(Db::with_cache(db_config(&cfg), cfg.account_cache_size).map_err(|e| failed(e.to_string()))?);
+    let db = Arc::new(
+        Db::with_cache_refreshed(db_config(&cfg), cfg.account_cache_size, cfg.account_cache_refresh)
+            .map_err(|e| failed(e.to_string()))?,
+    );
     // The spool first: a restarted server drains what it spooled before it died, as soon as the
     // database is up (the monitor wakes the replayer).
     let spool = db::spool::Spool::open(&cfg.data_dir).map_err(|e| {

@@ -223,6 +223,46 @@ fn the_database_goes_away_and_comes_back() {
 }
 
 #[test]
+fn accounts_changed_behind_the_servers_back_are_not_served_from_memory_in_an_outage() {
+    // Deactivated and deleted by SQL (as another instance or an operator would), then the
+    // database goes away before either account makes a request: the cache must not hand them
+    // their access back. The refresh (every second here) brings the cache in line first.
+    let mut pg = PgCluster::start();
+    let srv = TestServer::start_with(
+        pg.opts(Opts::default()).env("SECRET_KEY", SECRET).env("ACCOUNT_CACHE_REFRESH_SECS", "1"),
+    );
+    let (dave, erin) = (signup(&srv, "dave@example.com"), signup(&srv, "erin@example.com"));
+    let (dave_t, erin_t) = (token(&srv, "dave@example.com"), token(&srv, "erin@example.com"));
+    let keep_t = {
+        signup(&srv, "keep@example.com");
+        token(&srv, "keep@example.com")
+    };
+    for t in [&dave_t, &erin_t, &keep_t] {
+        assert_eq!(get_auth(&srv, "/users/me", t).status, 200);
+    }
+    let mut c = pg.client(&srv.db.name);
+    c.execute("UPDATE users SET is_active = false WHERE id = $1", &[&dave["id"].as_i64().unwrap()]).unwrap();
+    c.execute("DELETE FROM users WHERE id = $1", &[&erin["id"].as_i64().unwrap()]).unwrap();
+    drop(c);
+    std::thread::sleep(Duration::from_millis(2500));
+    pg.stop_immediate();
+    wait_health(&srv, "down", Duration::from_secs(10));
+    // Deactivated: known and refused. Deleted: forgotten, so unknown in an outage (503, as for
+    // any account not in memory), never served.
+    let r = get_auth(&srv, "/users/me", &dave_t);
+    assert_eq!(r.status, 401, "deactivated: {}", r.text());
+    let r = get_auth(&srv, "/users/me", &erin_t);
+    assert_eq!(r.status, 503, "deleted: {}", r.text());
+    for email in ["dave@example.com", "erin@example.com"] {
+        let r = login(&srv, email, "password1");
+        assert_ne!(r.status, 200, "{email} logged in from memory: {}", r.text());
+    }
+    // The others are still served from memory.
+    let r = get_auth(&srv, "/users/me", &keep_t);
+    assert_eq!((r.status, r.header("x-data-stale")), (200, Some("true")), "{}", r.text());
+}
+
+#[test]
 fn uploads_during_an_outage_appear_exactly_once_after_it() {
     let mut pg = PgCluster::start();
     let srv = TestServer::start_with(pg.opts(Opts::default()).env("SECRET_KEY", SECRET));

@@ -9,8 +9,10 @@
 //! Lock: one `Mutex` (owned by this struct, never held across I/O or hashing; every method takes
 //! it once for a few map operations).
 //! Freshness: updated on every write and every read of a user row while the database is up, and
-//! an account the database says is gone is dropped. While the database is down nothing can
-//! change the accounts, so the cache is as fresh as the database was when it left.
+//! an account the database says is gone is dropped. Changes this process did not make (another
+//! instance, SQL by hand) reach the cache with the account's next read, or at the latest with
+//! the monitor's refresh of every cached account (`ACCOUNT_CACHE_REFRESH_SECS`, `reconcile`):
+//! when the database leaves, the cache is at most that much older than it was.
 //! Must never: hand the hash to anything but the password check, or grow past its bound.
 
 use std::collections::{BTreeMap, HashMap};
@@ -25,6 +27,8 @@ struct Entry {
     user: User,
     /// Position in `Inner::order`: the higher, the more recently used.
     tick: u64,
+    /// Changes whenever `user` is replaced: a refresh applies only to the version it read.
+    version: u64,
 }
 
 #[derive(Default)]
@@ -35,6 +39,7 @@ struct Inner {
     /// tick → id, oldest first: the LRU order.
     order: BTreeMap<u64, i64>,
     next_tick: u64,
+    next_version: u64,
 }
 
 impl Inner {
@@ -95,9 +100,52 @@ impl AccountCache {
         }
         let tick = g.next_tick;
         g.next_tick += 1;
+        g.next_version += 1;
+        let version = g.next_version;
         g.by_email.insert(user.email.to_lowercase(), user.id);
         g.order.insert(tick, user.id);
-        g.by_id.insert(user.id, Entry { user: user.clone(), tick });
+        g.by_id.insert(user.id, Entry { user: user.clone(), tick, version });
+    }
+
+    /// Every cached account's id and version, for a refresh ([`reconcile`](Self::reconcile)).
+    pub fn versions(&self) -> Vec<(i64, u64)> {
+        self.lock().by_id.iter().map(|(id, e)| (*id, e.version)).collect()
+    }
+
+    /// Apply a refresh: of the accounts `asked` (ids and the versions they had when the rows
+    /// were read), those still at that version are replaced by their row in `found`, or
+    /// forgotten when the database has none (deleted). One changed meanwhile by a request holds
+    /// a newer row and is left alone. The LRU order does not move: a refresh is not a use.
+    pub fn reconcile(&self, asked: &[(i64, u64)], found: &[User]) {
+        let rows: HashMap<i64, &User> = found.iter().map(|u| (u.id, u)).collect();
+        let mut g = self.lock();
+        for &(id, version) in asked {
+            if g.by_id.get(&id).map(|e| e.version) != Some(version) {
+                continue;
+            }
+            match rows.get(&id) {
+                None => g.remove(id),
+                Some(row) if g.by_id.get(&id).is_some_and(|e| e.user == **row) => {}
+                Some(row) => {
+                    let old_email = g.by_id[&id].user.email.to_lowercase();
+                    let new_email = row.email.to_lowercase();
+                    if old_email != new_email {
+                        if g.by_email.get(&old_email) == Some(&id) {
+                            g.by_email.remove(&old_email);
+                        }
+                        if let Some(&other) = g.by_email.get(&new_email) {
+                            g.remove(other);
+                        }
+                        g.by_email.insert(new_email, id);
+                    }
+                    g.next_version += 1;
+                    let version = g.next_version;
+                    let e = g.by_id.get_mut(&id).expect("checked above");
+                    e.user = (*row).clone();
+                    e.version = version;
+                }
+            }
+        }
     }
 
     /// Forget an account (the database says it no longer exists).
@@ -158,6 +206,29 @@ mod tests {
         assert_eq!(c.by_email(" a@X.IO ").unwrap().id, 1);
         assert!(c.by_email("b@x.io").is_none());
         assert!(c.by_id(2).is_none());
+    }
+
+    #[test]
+    fn a_refresh_replaces_forgets_and_leaves_newer_rows_alone() {
+        let c = AccountCache::new(10);
+        for i in 1..=4 {
+            c.put(&user(i, &format!("u{i}@x.io")));
+        }
+        let asked = c.versions();
+        // Meanwhile a request reads 4 again, changed: a newer row than the refresh's.
+        let mut newer = user(4, "u4@x.io");
+        newer.full_name = Some("from a request".into());
+        c.put(&newer);
+        // The database now says: 1 deactivated, 2 renamed (new email), 3 gone, 4 as it was.
+        let mut one = user(1, "u1@x.io");
+        one.is_active = false;
+        c.reconcile(&asked, &[one, user(2, "new2@x.io"), user(4, "u4@x.io")]);
+        assert!(!c.by_id(1).unwrap().is_active);
+        assert_eq!(c.by_email("new2@x.io").unwrap().id, 2);
+        assert!(c.by_email("u2@x.io").is_none(), "the old email no longer finds it");
+        assert!(c.by_id(3).is_none() && c.by_email("u3@x.io").is_none(), "deleted: forgotten");
+        assert_eq!(c.by_id(4).unwrap().full_name.as_deref(), Some("from a request"), "newer kept");
+        assert_eq!(c.len(), 3);
     }
 
     #[test]

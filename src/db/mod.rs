@@ -31,6 +31,10 @@
 //! `db-probe` (one, started by the first probe): owns the probe connection; takes one request at
 //! a time from a channel of capacity 1 (a probe still running is waited for, never queued twice).
 //! `spool-replay` (one, `Db::attach_spool`): see `spool.rs`.
+//! `db-refresh` (one, with the monitor): every `ACCOUNT_CACHE_REFRESH_SECS` while the database
+//! is up, reads every cached account again with one pooled connection (`Db::refresh_accounts`,
+//! 10,000 ids a query), so that the cache the server falls back on in an outage is at most that
+//! old. Holds the cache's lock only to copy the ids and to apply each batch.
 //! Must never: block a request on the pool while the database is known down, call a busy pool an
 //! outage, or log a password.
 
@@ -52,13 +56,16 @@ pub mod users;
 
 pub use pool::{DbConfig, DbError, DbPool};
 
-use crate::{info, warn};
+use crate::{debug, info, warn};
 
 /// A pooled connection; derefs to `postgres::Client`.
 pub type Conn = pool::PooledClient;
 
 /// Called with `true` when the database comes up and `false` when it goes down.
 pub type StateHook = Arc<dyn Fn(bool) + Send + Sync>;
+
+/// The default of `ACCOUNT_CACHE_REFRESH_SECS`.
+pub const DEFAULT_ACCOUNT_REFRESH: Duration = Duration::from_secs(10);
 
 /// How often the monitor probes, whatever the state.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
@@ -195,15 +202,28 @@ pub struct Db {
     /// Reads of users by id, combined (`batch.rs`).
     /// Rows as `Arc`s: a batch hands each of its requests its rows without copying them.
     user_reads: batch::Batcher<Arc<users::User>>,
+    /// How often the monitor refreshes every cached account while the database is up
+    /// (`ACCOUNT_CACHE_REFRESH_SECS`): the most the cache can be behind when the database leaves.
+    account_refresh: Duration,
 }
+
+/// Ids per query of an account refresh: bounds one statement's parameter and its rows.
+const REFRESH_BATCH: usize = 10_000;
 
 impl Db {
     pub fn new(cfg: DbConfig) -> Result<Db, DbError> {
         Db::with_cache(cfg, cache::DEFAULT_CAPACITY)
     }
 
-    /// A `Db` whose account cache holds at most `cache_capacity` accounts.
+    /// A `Db` whose account cache holds at most `cache_capacity` accounts, refreshed every
+    /// `DEFAULT_ACCOUNT_REFRESH`.
     pub fn with_cache(cfg: DbConfig, cache_capacity: usize) -> Result<Db, DbError> {
+        Db::with_cache_refreshed(cfg, cache_capacity, DEFAULT_ACCOUNT_REFRESH)
+    }
+
+    /// A `Db` whose account cache holds at most `cache_capacity` accounts, each read again from
+    /// the database every `refresh` while it is up.
+    pub fn with_cache_refreshed(cfg: DbConfig, cache_capacity: usize, refresh: Duration) -> Result<Db, DbError> {
         let pool = pool::build_pool(&cfg)?;
         let user_reads = batch::Batcher::new(batch_leaders(cfg.pool_size), |u: &Arc<users::User>| u.id);
         Ok(Db {
@@ -217,7 +237,23 @@ impl Db {
             cache: cache::AccountCache::new(cache_capacity),
             spool: OnceLock::new(),
             user_reads,
+            account_refresh: refresh.max(Duration::from_secs(1)),
         })
+    }
+
+    /// Read every cached account again (in batches) and bring the cache in line: deactivated,
+    /// demoted or renamed accounts change, deleted ones go. Changes made elsewhere (another
+    /// instance, SQL by hand) would otherwise wait for the account's next request, and a
+    /// database that leaves first would leave them out of date for the whole outage.
+    pub fn refresh_accounts(&self) -> Result<(), DbError> {
+        let versions = self.cache.versions();
+        let mut c = self.conn()?;
+        for chunk in versions.chunks(REFRESH_BATCH) {
+            let ids: Vec<i64> = chunk.iter().map(|(id, _)| *id).collect();
+            let found = users::by_ids(&mut c, &ids)?;
+            self.cache.reconcile(chunk, &found);
+        }
+        Ok(())
     }
 
     pub fn config(&self) -> &DbConfig {
@@ -369,6 +405,17 @@ impl Db {
 
     /// Start the `db-monitor` thread.
     pub fn start_monitor(self: &Arc<Self>, hook: Option<StateHook>) -> std::io::Result<()> {
+        let db = self.clone();
+        // Not on the monitor's thread: a refresh is a query, which a hung PostgreSQL would hold,
+        // and the monitor must go on probing.
+        std::thread::Builder::new().name("db-refresh".into()).spawn(move || loop {
+            std::thread::sleep(db.account_refresh);
+            if db.is_up() && !db.cache.is_empty() {
+                if let Err(e) = db.refresh_accounts() {
+                    debug!("account cache refresh skipped: {e}");
+                }
+            }
+        })?;
         let db = self.clone();
         std::thread::Builder::new().name("db-monitor".into()).spawn(move || loop {
             db.check(hook.as_ref());
