@@ -484,6 +484,19 @@ fn read_only_refuses_every_write_and_allow_writes_lifts_it() {
         let r = gui.api("POST", "/api/export?format=csv", Some(json!({ "sql": sql })));
         assert_ne!(r.status, 200, "{sql}");
     }
+    // COPY: to a file it would write on the database server even in a READ ONLY transaction
+    // (PostgreSQL allows it); to STDOUT it needs a protocol the page does not speak. Refused.
+    let file = std::env::temp_dir().join(format!("adc-dbgui-copy-{}.csv", std::process::id()));
+    for sql in [
+        format!("COPY (SELECT 1) TO '{}'", file.display()),
+        "COPY t TO STDOUT".to_string(),
+        "/* a note */ copy t from stdin".to_string(),
+    ] {
+        let r = gui.query(&sql);
+        assert_eq!(r.status, 400, "{sql}: {}", r.text());
+        assert!(r.json()["detail"].as_str().unwrap().contains("COPY is not run"), "{sql}: {}", r.text());
+    }
+    assert!(!file.exists(), "COPY wrote {}", file.display());
     let rows: Vec<i32> = db.client().query("SELECT x FROM t", &[]).unwrap().iter().map(|r| r.get(0)).collect();
     assert_eq!(rows, [1], "nothing changed");
     assert_eq!(open_gui_transactions(&db), 0);

@@ -215,6 +215,10 @@ impl Session {
     /// statement without result columns is executed here (its row count is in the result).
     pub fn start(&mut self, sql: &str) -> Result<Started, SqlError> {
         let stmt = self.conn.prepare(sql).map_err(|e| self.err(e, 0))?;
+        // Parsed, so one statement: its first word is its kind.
+        if first_keyword(sql).eq_ignore_ascii_case("copy") {
+            return Err(SqlError::new(COPY_REFUSED));
+        }
         let columns: Vec<Column> = stmt.columns().iter().map(|c| Column::new(c.name(), c.type_())).collect();
         drop(stmt);
         if columns.is_empty() {
@@ -275,6 +279,47 @@ impl Drop for Session {
             let _ = self.conn.batch_execute("ROLLBACK");
         }
     }
+}
+
+/// Why `COPY` is not run: `TO STDOUT` and `FROM STDIN` need a protocol this page does not
+/// speak, and `TO`/`FROM` a file or a program act on the database server's machine, outside what
+/// `READ ONLY` guards (PostgreSQL runs `COPY ... TO '/path'` in a read-only transaction).
+pub const COPY_REFUSED: &str = "COPY is not run by the database GUI: use the export (CSV or JSON) \
+     for a query's rows, or psql's \\copy for files";
+
+/// The first word of a statement, after white space and comments (`--` to the end of the line,
+/// `/* */`, which nest in PostgreSQL); empty when there is none.
+pub fn first_keyword(sql: &str) -> &str {
+    let b = sql.as_bytes();
+    let mut i = 0;
+    loop {
+        while i < b.len() && b[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if b[i..].starts_with(b"--") {
+            i = b[i..].iter().position(|&c| c == b'\n').map_or(b.len(), |n| i + n + 1);
+        } else if b[i..].starts_with(b"/*") {
+            let mut depth = 0usize;
+            while i < b.len() {
+                if b[i..].starts_with(b"/*") {
+                    depth += 1;
+                    i += 2;
+                } else if b[i..].starts_with(b"*/") {
+                    depth -= 1;
+                    i += 2;
+                    if depth == 0 {
+                        break;
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+        } else {
+            break;
+        }
+    }
+    let end = b[i..].iter().position(|c| !c.is_ascii_alphanumeric() && *c != b'_').map_or(b.len(), |n| i + n);
+    &sql[i..end]
 }
 
 /// A row in text format: `None` is SQL NULL.
@@ -710,6 +755,18 @@ mod tests {
         }
         assert_eq!(json(Conv::Number, Some("NaN")), "\"NaN\"");
         assert_eq!(json(Conv::Number, None), "null");
+    }
+
+    #[test]
+    fn the_first_keyword_skips_space_and_comments() {
+        assert_eq!(first_keyword("copy t to stdout"), "copy");
+        assert_eq!(first_keyword("  \n\tCOPY(select 1) TO '/tmp/x'"), "COPY");
+        assert_eq!(first_keyword("-- a note\n/* a /* nested */ one */ Copy t FROM stdin"), "Copy");
+        assert_eq!(first_keyword("select 1 -- copy"), "select");
+        assert_eq!(first_keyword("/* copy */ select 1"), "select");
+        assert_eq!(first_keyword("-- only a comment"), "");
+        assert_eq!(first_keyword("/* unterminated"), "");
+        assert_eq!(first_keyword(""), "");
     }
 
     #[test]
