@@ -11,8 +11,9 @@
 //! runs through a cursor (`DECLARE ... NO SCROLL CURSOR`, then `FETCH` in batches), so a result
 //! is read a batch at a time, never whole: a query stops at its row cap or its byte cap, and an
 //! export streams. Batches are bounded by bytes as well as rows ([`Batches`]): the first `FETCH`
-//! asks for one row, later ones for about [`BATCH_BYTES`] of rows as big as the biggest so far. Statements a cursor cannot hold (`SHOW`, `EXPLAIN`, `INSERT ... RETURNING`)
-//! run directly and their (small) results are read whole.
+//! asks for one row, later ones for about [`BATCH_BYTES`] of rows as big as the biggest so far.
+//! Statements a cursor cannot hold (`SHOW`, `EXPLAIN`, `INSERT ... RETURNING`) run directly and
+//! their (small) results are read whole. `COPY` is refused ([`COPY_REFUSED`]).
 //!
 //! Values arrive in PostgreSQL's text format (what `psql` prints) and become JSON by column
 //! type: numbers, booleans, `json`, arrays (nested), timestamps as RFC 3339 in UTC, everything
