@@ -80,7 +80,7 @@ pub const SETTINGS: &[Setting] = &[
     s("ACCESS_TOKEN_EXPIRE_MINUTES", "--access-token-expire-minutes", "30", "token lifetime in minutes"),
     path_setting("UPLOAD_DIR", "--upload-dir", "uploads", "root folder of uploaded files"),
     path_setting("BACKUP_DIR", "--backup-dir", "dbBackup", "where backups are written and looked for"),
-    path_setting("DATA_DIR", "--data-dir", "data", "local state: generated secret, write-behind spool (DATA_DIR/spool/)"),
+    path_setting("DATA_DIR", "--data-dir", "data", "local state: generated secret, write-behind spool (DATA_DIR/spool/), upload intents (DATA_DIR/intents/)"),
     s(
         "ACCOUNT_CACHE_SIZE",
         "--account-cache-size",

@@ -128,7 +128,16 @@ fn serve(args: &[String]) -> Result<(), Failure> {
             cfg.data_dir.join("spool").display()
         ))
     })?;
-    db.attach_spool(Arc::new(spool)).map_err(|e| failed(format!("cannot start the spool replayer: {e}")))?;
+    // The intents of uploads a crash cut off between their rename and their record
+    // (`db::intent`): resolved below, or when the database is back.
+    let intents = db::intent::Intents::open(&cfg.data_dir, &cfg.upload_dir).map_err(|e| {
+        failed(format!(
+            "cannot open the upload intents in {}: {e} (DATA_DIR must be a writable folder)",
+            cfg.data_dir.join(db::intent::DIR).display()
+        ))
+    })?;
+    db.attach_spool(Arc::new(spool), Arc::new(intents))
+        .map_err(|e| failed(format!("cannot start the spool replayer: {e}")))?;
     let ws_settings =
         adcluster::ws::WsSettings { max_clients: ws_max_clients, ..adcluster::ws::WsSettings::from_config(&cfg) };
     let ws = Arc::new(adcluster::ws::Ws::new(ws_settings));
@@ -145,6 +154,9 @@ fn serve(args: &[String]) -> Result<(), Failure> {
     }
     db.start_monitor(Some(hook)).map_err(|e| failed(format!("cannot start the database monitor: {e}")))?;
     api::files::sweep_temp(&cfg.upload_dir);
+    // Before the first request: no file of an interrupted upload is served once it is decided
+    // (with the database away, those not in the spool wait for it).
+    db.resolve_intents();
     let metrics = Arc::new(api::metrics::Metrics::default());
     let app = Arc::new(api::App { config: cfg, started: Instant::now(), db, auth, ws: ws.clone(), metrics });
     let router = Arc::new(api::build_router(app.clone()));

@@ -2,9 +2,9 @@
 //! PostgreSQL cluster of its own (`common::pgcluster`) and stops it with `pg_ctl stop -m
 //! immediate`. Checks `/health` within 5 s both ways, the alerts, accounts served from memory
 //! with `X-Data-Stale: true`, fast 503s with `Retry-After`, uploads through the spool landing
-//! exactly once (also across `kill -9` during the replay, a torn journal tail, a full disk), a
-//! server started before its database, the causes in the log, and that a merely busy pool is
-//! not an outage.
+//! exactly once (also across `kill -9` during the replay, a torn journal tail, a full disk), an
+//! upload's commit killed during the outage leaving no orphan file, a server started before its
+//! database, the causes in the log, and that a merely busy pool is not an outage.
 
 mod common;
 
@@ -591,4 +591,88 @@ fn credentials_that_will_not_heal_are_said_plainly() {
     // The right one: up.
     let srv = TestServer::start_with(pg.opts(Opts::default()));
     assert_eq!(health(&srv)["database"], "up", "{}", srv.log());
+}
+
+/// Restart the server (SIGKILL) with `ADCLUSTER_TEST_CRASH_AT` set to `point`, or unset.
+fn restart_with_crash_point(srv: &mut TestServer, point: Option<&str>) {
+    srv.kill();
+    srv.env.retain(|(k, _)| k != "ADCLUSTER_TEST_CRASH_AT");
+    if let Some(p) = point {
+        srv.env.push(("ADCLUSTER_TEST_CRASH_AT".into(), p.into()));
+    }
+    srv.start_again();
+}
+
+/// Upload into a server set to kill itself during the commit; wait for it to die.
+fn upload_and_die(srv: &mut TestServer, token: &str, name: &str) {
+    let ct = format!("multipart/form-data; boundary={BOUNDARY}");
+    let auth = format!("Bearer {token}");
+    let body = form(&[("file", name, b"crash")]);
+    let mut c = srv.connect();
+    let head = format!(
+        "POST /api/upload HTTP/1.1\r\nHost: t\r\nContent-Type: {ct}\r\nAuthorization: {auth}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    c.write(head.as_bytes());
+    c.write(&body);
+    assert!(c.try_read_response(false).is_none(), "the upload was answered: the test hook did not fire");
+    assert!(srv.wait_exit(Duration::from_secs(10)).is_none(), "not killed by a signal");
+}
+
+fn documents(srv: &TestServer) -> Vec<String> {
+    std::fs::read_dir(srv.dir.path().join("uploads").join("documents"))
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default()
+}
+
+fn intents_left(srv: &TestServer) -> usize {
+    std::fs::read_dir(srv.dir.path().join("data").join("intents")).map(|d| d.count()).unwrap_or(0)
+}
+
+/// A crash in the middle of an upload's commit while the database is away: a file whose record
+/// reached the spool stays (and is listed once the database is back); a file with no record
+/// anywhere waits for the database to say so, then goes. Debug builds only (the test hook).
+#[test]
+fn a_crash_during_an_upload_in_an_outage_leaves_no_orphan() {
+    let mut pg = PgCluster::start();
+    let mut srv = TestServer::start_with(
+        pg.opts(Opts::default()).env("SECRET_KEY", SECRET).env("ADCLUSTER_TEST_CRASH_AT", "after-record"),
+    );
+    signup(&srv, "c@example.com");
+    // Logged in while the database is up: the account is cached for the outage.
+    let tok = token(&srv, "c@example.com");
+
+    // The record is in the spool when the server dies: the restart keeps the file, at once.
+    pg.stop_immediate();
+    wait_health(&srv, "down", Duration::from_secs(10));
+    upload_and_die(&mut srv, &tok, "spooled.txt");
+    restart_with_crash_point(&mut srv, None);
+    let kept = documents(&srv);
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(intents_left(&srv), 0, "decided from the spool without the database");
+    assert_eq!(srv.get(&format!("/uploads/documents/{}", kept[0])).status, 200);
+    pg.start_again();
+    wait_health(&srv, "up", Duration::from_secs(10));
+    assert!(eventually(Duration::from_secs(15), || health(&srv)["spool"] == 0), "{}", srv.log());
+    let tok = token(&srv, "c@example.com");
+    assert_eq!(listed(&srv, &tok, "").keys().cloned().collect::<Vec<_>>(), kept);
+
+    // Moved into place, no record anywhere: kept while the database cannot say, removed after.
+    restart_with_crash_point(&mut srv, Some("after-rename"));
+    let tok = token(&srv, "c@example.com");
+    pg.stop_immediate();
+    wait_health(&srv, "down", Duration::from_secs(10));
+    upload_and_die(&mut srv, &tok, "orphan.txt");
+    let orphan: Vec<String> = documents(&srv).into_iter().filter(|n| !kept.contains(n)).collect();
+    assert_eq!(orphan.len(), 1, "the crash came before the rename");
+    restart_with_crash_point(&mut srv, None);
+    assert_eq!(intents_left(&srv), 1, "undecided while the database is away");
+    pg.start_again();
+    let url = format!("/uploads/documents/{}", orphan[0]);
+    assert!(eventually(Duration::from_secs(20), || srv.get(&url).status == 404), "orphan still served:\n{}", srv.log());
+    assert_eq!(documents(&srv), kept);
+    assert!(eventually(Duration::from_secs(5), || intents_left(&srv) == 0));
+    let mut c = pg.client(&srv.db.name);
+    let n: i64 = c.query_one("SELECT count(*) FROM uploads", &[]).unwrap().get(0);
+    assert_eq!(n, 1, "only the spooled upload has a record");
 }

@@ -1,7 +1,8 @@
 //! The contract's "Files" section against the running binary: byte-exact uploads of awkward
 //! sizes (also in tiny irregular writes), categories, listing, deletion, Range/HEAD/304, and the
-//! ways an upload can fail (413 mid-stream, client gone, one bad part) leaving nothing behind,
-//! and traversal attempts that must never escape `UPLOAD_DIR`.
+//! ways an upload can fail (413 mid-stream, client gone, one bad part, the server killed in the
+//! middle of the commit) leaving nothing behind, and traversal attempts that must never escape
+//! `UPLOAD_DIR`.
 
 mod common;
 
@@ -540,4 +541,75 @@ fn a_slow_reader_of_a_large_download_is_cut_off() {
         }
     }
     assert!(freed, "the worker was still held after {:?} ({total} bytes read)", t0.elapsed());
+}
+
+/// Intents (`DATA_DIR/intents/`) not resolved yet.
+fn intents_left(srv: &TestServer) -> Vec<String> {
+    std::fs::read_dir(srv.dir.path().join("data").join("intents"))
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default()
+}
+
+/// Start the server again with `ADCLUSTER_TEST_CRASH_AT` set to `point` (or unset).
+fn start_with_crash_point(srv: &mut TestServer, point: Option<&str>) {
+    srv.kill();
+    srv.env.retain(|(k, _)| k != "ADCLUSTER_TEST_CRASH_AT");
+    if let Some(p) = point {
+        srv.env.push(("ADCLUSTER_TEST_CRASH_AT".into(), p.into()));
+    }
+    srv.start_again();
+}
+
+/// Upload `name` into a server set to kill itself during the commit; wait for it to die.
+fn upload_and_die(env: &mut Env, name: &str) {
+    let body = form(&[("file", Some(name), b"crash")]);
+    let mut c = env.srv.connect();
+    c.write(upload_head("/api/upload", &env.token, body.len()).as_bytes());
+    c.write(&body);
+    assert!(c.try_read_response(false).is_none(), "the upload was answered: the test hook did not fire");
+    assert!(env.srv.wait_exit(Duration::from_secs(10)).is_none(), "not killed by a signal");
+}
+
+/// The contract: "A rejected or interrupted upload leaves no file and no record behind" — also
+/// when the server dies (kill -9, power loss) in the middle of the commit. Debug builds only:
+/// `ADCLUSTER_TEST_CRASH_AT` makes the server SIGKILL itself at that point of the commit.
+#[test]
+fn a_crash_during_the_commit_leaves_no_file_without_a_record_nor_a_record_without_a_file() {
+    let mut env = setup(Opts::default());
+    let docs = |srv: &TestServer| -> Vec<String> {
+        stored_files(srv).into_iter().filter(|f| f.starts_with("documents/")).collect()
+    };
+
+    // Right after the rename, before the record: the file was in place, unrecorded.
+    start_with_crash_point(&mut env.srv, Some("after-rename"));
+    upload_and_die(&mut env, "orphan.txt");
+    let placed = docs(&env.srv);
+    assert_eq!(placed.len(), 1, "the crash came before the rename: {:?}", stored_files(&env.srv));
+    assert_eq!(intents_left(&env.srv).len(), 1);
+    start_with_crash_point(&mut env.srv, None);
+    let r = env.srv.get(&format!("/uploads/{}", placed[0]));
+    assert_eq!(r.status, 404, "an orphan file is served after the restart");
+    assert_eq!(docs(&env.srv), Vec::<String>::new());
+    assert_eq!(record_count(&env.srv), 0);
+    assert_eq!(intents_left(&env.srv), Vec::<String>::new());
+    assert!(env.srv.log().contains("its upload was interrupted before its record was written"), "{}", env.srv.log());
+
+    // Right before the rename: nothing in place; the temp file is swept.
+    start_with_crash_point(&mut env.srv, Some("before-rename"));
+    upload_and_die(&mut env, "early.txt");
+    assert_eq!(docs(&env.srv), Vec::<String>::new());
+    start_with_crash_point(&mut env.srv, None);
+    assert_eq!(stored_files(&env.srv), Vec::<String>::new(), "temp or category files left behind");
+    assert_eq!(record_count(&env.srv), 0);
+    assert_eq!(intents_left(&env.srv), Vec::<String>::new());
+
+    // Right after the record, before the intent is cleared: the upload is committed and stays.
+    start_with_crash_point(&mut env.srv, Some("after-record"));
+    upload_and_die(&mut env, "kept.txt");
+    start_with_crash_point(&mut env.srv, None);
+    let kept = docs(&env.srv);
+    assert_eq!(kept.len(), 1, "a recorded file was removed");
+    assert_eq!(record_count(&env.srv), 1);
+    assert_eq!(env.srv.get(&format!("/uploads/{}", kept[0])).body, b"crash");
+    assert_eq!(intents_left(&env.srv), Vec::<String>::new());
 }

@@ -2,14 +2,17 @@
 //! the listing, deletion, and `GET`/`HEAD /uploads/{category}/{name}`.
 //!
 //! An upload streams: multipart parser (`http::multipart`) → a temp file in `UPLOAD_DIR/.tmp/`
-//! (hashed and counted as it is written) → `fsync` → atomic `rename` into the category folder →
-//! the record in the database. Nothing of a file is held in memory. A part that crosses
+//! (hashed and counted as it is written) → `fsync` → an intent in `DATA_DIR/intents/`
+//! (`db::intent`, durable) → atomic `rename` into the category folder → the record in the
+//! database → the intent removed; an intent a crash left is resolved at the next start (record
+//! found: the file stays; none: it goes). Nothing of a file is held in memory. A part that crosses
 //! `MAX_UPLOAD_MB` stops the upload at once (413); a client that goes away, a bad part, or a
 //! database failure removes every file of the request (all or nothing). While the database is
 //! away, the records go to the spool (`db::spool`, durable before the `201`) instead, and into
 //! the database when it is back; a spool that cannot be written answers 503 and removes the files.
 //! Must never: serve or delete anything outside `UPLOAD_DIR/<category>/`, derive a stored name
-//! from the client's file name, or leave a temp file behind.
+//! from the client's file name, leave a temp file behind, or move a file into a category folder
+//! before its intent is durable.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -23,6 +26,7 @@ use super::openapi::{schema_ref, Op};
 use super::pages::content_type_for;
 use super::App;
 use crate::db::files::{self as records, FileRecord};
+use crate::db::intent;
 use crate::http::multipart::{self, Event, MultipartError};
 use crate::http::router::issue;
 use crate::http::{static_file, BodyError, HttpError, Request, Response, Router};
@@ -277,47 +281,69 @@ fn storage_error(what: &str, e: &io::Error) -> HttpError {
     HttpError::new(500, "Could not store the file")
 }
 
-/// Move staged files into their category folders and record them, all or nothing.
+/// Move staged files into their category folders and record them, all or nothing. The intent
+/// (`db::intent`) is durable before the first rename and cleared once the records are (or the
+/// files are removed again), so a crash in between leaves nothing a restart cannot decide.
 fn commit(app: &App, staged: Vec<Staged>) -> Result<Vec<FileRecord>, HttpError> {
     let root = &app.config.upload_dir;
-    let mut placed: Vec<PathBuf> = Vec::new();
-    let undo = |placed: &[PathBuf]| {
+    let records: Vec<FileRecord> = staged.iter().map(|s| s.record.clone()).collect();
+    let intents = app.db.intents();
+    let intent = match intents.map(|i| i.write(&records)).transpose() {
+        Ok(i) => i,
+        Err(e) => return Err(storage_error("write the upload intent", &e)),
+    };
+    // Removes what was placed (durably), then the intent: the files are gone before it is.
+    let undo = |placed: &[PathBuf], intent: Option<intent::Intent>| {
         for p in placed {
             let _ = fs::remove_file(p);
+            if let Some(dir) = p.parent() {
+                let _ = sync_dir(dir);
+            }
+        }
+        if let (Some(i), Some(intent)) = (intents, intent) {
+            i.clear(intent);
         }
     };
+    intent::crash_point("before-rename");
+    let mut placed: Vec<PathBuf> = Vec::new();
     for s in &staged {
         let dir = root.join(&s.record.category);
         let target = dir.join(&s.record.filename);
         let moved = fs::create_dir_all(&dir).and_then(|_| fs::rename(&s.tmp, &target)).and_then(|_| sync_dir(&dir));
         if let Err(e) = moved {
-            undo(&placed);
+            undo(&placed, intent);
             return Err(storage_error("move the upload into place", &e));
         }
         placed.push(target);
     }
-    let records: Vec<FileRecord> = staged.iter().map(|s| s.record.clone()).collect();
+    intent::crash_point("after-rename");
     let saved = app.db.conn().and_then(|mut c| records::insert_all(&mut c, &records));
-    match saved {
-        Ok(()) => Ok(records),
+    let durable = match saved {
+        Ok(()) => Ok(()),
         // The database is away (known down, or lost on the way: the insert may or may not have
         // committed; replay is idempotent either way): the record goes to the spool, on disk
         // before the answer, and into the database when it is back.
         Err(e) if e.is_unavailable() && app.db.spool().is_some() => {
             app.db.saw(e);
             let spool = app.db.spool().expect("checked above");
-            match spool.append(&records) {
-                Ok(()) => Ok(records),
-                Err(io) => {
-                    undo(&placed);
-                    error!("cannot write the upload spool ({}): {io}", spool.path().display());
-                    Err(crate::auth::db_unavailable())
-                }
+            spool.append(&records).map_err(|io| {
+                error!("cannot write the upload spool ({}): {io}", spool.path().display());
+                crate::auth::db_unavailable()
+            })
+        }
+        Err(e) => Err(app.db_err(e)),
+    };
+    match durable {
+        Ok(()) => {
+            intent::crash_point("after-record");
+            if let (Some(i), Some(intent)) = (intents, intent) {
+                i.clear(intent);
             }
+            Ok(records)
         }
         Err(e) => {
-            undo(&placed);
-            Err(app.db_err(e))
+            undo(&placed, intent);
+            Err(e)
         }
     }
 }

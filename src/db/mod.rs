@@ -1,7 +1,8 @@
 //! The database: an r2d2 pool of `postgres::Client`s (`pool.rs`), the schema migrations
 //! (`migrate.rs`), the queries of each resource (`users.rs`, `teams.rs`, `files.rs`), the memory
-//! cache of accounts (`cache.rs`), the write-behind spool of upload records (`spool.rs`), and the
-//! monitor that knows whether PostgreSQL is up (this file).
+//! cache of accounts (`cache.rs`), the write-behind spool of upload records (`spool.rs`), the
+//! intents of uploads being committed (`intent.rs`), and the monitor that knows whether
+//! PostgreSQL is up (this file).
 //!
 //! The server must start and serve without the database. Whether PostgreSQL is up is decided by
 //! the monitor alone, from its own probe — never from a request's pool checkout: a checkout that
@@ -30,7 +31,8 @@
 //! I/O except `prober`, which only it (and `main`, once, before the monitor starts) takes.
 //! `db-probe` (one, started by the first probe): owns the probe connection; takes one request at
 //! a time from a channel of capacity 1 (a probe still running is waited for, never queued twice).
-//! `spool-replay` (one, `Db::attach_spool`): see `spool.rs`.
+//! `spool-replay` (one, `Db::attach_spool`): see `spool.rs`; it also resolves the upload intents
+//! a crashed process left (`intent.rs`) once the database is up.
 //! `db-refresh` (one, with the monitor): every `ACCOUNT_CACHE_REFRESH_SECS` while the database
 //! is up, reads every cached account again with one pooled connection (`Db::refresh_accounts`,
 //! 10,000 ids a query), so that the cache the server falls back on in an outage is at most that
@@ -47,6 +49,7 @@ pub mod batch;
 pub mod cache;
 pub mod files;
 pub mod gate;
+pub mod intent;
 pub mod migrate;
 pub mod pool;
 pub mod spool;
@@ -199,6 +202,8 @@ pub struct Db {
     pub cache: cache::AccountCache,
     /// The spool, once `main` has attached it.
     spool: OnceLock<Arc<spool::Spool>>,
+    /// The upload intents, attached with the spool.
+    intents: OnceLock<Arc<intent::Intents>>,
     /// Reads of users by id, combined (`batch.rs`).
     /// Rows as `Arc`s: a batch hands each of its requests its rows without copying them.
     user_reads: batch::Batcher<Arc<users::User>>,
@@ -236,6 +241,7 @@ impl Db {
             prober: Mutex::new(None),
             cache: cache::AccountCache::new(cache_capacity),
             spool: OnceLock::new(),
+            intents: OnceLock::new(),
             user_reads,
             account_refresh: refresh.max(Duration::from_secs(1)),
         })
@@ -268,6 +274,34 @@ impl Db {
     /// The spool, when attached.
     pub fn spool(&self) -> Option<&Arc<spool::Spool>> {
         self.spool.get()
+    }
+
+    /// The upload intents, when attached.
+    pub fn intents(&self) -> Option<&Arc<intent::Intents>> {
+        self.intents.get()
+    }
+
+    /// Resolve the intents a crashed process left (`intent.rs`): those whose records are in the
+    /// spool at once; the rest when the database is up. Returns how many stay undecided.
+    pub fn resolve_intents(&self) -> usize {
+        let (Some(intents), Some(spool)) = (self.intents(), self.spool()) else { return 0 };
+        if intents.pending() == 0 {
+            return 0;
+        }
+        // The spool first, then the database (see `intent.rs`).
+        let spooled = match spool.spooled_names() {
+            Ok(names) => names,
+            Err(e) => {
+                warn!("upload intents: cannot read the spool ({e}); trying again later");
+                return intents.pending();
+            }
+        };
+        let mut conn = if self.is_up() { self.conn().ok() } else { None };
+        let left = intents.resolve(&spooled, conn.as_mut().map(|c| -> &mut postgres::Client { c }));
+        if left > 0 && conn.is_some() {
+            warn!("upload intents: {left} could not be decided yet; trying again shortly");
+        }
+        left
     }
 
     /// Pooled connections `(in use, idle)`, for metrics (r2d2 takes its lock for a moment).
@@ -429,10 +463,15 @@ impl Db {
         Ok(())
     }
 
-    /// Attach the spool and start its `spool-replay` thread, which writes the spool into the
-    /// database whenever the monitor says it is up (woken by the monitor, and every 5 s).
-    pub fn attach_spool(self: &Arc<Self>, spool: Arc<spool::Spool>) -> std::io::Result<()> {
-        if self.spool.set(spool.clone()).is_err() {
+    /// Attach the spool and the upload intents and start the `spool-replay` thread, which
+    /// writes the spool into the database whenever the monitor says it is up (woken by the
+    /// monitor, and every 5 s), and then resolves the intents left pending.
+    pub fn attach_spool(
+        self: &Arc<Self>,
+        spool: Arc<spool::Spool>,
+        intents: Arc<intent::Intents>,
+    ) -> std::io::Result<()> {
+        if self.spool.set(spool.clone()).is_err() || self.intents.set(intents).is_err() {
             return Err(std::io::Error::other("a spool is already attached"));
         }
         let db = self.clone();
@@ -440,24 +479,29 @@ impl Db {
             let mut last_prune: Option<Instant> = None;
             loop {
                 spool.wait_kick(Duration::from_secs(5));
-                if !db.is_up() || spool.depth() == 0 {
+                if !db.is_up() {
                     continue;
                 }
-                let mut c = match db.conn() {
-                    Ok(c) => c,
-                    Err(_) => continue,
-                };
-                if let Err(e) = spool.replay(&mut c) {
-                    warn!("spool: replay stopped ({e}); it resumes when the database is usable again");
-                    db.saw(e);
-                    continue;
-                }
-                if !last_prune.is_some_and(|t| t.elapsed() < Duration::from_secs(3600)) {
-                    last_prune = Some(Instant::now());
-                    if let Err(e) = spool::prune_applied(&mut c) {
-                        warn!("spool: cannot prune spool_applied: {e}");
+                if spool.depth() > 0 {
+                    let mut c = match db.conn() {
+                        Ok(c) => c,
+                        Err(_) => continue,
+                    };
+                    if let Err(e) = spool.replay(&mut c) {
+                        warn!("spool: replay stopped ({e}); it resumes when the database is usable again");
+                        db.saw(e);
+                        continue;
+                    }
+                    if !last_prune.is_some_and(|t| t.elapsed() < Duration::from_secs(3600)) {
+                        last_prune = Some(Instant::now());
+                        if let Err(e) = spool::prune_applied(&mut c) {
+                            warn!("spool: cannot prune spool_applied: {e}");
+                        }
                     }
                 }
+                // Intents a crashed process left and that were not decided at start (the
+                // database was away): decided now (nothing to do when there are none).
+                db.resolve_intents();
             }
         })?;
         Ok(())

@@ -18,6 +18,9 @@
 //! meanwhile are copied to `journal.tmp`, synced, and renamed over the journal (atomic: after a
 //! crash the journal is either the old one, replayed again as no-ops, or the new tail).
 //!
+//! `spooled_names` lists the stored names in the journal, for `db::intent`, which keeps the file
+//! of an interrupted commit whose record made it here.
+//!
 //! A torn last line (a crash in the middle of an append, whose upload was never answered) is cut
 //! off at open with a warning. A line that is not a valid entry is never replayed: it is copied
 //! to `spool/rejected.jsonl` for a person to look at, with a warning. A failed append (disk
@@ -36,6 +39,7 @@
 //! Must never: answer before the record is on disk, replay a line twice or a torn line ever, or
 //! hold the append lock across database I/O.
 
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -243,6 +247,25 @@ impl Spool {
         g.dirty_tail = false;
         self.depth.fetch_add(records.len(), Ordering::SeqCst);
         Ok(())
+    }
+
+    /// The stored names of the records in the journal now (`db::intent` asks before it decides
+    /// an interrupted upload's file).
+    pub fn spooled_names(&self) -> io::Result<HashSet<String>> {
+        let len = {
+            let g = self.file.lock().unwrap_or_else(|p| p.into_inner());
+            g.file.metadata()?.len()
+        };
+        let bytes = read_prefix(&self.path(), len)?;
+        let (lines, _torn) = split_lines(&bytes);
+        Ok(lines
+            .into_iter()
+            .filter_map(|(l, _)| match l {
+                Line::Entry(e) => Some(e.records.into_iter().map(|r| r.filename)),
+                Line::Bad(_) => None,
+            })
+            .flatten()
+            .collect())
     }
 
     /// Wake the replayer.
@@ -478,6 +501,8 @@ mod tests {
         spool.append(&[record("a.txt")]).unwrap();
         spool.append(&[record("b.txt"), record("c.txt")]).unwrap();
         assert_eq!(spool.depth(), 3);
+        let names: HashSet<String> = ["a.txt", "b.txt", "c.txt"].map(String::from).into();
+        assert_eq!(spool.spooled_names().unwrap(), names);
         let path = spool.path();
         drop(spool);
         let whole = fs::read(&path).unwrap();
