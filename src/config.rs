@@ -549,7 +549,7 @@ impl Config {
             backup_dir: PathBuf::from(raw.get("BACKUP_DIR")),
             data_dir: PathBuf::from(raw.get("DATA_DIR")),
             account_cache_size: count(raw, "ACCOUNT_CACHE_SIZE", 1)?,
-            account_cache_refresh: Duration::from_secs(raw.num_in::<u64>("ACCOUNT_CACHE_REFRESH_SECS", 1, 86_400)?),
+            account_cache_refresh: raw.secs("ACCOUNT_CACHE_REFRESH_SECS")?,
             max_upload_bytes: raw.num_in::<u64>("MAX_UPLOAD_MB", 1, 1 << 30)? * 1024 * 1024,
             max_upload_files: count(raw, "MAX_UPLOAD_FILES", 1)?,
             allow_signup: raw.boolean("ALLOW_SIGNUP")?,
@@ -748,9 +748,10 @@ pub fn help_text() -> String {
     }
     out.push_str(
         "\nAn empty value counts as unset (the default stands). A .env line that is not KEY=VALUE is an error.\n\
-         \nSECRETS: SECRET_KEY, DB_PASSWORD and DATABASE_URL have no flags, because every user of this\n\
-         machine can read a process's command line (ps, /proc/PID/cmdline). Set them in the environment,\n\
-         in .env, or in a file named by SECRET_KEY_FILE, DB_PASSWORD_FILE or DATABASE_URL_FILE.\n\
+         \nSECRETS: SECRET_KEY, DB_PASSWORD, DATABASE_URL and DB_GUI_TOKEN have no flags, because every user\n\
+         of this machine can read a process's command line (ps, /proc/PID/cmdline). Set them in the\n\
+         environment, in .env, or in a file named by SECRET_KEY_FILE, DB_PASSWORD_FILE, DATABASE_URL_FILE\n\
+         or DB_GUI_TOKEN_FILE.\n\
          \nThe full reference: docs/api.md. Exit codes: 0 success, 1 failure, 2 bad usage.\n",
     );
     out

@@ -123,10 +123,9 @@ fn serve(args: &[String]) -> Result<(), Failure> {
     // The spool first: a restarted server drains what it spooled before it died, as soon as the
     // database is up (the monitor wakes the replayer).
     let spool = db::spool::Spool::open(&cfg.data_dir).map_err(|e| {
-        failed(format!(
-            "cannot open the upload spool in {}: {e} (DATA_DIR must be a writable folder)",
-            cfg.data_dir.join("spool").display()
-        ))
+        let hint =
+            if e.kind() == std::io::ErrorKind::WouldBlock { "" } else { " (DATA_DIR must be a writable folder)" };
+        failed(format!("cannot open the upload spool in {}: {e}{hint}", cfg.data_dir.join("spool").display()))
     })?;
     // The intents of uploads a crash cut off between their rename and their record
     // (`db::intent`): resolved below, or when the database is back.

@@ -217,6 +217,8 @@ fn a_bad_metrics_address_stops_the_start_with_one_error_line() {
         .current_dir(srv.dir.path())
         .env_clear()
         .envs(srv.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        // A second instance beside the first needs a DATA_DIR of its own (else that is the error).
+        .env("DATA_DIR", srv.dir.path().join("data-2"))
         .env("METRICS_ADDR", format!("127.0.0.1:{port}"))
         .stdin(Stdio::null())
         .output()

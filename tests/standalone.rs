@@ -135,7 +135,7 @@ fn secrets_are_refused_as_flags_and_read_from_files() {
     }
     let help = run_in(dir.path(), &["--help"], &[]);
     let help = String::from_utf8_lossy(&help.stdout);
-    assert!(help.contains("SECRET_KEY, DB_PASSWORD and DATABASE_URL have no flags"), "{help}");
+    assert!(help.contains("SECRET_KEY, DB_PASSWORD, DATABASE_URL and DB_GUI_TOKEN have no flags"), "{help}");
     assert!(help.contains("can read a process's command line"), "{help}");
 
     // SECRET_KEY_FILE: the key comes from the file, nothing is generated, tokens work.

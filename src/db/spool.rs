@@ -36,8 +36,11 @@
 //! Test hook: in debug builds only, `ADCLUSTER_TEST_REPLAY_DELAY_MS` makes the replayer pause
 //! that long before each entry and commit each entry on its own, so a test can kill the server in
 //! the middle of a replay. Release builds do not read it.
-//! Must never: answer before the record is on disk, replay a line twice or a torn line ever, or
-//! hold the append lock across database I/O.
+//! Owner: one process per spool folder, held by an `flock` on `spool/.lock` for the life of the
+//! process (`take_ownership`); a second server started on the same `DATA_DIR` is refused at
+//! start with a message saying so.
+//! Must never: answer before the record is on disk, replay a line twice or a torn line ever,
+//! hold the append lock across database I/O, or be shared by two processes.
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
@@ -151,12 +154,49 @@ struct Appender {
 /// The spool (see the module doc).
 pub struct Spool {
     dir: PathBuf,
+    /// `spool/.lock`, `flock`ed for the life of the process: one process per spool (see `open`).
+    _owner: File,
     file: Mutex<Appender>,
     /// Records (not entries) in the journal, waiting for the database.
     depth: AtomicUsize,
     replaying: Mutex<()>,
     wake: (Mutex<bool>, Condvar),
     replay_delay: Duration,
+}
+
+/// The name of the lock file of a spool folder.
+const OWNER_LOCK: &str = ".lock";
+
+/// Take the spool folder for this process: an exclusive `flock` on `dir/.lock` (which the kernel
+/// drops when the process dies, however it dies), with our pid written in it for the message of
+/// the next one. Two processes on one spool would append, replay and cut one journal at once
+/// (and resolve each other's upload intents as a crash's leftovers): the second is refused,
+/// with `ErrorKind::WouldBlock` and a message that says what to do.
+fn take_ownership(dir: &Path) -> io::Result<File> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join(OWNER_LOCK);
+    let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)?;
+    // SAFETY: flock on a descriptor we own, with constant flags; it only changes lock state.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::WouldBlock {
+            return Err(err);
+        }
+        let mut pid = String::new();
+        let _ = file.read_to_string(&mut pid);
+        let pid = pid.trim();
+        let who = if pid.is_empty() { String::new() } else { format!(" (pid {pid})") };
+        return Err(io::Error::new(
+            io::ErrorKind::WouldBlock,
+            format!(
+                "another running adcluster server{who} uses this DATA_DIR; instances cannot share one \
+                 (each has its own spool of upload records): give each its own DATA_DIR"
+            ),
+        ));
+    }
+    file.set_len(0)?;
+    write!(file, "{}", std::process::id())?;
+    Ok(file)
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -175,6 +215,7 @@ impl Spool {
     pub fn open(data_dir: &Path) -> io::Result<Spool> {
         let dir = data_dir.join("spool");
         fs::create_dir_all(&dir)?;
+        let owner = take_ownership(&dir)?;
         let path = dir.join(JOURNAL);
         let file = OpenOptions::new().read(true).append(true).create(true).open(&path)?;
         let len = file.metadata()?.len();
@@ -211,6 +252,7 @@ impl Spool {
         };
         Ok(Spool {
             dir,
+            _owner: owner,
             file: Mutex::new(Appender { file, dirty_tail: false }),
             depth: AtomicUsize::new(depth),
             replaying: Mutex::new(()),
@@ -542,6 +584,7 @@ mod tests {
         assert_eq!(fs::read(dir.join("spool").join(REJECTED)).unwrap(), b"garbage\n");
         // A killed replayer's journal comes back whole: nothing is written twice.
         fs::write(spool.path(), &journal).unwrap();
+        drop(spool);
         let spool = Spool::open(&dir).unwrap();
         assert_eq!(spool.depth(), 3);
         assert_eq!(spool.replay(&mut c).unwrap(), 0);
@@ -553,6 +596,21 @@ mod tests {
         let at: SystemTime =
             c.query_one("SELECT uploaded_at FROM uploads WHERE filename = 'a.txt'", &[]).unwrap().get(0);
         assert_eq!(journal_time(at), at, "microseconds survive the journal");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn one_process_at_a_time_owns_a_spool() {
+        let dir = tempdir("owner");
+        let first = Spool::open(&dir).unwrap();
+        // Another open (another process's, as far as flock is concerned) is refused, naming us.
+        let err = Spool::open(&dir).err().expect("a second owner is refused");
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        let text = err.to_string();
+        assert!(text.contains(&format!("pid {}", std::process::id())) && text.contains("own DATA_DIR"), "{text}");
+        // Gone (a process that ended, however it ended): the next one takes it.
+        drop(first);
+        assert!(Spool::open(&dir).is_ok());
         fs::remove_dir_all(&dir).unwrap();
     }
 

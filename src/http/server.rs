@@ -443,8 +443,10 @@ const CHUNK_FRAMING_ROOM: usize = 4096;
 /// The `400` detail for a small body whose chunk framing overflowed [`CHUNK_FRAMING_ROOM`].
 fn too_much_chunk_framing(preread: u64) -> String {
     format!(
-        "Chunked body has too much framing: a body of at most {preread} bytes may spend at most \
-         {CHUNK_FRAMING_ROOM} bytes on chunk framing; send larger chunks or a Content-Length"
+        "Chunked body has too much framing: a body of at most {preread} bytes may take at most {} bytes \
+         on the wire, chunk framing included ({CHUNK_FRAMING_ROOM} bytes of room for it); send larger \
+         chunks or a Content-Length",
+        preread + CHUNK_FRAMING_ROOM as u64
     )
 }
 
