@@ -86,7 +86,7 @@ pub struct Shared {
     pub heard: Mutex<HashMap<Arc<str>, Instant>>,
     /// An instance not heard for this long cannot be reached.
     pub window: std::time::Duration,
-    /// While the publisher is inside one statement: when it began, in milliseconds since
+    /// While the publisher is inside one statement (or the few of a snapshot): when it began, in milliseconds since
     /// `born` (0: it is not in one). A statement that does not come back (a PostgreSQL that
     /// hangs) would otherwise let messages be answered `sent` while they wait behind it, until
     /// the heartbeats run out (`window`).

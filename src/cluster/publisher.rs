@@ -147,7 +147,11 @@ pub fn run(shared: Arc<Shared>, rx: Receiver<Item>, pg: postgres::Config, ws: Ar
         if shared.resync.swap(false, Ordering::SeqCst) {
             last_snapshot = Instant::now();
             let clients = ws.hub.local_clients();
-            if let Err(e) = snapshot(&mut c.client, &shared, &clients) {
+            // A snapshot is statements too: one that does not come back stops messages the same way.
+            shared.sending_since_ms.store(shared.now_ms(), Ordering::SeqCst);
+            let written = snapshot(&mut c.client, &shared, &clients);
+            shared.sending_since_ms.store(0, Ordering::SeqCst);
+            if let Err(e) = written {
                 crate::warn!("cluster: cannot write this instance's presence: {e}");
                 shared.resync.store(true, Ordering::SeqCst);
                 conn = None;
