@@ -176,7 +176,33 @@ log() { echo "bench: $*" >&2; }
 # ---------------------------------------------------------------------------------------------
 # cleanup
 
-stop_group() { # pid: the leader of a process group we started with setsid
+# new_group CMD ARGS...: runs CMD as the leader of a process group of its own (so that stop_group
+# can stop all of it), in this script's session. Not `setsid`, unless BENCH_OWN_SESSION=1: a new
+# session is a new scheduler autogroup when kernel.sched_autogroup_enabled is 1 (Debian's
+# default), and the kernel then shares the cores between the servers and the load generator
+# group by group, which changes the figures more than some of the differences measured: on
+# 2026-12-04 our WebSocket server's CPU per delivery (20 groups of 100, flat out) was 5.4-6.7 µs
+# in a session of its own against 3.8-4.8 in the load generator's, and Node's 6.2-7.7 against
+# 7.5-8.7 (BENCHMARKS.md, notes). With every process in one session, none is favoured by it.
+new_group() {
+    if [ "${BENCH_OWN_SESSION:-0}" = 1 ]; then
+        exec setsid "$@"
+    fi
+    exec perl -e 'setpgrp(0, 0); exec { $ARGV[0] } @ARGV or die "exec $ARGV[0]: $!\n"' "$@"
+}
+
+# session_note: how the servers were started, for a section's head.
+session_note() {
+    local ag
+    ag="$(cat /proc/sys/kernel/sched_autogroup_enabled 2>/dev/null || echo '?')"
+    if [ "${BENCH_OWN_SESSION:-0}" = 1 ]; then
+        printf 'Servers each in a session of their own (BENCH_OWN_SESSION=1, setsid): with kernel.sched_autogroup_enabled=%s, each its own scheduler group\n' "$ag"
+    else
+        printf 'Servers in the benchmark'"'"'s session, as process-group leaders (not setsid): one scheduler group with the load generator (kernel.sched_autogroup_enabled=%s); see `docs/decisions.md`, "The session the benchmark starts a server in"\n' "$ag"
+    fi
+}
+
+stop_group() { # pid: the leader of a process group we started with new_group
     local pid=$1
     [ -n "$pid" ] || return 0
     kill -0 "$pid" 2>/dev/null || return 0
@@ -366,9 +392,9 @@ start_server() {
         # From the temp dir, so that no .env of the caller's directory is read.
         cmd="cd '$TMP' && exec '$(server_bin)' serve --host 127.0.0.1 --port 0"
     fi
-    # setsid: the server leads its own process group, so cleanup can stop all of it by that id.
-    env DATA_DIR="$TMP/data" UPLOAD_DIR="$TMP/uploads" LOG_LEVEL=warn "$@" \
-        setsid bash -c "$cmd" >"$logf" 2>&1 </dev/null &
+    # new_group: the server leads its own process group, so cleanup can stop all of it by that id.
+    (new_group env DATA_DIR="$TMP/data" UPLOAD_DIR="$TMP/uploads" LOG_LEVEL=warn "$@" \
+        bash -c "$cmd") >"$logf" 2>&1 </dev/null &
     SERVER_PID=$!
     SERVER_PORT="$(wait_listening "$logf" "$SERVER_PID")"
     local code
@@ -423,7 +449,7 @@ EOF
     local attempt
     for attempt in 1 2 3 4 5; do
         [ "$attempt" = 1 ] || { NGINX_PORT="$(free_port)"; sed -i "s/listen 127\.0\.0\.1:[0-9]*;/listen 127.0.0.1:$NGINX_PORT;/" "$dir/nginx.conf"; }
-        setsid "$(nginx_bin)" -p "$dir" -c "$dir/nginx.conf" -e "$dir/logs/error.log" \
+        (new_group "$(nginx_bin)" -p "$dir" -c "$dir/nginx.conf" -e "$dir/logs/error.log") \
             >"$dir/logs/stdout.log" 2>&1 </dev/null &
         NGINX_PID=$!
         for _ in $(seq 1 100); do
@@ -816,8 +842,8 @@ fastapi_versions() {
 start_fastapi() {
     ensure_fastapi
     FASTAPI_PORT="$(free_port)"
-    env SECRET_KEY="$BENCH_SECRET" "${DB_ENV[@]}" DB_POOL_SIZE="$1" \
-        setsid bash -c "cd '$FASTAPI_DIR' && exec '$(fastapi_venv)/bin/uvicorn' app:app --workers 2 --host 127.0.0.1 --port $FASTAPI_PORT --no-access-log --log-level warning" \
+    (new_group env SECRET_KEY="$BENCH_SECRET" "${DB_ENV[@]}" DB_POOL_SIZE="$1" \
+        bash -c "cd '$FASTAPI_DIR' && exec '$(fastapi_venv)/bin/uvicorn' app:app --workers 2 --host 127.0.0.1 --port $FASTAPI_PORT --no-access-log --log-level warning") \
         >"$TMP/fastapi.log" 2>&1 </dev/null &
     FASTAPI_PID=$!
     BG_PIDS+=("$FASTAPI_PID")
@@ -966,7 +992,7 @@ SQL
     local h_rps h_p99 h_serr h_other
     for r in $(seq 1 "$BENCH_ROUNDS"); do
         log "round $r: POST /auth/login at $WRK_CONNS connections, /health probe alongside (${BENCH_SECONDS}s)"
-        setsid wrk "${probe_args[@]}" >"$TMP/login-probe-$r.txt" 2>&1 </dev/null &
+        (new_group wrk "${probe_args[@]}") >"$TMP/login-probe-$r.txt" 2>&1 </dev/null &
         hpid=$!
         BG_PIDS+=("$hpid")
         lres="$(run_wrk "$TMP/login-$r.txt" "${login_args[@]}")"
@@ -1737,7 +1763,7 @@ ensure_ws_node() {
 start_node() {
     make_tmp
     local logf="$TMP/node.log"
-    setsid bash -c "cd '$WS_NODE_DIR' && exec node server.mjs --host 127.0.0.1 --port 0" >"$logf" 2>&1 </dev/null &
+    (new_group bash -c "cd '$WS_NODE_DIR' && exec node server.mjs --host 127.0.0.1 --port 0") >"$logf" 2>&1 </dev/null &
     NODE_PID=$!
     BG_PIDS+=("$NODE_PID")
     NODE_PORT="$(wait_listening "$logf" "$NODE_PID")"
@@ -1926,6 +1952,7 @@ cmd_ws() {
         fi
         echo "- Node: $node_v, ws $ws_v, \`node server.mjs\` (one process, one thread; each fan-out frame serialised once into a Buffer shared by every recipient; no permessage-deflate, no native add-ons)"
         echo "- Load: \`tools/ws-bench\` (release) on the same 2 cores: 2 epoll reader threads, 8 connect threads; latencies from its own monotonic clock (send time in the message text, taken right before the write; arrival right after the reader's \`recv\`). Server CPU is utime+stime of \`/proc/PID/stat\` over the measured window (all threads), divided by the frames delivered in it (for (e) and (f) also its stime alone: the kernel's part, on loopback the receiver's TCP input and wake-up included); RSS from \`/proc/PID/status\`"
+        echo "- $(session_note)"
         echo "- Open-files limit $(ulimit -Sn); each round starts both servers afresh; $BENCH_ROUNDS rounds, the two sides alternating (ours first in odd rounds, Node first in even ones); the table shows each side's best round per figure, the goals hold only if they hold in every round (the CPU goal: best against best)"
         echo
         echo "Scenarios (each a separate ws-bench run, after the server is quiet):"
