@@ -373,16 +373,7 @@ fn an_interrupted_backup_leaves_no_file() {
     // Hold a lock pg_dump must wait for, so the backup is surely running when it is stopped.
     let mut holder = srv.db.client();
     holder.batch_execute("BEGIN; LOCK TABLE users IN ACCESS EXCLUSIVE MODE").unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_adcluster"))
-        .arg("backup")
-        .current_dir(srv.dir.path())
-        .env_clear()
-        .envs(srv.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = adc_spawn(&srv, &["backup"]);
     // Wait until pg_dump is waiting on the lock.
     let mut c = srv.db.client();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -456,20 +447,7 @@ fn backups_started_at_once_all_succeed_each_with_a_file_of_its_own() {
     let srv = server();
     populate(&srv);
     // Started in the same second, they want the same name; none may fail or replace another.
-    let runs: Vec<std::process::Child> = (0..4)
-        .map(|_| {
-            Command::new(env!("CARGO_BIN_EXE_adcluster"))
-                .arg("backup")
-                .current_dir(srv.dir.path())
-                .env_clear()
-                .envs(srv.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("run adcluster backup")
-        })
-        .collect();
+    let runs: Vec<std::process::Child> = (0..4).map(|_| adc_spawn(&srv, &["backup"])).collect();
     let mut paths: Vec<PathBuf> = runs
         .into_iter()
         .map(|child| {
@@ -718,10 +696,10 @@ fn the_shell_scripts_wrap_the_commands_and_read_the_install_folders_env() {
     assert!(error_line(&o).contains("cannot find the adcluster binary"));
 }
 
-/// `adcluster restore --yes FILE ARGS` started in the background against the server's database.
-fn restore_in_background(srv: &TestServer, file: &Path, args: &[&str]) -> std::process::Child {
+/// `adcluster ARGS` started in the background against the server's database and folders, its
+/// output piped.
+fn adc_spawn(srv: &TestServer, args: &[&str]) -> std::process::Child {
     Command::new(env!("CARGO_BIN_EXE_adcluster"))
-        .args(["restore", "--yes", file.to_str().unwrap()])
         .args(args)
         .current_dir(srv.dir.path())
         .env_clear()
@@ -730,7 +708,14 @@ fn restore_in_background(srv: &TestServer, file: &Path, args: &[&str]) -> std::p
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap()
+        .expect("run adcluster")
+}
+
+/// `adcluster restore --yes FILE ARGS` started in the background.
+fn restore_in_background(srv: &TestServer, file: &Path, args: &[&str]) -> std::process::Child {
+    let mut all = vec!["restore", "--yes", file.to_str().unwrap()];
+    all.extend_from_slice(args);
+    adc_spawn(srv, &all)
 }
 
 /// Wait until a session of the test database waits for a lock (the restore's try).

@@ -767,20 +767,28 @@ mod tests {
         assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
     }
 
-    #[test]
-    fn a_reader_draining_a_full_socket_is_progress_before_the_socket_is_writable() {
-        // The dispatcher's side of the same problem (a download, `Outgoing`): at the deadline it
-        // asks `reader_progressed` before it closes a connection whose socket never said it was
-        // writable again.
+    /// A connected pair whose server side (non-blocking) has a big send buffer and whose client
+    /// side a small receive buffer: once full, the server's socket is writable again only after
+    /// a third of its send buffer has drained, as a socket whose buffer the kernel grew to
+    /// megabytes is for a slow reader over a real network.
+    fn slow_socket_pair() -> (TcpStream, TcpStream) {
         use socket2::{Domain, Socket, Type};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
         sock.set_recv_buffer_size(16 * 1024).unwrap();
         sock.connect(&listener.local_addr().unwrap().into()).unwrap();
-        let mut client: TcpStream = sock.into();
         let (server, _) = listener.accept().unwrap();
         socket2::SockRef::from(&server).set_send_buffer_size(384 * 1024).unwrap();
         server.set_nonblocking(true).unwrap();
+        (sock.into(), server)
+    }
+
+    #[test]
+    fn a_reader_draining_a_full_socket_is_progress_before_the_socket_is_writable() {
+        // The dispatcher's side of the same problem (a download, `Outgoing`): at the deadline it
+        // asks `reader_progressed` before it closes a connection whose socket never said it was
+        // writable again.
+        let (mut client, server) = slow_socket_pair();
         let pace = Pace { grace: Duration::from_secs(1), min_rate: 0, stall: Duration::from_secs(30) };
         let mut resp = Response::new(200).with_body(Body::Bytes(vec![b'z'; 4 << 20]));
         let Ok(Written::Pending(mut out, _)) =
@@ -810,15 +818,7 @@ mod tests {
         // writable only after a third of the send buffer has drained, which at this reader's pace
         // (about 200 KiB/s, far above `min_rate`) takes longer than `stall`. Bytes the reader
         // takes are progress all the same.
-        use socket2::{Domain, Socket, Type};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-        sock.set_recv_buffer_size(16 * 1024).unwrap();
-        sock.connect(&listener.local_addr().unwrap().into()).unwrap();
-        let mut client: TcpStream = sock.into();
-        let (server, _) = listener.accept().unwrap();
-        socket2::SockRef::from(&server).set_send_buffer_size(384 * 1024).unwrap();
-        server.set_nonblocking(true).unwrap();
+        let (mut client, server) = slow_socket_pair();
         let reader = std::thread::spawn(move || {
             let (mut raw, mut buf) = (Vec::new(), vec![0u8; 8 * 1024]);
             loop {
