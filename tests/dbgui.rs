@@ -109,6 +109,14 @@ impl Gui {
         self.child.id()
     }
 
+    /// `POST /api/export?format=FORMAT` with `body`, the exported bytes handed to `sink` as they
+    /// arrive (not kept).
+    fn export_to(&self, format: &str, body: &serde_json::Value, sink: &mut dyn FnMut(&[u8])) -> Resp {
+        let auth = self.bearer();
+        let path = format!("/api/export?format={format}");
+        request_with(self.addr, "POST", &path, &[("Authorization", &auth)], body.to_string().as_bytes(), Some(sink))
+    }
+
     fn bearer(&self) -> String {
         format!("Bearer {}", self.token)
     }
@@ -792,7 +800,6 @@ fn a_million_row_export_streams_in_bounded_memory() {
         Some(json!({"sql": "select g, md5(g::text) from generate_series(1,2000) g"})),
     );
     let before = status_kb(gui.pid(), "VmHWM:");
-    let auth = gui.bearer();
     for format in ["csv", "json"] {
         let body =
             json!({"sql": "select g AS n, md5(g::text) AS hash, now() AS at from generate_series(1, 1000000) g"});
@@ -802,14 +809,7 @@ fn a_million_row_export_streams_in_bounded_memory() {
             lines += chunk.iter().filter(|&&b| b == b'\n').count() as u64;
             tail = chunk[chunk.len().saturating_sub(200)..].to_vec();
         };
-        let r = request_with(
-            gui.addr,
-            "POST",
-            &format!("/api/export?format={format}"),
-            &[("Authorization", &auth)],
-            body.to_string().as_bytes(),
-            Some(&mut sink),
-        );
+        let r = gui.export_to(format, &body, &mut sink);
         assert_eq!(r.status, 200);
         assert!(r.complete, "{format}: the export ended with its final chunk");
         let tail = String::from_utf8_lossy(&tail).into_owned();
@@ -849,19 +849,11 @@ fn big_rows_are_read_in_bounded_memory() {
     let gui = Gui::start(&db, &dir, &env, &[]);
     let _ = gui.api("POST", "/api/export?format=csv", Some(warm.clone()));
     let before = status_kb(gui.pid(), "VmHWM:");
-    let auth = gui.bearer();
     for format in ["csv", "json"] {
         let body = json!({"sql": "select g AS n, repeat('x', 1 << 20) AS blob from generate_series(1, 200) g"});
         let mut bytes = 0u64;
         let mut sink = |chunk: &[u8]| bytes += chunk.len() as u64;
-        let r = request_with(
-            gui.addr,
-            "POST",
-            &format!("/api/export?format={format}"),
-            &[("Authorization", &auth)],
-            body.to_string().as_bytes(),
-            Some(&mut sink),
-        );
+        let r = gui.export_to(format, &body, &mut sink);
         assert_eq!(r.status, 200);
         assert!(r.complete, "{format}: the export ended with its final chunk");
         assert!(bytes > 200 << 20, "{format}: {bytes}");

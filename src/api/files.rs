@@ -25,7 +25,7 @@ use serde_json::{json, Value};
 use super::openapi::{schema_ref, Op};
 use super::pages::content_type_for;
 use super::App;
-use crate::db::files::{self as records, FileRecord};
+use crate::db::files::{self as records, is_plain_name, FileRecord};
 use crate::db::intent;
 use crate::http::multipart::{self, Event, MultipartError};
 use crate::http::router::issue;
@@ -33,8 +33,8 @@ use crate::http::{static_file, BodyError, HttpError, Request, Response, Router};
 use crate::util::hash_pipe::HashPipe;
 use crate::{error, warn};
 
-/// The categories of the contract, and the extensions of the first two.
-pub const CATEGORIES: [&str; 3] = ["images", "documents", "files"];
+/// The categories of the contract (`db::files::CATEGORIES`), and the extensions of the first two.
+pub use crate::db::files::CATEGORIES;
 const IMAGES: &[&str] = &["jpg", "jpeg", "png", "gif", "bmp", "webp", "tiff", "svg"];
 const DOCUMENTS: &[&str] =
     &["txt", "doc", "docx", "xls", "xlsx", "ppt", "pptx", "hwp", "hwpx", "pdf", "rtf", "odt", "ods", "odp"];
@@ -98,15 +98,6 @@ fn stored_name(original: &str) -> io::Result<String> {
         Some(ext) => format!("{hex}.{ext}"),
         None => hex,
     })
-}
-
-/// Whether a name may be a stored file name: one path component, no `..`, not hidden.
-fn is_plain_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 300
-        && !name.contains(['/', '\\', '\0'])
-        && !name.contains("..")
-        && !name.starts_with('.')
 }
 
 /// A file being received or received: its temp path is removed on drop unless it was moved.

@@ -10,6 +10,19 @@ use serde_json::{json, Value};
 use super::stmt::{self, Prepared, Stmt};
 use super::DbError;
 
+/// The categories of the contract: the folders of `UPLOAD_DIR` a stored file may be in.
+pub const CATEGORIES: [&str; 3] = ["images", "documents", "files"];
+
+/// Whether a name may be a stored file name: one path component, no `..`, not hidden, at most
+/// 300 bytes.
+pub fn is_plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 300
+        && !name.contains(['/', '\\', '\0'])
+        && !name.contains("..")
+        && !name.starts_with('.')
+}
+
 /// An upload record.
 #[derive(Debug, Clone)]
 pub struct FileRecord {

@@ -43,16 +43,13 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use super::files::FileRecord;
+use super::files::{is_plain_name, FileRecord, CATEGORIES};
 use super::spool::SpooledRecord;
 use super::DbError;
 use crate::{info, warn};
 
 /// The folder in `DATA_DIR`.
 pub const DIR: &str = "intents";
-
-/// The categories files may be removed from (`api::files::CATEGORIES`).
-const CATEGORIES: [&str; 3] = ["images", "documents", "files"];
 
 /// Longest the probe of one record waits for a lock held by a transaction still open.
 const PROBE_LOCK_TIMEOUT: &str = "2s";
@@ -86,11 +83,6 @@ fn new_id() -> io::Result<String> {
     let mut b = [0u8; 16];
     getrandom::fill(&mut b).map_err(|e| io::Error::other(format!("no randomness: {e}")))?;
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
-}
-
-/// A stored name that may be removed: one plain path component.
-fn plain(name: &str) -> bool {
-    !name.is_empty() && !name.contains(['/', '\\', '\0']) && !name.contains("..") && !name.starts_with('.')
 }
 
 /// What became of one record.
@@ -196,7 +188,7 @@ impl Intents {
     }
 
     fn resolve_one(&self, r: &SpooledRecord, spooled: &HashSet<String>, db: Option<&mut postgres::Client>) -> Verdict {
-        if !CATEGORIES.contains(&r.category.as_str()) || !plain(&r.filename) {
+        if !CATEGORIES.contains(&r.category.as_str()) || !is_plain_name(&r.filename) {
             warn!("upload intents: a record names no stored file ({:?}/{:?}); ignored", r.category, r.filename);
             return Verdict::Kept;
         }

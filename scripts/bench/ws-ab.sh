@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# scripts/bench/ws-ab.sh — an alternating A/B of WebSocket servers on one scenario, a fresh server
+# per measurement: the hand measurements behind BENCHMARKS.md's notes on the ws CPU goals
+# (2026-12-04: one build against another, ours against Node, and either with or without a
+# session of its own).
+#
+# Usage: scripts/bench/ws-ab.sh [ROUNDS] SIDE SIDE...
+#   SIDE is `ours` (target/release/adcluster), `ours@/path/to/adcluster` (another build) or `node`
+#   (scripts/bench/ws-node/server.mjs), with `:setsid` appended to start that side in a session
+#   of its own (a scheduler autogroup of its own when kernel.sched_autogroup_enabled is 1).
+#   Rounds alternate the order of the sides (odd rounds as given, even rounds reversed).
+# Environment: WS_AB_ARGS, the ws-bench arguments after --url/--pid (default: 2,000 clients in 20
+#   groups, flat out, window 8, 8 s); PGHOST/PGPORT/PGUSER as for psql (default 127.0.0.1, 5432,
+#   postgres). Needs PostgreSQL, node 20+ for `node` (run `npm ci` in scripts/bench/ws-node
+#   first), and `cargo build --release --workspace`.
+# Output: one line per measurement, `SIDE key value ...` with ws-bench's CPU per delivery, its
+#   kernel part, deliveries/s and last-receiver p99.
+#
+# Example (the session A/B): scripts/bench/ws-ab.sh 2 ours ours:setsid node node:setsid
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+WSB="$ROOT/target/release/ws-bench"
+ROUNDS=2
+if [[ "${1:-}" =~ ^[0-9]+$ ]]; then ROUNDS=$1; shift; fi
+[ $# -ge 1 ] || { echo "usage: $0 [ROUNDS] SIDE SIDE... (ours, ours@BIN, node; :setsid)" >&2; exit 2; }
+[ -x "$WSB" ] || { echo "error: no $WSB: run cargo build --release --workspace" >&2; exit 1; }
+read -r -a WS_ARGS <<<"${WS_AB_ARGS:---clients 2000 --groups 20 --mode flat --window 8 --seconds 8}"
+export PGHOST="${PGHOST:-127.0.0.1}" PGPORT="${PGPORT:-5432}" PGUSER="${PGUSER:-postgres}"
+ulimit -n 20000 2>/dev/null || true
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# measure SIDE: start it, run ws-bench against it, print the line, stop it.
+measure() {
+    local side=$1 how="" kind bin port pid dir db="" out
+    case "$side" in *:setsid) how=setsid ;; esac
+    kind=${side%%:*}
+    port=$(free_port)
+    dir=$(mktemp -d)
+    case "$kind" in
+        ours | ours@*)
+            bin="$ROOT/target/release/adcluster"
+            [ "$kind" = ours ] || bin=${kind#ours@}
+            db="ws_ab_$$_$RANDOM"
+            psql -q -c "CREATE DATABASE $db" postgres >/dev/null
+            (cd "$dir" && exec $how env DB_HOST="$PGHOST" DB_PORT="$PGPORT" DB_USER="$PGUSER" DB_NAME="$db" \
+                SECRET_KEY=ws-ab-secret-0123456789abcdefghijklmnop LOG_LEVEL=warn WS_MAX_CLIENTS=10100 \
+                WS_MAX_CLIENTS_PER_ADDR=0 DATA_DIR="$dir/data" UPLOAD_DIR="$dir/uploads" \
+                "$bin" serve --host 127.0.0.1 --port "$port") >"$dir/log" 2>&1 &
+            ;;
+        node)
+            (cd "$ROOT/scripts/bench/ws-node" && exec $how node server.mjs --host 127.0.0.1 --port "$port") >"$dir/log" 2>&1 &
+            ;;
+        *) echo "error: unknown side $side" >&2; exit 2 ;;
+    esac
+    pid=$!
+    for _ in $(seq 1 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+        sleep 0.1
+    done
+    out=$("$WSB" --url "ws://127.0.0.1:$port" --pid "$pid" "${WS_ARGS[@]}" 2>/dev/null \
+        | grep -E 'server_cpu_us_per_delivery|server_sys_us_per_delivery|deliveries_per_s|last_p99_ms' | tr '\n' ' ')
+    echo "$side $out"
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    [ -z "$db" ] || psql -q -c "DROP DATABASE $db" postgres >/dev/null
+    rm -rf "$dir"
+}
+
+for r in $(seq 1 "$ROUNDS"); do
+    sides=("$@")
+    if [ $((r % 2)) = 0 ]; then
+        sides=(); for s in "$@"; do sides=("$s" "${sides[@]}"); done
+    fi
+    for s in "${sides[@]}"; do measure "$s"; done
+done
