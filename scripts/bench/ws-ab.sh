@@ -13,8 +13,17 @@
 #   groups, flat out, window 8, 8 s); PGHOST/PGPORT/PGUSER as for psql (default 127.0.0.1, 5432,
 #   postgres). Needs PostgreSQL, node 20+ for `node` (run `npm ci` in scripts/bench/ws-node
 #   first), and `cargo build --release --workspace`.
+#   WS_AB_PERF=SECONDS (optional, needs `perf` and root or kernel.perf_event_paranoid <= 0):
+#   also profile the whole machine (`perf record -a -g`) for SECONDS of the flat phase and add,
+#   for the server's process, how many samples it had (`perf.samples`) and where they were:
+#   `perf.user` (its own code and libraries),
+#   `perf.send` (inside send/sendmsg/writev), `perf.rx` (inside net_rx_action: on loopback the
+#   kernel runs the receiving socket's TCP input, the client's, in the sender's softirq) and
+#   `perf.wake` (sock_def_readable: waking the client's reader). Shares of the server's samples,
+#   in %. The CPU figures of a profiled run carry perf's own cost; take them from unprofiled runs.
+#   WS_AB_PERF_KEEP=DIR keeps each profile as DIR/ROUND-SIDE.perf.data for `perf report -i`.
 # Output: one line per measurement, `SIDE key value ...` with ws-bench's CPU per delivery, its
-#   kernel part, deliveries/s and last-receiver p99.
+#   kernel part, deliveries/s and last-receiver p99 (and the perf shares with WS_AB_PERF).
 #
 # Example (the session A/B): scripts/bench/ws-ab.sh 2 ours ours:setsid node node:setsid
 set -euo pipefail
@@ -59,13 +68,52 @@ measure() {
         (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
         sleep 0.1
     done
-    out=$("$WSB" --url "ws://127.0.0.1:$port" --pid "$pid" "${WS_ARGS[@]}" 2>/dev/null \
-        | grep -E 'server_cpu_us_per_delivery|server_sys_us_per_delivery|deliveries_per_s|last_p99_ms' | tr '\n' ' ')
-    echo "$side $out"
+    "$WSB" --url "ws://127.0.0.1:$port" --pid "$pid" "${WS_ARGS[@]}" >"$dir/bench.out" 2>"$dir/bench.err" &
+    local bench=$!
+    [ -z "${WS_AB_PERF:-}" ] || profile "$pid" "$dir" "$bench"
+    wait "$bench" || true
+    out=$(grep -E 'server_cpu_us_per_delivery|server_sys_us_per_delivery|deliveries_per_s|last_p99_ms' "$dir/bench.out" | tr '\n' ' ')
+    echo "$side $out$(cat "$dir/perf.out" 2>/dev/null)"
     kill "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
     [ -z "$db" ] || psql -q -c "DROP DATABASE $db" postgres >/dev/null
     rm -rf "$dir"
+}
+
+# profile PID DIR BENCH: once ws-bench's flat phase has run 1 s, `perf record -a -g` for
+# WS_AB_PERF seconds; writes the server's shares (see the header) to DIR/perf.out.
+profile() {
+    local pid=$1 dir=$2 bench=$3 total
+    until grep -q 'flat:' "$dir/bench.err" 2>/dev/null; do
+        kill -0 "$bench" 2>/dev/null || return 0
+        sleep 0.2
+    done
+    sleep 1
+    perf record -q -a -g -o "$dir/perf.data" -- sleep "$WS_AB_PERF" >/dev/null 2>&1 || {
+        echo "error: perf record failed (root, or kernel.perf_event_paranoid <= 0?)" >&2; return 0; }
+    # One pass over the server's samples (`perf script`: a header line, then one line per
+    # frame, innermost first): a sample counts as user space when its innermost frame is, and as
+    # send / rx / wake when that kernel function is anywhere on its stack.
+    total=$(perf script -i "$dir/perf.data" --pid "$pid" -F pid,ip,sym,dso 2>/dev/null | awk '
+        function flush() {
+            if (!n) return
+            t++; if (top !~ /kernel/) u++; if (sd) s++; if (rx) r++; if (wk) w++
+            n = 0; sd = rx = wk = 0
+        }
+        /^[^\t]/ || /^$/ { flush(); next }
+        {
+            if (!n) top = $NF
+            n++
+            if ($2 ~ /^(__sys_sendto|__sys_sendmsg|do_writev|ksys_write)$/) sd = 1
+            if ($2 == "net_rx_action") rx = 1
+            if ($2 == "sock_def_readable") wk = 1
+        }
+        END {
+            flush()
+            if (t) printf "perf.samples %d perf.user %.1f perf.send %.1f perf.rx %.1f perf.wake %.1f", t, 100*u/t, 100*s/t, 100*r/t, 100*w/t
+        }')
+    echo " $total" >"$dir/perf.out"
+    [ -z "${WS_AB_PERF_KEEP:-}" ] || cp "$dir/perf.data" "$WS_AB_PERF_KEEP/$r-${side//[:\/@]/_}.perf.data"
 }
 
 for r in $(seq 1 "$ROUNDS"); do
