@@ -120,6 +120,13 @@ fn sign_up_errors() {
     let r = post_json(&srv, "/users/", None, &json!({ "email": "DUP@example.COM", "password": "password1" }));
     assert_eq!(r.status, 409);
     assert_eq!(detail(&r), "Email already registered");
+    // One address however its letters are composed (NFC, as email-validator stores it): `ü` as
+    // one code point, then as `u` + U+0308, is a 409; and the decomposed spelling logs in.
+    signup(&srv, "\u{fc}n\u{ef}@ex\u{e4}mple.com", "password1");
+    let decomposed = "u\u{308}ni\u{308}@exa\u{308}mple.com";
+    let r = post_json(&srv, "/users/", None, &json!({ "email": decomposed, "password": "password1" }));
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(!login(&srv, decomposed, "password1").is_empty());
     let r = post_json(&srv, "/users/", None, &json!({ "email": "not-an-email", "password": "password1" }));
     assert_eq!(issues(&r), vec![("value_error".to_string(), json!(["body", "email"]))]);
     let r = post_json(&srv, "/users/", None, &json!({ "email": "short@example.com", "password": "1234567" }));
@@ -240,6 +247,14 @@ fn a_json_route_reads_its_body_as_json_only_when_it_is_declared_json_or_undeclar
     }
     let r = srv.request("POST", "/users/", &[], body);
     assert_eq!(r.status, 201, "no Content-Type: {}", r.text());
+    // The login too (it also takes a form, and a JSON object sent as one), but not text/plain.
+    let r = srv.request("POST", "/auth/login", &[("Content-Type", "text/plain")], body);
+    assert_eq!((r.status, r.json()["detail"][0]["type"].as_str()), (422, Some("model_attributes_type")));
+    for ct in [None, Some("application/json"), Some("application/x-www-form-urlencoded")] {
+        let headers: Vec<(&str, &str)> = ct.map(|c| ("Content-Type", c)).into_iter().collect();
+        let r = srv.request("POST", "/auth/login", &headers, body);
+        assert_eq!(r.status, 200, "{ct:?}: {}", r.text());
+    }
     let token = login(&srv, "ct@example.com", "password1");
     let auth = format!("Bearer {token}");
     let r = srv.request(
@@ -485,8 +500,13 @@ fn teams() {
     let r = add(&owner_t, 999999, &third);
     assert_eq!(r.status, 404);
     assert_eq!(detail(&r), "Team not found");
+    // A string that is not an integer is `int_parsing`; a list is not a string or a number.
     assert_eq!(
-        issues(&post_json(&srv, &format!("/teams/{tid}/members"), Some(&owner_t), &json!({ "user_id": "1" })))[0].0,
+        issues(&post_json(&srv, &format!("/teams/{tid}/members"), Some(&owner_t), &json!({ "user_id": "1x" })))[0].0,
+        "int_parsing"
+    );
+    assert_eq!(
+        issues(&post_json(&srv, &format!("/teams/{tid}/members"), Some(&owner_t), &json!({ "user_id": [1] })))[0].0,
         "int_type"
     );
 

@@ -217,6 +217,14 @@ fn categories_listing_and_multiple() {
     let r = upload(&env, "/api/upload/multiple", &form(&many));
     assert_eq!(r.status, 422, "{}", r.text());
     assert_eq!(r.json()["detail"][0]["type"], "too_long");
+    // Two `file` parts on the one-file route: a 422 that says so, and neither is stored.
+    let before = stored_files(&env.srv);
+    let r = upload(&env, "/api/upload", &form(&[("file", Some("a.txt"), b"a"), ("file", Some("b.txt"), b"b")]));
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert_eq!(r.json()["detail"][0]["type"], "too_long");
+    assert_eq!(r.json()["detail"][0]["loc"], json!(["body", "file"]));
+    assert!(r.json()["detail"][0]["msg"].as_str().unwrap().contains("/api/upload/multiple"), "{}", r.text());
+    assert_eq!(stored_files(&env.srv), before);
     let twenty: Vec<(&str, Option<&str>, &[u8])> = many[..20].to_vec();
     let r = upload(&env, "/api/upload/multiple", &form(&twenty));
     assert_eq!(r.json()["count"], 20);

@@ -35,18 +35,23 @@ pub fn routes(r: &mut Router, app: &Arc<App>) {
 
 fn login(app: &App, req: &mut Request<'_>) -> Result<Response, HttpError> {
     // A form by its content type — unless the body is plainly a JSON object, which is what
-    // `curl -d '{...}'` sends under the form content type.
+    // `curl -d '{...}'` sends under the form content type. Any other type is JSON's rule, as on
+    // every JSON route: no type or a JSON one, else 422 (`text/plain` is not read as JSON).
     let body = req.body_bytes()?;
     let looks_like_json = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
     let (email_field, mut fields) = if is_form(req) && !looks_like_json {
         ("username", Fields::parse_form(&body)?)
-    } else {
+    } else if is_form(req) {
         ("email", Fields::parse_json(&body)?)
+    } else {
+        ("email", Fields::parse_declared_json(req.header("content-type"), &body)?)
     };
     let email = fields.required_str(email_field);
     let password = fields.required_str("password");
     fields.finish()?;
-    let (email, password) = (email.unwrap_or_default(), password.unwrap_or_default());
+    // The form stored at sign-up (NFC, trimmed), so that a decomposed `ü` finds its account and
+    // counts against the same failure budget.
+    let (email, password) = (super::extract::email_nfc(&email.unwrap_or_default()), password.unwrap_or_default());
 
     let ip = req.peer.ip();
     // Take a place in the pair's budget before anything is checked (see `auth::ratelimit`):

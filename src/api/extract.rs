@@ -51,11 +51,16 @@ impl Fields {
     /// (`POST /auth/login` reads its body itself: it takes forms too.)
     pub fn from_json(req: &mut Request<'_>) -> Result<Fields, HttpError> {
         let bytes = req.body_bytes()?;
+        Fields::parse_declared_json(req.header("content-type"), &bytes)
+    }
+
+    /// A body already read, under its declared content type: JSON as [`Fields::from_json`] reads it.
+    pub fn parse_declared_json(content_type: Option<&str>, bytes: &[u8]) -> Result<Fields, HttpError> {
         let empty = bytes.iter().all(u8::is_ascii_whitespace);
-        if !empty && !is_json_media_type(req.header("content-type")) {
+        if !empty && !is_json_media_type(content_type) {
             return Err(not_an_object());
         }
-        Fields::parse_json(&bytes)
+        Fields::parse_json(bytes)
     }
 
     pub fn parse_json(bytes: &[u8]) -> Result<Fields, HttpError> {
@@ -64,7 +69,7 @@ impl Fields {
         }
         let value: Value = serde_json::from_slice(bytes).map_err(|e| {
             HttpError::validation_list(vec![issue(
-                &["body", &e.column().to_string()],
+                &["body", &json_error_offset(bytes, &e).to_string()],
                 format!("JSON decode error: {e}"),
                 "json_invalid",
             )])
@@ -88,7 +93,8 @@ impl Fields {
             .ok_or_else(|| HttpError::validation(&["body"], "Invalid percent-encoding in form body", "value_error"))?;
         let mut map = Map::new();
         for (k, v) in pairs {
-            map.entry(k).or_insert(Value::String(v));
+            // A field given twice: the last value, as FastAPI's form parsing keeps.
+            map.insert(k, Value::String(v));
         }
         Ok(Fields { map, issues: Vec::new() })
     }
@@ -122,11 +128,15 @@ impl Fields {
 
     /// A required integer field that must fit an `i64`. A JSON number is an integer when it has
     /// no fractional part, as JSON Schema and pydantic say: `3`, `3.0` and `3e0` are all 3, while
-    /// `3.5` is `int_from_float`. A string (`"3"`) is not an integer here.
+    /// `3.5` is `int_from_float`. A string holding an integer (`"3"`, `" 3 "`, `"3.0"`) is one
+    /// too, as in pydantic's lax mode (FastAPI's default); any other string is `int_parsing`.
     pub fn required_i64(&mut self, name: &str) -> Option<i64> {
         let found = match self.map.get(name) {
             None => Err(("Field required".to_string(), "missing")),
             Some(Value::Number(n)) => number_to_i64(n),
+            Some(Value::String(s)) => parse_int_text(s).ok_or_else(|| {
+                ("Input should be a valid integer, unable to parse string as an integer".to_string(), "int_parsing")
+            }),
             Some(_) => Err(("Input should be a valid integer".to_string(), "int_type")),
         };
         found.map_err(|(msg, kind)| self.issues.push(issue(&["body", name], msg, kind))).ok()
@@ -168,6 +178,17 @@ impl Fields {
             Err(HttpError::validation_list(std::mem::take(&mut self.issues)))
         }
     }
+}
+
+/// Where in the body a JSON error was found, as FastAPI's `loc` gives it (Python's `pos`): the
+/// number of characters before it, counted from 0 over the whole body. serde_json reports a
+/// line and a 1-based column of bytes on that line.
+fn json_error_offset(bytes: &[u8], e: &serde_json::Error) -> usize {
+    let line_start: usize =
+        bytes.split_inclusive(|&b| b == b'\n').take(e.line().saturating_sub(1)).map(<[u8]>::len).sum();
+    let end = (line_start + e.column().saturating_sub(1)).min(bytes.len());
+    // Characters, not bytes: every byte that does not continue a UTF-8 sequence starts one.
+    bytes[..end].iter().filter(|&&b| b & 0xC0 != 0x80).count()
 }
 
 /// A JSON number as an `i64`, or pydantic's message and type for why it is not one.
@@ -247,7 +268,7 @@ pub fn query_i64(
     max: Option<i64>,
     issues: &mut Vec<ValidationIssue>,
 ) -> i64 {
-    let Some((_, raw)) = pairs.iter().find(|(k, _)| k == name) else { return default };
+    let Some((_, raw)) = pairs.iter().rfind(|(k, _)| k == name) else { return default };
     let Some(n) = parse_int_text(raw) else {
         issues.push(issue(
             &["query", name],
@@ -284,11 +305,19 @@ pub fn pagination(req: &Request<'_>) -> Result<(i64, i64), HttpError> {
     }
 }
 
+/// An email address as typed, trimmed and in Unicode NFC (as email-validator stores it): `ü`
+/// sent as `u` + U+0308 and as one code point is one address. Logins look up what this gives.
+pub fn email_nfc(raw: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    raw.trim().nfc().collect()
+}
+
 /// Validate an email address the way a user expects: one `@`, a non-empty local part of at most
 /// 64 characters, a domain with a dot, no spaces or control characters, at most 254 in all.
 /// Returns the address with its domain lower-cased, or the reason it is not valid.
 pub fn normalize_email(raw: &str) -> Result<String, &'static str> {
-    let s = raw.trim();
+    let nfc = email_nfc(raw);
+    let s = nfc.as_str();
     if s.chars().count() > EMAIL_MAX {
         return Err("The email address is too long");
     }
@@ -337,6 +366,10 @@ mod tests {
     fn json_bodies() {
         let issues = detail(Fields::parse_json(b"{not json").err().unwrap());
         assert_eq!(issues[0].kind, "json_invalid");
+        // `loc` is FastAPI's: characters before the error, from 0, over every line.
+        assert_eq!(issues[0].loc, vec![serde_json::json!("body"), serde_json::json!(1)]);
+        let at = |body: &str| detail(Fields::parse_json(body.as_bytes()).err().unwrap())[0].loc[1].clone();
+        assert_eq!(at("{\n  \"é\": 1,\n  x}"), serde_json::json!(14));
         assert_eq!(detail(Fields::parse_json(b"").err().unwrap())[0].kind, "missing");
         assert_eq!(detail(Fields::parse_json(b"[1]").err().unwrap())[0].kind, "model_attributes_type");
         let mut f = Fields::parse_json(br#"{"email": 3, "full_name": null}"#).unwrap();
@@ -374,14 +407,26 @@ mod tests {
     #[test]
     fn integers_are_numbers_without_a_fraction_that_fit_an_i64() {
         let body = br#"{"a": 3, "b": -129.0, "c": 3e0, "d": 2.5, "e": 9223372036854775808, "f": -1e19,
-                        "g": "3", "h": 1e19, "i": -9223372036854775808}"#;
+                        "g": "3", "h": 1e19, "i": -9223372036854775808, "j": " 4.0 ", "k": "4x",
+                        "l": [4], "m": null}"#;
         let mut f = Fields::parse_json(body).unwrap();
-        let got: Vec<Option<i64>> =
-            ["a", "b", "c", "d", "e", "f", "g", "h", "i", "absent"].iter().map(|n| f.required_i64(n)).collect();
-        assert_eq!(got, vec![Some(3), Some(-129), Some(3), None, None, None, None, None, Some(i64::MIN), None]);
+        let got: Vec<Option<i64>> = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m", "absent"]
+            .iter()
+            .map(|n| f.required_i64(n))
+            .collect();
+        let want = [Some(3), Some(-129), Some(3), None, None, None, Some(3), None, Some(i64::MIN), Some(4)];
+        assert_eq!(got, want.into_iter().chain([None; 4]).collect::<Vec<_>>());
         let kinds: Vec<String> = f.issues.iter().map(|i| i.kind.clone()).collect();
-        let want =
-            ["int_from_float", "less_than_equal", "greater_than_equal", "int_type", "less_than_equal", "missing"];
+        let want = [
+            "int_from_float",
+            "less_than_equal",
+            "greater_than_equal",
+            "less_than_equal",
+            "int_parsing",
+            "int_type",
+            "int_type",
+            "missing",
+        ];
         assert_eq!(kinds, want);
     }
 
@@ -412,6 +457,16 @@ mod tests {
     }
 
     #[test]
+    fn a_name_given_twice_means_its_last_value() {
+        let mut f = Fields::parse_form(b"password=wrong&username=a&password=right").unwrap();
+        assert_eq!(f.required_str("password").as_deref(), Some("right"));
+        let pairs = crate::http::parse::parse_query("skip=0&limit=5&skip=7").unwrap();
+        let mut issues = Vec::new();
+        assert_eq!(query_i64(&pairs, "skip", 0, Some(0), None, &mut issues), 7);
+        assert!(issues.is_empty());
+    }
+
+    #[test]
     fn lengths_and_query_bounds() {
         let mut f = Fields::parse_json(b"{}").unwrap();
         assert!(!f.check_len("password", "1234567", 8, 100));
@@ -434,6 +489,8 @@ mod tests {
         }
         assert!(normalize_email("user.name+tag@sub.example.co.kr").is_ok());
         assert!(normalize_email("사용자@예시.한국").is_ok());
+        // Unicode NFC first: a decomposed `ü` is the composed one, in either part.
+        assert_eq!(normalize_email("u\u{308}n@exa\u{308}mple.com").unwrap(), "\u{fc}n@ex\u{e4}mple.com");
         // At most 254 characters (not bytes: the document's maxLength counts characters).
         let at = |n: usize, c: &str| format!("{}@{}.kr", "u", c.repeat(n - 5));
         assert_eq!(at(254, "예").chars().count(), 254);

@@ -247,6 +247,13 @@ impl std::error::Error for TooManyFiles {}
 
 fn multipart_error(e: MultipartError, field: &str, max_files: usize, per_file: u64) -> HttpError {
     match e {
+        // A second `file` part on the one-file route is refused rather than dropped (a user who
+        // sent two files learns that one would not be kept).
+        MultipartError::Sink(inner) if inner.is::<TooManyFiles>() && max_files == 1 => HttpError::validation(
+            &["body", field],
+            "Only one file part is accepted here; send several to /api/upload/multiple",
+            "too_long",
+        ),
         MultipartError::Sink(inner) if inner.is::<TooManyFiles>() => HttpError::validation(
             &["body", field],
             format!("List should have at most {max_files} items after validation"),
@@ -436,7 +443,7 @@ pub fn routes(r: &mut Router, app: &Arc<App>) {
 fn list(app: &App, req: &mut Request<'_>) -> Result<Response, HttpError> {
     let caller = app.auth.current_user(&app.db, req)?;
     let pairs = req.query()?;
-    let category = pairs.iter().find(|(k, _)| k == "category").map(|(_, v)| v.as_str());
+    let category = pairs.iter().rfind(|(k, _)| k == "category").map(|(_, v)| v.as_str());
     if let Some(c) = category {
         if !CATEGORIES.contains(&c) {
             return Err(HttpError::validation(
@@ -446,7 +453,7 @@ fn list(app: &App, req: &mut Request<'_>) -> Result<Response, HttpError> {
             ));
         }
     }
-    let mine = match pairs.iter().find(|(k, _)| k == "mine").map(|(_, v)| v.as_str()) {
+    let mine = match pairs.iter().rfind(|(k, _)| k == "mine").map(|(_, v)| v.as_str()) {
         None => false,
         Some(v) => parse_bool(v).ok_or_else(|| {
             HttpError::validation(

@@ -302,7 +302,9 @@ pub fn percent_decode(s: &str, plus_is_space: bool) -> Option<String> {
 
 /// Parse `a=1&b=two` into decoded pairs, in order. Pairs that do not decode are skipped by
 /// the caller's choice: this returns `None` for the whole string if any escape is bad, so a
-/// handler can answer 422 rather than silently ignore a parameter.
+/// handler can answer 422 rather than silently ignore a parameter. A name given more than once
+/// keeps every value here; a handler reading one value takes the last (`rfind`), as FastAPI
+/// (Starlette's `QueryParams.get`, `FormData.get`) does.
 pub fn parse_query(q: &str) -> Option<Vec<(String, String)>> {
     let mut out = Vec::new();
     for pair in q.split('&').filter(|p| !p.is_empty()) {

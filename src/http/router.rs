@@ -293,14 +293,16 @@ impl Router {
             }
             return Match::MethodNotAllowed(allowed);
         }
-        // FastAPI's redirect_slashes: `/users` → `/users/` and back, when that one exists.
+        // FastAPI's redirect_slashes: `/users` → `/users/` and back, when that path exists with
+        // any method (Starlette redirects on a path match alone; the client then gets the 405
+        // with `Allow` there, as for any other method the path does not take).
         let alt = match raw_path.strip_suffix('/') {
             Some(p) if !p.is_empty() => p.to_string(),
             Some(_) => return Match::NotFound,
             None => format!("{raw_path}/"),
         };
         if let Some(alt_segments) = split_path(&alt) {
-            if self.routes.iter().any(|r| r.method == method && match_segs(&r.segs, &alt_segments).is_some()) {
+            if self.routes.iter().any(|r| match_segs(&r.segs, &alt_segments).is_some()) {
                 return Match::Redirect(alt);
             }
         }
@@ -418,6 +420,16 @@ mod tests {
             _ => panic!("expected a redirect"),
         }
         assert!(matches!(r.find("GET", "/static/"), Match::NotFound));
+        // On the path alone, whatever the method: `PUT /users` goes to `/users/`, where it
+        // then gets its 405.
+        match r.find("PUT", "/users") {
+            Match::Redirect(to) => assert_eq!(to, "/users/"),
+            _ => panic!("expected a redirect for a method the other path does not take"),
+        }
+        match r.find("GET", "/users/me/") {
+            Match::Redirect(to) => assert_eq!(to, "/users/me"),
+            _ => panic!("expected a redirect"),
+        }
     }
 
     #[test]
