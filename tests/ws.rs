@@ -135,6 +135,16 @@ fn bad_ids_and_plain_requests_are_refused_before_the_upgrade() {
         b"",
     );
     assert_eq!(r.status, 400);
+    // A key or a version given twice is a malformed handshake (RFC 6455 §11.3.1, §11.3.5), and
+    // so is a body: what follows the head of a handshake is the WebSocket's.
+    let r = upgrade_response(&srv, "/ws/alice", &[("Sec-WebSocket-Key", "AQIDBAUGBwgJCgsMDQ4PEA==")]);
+    assert_eq!((r.status, r.json()["detail"].as_str()), (400, Some("Duplicate Sec-WebSocket-Key header")));
+    let r = upgrade_response(&srv, "/ws/alice", &[("Sec-WebSocket-Version", "8")]);
+    assert_eq!((r.status, r.json()["detail"].as_str()), (400, Some("Duplicate Sec-WebSocket-Version header")));
+    let mut headers = common::ws::upgrade_headers();
+    headers.push(("Content-Type", "text/plain"));
+    let r = srv.request("GET", "/ws/alice", &headers, b"hello");
+    assert_eq!((r.status, r.json()["detail"].as_str()), (400, Some("A WebSocket handshake has no body")));
     assert_eq!(get_json(&srv, "/api/ws/clients")["count"], 1);
 }
 
@@ -911,6 +921,63 @@ fn a_sender_flooding_its_own_group_is_slowed_not_closed() {
     let m = flooder.recv_type("members");
     assert_eq!(m["members"], json!(["flooder"]), "still connected and in its group");
     assert!(!srv.log().contains("flooder is not reading"), "{}", srv.log());
+}
+
+#[test]
+fn a_sender_that_reads_slowly_behind_a_full_socket_is_slowed_not_closed() {
+    // Found by a probe: a client sending `/group` messages flat out and reading its copies at a
+    // few KB/s was dropped at the ping timeout as "not reading". Progress was only our queue
+    // shrinking, and behind a send buffer of megabytes the socket has no room for our queue for
+    // far longer than that (it is writable again only once a third of it has been read). Now the
+    // socket's own send queue shrinking counts too. 9 s of reading at about 80 KB/s here, three
+    // times the ping timeout: the socket moves each time the client's window opens again (on
+    // loopback, every 64 KiB or so it reads), but our queue could move only after a third of the
+    // send buffer (over a megabyte) had been read.
+    let srv = TestServer::start_with(
+        Opts::default().env("WS_QUEUE_KB", "256").env("WS_PING_INTERVAL_SECS", "1").env("WS_PING_TIMEOUT_SECS", "2"),
+    );
+    let stream = raw_handshake(&srv, "/ws/slow/room");
+    let writer = stream.try_clone().unwrap();
+    writer.set_write_timeout(Some(Duration::from_millis(100))).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop_writing = stop.clone();
+    let flood = std::thread::spawn(move || {
+        let frame = masked_frame(0x1, format!("/group {}", "q".repeat(2000)).as_bytes());
+        let mut writer = writer;
+        'frames: while !stop_writing.load(std::sync::atomic::Ordering::Relaxed) {
+            let mut at = 0;
+            // Whole frames only: a write that times out while the server is not reading us is
+            // resumed where it stopped.
+            while at < frame.len() {
+                match writer.write(&frame[at..]) {
+                    Ok(n) => at += n,
+                    Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                        if stop_writing.load(std::sync::atomic::Ordering::Relaxed) {
+                            break 'frames;
+                        }
+                    }
+                    Err(_) => break 'frames,
+                }
+            }
+        }
+    });
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 8192];
+    let (t0, mut got) = (Instant::now(), 0usize);
+    while t0.elapsed() < Duration::from_secs(9) {
+        match (&stream).read(&mut buf) {
+            Ok(0) => panic!("closed by the server after {got} bytes read in {:?}: {}", t0.elapsed(), srv.log()),
+            Ok(n) => got += n,
+            Err(e) => panic!("read: {e} after {got} bytes: {}", srv.log()),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!srv.log().contains("slow is not reading"), "{}", srv.log());
+    let clients = srv.get("/api/ws/clients").json();
+    assert!(clients["clients"].as_array().unwrap().iter().any(|c| c["client_id"] == "slow"), "{clients}");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = stream.shutdown(Shutdown::Both);
+    flood.join().unwrap();
 }
 
 #[test]

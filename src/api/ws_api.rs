@@ -87,6 +87,17 @@ pub fn routes(r: &mut Router, app: &Arc<App>) {
     );
 }
 
+/// `sec-websocket-key` as the RFC writes it, for error messages.
+fn header_title(name: &str) -> String {
+    name.split('-')
+        .map(|w| match w {
+            "websocket" => "WebSocket".to_string(),
+            _ => w[..1].to_ascii_uppercase() + &w[1..],
+        })
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
 const NAME_RULE: &str = "use 1 to 64 characters of A-Z a-z 0-9 _ . -";
 
 /// Check a handshake and hand the connection to a new session.
@@ -109,6 +120,18 @@ fn upgrade(
         if !valid_name(g) {
             return Err(HttpError::new(400, format!("Invalid group name: {NAME_RULE}")));
         }
+    }
+    // RFC 6455 §11.3.1, §11.3.5: each of these appears at most once; two keys or two versions
+    // are a malformed handshake (§4.2.1: 400), not a choice of the first.
+    for name in ["sec-websocket-key", "sec-websocket-version"] {
+        if req.head.headers.iter().filter(|(n, _)| n == name).count() > 1 {
+            return Err(HttpError::new(400, format!("Duplicate {} header", header_title(name))));
+        }
+    }
+    // The handshake is a GET without a body: bytes after its head belong to the WebSocket, so
+    // a declared body would be read as frames (and fail as a protocol error after the 101).
+    if req.head.framing != crate::http::parse::Framing::None {
+        return Err(HttpError::new(400, "A WebSocket handshake has no body"));
     }
     if req.header("sec-websocket-version").map(str::trim) != Some("13") {
         return Err(HttpError::new(426, "Unsupported WebSocket version: use 13").header("sec-websocket-version", "13"));

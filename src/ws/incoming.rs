@@ -113,6 +113,10 @@ fn header(b: &[u8], max: usize) -> Result<Option<Header>, Violation> {
             None => return Ok(None),
         },
         127 => match b.get(2..10) {
+            // RFC 6455 §5.2: the most significant bit of a 64-bit length MUST be 0.
+            Some(x) if x[0] & 0x80 != 0 => {
+                return Err(Violation::Protocol("64-bit payload length with its top bit set"))
+            }
             Some(x) => (8, u64::from_be_bytes(x.try_into().expect("8 bytes"))),
             None => return Ok(None),
         },
@@ -148,9 +152,10 @@ fn close_code(payload: &[u8]) -> Result<u16, Violation> {
                 return Err(Violation::Utf8);
             }
             let code = u16::from_be_bytes([*hi, *lo]);
-            // Codes an endpoint may send: the defined ones except 1004-1006 and 1015 (reserved
-            // or only reported locally), and 3000-4999 (registered and private).
-            let allowed = matches!(code, 1000..=1003 | 1007..=1013 | 3000..=4999);
+            // Codes an endpoint may send: those of IANA's registry up to 1014 (1012-1014 were
+            // added after RFC 6455) except 1004-1006 (reserved, or only reported locally), and
+            // 3000-4999 (registered and private). 1015 is local only; 1016 and up unassigned.
+            let allowed = matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999);
             Ok(if allowed { code } else { 1002 })
         }
     }
@@ -448,9 +453,14 @@ mod tests {
         assert_eq!(d.message(), Err(Violation::TooBig(MAX as u64 + 1)));
         // A 64-bit length far over the limit.
         let mut huge = vec![0x81, 0x80 | 127];
-        huge.extend_from_slice(&u64::MAX.to_be_bytes());
+        huge.extend_from_slice(&(i64::MAX as u64).to_be_bytes());
         huge.extend_from_slice(&MASK);
-        assert_eq!(decode_all(&huge), Err(Violation::TooBig(u64::MAX)));
+        assert_eq!(decode_all(&huge), Err(Violation::TooBig(i64::MAX as u64)));
+        // One whose top bit is set breaks the framing itself (RFC 6455 §5.2): 1002, not 1009.
+        let mut bad = vec![0x81, 0x80 | 127];
+        bad.extend_from_slice(&(u64::MAX / 2 + 6).to_be_bytes());
+        bad.extend_from_slice(&MASK);
+        assert!(matches!(decode_all(&bad), Err(Violation::Protocol(_))));
         // Fragments that add up to one byte over.
         let mut frags = frame(0x01, &vec![b'a'; MAX / 2]);
         frags.extend(frame(0x80, &vec![b'a'; MAX / 2 + 1]));
@@ -463,7 +473,7 @@ mod tests {
     #[test]
     fn close_codes_echoed_as_the_rfc_allows() {
         let close = |code: u16| decode_all(&frame(0x88, &code.to_be_bytes())).unwrap();
-        for ok in [1000, 1001, 1003, 1007, 1011, 1013, 3000, 4999] {
+        for ok in [1000, 1001, 1003, 1007, 1011, 1012, 1013, 1014, 3000, 4999] {
             assert_eq!(close(ok), vec![Incoming::Close(ok)], "{ok}");
         }
         for bad in [0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000] {

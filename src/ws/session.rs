@@ -295,6 +295,13 @@ impl Outbound {
         (st.bytes, !self.below(&st, self.high))
     }
 
+    /// Bytes in the socket's own send queue that the client has not acknowledged yet
+    /// (`SIOCOUTQ`; `None` before the socket is attached or where it cannot be known). It shrinks
+    /// as the client reads even while the socket stays too full for our queue to move.
+    pub fn unacked(&self) -> Option<u64> {
+        self.stream.get().and_then(|s| crate::http::response::unacked(s))
+    }
+
     /// Wait up to `timeout` for the queue to drain under its low-water mark. True when it has
     /// (or the session is closing: nothing more will drain).
     pub fn wait_drained(&self, timeout: Duration) -> bool {
@@ -910,8 +917,12 @@ fn fanout_bytes(f: &mut VecDeque<Encoded>) -> usize {
 /// - **Its own queue.** Above the high-water mark (half the hard limit) the client is not read
 ///   until the queue drains under the low-water mark (a quarter): a client that sends faster
 ///   than it reads its own copies (`/group` echoes, `sent` receipts, pongs) is slowed down by
-///   TCP, never closed for it. If the queue makes no progress for `ping_timeout`, the client
-///   reads nothing at all and is dropped.
+///   TCP, never closed for it. If neither the queue nor the socket's own send queue (the
+///   bytes the client has not acknowledged, `Outbound::unacked`) makes progress for
+///   `ping_timeout`, the client reads nothing at all and is dropped. The socket's queue moves
+///   each time the client's receive window opens again (every few tens of KiB it reads), while
+///   ours moves only once the socket has room: after a third of its send buffer, megabytes, has
+///   been read.
 /// - **Its fan-out.** The frames its commands sent to others (`fanout`, the `Arc`s handed back
 ///   by `Hub::handle`) count for as long as some queue still holds them (the `Arc`'s count):
 ///   above `queue_bytes` in all, it is not read until that falls under half, or at most
@@ -930,11 +941,18 @@ fn pace_reading(
     let (mut bytes, high) = out.backlog();
     if high {
         let mut progress_at = Instant::now();
+        let mut in_socket = out.unacked();
         while !out.wait_drained(Duration::from_millis(250)) {
+            // Progress is our queue going under its lowest level so far, or the socket's own
+            // send queue shrinking since the last look: a slow reader behind a send buffer of
+            // megabytes takes bytes for a long time before the socket has room for ours again.
             let (now_bytes, _) = out.backlog();
-            if now_bytes < bytes {
+            let now_in_socket = out.unacked();
+            let socket_moved = matches!((now_in_socket, in_socket), (Some(now), Some(before)) if now < before);
+            in_socket = now_in_socket;
+            if now_bytes < bytes || socket_moved {
                 progress_at = Instant::now();
-                bytes = now_bytes;
+                bytes = bytes.min(now_bytes);
             }
             if progress_at.elapsed() >= s.ping_timeout {
                 info!(
