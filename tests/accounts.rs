@@ -326,6 +326,21 @@ fn bad_tokens_are_401() {
     // A deleted user's token is dead too.
     srv.db.client().execute("DELETE FROM users WHERE id = $1", &[&id]).unwrap();
     assert_401(&get_auth(&srv, "/users/me", &good));
+    // Even once its id belongs to someone else: a restore winds the id sequence back, and the
+    // next sign-up gets the removed account's id (found by a probe: the old token then opened
+    // the new account). The token names its account by id and email; both must still match.
+    srv.db.client().execute("SELECT setval('users_id_seq', $1, false)", &[&id]).unwrap();
+    let newcomer = signup(&srv, "newcomer@example.com", "password1");
+    assert_eq!(newcomer["id"].as_i64(), Some(id), "the sequence gave the id again");
+    for path in ["/users/me".to_string(), format!("/users/{id}"), "/users/".to_string(), "/teams/".to_string()] {
+        let r = get_auth(&srv, &path, &good);
+        assert_eq!(r.status, 401, "{path} let the old token in as the newcomer: {}", r.text());
+    }
+    // Nor does it carry the newcomer's rights into a WebSocket: were it a superuser, the old
+    // token would have opened the reserved group.
+    srv.db.client().execute("UPDATE users SET is_superuser = true WHERE id = $1", &[&id]).unwrap();
+    let r = common::ws::upgrade_response(&srv, &format!("/ws/x/admins?token={good}"), &[]);
+    assert_eq!(r.status, 403, "{}", r.text());
 }
 
 /// Minimal base64url without padding, for hand-made tokens.

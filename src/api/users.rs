@@ -111,10 +111,10 @@ fn create(app: &App, req: &mut Request<'_>) -> Result<Response, HttpError> {
 
 fn list(app: &App, req: &mut Request<'_>) -> Result<Response, HttpError> {
     // The caller check and the page in one round trip (one checkout, one query).
-    let caller = bearer_token(req).and_then(|t| app.auth.token_user_id(t)).ok_or_else(unauthorized)?;
+    let caller = bearer_token(req).and_then(|t| app.auth.token_bearer(t)).ok_or_else(unauthorized)?;
     let (skip, limit) = pagination(req).map_err(|e| app.auth.caller_first(&app.db, req, e))?;
     let mut c = app.conn()?;
-    match users::page_for_caller(&mut c, caller, skip, limit).map_err(|e| app.db_err(e))? {
+    match users::page_for_caller(&mut c, &caller, skip, limit).map_err(|e| app.db_err(e))? {
         users::CallerPage::Page(page) => {
             for u in &page {
                 app.db.cache.put(u);
@@ -127,11 +127,11 @@ fn list(app: &App, req: &mut Request<'_>) -> Result<Response, HttpError> {
 
 fn get(app: &App, req: &mut Request<'_>) -> Result<Response, HttpError> {
     // The caller and the target in one round trip (or from memory while the database is away).
-    let caller = bearer_token(req).and_then(|t| app.auth.token_user_id(t)).ok_or_else(unauthorized)?;
+    let caller = bearer_token(req).and_then(|t| app.auth.token_bearer(t)).ok_or_else(unauthorized)?;
     let target = path_i64(req, "user_id").map_err(|e| app.auth.caller_first(&app.db, req, e))?;
-    let (found, stale) = load_users(&app.db, &[caller, target])?;
-    match found.iter().find(|u| u.id == caller) {
-        Some(u) if u.is_active => {}
+    let (found, stale) = load_users(&app.db, &[caller.id, target])?;
+    match found.iter().find(|u| u.id == caller.id) {
+        Some(u) if u.is_active && caller.owns(u) => {}
         Some(_) => return Err(unauthorized()),
         None if stale => return Err(db_unavailable()),
         None => return Err(unauthorized()),

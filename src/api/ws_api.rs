@@ -198,13 +198,14 @@ fn check_ws_token(app: &App, req: &Request<'_>) -> Result<Checked, HttpError> {
 /// an account in memory, and otherwise the answer is no (the reserved group waits for the
 /// database).
 fn token_user_ok(app: &App, token: &str) -> Result<Checked, HttpError> {
-    let id = app.auth.token_user_id(token).ok_or_else(unauthorized)?;
+    let bearer = app.auth.token_bearer(token).ok_or_else(unauthorized)?;
+    let id = bearer.id;
     let db = &app.db;
     if !db.is_up() {
-        // Degraded mode: an account in memory must still be active; one not in memory is trusted
-        // on its token alone, so that messaging keeps working.
+        // Degraded mode: an account in memory must still be active (and the token's); one not in
+        // memory is trusted on its token alone, so that messaging keeps working.
         return match db.cache.by_id(id) {
-            Some(u) if !u.is_active => Err(unauthorized()),
+            Some(u) if !u.is_active || !bearer.owns(&u) => Err(unauthorized()),
             Some(u) => Ok(Checked { superuser: u.is_superuser, stale: true }),
             None => Ok(Checked { superuser: false, stale: true }),
         };
@@ -215,7 +216,7 @@ fn token_user_ok(app: &App, token: &str) -> Result<Checked, HttpError> {
         db.cache.put(u);
     }
     match found {
-        Ok(Some(u)) if u.is_active => Ok(Checked { superuser: u.is_superuser, stale: false }),
+        Ok(Some(u)) if u.is_active && bearer.owns(&u) => Ok(Checked { superuser: u.is_superuser, stale: false }),
         Ok(_) => Err(unauthorized()),
         Err(e) if e.is_unavailable() => Ok(Checked { superuser: false, stale: true }),
         Err(e) => {

@@ -263,20 +263,39 @@ pub fn load_user_by_email(db: &Db, email: &str) -> Result<(Option<User>, bool), 
     Ok((db.cache.by_email(email), true))
 }
 
+/// Whom a valid token speaks for: the account id in its `sub` and the email that account had
+/// when the token was issued. The id alone is not enough: ids come from a sequence, and a
+/// restore winds the sequence back, so after one the id of a removed account can be given to a
+/// new one; the old token must not open the new account. A token is its account's while the
+/// account with its id still has its email ([`Bearer::owns`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bearer {
+    pub id: i64,
+    pub email: String,
+}
+
+impl Bearer {
+    /// Whether `u` is the account this token was issued to (same id, same email as stored).
+    pub fn owns(&self, u: &User) -> bool {
+        u.id == self.id && u.email == self.email
+    }
+}
+
 impl Auth {
-    /// The user id a token names, if the token is valid now (signature, algorithm, expiry).
-    pub fn token_user_id(&self, token: &str) -> Option<i64> {
-        self.keys.verify(token, crate::util::time::unix_now()).ok().and_then(|c| c.user_id())
+    /// Whom a token speaks for, if the token is valid now (signature, algorithm, expiry).
+    pub fn token_bearer(&self, token: &str) -> Option<Bearer> {
+        let claims = self.keys.verify(token, crate::util::time::unix_now()).ok()?;
+        Some(Bearer { id: claims.user_id()?, email: claims.email })
     }
 
     /// The caller of a protected endpoint: a valid token of an active, existing user, or 401.
     /// While the database is away the account comes from memory (`Caller::stale`); a token of
     /// an account not in memory then answers 503 (it cannot be checked).
     pub fn current_user(&self, db: &Db, req: &Request<'_>) -> Result<Caller, HttpError> {
-        let id = bearer_token(req).and_then(|t| self.token_user_id(t)).ok_or_else(unauthorized)?;
-        let (found, stale) = load_users(db, &[id])?;
+        let bearer = bearer_token(req).and_then(|t| self.token_bearer(t)).ok_or_else(unauthorized)?;
+        let (found, stale) = load_users(db, &[bearer.id])?;
         match found.into_iter().next() {
-            Some(u) if u.is_active => Ok(Caller { user: u, stale }),
+            Some(u) if u.is_active && bearer.owns(&u) => Ok(Caller { user: u, stale }),
             Some(_) => Err(unauthorized()),
             None if stale => Err(db_unavailable()),
             None => Err(unauthorized()),

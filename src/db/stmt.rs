@@ -83,7 +83,7 @@ impl Stmt {
             Stmt::UsersByIds => &[Type::INT8_ARRAY],
             Stmt::UserByEmail => &[Type::TEXT],
             Stmt::UsersList => &[Type::INT8, Type::INT8],
-            Stmt::UsersPageForCaller => &[Type::INT8, Type::INT8, Type::INT8],
+            Stmt::UsersPageForCaller => &[Type::INT8, Type::INT8, Type::INT8, Type::TEXT],
             Stmt::FileInsert => {
                 &[Type::TEXT, Type::TEXT, Type::TEXT, Type::INT8, Type::TEXT, Type::TEXT, Type::INT8, Type::TIMESTAMPTZ]
             }

@@ -88,7 +88,7 @@ pub(super) const LIST: &str = concat!("SELECT ", cols!(), " FROM users ORDER BY 
 /// The caller's `is_active` ($1) and a page of users ($2 skip, $3 limit) in one round trip: no
 /// row when the caller does not exist, one row with a NULL user when the page is empty.
 pub(super) const PAGE_FOR_CALLER: &str = concat!(
-    "SELECT c.is_active, u.* FROM (SELECT is_active FROM users WHERE id = $1) c \
+    "SELECT c.ok, u.* FROM (SELECT is_active AND email = $4 AS ok FROM users WHERE id = $1) c \
      LEFT JOIN LATERAL (SELECT ",
     cols!(),
     " FROM users ORDER BY id OFFSET $2 LIMIT $3) u ON true ORDER BY u.id"
@@ -138,10 +138,16 @@ pub enum CallerPage {
 }
 
 /// A page of users, ordered by id, for the token owner `caller`, checking in the same round trip
-/// that the caller exists and is active: the bearer check and the read it guards in one query,
-/// with no window between them and no cache to go stale.
-pub fn page_for_caller(c: &mut impl Prepared, caller: i64, skip: i64, limit: i64) -> Result<CallerPage, DbError> {
-    let rows = stmt::query(c, Stmt::UsersPageForCaller, &[&caller, &skip, &limit])?;
+/// that the caller exists, is active and is still the token's account (its email): the bearer
+/// check and the read it guards in one query, with no window between them and no cache to go
+/// stale.
+pub fn page_for_caller(
+    c: &mut impl Prepared,
+    caller: &crate::auth::Bearer,
+    skip: i64,
+    limit: i64,
+) -> Result<CallerPage, DbError> {
+    let rows = stmt::query(c, Stmt::UsersPageForCaller, &[&caller.id, &skip, &limit, &caller.email])?;
     match rows.first() {
         Some(first) if first.get::<_, bool>(0) => Ok(CallerPage::Page(
             rows.iter().filter(|r| r.get::<_, Option<i64>>(1).is_some()).map(|r| User::from_row_at(r, 1)).collect(),
@@ -186,11 +192,14 @@ mod tests {
         crate::db::migrate::migrate(&mut c).unwrap();
         let ids: Vec<i64> =
             (0..3).map(|i| insert(&mut c, &format!("u{i}@x.io"), "h", None, false).unwrap().id).collect();
-        let page =
-            |c: &mut postgres::Client, caller, skip, limit| match page_for_caller(c, caller, skip, limit).unwrap() {
+        let page = |c: &mut postgres::Client, caller: i64, skip, limit| {
+            let email = ids.iter().position(|&i| i == caller).map_or("nobody@x.io".into(), |p| format!("u{p}@x.io"));
+            let bearer = crate::auth::Bearer { id: caller, email };
+            match page_for_caller(c, &bearer, skip, limit).unwrap() {
                 CallerPage::Page(p) => Some(p.iter().map(|u| u.id).collect::<Vec<_>>()),
                 CallerPage::Refused => None,
-            };
+            }
+        };
         assert_eq!(page(&mut c, ids[0], 0, 100), Some(ids.clone()));
         assert_eq!(page(&mut c, ids[0], 1, 1), Some(vec![ids[1]]));
         // An empty page for an active caller is an empty page, not a refusal.
@@ -202,5 +211,9 @@ mod tests {
         assert_eq!(page(&mut c, ids[2], 10, 100), None);
         // The inactive user is still listed for an active caller.
         assert_eq!(page(&mut c, ids[1], 0, 100), Some(ids.clone()));
+        // A token issued to another email (the id was given to a new account after a restore)
+        // is refused too.
+        let stranger = crate::auth::Bearer { id: ids[0], email: "gone@x.io".into() };
+        assert!(matches!(page_for_caller(&mut c, &stranger, 0, 100).unwrap(), CallerPage::Refused));
     }
 }
