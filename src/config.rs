@@ -339,6 +339,12 @@ impl RawConfig {
             if value.is_empty() {
                 return Err(ConfigError(format!("{file_var}={path}: the file is empty")));
             }
+            if setting.var == "SECRET_KEY" && value.len() < crate::auth::token::MIN_SECRET_LEN {
+                return Err(ConfigError(format!(
+                    "{file_var}={path}: {}",
+                    crate::auth::token::SecretError::ConfiguredTooShort
+                )));
+            }
             values.insert(setting.var, (value.to_string(), file_layer));
         }
         let values = values.into_iter().map(|(k, (v, _))| (k, v)).collect();
@@ -512,6 +518,10 @@ impl Config {
                     "INSTANCE_ID must be at most 200 characters, without control characters".into(),
                 ));
             }
+        }
+        // A bad key is a bad setting (exit 2), found before anything starts.
+        if raw.opt("SECRET_KEY").is_some_and(|k| k.len() < crate::auth::token::MIN_SECRET_LEN) {
+            return Err(ConfigError(crate::auth::token::SecretError::ConfiguredTooShort.to_string()));
         }
         let log_level = crate::util::log::Level::parse(raw.get("LOG_LEVEL")).ok_or_else(|| {
             ConfigError(format!("LOG_LEVEL={:?}: expected error, warn, info or debug", raw.get("LOG_LEVEL")))
@@ -699,7 +709,8 @@ pub fn parse_dotenv(text: &str) -> Result<Vec<(String, String)>, DotenvError> {
         }
         let line = line.strip_prefix("export ").map(str::trim_start).unwrap_or(line);
         let Some((k, v)) = line.split_once('=') else {
-            return Err(err(format!("expected KEY=VALUE, found {line:?}")));
+            // The line itself is not shown: it may be a secret with its `=` missing.
+            return Err(err("expected KEY=VALUE, found a line without `=` (not shown: it may hold a secret)".into()));
         };
         let k = k.trim();
         if k.is_empty()
@@ -717,7 +728,7 @@ pub fn parse_dotenv(text: &str) -> Result<Vec<(String, String)>, DotenvError> {
                 };
                 let after = inner[end + 1..].trim();
                 if !(after.is_empty() || after.starts_with('#')) {
-                    return Err(err(format!("unexpected {after:?} after the quoted value of {k}")));
+                    return Err(err(format!("unexpected text after the quoted value of {k} (not shown)")));
                 }
                 &inner[..end]
             }
@@ -964,7 +975,15 @@ mod tests {
         let env = |_: &str| None;
         let text = "# settings\nPORT=9000\n\nDB_NAME\n";
         let err = RawConfig::layer_named(Some(("/srv/app/.env", text)), &env, &[]).unwrap_err().0;
-        assert_eq!(err, "/srv/app/.env:4: expected KEY=VALUE, found \"DB_NAME\"");
+        assert_eq!(
+            err,
+            "/srv/app/.env:4: expected KEY=VALUE, found a line without `=` (not shown: it may hold a secret)"
+        );
+        // Never the value: a line whose `=` is missing, or text after a quoted value, may be a secret.
+        for text in ["DB_PASSWORD hunter2\n", "DB_PASSWORD=\"x\"hunter2\n"] {
+            let err = RawConfig::layer_named(Some((".env", text)), &env, &[]).unwrap_err().0;
+            assert!(!err.contains("hunter2"), "{err}");
+        }
         for (text, line, says) in [
             ("=value\n", 1, "is not a valid name"),
             ("A=1\nMY KEY=1\n", 2, "is not a valid name"),

@@ -90,20 +90,35 @@ fn load_config(args: &[String]) -> Result<Config, Failure> {
     if let Some(extra) = rest.first() {
         return Err(usage(format!("unexpected argument {extra:?}; run `adcluster --help` for the flags")));
     }
+    // A DATABASE_URL that does not parse is a bad setting (exit 2), not a database that is away.
+    if cfg.database_url.is_some() {
+        db_config(&cfg).pg_config().map_err(|e| usage(e.to_string()))?;
+    }
     util::log::set_level(cfg.log_level);
     Ok(cfg)
 }
 
 fn serve(args: &[String]) -> Result<(), Failure> {
     let cfg = load_config(args)?;
+    // Bad settings before anything is started or logged.
+    listen_address(
+        "HOST",
+        &format!("{}:{}", cfg.host, cfg.port),
+        "use 0.0.0.0 (every interface) or 127.0.0.1 (this machine only)",
+    )?;
+    if let Some(m) = &cfg.metrics_addr {
+        listen_address("METRICS_ADDR", m, "give HOST:PORT, for example 127.0.0.1:9100")?;
+    }
     util::log::bridge();
     // Block SIGINT/SIGTERM in this thread before any other starts, so every thread inherits the
     // mask and only the signal thread receives them (via sigwait).
     let signals = signals::block().map_err(|e| failed(format!("cannot set up signal handling: {e}")))?;
     // One descriptor per HTTP connection and one per WebSocket session.
     util::rlimit::raise_nofile(cfg.max_connections + cfg.ws_max_clients);
-    // One thread per WebSocket session: no more than the machine can start (see `util::rlimit`).
-    let ws_max_clients = util::rlimit::thread_ceiling(cfg.ws_max_clients);
+    // One thread per HTTP worker, then one per WebSocket session: no more than the machine can
+    // start (see `util::rlimit`). Too many workers is a bad setting; sessions are lowered.
+    util::rlimit::check_workers(cfg.workers).map_err(usage)?;
+    let ws_max_clients = util::rlimit::thread_ceiling(cfg.ws_max_clients, cfg.workers);
     let build = if cfg!(debug_assertions) { "debug" } else { "release" };
     info!("starting adcluster {} ({build} build): {}", api::VERSION, cfg.redacted_summary());
     if let Some(warning) = config::wrong_folder_warning(&cfg) {
@@ -152,7 +167,12 @@ fn serve(args: &[String]) -> Result<(), Failure> {
         warn!("database {} is not reachable; serving in degraded mode until it is", db.config().describe());
     }
     db.start_monitor(Some(hook)).map_err(|e| failed(format!("cannot start the database monitor: {e}")))?;
-    api::files::sweep_temp(&cfg.upload_dir);
+    api::files::sweep_temp(&cfg.upload_dir).map_err(|e| {
+        failed(format!(
+            "cannot use UPLOAD_DIR {}: {e} (UPLOAD_DIR must be a folder this user can write)",
+            config::absolute(&cfg.upload_dir).display()
+        ))
+    })?;
     // Before the first request: no file of an interrupted upload is served once it is decided
     // (with the database away, those not in the spool wait for it).
     db.resolve_intents();
@@ -268,6 +288,12 @@ fn db_gui(args: &[String]) -> Result<(), Failure> {
                 opts.port =
                     v.parse().map_err(|_| usage(format!("--port {v:?} is not a port number (0-65535); {USAGE}")))?;
             }
+            // A switch: `--allow-writes=false` must not turn writes on.
+            "--allow-writes" if inline.is_some() => {
+                return Err(usage(format!(
+                    "--allow-writes takes no value (give it to allow writes, leave it out for read-only); {USAGE}"
+                )))
+            }
             "--allow-writes" => opts.allow_writes = true,
             _ => rest.push(args[i].clone()),
         }
@@ -339,6 +365,18 @@ fn http_config(cfg: &Config) -> http::ServerConfig {
 }
 
 /// The database settings of the configuration.
+/// `Err` (a bad setting, exit 2) when `addr`, from the setting `var`, is not an address this
+/// machine can listen on: not an IP address or a name it resolves, or a port out of range.
+/// Whether the port is free is for the bind to find out (exit 1).
+fn listen_address(var: &str, addr: &str, what_to_do: &str) -> Result<(), Failure> {
+    use std::net::ToSocketAddrs;
+    match addr.to_socket_addrs().map(|mut found| found.next()) {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(usage(format!("{var}: {addr:?} names no address; {what_to_do}"))),
+        Err(e) => Err(usage(format!("{var}: {addr:?} is not an address to listen on ({e}); {what_to_do}"))),
+    }
+}
+
 fn db_config(cfg: &Config) -> DbConfig {
     ops::db_config(cfg)
 }

@@ -1036,6 +1036,20 @@ fn bad_flags_and_an_unreachable_database() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.starts_with("error: --port"), "{err}");
     assert!(out.stdout.is_empty());
+    // A switch given a value is refused, not read as "on": `--allow-writes=false` once started a
+    // read-write GUI (found by a probe).
+    for flag in ["--allow-writes=false", "--allow-writes=no"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_adcluster"))
+            .args(["db-gui", flag])
+            .current_dir(dir.path())
+            .env_clear()
+            .envs(base_env(&db, &dir))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{flag}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.starts_with("error: --allow-writes takes no value"), "{flag}: {err}");
+    }
     // A database that is not there: the GUI starts and answers 503.
     let gui = Gui::start(&db, &dir, &[("DB_PORT", "1"), ("DB_CHECKOUT_TIMEOUT_MS", "200")], &[]);
     let r = gui.query("select 1");

@@ -90,7 +90,13 @@ fn a_malformed_env_line_is_an_error_naming_the_file_and_line() {
     std::fs::write(dir.path().join(".env"), "# ours\nPORT=9000\n\nALLOW_SIGNUP\n").unwrap();
     let out = run_in(dir.path(), &["serve"], &[]);
     let path = dir.path().canonicalize().unwrap().join(".env");
-    assert_usage_error(&out, &format!("{}:4: expected KEY=VALUE, found \"ALLOW_SIGNUP\"", path.display()));
+    assert_usage_error(
+        &out,
+        &format!(
+            "{}:4: expected KEY=VALUE, found a line without `=` (not shown: it may hold a secret)",
+            path.display()
+        ),
+    );
     // The same for every command that reads the settings.
     let out = run_in(dir.path(), &["migrate"], &[]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
@@ -103,6 +109,49 @@ fn a_malformed_env_line_is_an_error_naming_the_file_and_line() {
         &format!("{}:1: the value of SECRET_KEY opens a \" quote that is not closed on this line", path.display()),
     );
     assert!(!stderr(&out).contains("unterminated"), "the value is not echoed");
+}
+
+#[test]
+fn bad_addresses_keys_urls_and_worker_counts_are_bad_settings() {
+    // Each of these exited 1 ("the server failed") or crashed; a bad setting is exit 2 with a
+    // line that names it (found by a probe).
+    let dir = TempDir::new("bad-settings");
+    let key = "k".repeat(40);
+    let cases: [(&[(&str, &str)], &str); 6] = [
+        (&[("SECRET_KEY", "short")], "SECRET_KEY must be at least 32 bytes"),
+        (&[("SECRET_KEY", &key), ("HOST", "notanip")], "HOST: \"notanip:8000\" is not an address to listen on"),
+        (&[("SECRET_KEY", &key), ("METRICS_ADDR", "127.0.0.1:99999")], "METRICS_ADDR: \"127.0.0.1:99999\""),
+        (&[("SECRET_KEY", &key), ("DATABASE_URL", "mysql://x")], "database configuration error: DATABASE_URL is not"),
+        (
+            &[("SECRET_KEY", &key), ("DATABASE_URL", "postgres://u:hunter2@h:99999/x")],
+            "database configuration error: DATABASE_URL is not",
+        ),
+        (&[("SECRET_KEY", &key), ("WORKERS", "65536")], "WORKERS=65536 is more threads than this machine can start"),
+    ];
+    for (env, want) in cases {
+        let out = run_in(dir.path(), &["serve"], env);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{env:?}: {err}");
+        assert!(err.starts_with(&format!("error: {want}")), "{env:?}: {err}");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+    std::fs::write(dir.path().join("key"), "shortkey\n").unwrap();
+    let out = run_in(dir.path(), &["serve"], &[("SECRET_KEY_FILE", "key")]);
+    assert_usage_error(
+        &out,
+        "SECRET_KEY_FILE=key: SECRET_KEY must be at least 32 bytes; generate one with `openssl rand -hex 32`",
+    );
+    // An UPLOAD_DIR that cannot be a folder stops the start, as a DATA_DIR does (it used to start,
+    // warn without naming it, and answer every upload 500).
+    std::fs::write(dir.path().join("a-file"), b"").unwrap();
+    let out = run_in(
+        dir.path(),
+        &["serve"],
+        &[("SECRET_KEY", &key), ("DB_PORT", "1"), ("PORT", "0"), ("UPLOAD_DIR", "a-file/uploads")],
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("error: cannot use UPLOAD_DIR ") && err.contains("a-file/uploads"), "{err}");
 }
 
 #[test]

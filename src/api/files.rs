@@ -352,8 +352,8 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 
 /// At start-up: claim this process's temp-file tag and remove what dead processes left
 /// (see `util::tmp_owner`).
-pub fn sweep_temp(upload_dir: &Path) {
-    crate::util::tmp_owner::claim(&upload_dir.join(".tmp"));
+pub fn sweep_temp(upload_dir: &Path) -> std::io::Result<()> {
+    crate::util::tmp_owner::claim(&upload_dir.join(".tmp"))
 }
 
 /// At exit: remove this process's temp files (uploads interrupted by the end of the shutdown

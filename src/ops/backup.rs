@@ -92,6 +92,10 @@ pub fn parse_args(args: &[String]) -> Result<(Args, Vec<String>), OpsError> {
                 .ok_or_else(|| OpsError::usage(format!("{flag} needs a value")))
         };
         match name {
+            // Switches: `--all=false` must not make a whole-cluster dump.
+            "--all" | "--help" if inline.is_some() => {
+                return Err(OpsError::usage(format!("{name} takes no value (give it or leave it out)")))
+            }
             "--all" => a.all = true,
             "-h" | "--help" => a.help = true,
             "--output" | "-o" => {
@@ -516,6 +520,9 @@ mod tests {
 
     #[test]
     fn arguments() {
+        for switch in ["--all=false", "--all=true", "--help=no"] {
+            assert!(parse_args(&strings(&[switch])).is_err(), "{switch} accepted");
+        }
         let (a, rest) = parse_args(&strings(&["--all", "--keep", "3", "--output=x.sql", "--db-name", "d"])).unwrap();
         assert_eq!(a, Args { all: true, output: Some("x.sql".into()), keep: Some(3), help: false });
         assert_eq!(rest, strings(&["--db-name", "d"]));

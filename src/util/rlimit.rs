@@ -89,11 +89,31 @@ impl ThreadLimits {
     }
 }
 
-/// `wanted` (`WS_MAX_CLIENTS`), or fewer if this machine's limits cannot take that many more
-/// threads, with a warning that says which limit and what to do.
-pub fn thread_ceiling(wanted: usize) -> usize {
-    let Some(limits) = ThreadLimits::read() else { return wanted };
+/// `Err` with what to do when `workers` (`WORKERS`) threads do not fit this machine's limits
+/// (checked before any starts: a thread that cannot start mid-way panicked inside `std` and
+/// ended the server with a message that named no setting).
+pub fn check_workers(workers: usize) -> Result<(), String> {
+    let Some(limits) = ThreadLimits::read() else { return Ok(()) };
+    workers_fit(&limits, workers)
+}
+
+fn workers_fit(limits: &ThreadLimits, workers: usize) -> Result<(), String> {
     let ceiling = limits.ceiling();
+    if workers <= ceiling {
+        return Ok(());
+    }
+    Err(format!(
+        "WORKERS={workers} is more threads than this machine can start: it has room for {ceiling} ({MAPS_PER_THREAD} memory mappings each, vm.max_map_count is {} with {} in use; a pid each, the limit is {} with {} in use). Lower WORKERS (auto: 16 per core), or raise the limits (sysctl -w vm.max_map_count=262144)",
+        limits.max_map_count, limits.maps_in_use, limits.max_tasks, limits.tasks_in_use
+    ))
+}
+
+/// `wanted` (`WS_MAX_CLIENTS`), or fewer if this machine's limits cannot take that many more
+/// threads besides `reserved` (the HTTP workers, not started yet), with a warning that says
+/// which limit and what to do.
+pub fn thread_ceiling(wanted: usize, reserved: usize) -> usize {
+    let Some(limits) = ThreadLimits::read() else { return wanted };
+    let ceiling = limits.ceiling().saturating_sub(reserved);
     if ceiling >= wanted {
         return wanted;
     }
@@ -130,6 +150,19 @@ mod tests {
         // Limits already exceeded (a crowded machine): none, not an underflow.
         assert_eq!(limits(1000, 5000, 1 << 22, 0).ceiling(), 0);
         assert_eq!(limits(1 << 20, 0, 1000, 5000).ceiling(), 0);
+    }
+
+    #[test]
+    fn workers_that_do_not_fit_are_refused_naming_the_setting() {
+        // Linux's default map limit: room for (65530 - 230 - 8192) / 4 = 14277 threads.
+        let l = limits(65530, 230, 1 << 22, 0);
+        assert!(workers_fit(&l, 14_277).is_ok());
+        let err = workers_fit(&l, 14_278).unwrap_err();
+        assert!(
+            err.starts_with("WORKERS=14278 is more threads than this machine can start: it has room for 14277"),
+            "{err}"
+        );
+        assert!(err.contains("vm.max_map_count is 65530"), "{err}");
     }
 
     #[test]

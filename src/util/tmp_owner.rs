@@ -15,6 +15,7 @@
 //! is held by someone.
 
 use std::fs::{self, File};
+use std::io;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::OnceLock;
@@ -48,19 +49,18 @@ pub fn temp_name(name: &str) -> String {
 }
 
 /// At start: take this process's lock in `dir` (creating it), and remove what dead owners left.
-pub fn claim(dir: &Path) {
-    if let Err(e) = fs::create_dir_all(dir) {
-        warn!("cannot create the upload temp folder: {e}");
-        return;
-    }
-    let lock = File::options().create(true).truncate(false).write(true).open(dir.join(format!("{}.lock", tag())));
-    match lock {
-        Ok(f) if try_lock(&f) => {
-            let _ = LOCK.set(f);
-        }
-        _ => warn!("cannot lock this process's upload temp tag; its temp files may be swept by another instance"),
+/// `Err` when `dir` cannot be created or written: no upload could be stored (the caller refuses
+/// to start, as it does for a `DATA_DIR` it cannot write).
+pub fn claim(dir: &Path) -> io::Result<()> {
+    fs::create_dir_all(dir)?;
+    let lock = File::options().create(true).truncate(false).write(true).open(dir.join(format!("{}.lock", tag())))?;
+    if try_lock(&lock) {
+        let _ = LOCK.set(lock);
+    } else {
+        warn!("cannot lock this process's upload temp tag; its temp files may be swept by another instance");
     }
     sweep(dir);
+    Ok(())
 }
 
 /// Remove the temp files of owners that are gone (and ownerless ones older than an hour).
