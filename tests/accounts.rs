@@ -635,14 +635,15 @@ fn parallel_correct_logins_are_not_counted_as_failures() {
 
 #[test]
 fn secret_key_rules() {
-    // Too short: refuse to start, with a message saying what to do.
+    // Too short: refuse to start, with a message saying what to do; a bad setting, so exit 2
+    // (docs/api.md, "Exit codes").
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_adcluster"))
         .args(["--port", "0", "--host", "127.0.0.1"])
         .env("SECRET_KEY", "too-short")
         .env("DATA_DIR", std::env::temp_dir().join(format!("adc-short-{}", std::process::id())))
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("error: ") && err.contains("32"), "{err}");
     assert!(!err.contains("too-short"), "the key itself must not be echoed");

@@ -137,7 +137,7 @@ mod tests {
         fs::write(dir.join("2-dead.def.bin"), b"x").unwrap();
         // No owner, fresh: kept (an older version's upload may be running).
         fs::write(dir.join("0123abcd.bin"), b"x").unwrap();
-        claim(&dir);
+        claim(&dir).unwrap();
         let mut left: Vec<String> =
             fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name().into_string().unwrap()).collect();
         left.sort();
