@@ -410,10 +410,17 @@ fn build_auth(cfg: &Config) -> Result<auth::Auth, Failure> {
 /// A direct connection for one-shot commands: create the database if missing, migrate.
 fn command_db(cfg: &Config) -> Result<postgres::Client, Failure> {
     let dbc = db_config(cfg);
-    db::pool::ensure_database(&dbc).map_err(|e| failed(format!("{e} ({})", dbc.describe())))?;
+    // The cause in words and what fixes it, as the server's log gives it.
+    let unreachable = |e: db::DbError| {
+        let hint = match db::cause_hint(&e) {
+            "" => " — is PostgreSQL running? check DATABASE_URL or DB_HOST/DB_PORT",
+            known => known,
+        };
+        failed(format!("{e} ({}){hint}", dbc.describe()))
+    };
+    db::pool::ensure_database(&dbc).map_err(unreachable)?;
     let pg = dbc.pg_config().map_err(|e| failed(e.to_string()))?;
-    let mut client =
-        pg.connect(postgres::NoTls).map_err(|e| failed(format!("{} ({})", db::DbError::from(e), dbc.describe())))?;
+    let mut client = pg.connect(postgres::NoTls).map_err(|e| unreachable(db::DbError::from(e)))?;
     let applied = db::migrate::migrate(&mut client).map_err(|e| failed(e.to_string()))?;
     if !applied.is_empty() {
         info!("applied migrations {applied:?}");

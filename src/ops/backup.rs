@@ -256,15 +256,19 @@ pub fn run(args: &[String]) -> Result<(), OpsError> {
     let (path, _) = result?;
     println!("{}", super::shown(&path).display());
     if let Some(n) = a.keep {
-        prune(&cfg.backup_dir, n)?;
+        prune(&cfg.backup_dir, n, a.all)?;
     }
     Ok(())
 }
 
-/// Delete all but the newest `n` backups in `dir`.
-fn prune(dir: &Path, n: usize) -> Result<(), OpsError> {
+/// Delete all but the newest `n` backups in `dir` of the kind just written: whole-cluster dumps
+/// (`--all`) and database backups are kept apart, so that an occasional `--all --keep 1` cannot
+/// delete the nightly database backups (`restore`, which takes the newest database backup,
+/// would then find none), nor a nightly `--keep 14` the cluster dumps.
+fn prune(dir: &Path, n: usize, cluster: bool) -> Result<(), OpsError> {
     let all = list_backups(dir).map_err(|e| OpsError::failed(format!("--keep: cannot list {}: {e}", dir.display())))?;
-    for old in beyond_keep(&all, n) {
+    let same_kind: Vec<PathBuf> = all.into_iter().filter(|p| super::restore::is_cluster_dump(p) == cluster).collect();
+    for old in beyond_keep(&same_kind, n) {
         fs::remove_file(old).map_err(|e| OpsError::failed(format!("--keep: cannot delete {}: {e}", old.display())))?;
         eprintln!("deleted {} (--keep {n})", old.display());
     }
@@ -516,6 +520,31 @@ mod tests {
 
     fn strings(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn keep_counts_database_backups_and_cluster_dumps_apart() {
+        // Found by a probe: `backup --all --keep 1` deleted the only database backup, and
+        // `restore` then found none.
+        let dir = std::env::temp_dir().join(format!("adc-backup-unit-keep-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let (db, cluster) = ("--\n-- PostgreSQL database dump\n", "--\n-- PostgreSQL database cluster dump\n");
+        for (day, head) in [(1, db), (2, cluster), (3, db), (4, cluster), (5, db)] {
+            fs::write(dir.join(format!("full_backup_2026-01-0{day}_000000.sql")), head).unwrap();
+        }
+        let names = || -> Vec<String> {
+            list_backups(&dir)
+                .unwrap()
+                .iter()
+                .map(|p| p.file_name().unwrap().to_string_lossy()[20..22].into())
+                .collect()
+        };
+        prune(&dir, 1, true).unwrap();
+        assert_eq!(names(), ["01", "03", "04", "05"], "only the older cluster dump goes");
+        prune(&dir, 2, false).unwrap();
+        assert_eq!(names(), ["03", "04", "05"], "only the oldest database backup goes");
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

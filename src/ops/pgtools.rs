@@ -278,11 +278,13 @@ pub fn shell_quote(s: &str) -> String {
 /// does not, the version is asked of the maintenance database `postgres`).
 pub fn server_version(cfg: &DbConfig) -> Result<(PgVersion, bool), String> {
     let unreachable = |e: postgres::Error| {
-        format!(
-            "cannot reach the database {}: {} (is PostgreSQL running? check DATABASE_URL or DB_HOST/DB_PORT)",
-            cfg.describe(),
-            crate::db::DbError::from(e)
-        )
+        let e = crate::db::DbError::from(e);
+        // What will fix it when that is known (a refused password is not a stopped server).
+        let hint = match crate::db::cause_hint(&e) {
+            "" => " (is PostgreSQL running? check DATABASE_URL or DB_HOST/DB_PORT)",
+            known => known,
+        };
+        format!("cannot reach the database {}: {e}{hint}", cfg.describe())
     };
     let mut pg = cfg.pg_config().map_err(|e| e.to_string())?;
     let (mut client, exists) = match pg.connect(postgres::NoTls) {

@@ -318,7 +318,12 @@ fn restore(
     let file = match &a.file {
         Some(f) => {
             if !f.is_file() {
-                return Err(OpsError::usage(format!("{} is not a backup file (no such file)", f.display())));
+                let why = match fs::metadata(f) {
+                    Ok(m) if m.is_dir() => "a folder".to_string(),
+                    Ok(_) => "not a regular file".to_string(),
+                    Err(e) => e.to_string(),
+                };
+                return Err(OpsError::usage(format!("{} is not a backup file ({why})", f.display())));
             }
             f.clone()
         }
