@@ -329,7 +329,13 @@ fn db_gui(args: &[String]) -> Result<(), Failure> {
     // After the start line (a database that is down must not delay it): say so now rather than
     // on the first click.
     if let Err(e) = gui.pool.get() {
-        warn!("database {} is not reachable yet ({e}); the GUI answers 503 until it is", gui.database);
+        // The pool says only "timed out waiting for connection: db error"; one direct attempt
+        // says why (a database that does not exist is not one that is starting).
+        let why = match dbc.pg_config().and_then(|c| c.connect(postgres::NoTls).map_err(db::DbError::from)) {
+            Err(d) => format!("{d}{}", db::cause_hint(&d)),
+            Ok(_) => e.to_string(),
+        };
+        warn!("database {} is not reachable yet ({why}); the GUI answers 503 until it is", gui.database);
     }
     let handle = server.shutdown_handle();
     signals::spawn_waiter(signals, move |sig| {
