@@ -455,11 +455,35 @@ fn user(args: &[String]) -> Result<(), Failure> {
     let mut rest = Vec::new();
     let mut it = args[1..].iter();
     while let Some(a) = it.next() {
-        let mut value = |name: &str| it.next().cloned().ok_or_else(|| usage(format!("{name} needs a value; {USAGE}")));
-        match a.as_str() {
-            "--email" => email = Some(value("--email")?),
-            "--password" => pass = Some(value("--password")?),
-            "--full-name" => full_name = Some(value("--full-name")?),
+        // `--email E` or `--email=E`, as the settings flags take them.
+        let (name, inline) = match a.split_once('=') {
+            Some((n, v)) if n.starts_with("--") => (n, Some(v.to_string())),
+            _ => (a.as_str(), None),
+        };
+        let mut value = |name: &str| {
+            inline.clone().or_else(|| it.next().cloned()).ok_or_else(|| usage(format!("{name} needs a value; {USAGE}")))
+        };
+        // Each at most once: a second `--email` is a mistake, not a correction to guess at.
+        let once = |slot: &Option<String>, name: &str| match slot {
+            Some(_) => Err(usage(format!("{name} is given twice; {USAGE}"))),
+            None => Ok(()),
+        };
+        match name {
+            "--email" => {
+                once(&email, name)?;
+                email = Some(value("--email")?)
+            }
+            "--password" => {
+                once(&pass, name)?;
+                pass = Some(value("--password")?)
+            }
+            "--full-name" => {
+                once(&full_name, name)?;
+                full_name = Some(value("--full-name")?)
+            }
+            "--superuser" if inline.is_some() => {
+                return Err(usage(format!("--superuser takes no value (give it or leave it out); {USAGE}")))
+            }
             "--superuser" => superuser = true,
             _ => rest.push(a.clone()),
         }

@@ -443,6 +443,17 @@ fn user_create_command_errors() {
     let missing = srv.cli(&["user", "create", "--email", "m@example.com"]);
     assert_eq!(missing.status.code(), Some(2));
     assert_eq!(srv.cli(&["user"]).status.code(), Some(2));
+    // `--flag=VALUE` as the settings flags take it; a flag given twice, or a switch given a
+    // value, is a usage error rather than a guess.
+    let eq = srv.cli(&["user", "create", "--email=eq@example.com", "--password=password1"]);
+    assert!(eq.status.success(), "{}", String::from_utf8_lossy(&eq.stderr));
+    for args in [
+        &["user", "create", "--email", "a@example.com", "--email", "b@example.com", "--password", "password1"][..],
+        &["user", "create", "--email", "c@example.com", "--password", "password1", "--superuser=false"][..],
+    ] {
+        let out = srv.cli(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
     // `--password -` reads the password from standard input (kept out of the process list).
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_adcluster"))
         .args(["user", "create", "--email", "stdin@example.com", "--password", "-"])
