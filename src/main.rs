@@ -370,7 +370,6 @@ fn http_config(cfg: &Config) -> http::ServerConfig {
     }
 }
 
-/// The database settings of the configuration.
 /// `Err` (a bad setting, exit 2) when `addr`, from the setting `var`, is not an address this
 /// machine can listen on: not an IP address or a name it resolves, or a port out of range.
 /// Whether the port is free is for the bind to find out (exit 1).
@@ -383,6 +382,7 @@ fn listen_address(var: &str, addr: &str, what_to_do: &str) -> Result<(), Failure
     }
 }
 
+/// The database settings of the configuration.
 fn db_config(cfg: &Config) -> DbConfig {
     ops::db_config(cfg)
 }
