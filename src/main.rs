@@ -417,13 +417,7 @@ fn build_auth(cfg: &Config) -> Result<auth::Auth, Failure> {
 fn command_db(cfg: &Config) -> Result<postgres::Client, Failure> {
     let dbc = db_config(cfg);
     // The cause in words and what fixes it, as the server's log gives it.
-    let unreachable = |e: db::DbError| {
-        let hint = match db::cause_hint(&e) {
-            "" => " — is PostgreSQL running? check DATABASE_URL or DB_HOST/DB_PORT",
-            known => known,
-        };
-        failed(format!("{e} ({}){hint}", dbc.describe()))
-    };
+    let unreachable = |e: db::DbError| failed(format!("{e} ({}){}", dbc.describe(), db::unreachable_hint(&e)));
     db::pool::ensure_database(&dbc).map_err(unreachable)?;
     let pg = dbc.pg_config().map_err(|e| failed(e.to_string()))?;
     let mut client = pg.connect(postgres::NoTls).map_err(|e| unreachable(db::DbError::from(e)))?;

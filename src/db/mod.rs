@@ -151,6 +151,15 @@ pub fn cause_hint(err: &DbError) -> &'static str {
     }
 }
 
+/// [`cause_hint`], or the general advice when the cause is not one it knows: for commands that
+/// fail at once rather than wait for the database (backup, restore, migrate, user create).
+pub fn unreachable_hint(err: &DbError) -> &'static str {
+    match cause_hint(err) {
+        "" => " — is PostgreSQL running? check DATABASE_URL or DB_HOST/DB_PORT",
+        known => known,
+    }
+}
+
 /// Whether an "unavailable" error is only a pool checkout that timed out with no connection error
 /// behind it: every pooled connection was busy, which says nothing about PostgreSQL. Such an error
 /// must not lead to degraded trust (serving accounts from memory); a connection error (refused,
@@ -549,6 +558,10 @@ mod tests {
         let dns = DbError::Unavailable("error connecting to server: failed to lookup address information".into());
         assert!(cause_hint(&dns).contains("DB_HOST"));
         assert_eq!(cause_hint(&DbError::Unavailable("something else".into())), "");
+        // The one-shot commands' advice: the known cause's, else the general one (a refused
+        // password was told "is PostgreSQL running?").
+        assert!(unreachable_hint(&pw).contains("fix DB_PASSWORD"));
+        assert!(unreachable_hint(&DbError::Unavailable("something else".into())).contains("is PostgreSQL running?"));
     }
 
     #[test]

@@ -280,11 +280,7 @@ pub fn server_version(cfg: &DbConfig) -> Result<(PgVersion, bool), String> {
     let unreachable = |e: postgres::Error| {
         let e = crate::db::DbError::from(e);
         // What will fix it when that is known (a refused password is not a stopped server).
-        let hint = match crate::db::cause_hint(&e) {
-            "" => " (is PostgreSQL running? check DATABASE_URL or DB_HOST/DB_PORT)",
-            known => known,
-        };
-        format!("cannot reach the database {}: {e}{hint}", cfg.describe())
+        format!("cannot reach the database {}: {e}{}", cfg.describe(), crate::db::unreachable_hint(&e))
     };
     let mut pg = cfg.pg_config().map_err(|e| e.to_string())?;
     let (mut client, exists) = match pg.connect(postgres::NoTls) {
