@@ -956,7 +956,7 @@ fn pace_reading(
             }
             if progress_at.elapsed() >= s.ping_timeout {
                 info!(
-                    "ws client {} is not reading: its own queue has not drained for {} s; disconnecting",
+                    "ws client {} is not reading: neither its queue nor its socket's send queue has moved for {} s; disconnecting",
                     member.id,
                     s.ping_timeout.as_secs()
                 );
