@@ -593,16 +593,6 @@ fn credentials_that_will_not_heal_are_said_plainly() {
     assert_eq!(health(&srv)["database"], "up", "{}", srv.log());
 }
 
-/// Restart the server (SIGKILL) with `ADCLUSTER_TEST_CRASH_AT` set to `point`, or unset.
-fn restart_with_crash_point(srv: &mut TestServer, point: Option<&str>) {
-    srv.kill();
-    srv.env.retain(|(k, _)| k != "ADCLUSTER_TEST_CRASH_AT");
-    if let Some(p) = point {
-        srv.env.push(("ADCLUSTER_TEST_CRASH_AT".into(), p.into()));
-    }
-    srv.start_again();
-}
-
 /// Upload into a server set to kill itself during the commit; wait for it to die.
 fn upload_and_die(srv: &mut TestServer, token: &str, name: &str) {
     let ct = format!("multipart/form-data; boundary={BOUNDARY}");
@@ -625,10 +615,6 @@ fn documents(srv: &TestServer) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn intents_left(srv: &TestServer) -> usize {
-    std::fs::read_dir(srv.dir.path().join("data").join("intents")).map(|d| d.count()).unwrap_or(0)
-}
-
 /// A crash in the middle of an upload's commit while the database is away: a file whose record
 /// reached the spool stays (and is listed once the database is back); a file with no record
 /// anywhere waits for the database to say so, then goes. Debug builds only (the test hook).
@@ -646,10 +632,10 @@ fn a_crash_during_an_upload_in_an_outage_leaves_no_orphan() {
     pg.stop_immediate();
     wait_health(&srv, "down", Duration::from_secs(10));
     upload_and_die(&mut srv, &tok, "spooled.txt");
-    restart_with_crash_point(&mut srv, None);
+    srv.restart_with_crash_point(None);
     let kept = documents(&srv);
     assert_eq!(kept.len(), 1, "{kept:?}");
-    assert_eq!(intents_left(&srv), 0, "decided from the spool without the database");
+    assert_eq!(srv.intent_files().len(), 0, "decided from the spool without the database");
     assert_eq!(srv.get(&format!("/uploads/documents/{}", kept[0])).status, 200);
     pg.start_again();
     wait_health(&srv, "up", Duration::from_secs(10));
@@ -658,20 +644,20 @@ fn a_crash_during_an_upload_in_an_outage_leaves_no_orphan() {
     assert_eq!(listed(&srv, &tok, "").keys().cloned().collect::<Vec<_>>(), kept);
 
     // Moved into place, no record anywhere: kept while the database cannot say, removed after.
-    restart_with_crash_point(&mut srv, Some("after-rename"));
+    srv.restart_with_crash_point(Some("after-rename"));
     let tok = token(&srv, "c@example.com");
     pg.stop_immediate();
     wait_health(&srv, "down", Duration::from_secs(10));
     upload_and_die(&mut srv, &tok, "orphan.txt");
     let orphan: Vec<String> = documents(&srv).into_iter().filter(|n| !kept.contains(n)).collect();
     assert_eq!(orphan.len(), 1, "the crash came before the rename");
-    restart_with_crash_point(&mut srv, None);
-    assert_eq!(intents_left(&srv), 1, "undecided while the database is away");
+    srv.restart_with_crash_point(None);
+    assert_eq!(srv.intent_files().len(), 1, "undecided while the database is away");
     pg.start_again();
     let url = format!("/uploads/documents/{}", orphan[0]);
     assert!(eventually(Duration::from_secs(20), || srv.get(&url).status == 404), "orphan still served:\n{}", srv.log());
     assert_eq!(documents(&srv), kept);
-    assert!(eventually(Duration::from_secs(5), || intents_left(&srv) == 0));
+    assert!(eventually(Duration::from_secs(5), || srv.intent_files().is_empty()));
     let mut c = pg.client(&srv.db.name);
     let n: i64 = c.query_one("SELECT count(*) FROM uploads", &[]).unwrap().get(0);
     assert_eq!(n, 1, "only the spooled upload has a record");

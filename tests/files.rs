@@ -552,22 +552,6 @@ fn a_slow_reader_of_a_large_download_is_cut_off() {
 }
 
 /// Intents (`DATA_DIR/intents/`) not resolved yet.
-fn intents_left(srv: &TestServer) -> Vec<String> {
-    std::fs::read_dir(srv.dir.path().join("data").join("intents"))
-        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-        .unwrap_or_default()
-}
-
-/// Start the server again with `ADCLUSTER_TEST_CRASH_AT` set to `point` (or unset).
-fn start_with_crash_point(srv: &mut TestServer, point: Option<&str>) {
-    srv.kill();
-    srv.env.retain(|(k, _)| k != "ADCLUSTER_TEST_CRASH_AT");
-    if let Some(p) = point {
-        srv.env.push(("ADCLUSTER_TEST_CRASH_AT".into(), p.into()));
-    }
-    srv.start_again();
-}
-
 /// Upload `name` into a server set to kill itself during the commit; wait for it to die.
 fn upload_and_die(env: &mut Env, name: &str) {
     let body = form(&[("file", Some(name), b"crash")]);
@@ -589,35 +573,35 @@ fn a_crash_during_the_commit_leaves_no_file_without_a_record_nor_a_record_withou
     };
 
     // Right after the rename, before the record: the file was in place, unrecorded.
-    start_with_crash_point(&mut env.srv, Some("after-rename"));
+    env.srv.restart_with_crash_point(Some("after-rename"));
     upload_and_die(&mut env, "orphan.txt");
     let placed = docs(&env.srv);
     assert_eq!(placed.len(), 1, "the crash came before the rename: {:?}", stored_files(&env.srv));
-    assert_eq!(intents_left(&env.srv).len(), 1);
-    start_with_crash_point(&mut env.srv, None);
+    assert_eq!(env.srv.intent_files().len(), 1);
+    env.srv.restart_with_crash_point(None);
     let r = env.srv.get(&format!("/uploads/{}", placed[0]));
     assert_eq!(r.status, 404, "an orphan file is served after the restart");
     assert_eq!(docs(&env.srv), Vec::<String>::new());
     assert_eq!(record_count(&env.srv), 0);
-    assert_eq!(intents_left(&env.srv), Vec::<String>::new());
+    assert_eq!(env.srv.intent_files(), Vec::<String>::new());
     assert!(env.srv.log().contains("its upload was interrupted before its record was written"), "{}", env.srv.log());
 
     // Right before the rename: nothing in place; the temp file is swept.
-    start_with_crash_point(&mut env.srv, Some("before-rename"));
+    env.srv.restart_with_crash_point(Some("before-rename"));
     upload_and_die(&mut env, "early.txt");
     assert_eq!(docs(&env.srv), Vec::<String>::new());
-    start_with_crash_point(&mut env.srv, None);
+    env.srv.restart_with_crash_point(None);
     assert_eq!(stored_files(&env.srv), Vec::<String>::new(), "temp or category files left behind");
     assert_eq!(record_count(&env.srv), 0);
-    assert_eq!(intents_left(&env.srv), Vec::<String>::new());
+    assert_eq!(env.srv.intent_files(), Vec::<String>::new());
 
     // Right after the record, before the intent is cleared: the upload is committed and stays.
-    start_with_crash_point(&mut env.srv, Some("after-record"));
+    env.srv.restart_with_crash_point(Some("after-record"));
     upload_and_die(&mut env, "kept.txt");
-    start_with_crash_point(&mut env.srv, None);
+    env.srv.restart_with_crash_point(None);
     let kept = docs(&env.srv);
     assert_eq!(kept.len(), 1, "a recorded file was removed");
     assert_eq!(record_count(&env.srv), 1);
     assert_eq!(env.srv.get(&format!("/uploads/{}", kept[0])).body, b"crash");
-    assert_eq!(intents_left(&env.srv), Vec::<String>::new());
+    assert_eq!(env.srv.intent_files(), Vec::<String>::new());
 }

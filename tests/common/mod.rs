@@ -234,6 +234,24 @@ impl TestServer {
         self.log = log;
     }
 
+    /// Kill the server (SIGKILL) and start it again with the debug-build test hook
+    /// `ADCLUSTER_TEST_CRASH_AT` set to `point` (the server kills itself there), or unset.
+    pub fn restart_with_crash_point(&mut self, point: Option<&str>) {
+        self.kill();
+        self.env.retain(|(k, _)| k != "ADCLUSTER_TEST_CRASH_AT");
+        if let Some(p) = point {
+            self.env.push(("ADCLUSTER_TEST_CRASH_AT".into(), p.into()));
+        }
+        self.start_again();
+    }
+
+    /// The upload intents left in `DATA_DIR/intents/` (the test servers' `DATA_DIR` is `data`).
+    pub fn intent_files(&self) -> Vec<String> {
+        std::fs::read_dir(self.dir.path().join("data").join("intents"))
+            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default()
+    }
+
     /// Run the binary with another command (`user create ...`, `migrate`) against this server's
     /// database and directories.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
