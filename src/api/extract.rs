@@ -268,7 +268,7 @@ pub fn query_i64(
     max: Option<i64>,
     issues: &mut Vec<ValidationIssue>,
 ) -> i64 {
-    let Some((_, raw)) = pairs.iter().rfind(|(k, _)| k == name) else { return default };
+    let Some(raw) = crate::http::parse::last(pairs, name) else { return default };
     let Some(n) = parse_int_text(raw) else {
         issues.push(issue(
             &["query", name],

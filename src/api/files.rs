@@ -443,7 +443,7 @@ pub fn routes(r: &mut Router, app: &Arc<App>) {
 fn list(app: &App, req: &mut Request<'_>) -> Result<Response, HttpError> {
     let caller = app.auth.current_user(&app.db, req)?;
     let pairs = req.query()?;
-    let category = pairs.iter().rfind(|(k, _)| k == "category").map(|(_, v)| v.as_str());
+    let category = crate::http::parse::last(&pairs, "category");
     if let Some(c) = category {
         if !CATEGORIES.contains(&c) {
             return Err(HttpError::validation(
@@ -453,7 +453,7 @@ fn list(app: &App, req: &mut Request<'_>) -> Result<Response, HttpError> {
             ));
         }
     }
-    let mine = match pairs.iter().rfind(|(k, _)| k == "mine").map(|(_, v)| v.as_str()) {
+    let mine = match crate::http::parse::last(&pairs, "mine") {
         None => false,
         Some(v) => parse_bool(v).ok_or_else(|| {
             HttpError::validation(

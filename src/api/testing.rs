@@ -17,7 +17,7 @@ use crate::http::{HttpError, Request, Response, Router};
 
 /// The query parameter `name` as a number: `default` when absent or not a number, at most `max`.
 fn number(req: &Request<'_>, name: &str, default: u64, max: u64) -> Result<u64, HttpError> {
-    Ok(req.query()?.iter().rfind(|(k, _)| k == name).and_then(|(_, v)| v.parse().ok()).unwrap_or(default).min(max))
+    Ok(crate::http::parse::last(&req.query()?, name).and_then(|v| v.parse().ok()).unwrap_or(default).min(max))
 }
 
 pub fn routes(r: &mut Router) {

@@ -179,7 +179,7 @@ struct Checked {
 /// forged, of a deactivated account) counts as none, as the contract has it: the client
 /// connects, and is not a superuser (so `/ws/{id}/admins` is a `403`).
 fn check_ws_token(app: &App, req: &Request<'_>) -> Result<Checked, HttpError> {
-    let from_query = req.query()?.into_iter().rfind(|(k, _)| k == "token").map(|(_, v)| v).filter(|t| !t.is_empty());
+    let from_query = crate::http::parse::last(&req.query()?, "token").filter(|t| !t.is_empty()).map(str::to_string);
     let token = from_query.or_else(|| bearer_token(req).map(str::to_string));
     let required = app.config.ws_auth == WsAuth::Required;
     match token {

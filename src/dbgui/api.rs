@@ -115,7 +115,7 @@ fn authorized(gui: &Gui, req: &Request<'_>) -> bool {
 
 /// `GET /`: the page; with `?token=` the right token also sets the session cookie.
 fn page(gui: &Gui, req: &mut Request<'_>) -> Result<Response, HttpError> {
-    let token = req.query()?.into_iter().rfind(|(k, _)| k == "token").map(|(_, v)| v);
+    let token = crate::http::parse::last(&req.query()?, "token").map(str::to_string);
     let mut resp = match &token {
         Some(t) if !ct_eq(t, &gui.token) => Response::bytes(
             401,
@@ -299,13 +299,13 @@ fn tables(gui: &Arc<Gui>, _req: &mut Request<'_>) -> Result<Response, HttpError>
 
 fn table(gui: &Arc<Gui>, req: &mut Request<'_>) -> Result<Response, HttpError> {
     let q = req.query()?;
-    let get = |k: &str| q.iter().rfind(|(n, _)| n == k).map(|(_, v)| Value::String(v.clone()));
+    let get = |k: &str| crate::http::parse::last(&q, k).map(|v| Value::String(v.to_string()));
     let limit =
         bounded(get("limit").as_ref(), &["query", "limit"], DEFAULT_PAGE_LIMIT.min(gui.max_rows), 1, gui.max_rows)?;
     let offset = bounded(get("offset").as_ref(), &["query", "offset"], 0, 0, i64::MAX as usize)?;
     // `order=<column>&dir=asc|desc`: sort the page by one column (default: the primary key).
-    let order_by = q.iter().rfind(|(k, _)| k == "order").map(|(_, v)| v.clone());
-    let desc = match q.iter().rfind(|(k, _)| k == "dir").map(|(_, v)| v.as_str()) {
+    let order_by = crate::http::parse::last(&q, "order").map(str::to_string);
+    let desc = match crate::http::parse::last(&q, "dir") {
         None | Some("asc") => false,
         Some("desc") => true,
         Some(_) => return Err(HttpError::validation(&["query", "dir"], "Input should be 'asc' or 'desc'", "enum")),
@@ -494,9 +494,10 @@ fn run_query(gui: &Arc<Gui>, req: &mut Request<'_>) -> Result<Response, HttpErro
 }
 
 fn export(gui: &Arc<Gui>, req: &mut Request<'_>) -> Result<Response, HttpError> {
-    let format = match req.query()?.into_iter().rfind(|(k, _)| k == "format") {
+    let query = req.query()?;
+    let format = match crate::http::parse::last(&query, "format") {
         None => return Err(HttpError::validation(&["query", "format"], "Field required", "missing")),
-        Some((_, f)) => Format::parse(&f)
+        Some(f) => Format::parse(f)
             .ok_or_else(|| HttpError::validation(&["query", "format"], "Input should be 'csv' or 'json'", "enum"))?,
     };
     let body = json_body(req)?;

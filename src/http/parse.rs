@@ -303,8 +303,7 @@ pub fn percent_decode(s: &str, plus_is_space: bool) -> Option<String> {
 /// Parse `a=1&b=two` into decoded pairs, in order. Pairs that do not decode are skipped by
 /// the caller's choice: this returns `None` for the whole string if any escape is bad, so a
 /// handler can answer 422 rather than silently ignore a parameter. A name given more than once
-/// keeps every value here; a handler reading one value takes the last (`rfind`), as FastAPI
-/// (Starlette's `QueryParams.get`, `FormData.get`) does.
+/// keeps every value here; a handler reading one value asks [`last`].
 pub fn parse_query(q: &str) -> Option<Vec<(String, String)>> {
     let mut out = Vec::new();
     for pair in q.split('&').filter(|p| !p.is_empty()) {
@@ -312,6 +311,12 @@ pub fn parse_query(q: &str) -> Option<Vec<(String, String)>> {
         out.push((percent_decode(k, true)?, percent_decode(v, true)?));
     }
     Some(out)
+}
+
+/// The value of `name` among parsed pairs: the last one given, as FastAPI (Starlette's
+/// `QueryParams.get`, `FormData.get`) reads a parameter sent twice.
+pub fn last<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    pairs.iter().rfind(|(k, _)| k == name).map(|(_, v)| v.as_str())
 }
 
 #[cfg(test)]
