@@ -1963,6 +1963,7 @@ cmd_ws() {
         echo "- (d) flat out: same run, phase flat: a new \`/group\` message whenever fewer than $BENCH_WS_WINDOW are in flight (sent, not yet at every member)"
         echo "- (e) \`$tool ${e_args[*]}\`: 2,000 clients in 20 groups of 100, one sender per group (messages go round the groups); both phases"
         echo "- (f) \`$tool ${f_args[*]}\`: 10,000 clients in 10 groups of 1,000, one sender per group; both phases; the server's peak RSS (VmHWM) at the end"
+        echo "- Teardown (after (f)'s phases): every client sends its close frame at once and waits for the server to end its connection (at most 15 s); the server's CPU is counted from the first close until it is quiet again (the \`leave\` notices to the rest of each group included)"
         if [ -n "${WS_HWM_SINCE_START:-}" ]; then
             echo "- VmHWM could not be reset (\`/proc/PID/clear_refs\` not writable): each peak is the server's since it started, earlier scenarios of the round included"
         else
@@ -2003,6 +2004,8 @@ cmd_ws() {
         ws_row "(f) of which in the kernel (stime), µs" fanout10k flat.server_sys_us_per_delivery min
         ws_row "(f) flat last receiver p99, ms" fanout10k flat.last_p99_ms min
         ws_row "(f) server VmHWM (peak RSS), KiB" fanout10k server.hwm_end_kib min
+        ws_row "(f) teardown, all 10,000 close at once: server CPU, s" fanout10k teardown.server_cpu_s min
+        ws_row "(f) teardown: clients the server had not closed after 15 s" fanout10k teardown.unclosed max
         echo
         echo "### Goals"
         echo

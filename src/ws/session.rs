@@ -777,6 +777,12 @@ pub fn run(ws: &Ws, member: &Member, out: &Arc<Outbound>, stream: TcpStream, lef
     let end = read_loop(ws, &stream, leftover, member, out);
     // Whatever ended it, the client is gone from the registry and its group hears `leave`
     // (unless it was replaced or evicted: then its entry is already someone else's or gone).
+    // Its queue takes nothing more from here on (closing, or dead for a dropped connection)
+    // before the group hears it: when a whole group goes at once, each `leave` then reaches
+    // only the members still there, not the thousands whose own end is a moment behind.
+    if let End::Dropped(_) = end {
+        out.kill();
+    }
     ws.hub.disconnect(member);
     match end {
         End::Closed => {
@@ -853,9 +859,12 @@ fn read_loop(ws: &Ws, stream: &TcpStream, leftover: Vec<u8>, member: &Member, ou
                     Incoming::Pong => {}
                     Incoming::Close(code) => {
                         // Echo the client's code (1000 when it sent none, 1002 for one that may
-                        // not be sent on the wire).
-                        hub.disconnect(member);
+                        // not be sent on the wire) before its group hears `leave`: from here on
+                        // its queue takes nothing more, so a group whose members all say goodbye
+                        // at once (a mass disconnect) is not sent the `leave` notices of those
+                        // who have already gone.
                         out.close(code, "", false);
+                        hub.disconnect(member);
                         return End::Closed;
                     }
                 }
@@ -985,8 +994,9 @@ fn server_close(
     reason: &str,
     detail: String,
 ) -> End {
-    hub.disconnect(member);
+    // The close frame first, then `leave` to the group (as for a client's close, `read_loop`).
     out.close(code, reason, false);
+    hub.disconnect(member);
     End::ClosedByServer(format!("{reason} ({code}): {detail}"))
 }
 
@@ -1051,6 +1061,74 @@ mod tests {
             }
         }
         frames
+    }
+
+    /// A client of `group` with its session's reader thread running (as `Ws::open_session` and
+    /// the `101` start one) on a fresh connection: the client's end and the thread.
+    fn session(ws: &Arc<Ws>, id: &str, group: &str) -> (TcpStream, std::thread::JoinHandle<()>) {
+        let (server, client) = pair();
+        let out = Outbound::new(&ws.settings, Flusher::start().unwrap());
+        let member = ws.hub.connect(Some(id), Some(group), false, out.clone());
+        let (ws, peer) = (ws.clone(), server.peer_addr().unwrap());
+        (client, std::thread::spawn(move || run(&ws, &member, &out, server, Vec::new(), peer)))
+    }
+
+    /// A client's close frame (1000), masked as a client's must be.
+    const CLIENT_CLOSE: [u8; 8] = [0x88, 0x82, 1, 2, 3, 4, 0x03 ^ 1, 0xE8 ^ 2];
+
+    /// Every frame until the server ends the connection: (opcode, `type` of a text frame).
+    fn frames_to_end(client: &mut TcpStream) -> Vec<(u8, String)> {
+        client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut bytes = Vec::new();
+        client.read_to_end(&mut bytes).expect("the server ends the connection");
+        let mut frames = Vec::new();
+        while let Some(len) = protocol::frame_len(&bytes) {
+            let (op, payload) = protocol::decode_frame(&bytes).expect("a whole frame");
+            let kind = serde_json::from_slice::<serde_json::Value>(&payload).ok();
+            frames.push((op, kind.and_then(|v| v["type"].as_str().map(String::from)).unwrap_or_default()));
+            bytes.drain(..len);
+        }
+        frames
+    }
+
+    #[test]
+    fn a_client_that_said_goodbye_is_answered_at_once_and_sent_no_more_notices() {
+        // A, B, C and D in one group, then every fan-out held back (all the writers' permits
+        // taken), as when a whole group disconnects at once and the `leave` notices queue for
+        // their turn. A and B close: each must get its close answered now, not after its own
+        // `leave` has had its turn, and B must not be sent A's `leave` (it has gone).
+        let ws = Arc::new(Ws::new(WsSettings::default()));
+        let mut clients: Vec<_> = ["a", "b", "c", "d"].iter().map(|id| session(&ws, id, "g")).collect();
+        for (i, (client, _)) in clients.iter_mut().enumerate() {
+            // welcome, then a `join` for each member after it
+            let first = read_frames(client, 4 - i);
+            assert_eq!(first.len(), 4 - i);
+        }
+        let gate = ws.hub.writers();
+        let mut held = Vec::new();
+        while gate.free() > 0 {
+            held.push(gate.enter());
+        }
+        for who in [0, 1] {
+            clients[who].0.write_all(&CLIENT_CLOSE).unwrap();
+            let answer = read_frames(&mut clients[who].0, 1);
+            assert_eq!(answer[0], (0x8, 1000u16.to_be_bytes().to_vec()), "the close is echoed");
+        }
+        drop(held);
+        for who in [0, 1] {
+            let rest = frames_to_end(&mut clients[who].0);
+            assert!(rest.is_empty(), "after its close answer, client {who} was sent {rest:?}");
+        }
+        for who in [2, 3] {
+            let leaves = read_frames(&mut clients[who].0, 2);
+            let kinds: Vec<_> =
+                leaves.iter().map(|(_, p)| serde_json::from_slice::<serde_json::Value>(p).unwrap()).collect();
+            assert!(kinds.iter().all(|k| k["type"] == "leave"), "{kinds:?}");
+        }
+        for (client, thread) in clients {
+            drop(client);
+            thread.join().unwrap();
+        }
     }
 
     #[test]

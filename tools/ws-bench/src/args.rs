@@ -75,6 +75,9 @@ pub struct Args {
     pub payload: usize,
     /// Prefix of client ids (`b` gives `b-0`, `b-1`, ...).
     pub id_prefix: String,
+    /// How the clients leave at the end: each with a close frame, or all dropping the
+    /// connection without one (`--teardown drop`: a mass disconnect, as when a network goes).
+    pub drop_at_end: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,6 +113,9 @@ usage: ws-bench --url ws://HOST:PORT --mode MODE[,MODE...] [options]
   --connect-threads K   parallel connects (default 8)
   --payload BYTES       padding added to each message text (default 0)
   --id-prefix P         client ids P-0, P-1, ... (default b)
+  --teardown HOW        how the clients leave at the end: close (a close frame each, then
+                        wait for the server to end each connection; default) or drop (every
+                        connection shut at once without a close frame)
 
 Results go to standard output as `key value` lines; progress to standard error.";
 
@@ -133,6 +139,7 @@ pub fn parse(argv: &[String]) -> Result<Args, ArgError> {
     let mut connect_threads = 8usize;
     let mut payload = 0usize;
     let mut id_prefix = "b".to_string();
+    let mut drop_at_end = false;
 
     let mut it = argv.iter();
     while let Some(flag) = it.next() {
@@ -167,6 +174,13 @@ pub fn parse(argv: &[String]) -> Result<Args, ArgError> {
             "--connect-threads" => connect_threads = num(flag, v)?,
             "--payload" => payload = num(flag, v)?,
             "--id-prefix" => id_prefix = v.to_string(),
+            "--teardown" => {
+                drop_at_end = match v {
+                    "close" => false,
+                    "drop" => true,
+                    other => return Err(ArgError(format!("--teardown: {other:?} is neither close nor drop"))),
+                }
+            }
             other => return Err(ArgError(format!("unknown argument {other:?} (see --help)"))),
         }
     }
@@ -240,6 +254,7 @@ pub fn parse(argv: &[String]) -> Result<Args, ArgError> {
         connect_threads,
         payload,
         id_prefix,
+        drop_at_end,
     })
 }
 
@@ -295,6 +310,10 @@ mod tests {
         assert_eq!(a.modes, vec![Mode::Fanout, Mode::Flat]);
         assert_eq!((a.rate, a.seconds, a.window, a.readers), (10.0, 5.0, 4, 3));
         assert_eq!(a.path(999), "/ws/b-999/bg-0");
+        assert!(!a.drop_at_end, "clients close with a close frame unless told");
+        assert!(p("--url ws://h:1 --mode idle --teardown drop").unwrap().drop_at_end);
+        assert!(!p("--url ws://h:1 --mode idle --teardown close").unwrap().drop_at_end);
+        assert!(p("--url ws://h:1 --mode idle --teardown rst").is_err());
     }
 
     #[test]

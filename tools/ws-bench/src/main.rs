@@ -581,12 +581,20 @@ impl Bench {
         PhaseRun { mode: Mode::Flat, sent: seq, measure_from, expected, cpu0, cpu1, late_max_ns: 0, drained, stalled }
     }
 
-    /// Sends a close frame on every open connection and waits for the server to end them.
+    /// Sends a close frame on every open connection and waits for the server to end them; then,
+    /// with `--pid`, waits for the server to go quiet and reports the CPU it spent from the
+    /// first close on (`teardown.server_cpu_s`: the `leave` notices included, which it may go on
+    /// sending after the last connection has ended).
     fn teardown(&mut self) {
         self.shared.closing.store(true, Ordering::SeqCst);
+        let cpu0 = self.args.pid.and_then(|p| procfs::cpu_ticks(p).ok());
         let t0 = Instant::now();
         for c in self.open_conns() {
-            let _ = c.send_close();
+            if self.args.drop_at_end {
+                c.shutdown();
+            } else {
+                let _ = c.send_close();
+            }
         }
         while self.shared.open.load(Ordering::Acquire) > 0 && t0.elapsed() < Duration::from_secs(15) {
             std::thread::sleep(Duration::from_millis(50));
@@ -595,6 +603,13 @@ impl Bench {
         log(format!("closed in {:.1} s ({left} not closed by the server)", t0.elapsed().as_secs_f64()));
         self.out.f("teardown.seconds", t0.elapsed().as_secs_f64(), 1);
         self.out.put("teardown.unclosed", left);
+        if let (Some(pid), Some(cpu0)) = (self.args.pid, cpu0) {
+            procfs::wait_quiet(pid, Duration::from_secs(60));
+            if let Ok(cpu1) = procfs::cpu_ticks(pid) {
+                let ticks = cpu1.total().saturating_sub(cpu0.total());
+                self.out.f("teardown.server_cpu_s", ticks as f64 / procfs::clk_tck() as f64, 2);
+            }
+        }
     }
 
     fn report(&mut self, runs: &[(usize, PhaseRun)], readers: &[ReaderStats]) {
