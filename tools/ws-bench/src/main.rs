@@ -581,7 +581,8 @@ impl Bench {
         PhaseRun { mode: Mode::Flat, sent: seq, measure_from, expected, cpu0, cpu1, late_max_ns: 0, drained, stalled }
     }
 
-    /// Sends a close frame on every open connection and waits for the server to end them; then,
+    /// Sends a close frame on every open connection (with `--teardown drop`, shuts each down
+    /// without one) and waits for the server to end them; then,
     /// with `--pid`, waits for the server to go quiet and reports the CPU it spent from the
     /// first close on (`teardown.server_cpu_s`: the `leave` notices included, which it may go on
     /// sending after the last connection has ended).
