@@ -5,9 +5,12 @@
 # session of its own).
 #
 # Usage: scripts/bench/ws-ab.sh [ROUNDS] SIDE SIDE...
-#   SIDE is `ours` (target/release/adcluster), `ours@/path/to/adcluster` (another build) or `node`
-#   (scripts/bench/ws-node/server.mjs), with `:setsid` appended to start that side in a session
-#   of its own (a scheduler autogroup of its own when kernel.sched_autogroup_enabled is 1).
+#   SIDE is `ours` (target/release/adcluster), `ours@/path/to/adcluster` (another build), `node`
+#   (scripts/bench/ws-node/server.mjs) or `floor` (target/release/ws-floor: one thread, one send
+#   per delivery and next to nothing else, the floor of CPU per delivery for the flat fan-out
+#   scenarios; see tools/ws-bench/src/bin/ws-floor.rs), with `:setsid` appended to start that
+#   side in a session of its own (a scheduler autogroup of its own when
+#   kernel.sched_autogroup_enabled is 1).
 #   Rounds alternate the order of the sides (odd rounds as given, even rounds reversed).
 # Environment: WS_AB_ARGS, the ws-bench arguments after --url/--pid (default: 2,000 clients in 20
 #   groups, flat out, window 8, 8 s); PGHOST/PGPORT/PGUSER as for psql (default 127.0.0.1, 5432,
@@ -34,7 +37,7 @@ ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 WSB="$ROOT/target/release/ws-bench"
 ROUNDS=2
 if [[ "${1:-}" =~ ^[0-9]+$ ]]; then ROUNDS=$1; shift; fi
-[ $# -ge 1 ] || { echo "usage: $0 [ROUNDS] SIDE SIDE... (ours, ours@BIN, node; :setsid)" >&2; exit 2; }
+[ $# -ge 1 ] || { echo "usage: $0 [ROUNDS] SIDE SIDE... (ours, ours@BIN, node, floor; :setsid)" >&2; exit 2; }
 [ -x "$WSB" ] || { echo "error: no $WSB: run cargo build --release --workspace" >&2; exit 1; }
 read -r -a WS_ARGS <<<"${WS_AB_ARGS:---clients 2000 --groups 20 --mode flat --window 8 --seconds 8}"
 export PGHOST="${PGHOST:-127.0.0.1}" PGPORT="${PGPORT:-5432}" PGUSER="${PGUSER:-postgres}"
@@ -62,6 +65,10 @@ measure() {
             ;;
         node)
             (cd "$ROOT/scripts/bench/ws-node" && exec $how node server.mjs --host 127.0.0.1 --port "$port") >"$dir/log" 2>&1 &
+            ;;
+        floor)
+            exec_floor=("$ROOT/target/release/ws-floor" --host 127.0.0.1 --port "$port")
+            (exec $how "${exec_floor[@]}") >"$dir/log" 2>&1 &
             ;;
         *) echo "error: unknown side $side" >&2; exit 2 ;;
     esac
