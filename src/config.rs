@@ -123,6 +123,12 @@ pub const SETTINGS: &[Setting] = &[
         "most MiB of frames queued for all WebSocket clients together (over it: a client that is behind is closed 1008)",
     ),
     s("WS_THREAD_STACK_KB", "--ws-thread-stack-kb", "128", "stack size of each WebSocket session thread, in KiB"),
+    s(
+        "WS_IO_URING",
+        "--ws-io-uring",
+        "auto",
+        "auto (a fan-out's sends in one io_uring submission where the kernel allows it) or off (one send each)",
+    ),
     s("WS_PING_INTERVAL_SECS", "--ws-ping-interval-secs", "30", "the server pings each WebSocket client this often"),
     s("WS_PING_TIMEOUT_SECS", "--ws-ping-timeout-secs", "60", "a WebSocket client silent this long is dropped"),
     s("ALERT_COMMAND", "--alert-command", "", "shell command run with each database alert as JSON on stdin"),
@@ -454,6 +460,8 @@ pub struct Config {
     pub ws_queue_kb: usize,
     pub ws_queue_total_mb: usize,
     pub ws_thread_stack_kb: usize,
+    /// `WS_IO_URING`: batch a fan-out's sends through io_uring when the kernel allows it.
+    pub ws_io_uring: bool,
     pub ws_ping_interval: Duration,
     pub ws_ping_timeout: Duration,
     pub alert_command: Option<String>,
@@ -506,6 +514,11 @@ impl Config {
                 raw.get("WS_PING_INTERVAL_SECS")
             )));
         }
+        let ws_io_uring = match raw.get("WS_IO_URING").trim().to_ascii_lowercase().as_str() {
+            "auto" | "" => true,
+            "off" => false,
+            other => return Err(ConfigError(format!("WS_IO_URING={other:?}: expected auto or off"))),
+        };
         let cluster = match raw.get("CLUSTER").trim().to_ascii_lowercase().as_str() {
             "off" | "" => false,
             "postgres" => true,
@@ -570,6 +583,7 @@ impl Config {
             ws_queue_kb: count(raw, "WS_QUEUE_KB", 1)?,
             ws_queue_total_mb: count(raw, "WS_QUEUE_TOTAL_MB", 1)?,
             ws_thread_stack_kb: raw.num_in::<u32>("WS_THREAD_STACK_KB", 64, 1 << 20)? as usize,
+            ws_io_uring,
             ws_ping_interval: secs("WS_PING_INTERVAL_SECS")?,
             ws_ping_timeout: secs("WS_PING_TIMEOUT_SECS")?,
             alert_command: raw.opt("ALERT_COMMAND"),
@@ -866,6 +880,10 @@ mod tests {
         assert!(c.cluster && c.instance_id.as_deref() == Some("node-1"));
         let (c, _) = layer(None, &[], &[]).unwrap();
         assert!(!c.cluster && c.instance_id.is_none() && c.cluster_presence_timeout == Duration::from_secs(15));
+        assert!(c.ws_io_uring, "io_uring batches are on unless turned off");
+        assert!(!layer(None, &[], &["--ws-io-uring", "OFF"]).unwrap().0.ws_io_uring);
+        let err = layer(None, &[("WS_IO_URING", "on")], &[]).err().unwrap().0;
+        assert!(err.contains("WS_IO_URING") && err.contains("auto or off"), "{err}");
         let err = layer(None, &[("WS_PING_INTERVAL_SECS", "30"), ("WS_PING_TIMEOUT_SECS", "30")], &[]).unwrap_err().0;
         assert!(err.contains("WS_PING_TIMEOUT_SECS"), "{err}");
     }

@@ -155,6 +155,10 @@ fn serve(args: &[String]) -> Result<(), Failure> {
     let ws_settings =
         adcluster::ws::WsSettings { max_clients: ws_max_clients, ..adcluster::ws::WsSettings::from_config(&cfg) };
     let ws = Arc::new(adcluster::ws::Ws::new(ws_settings));
+    match adcluster::util::uring::configure(cfg.ws_io_uring) {
+        Ok(()) => info!("websocket fan-outs: one io_uring submission for each fan-out's sends"),
+        Err(why) => info!("websocket fan-outs: one send per recipient (io_uring: {why})"),
+    }
     let alerter = adcluster::ops::alert::Alerter {
         ws: ws.clone(),
         command: cfg.alert_command.clone(),

@@ -194,6 +194,7 @@ fn metrics_on_their_own_address_parse_and_count_what_happened() {
         srv.log()
     );
     assert_eq!(sample(&f, "adcluster_ws_slow_consumer_closes_total", &[]), Some(0.0));
+    assert!(sample(&f, "adcluster_ws_batched_sends_total", &[]).is_some(), "no batched sends counter:\n{text}");
     assert_eq!(sample(&f, "adcluster_db_up", &[]), Some(1.0));
     let in_use = sample(&f, "adcluster_db_pool_connections", &[("state", "in_use")]).unwrap();
     let idle = sample(&f, "adcluster_db_pool_connections", &[("state", "idle")]).unwrap();

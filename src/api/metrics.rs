@@ -243,6 +243,13 @@ pub fn render(m: &Metrics, s: &Snapshot) -> String {
     let _ = writeln!(out, "adcluster_ws_deliveries_total {}", s.ws_delivered);
     family(
         &mut out,
+        "adcluster_ws_batched_sends_total",
+        "counter",
+        "WebSocket frame writes done in a fan-out's io_uring batch (0: WS_IO_URING=off or io_uring not available).",
+    );
+    let _ = writeln!(out, "adcluster_ws_batched_sends_total {}", crate::util::uring::sends());
+    family(
+        &mut out,
         "adcluster_ws_slow_consumer_closes_total",
         "counter",
         "WebSocket clients closed with 1008 because they did not read.",

@@ -8,6 +8,7 @@ pub mod mem;
 pub mod rlimit;
 pub mod time;
 pub mod tmp_owner;
+pub mod uring;
 
 /// Tests: polls `f` every millisecond until it holds; panics with `what` when it has not held
 /// within 10 s (a hang, not a measurement: where it is used, the condition holds in

@@ -23,6 +23,10 @@
 //! (`crate::cluster`), which only queues in memory; what they say comes back through the
 //! `remote_*` methods of `hub/remote.rs`. Without a link nothing of this runs.
 //!
+//! A fan-out (one frame to several clients, `push_all`) runs its pushes inside
+//! `session::fan_out`, which lets the session's queues hand their writes to the kernel in one
+//! batch at the end; the fakes of the tests ignore it.
+//!
 //! Must never: push to a started outbox or do any I/O while holding `state`; block on a slow
 //! client (a full outbox evicts that client, close code 1008); let a replaced or evicted
 //! session's late exit remove its successor (every entry carries a `serial`).
@@ -636,22 +640,29 @@ fn group_infos(st: &State) -> Vec<GroupInfo> {
 /// Push `frame` to every target; the ones that are full go to `slow`. Returns how many queued.
 /// A fan-out (more than one target) waits for its turn at `writers` first.
 fn push_all(writers: &FifoGate, targets: &[Target], frame: &Encoded, slow: &mut Vec<Target>) -> usize {
-    let _turn = (targets.len() > 1).then(|| writers.enter());
-    let mut queued = 0;
-    for (i, t) in targets.iter().enumerate() {
-        // Each push begins with a cache miss on the member's queue (its lock), after the
-        // previous member's `send` has filled the caches with the kernel's work: ask for the
-        // next member's queue now, so that it is there by then.
-        if let Some(next) = targets.get(i + 1) {
-            prefetch(Arc::as_ptr(&next.out).cast::<u8>());
+    let mut push_each = || {
+        let mut queued = 0;
+        for (i, t) in targets.iter().enumerate() {
+            // Each push begins with a cache miss on the member's queue (its lock): ask for the
+            // next member's queue now, so that it is there by then.
+            if let Some(next) = targets.get(i + 1) {
+                prefetch(Arc::as_ptr(&next.out).cast::<u8>());
+            }
+            match t.out.push(frame) {
+                Pushed::Queued => queued += 1,
+                Pushed::Full => slow.push(t.clone()),
+                Pushed::Closed => {}
+            }
         }
-        match t.out.push(frame) {
-            Pushed::Queued => queued += 1,
-            Pushed::Full => slow.push(t.clone()),
-            Pushed::Closed => {}
-        }
+        queued
+    };
+    if targets.len() < 2 {
+        return push_each();
     }
-    queued
+    let _turn = writers.enter();
+    // The session's queues write the frame to every member whose queue was empty together, at
+    // the end (one io_uring submission); for fakes in tests this is the plain loop.
+    super::session::fan_out(frame, targets.len(), push_each)
 }
 
 /// A hint to the CPU that `p` will be read soon (no effect on what the program does).

@@ -54,6 +54,14 @@
 //! its end in turn. The wait is for other fan-outs, never for a client: each of their writes is
 //! non-blocking.
 //!
+//! **A fan-out's writes go to the kernel together** (`session::fan_out`): while a fan-out pushes
+//! its frame, each recipient whose queue is empty has its writer token taken as always, but the
+//! write waits for the end of the loop, where all of them are one io_uring submission
+//! (`util::uring`: one system call instead of one per recipient; each send still
+//! `MSG_DONTWAIT`, and the fan-out waits for every completion). Frames pushed to such a
+//! recipient meanwhile queue behind the fan-out's frame and follow it at once. Without io_uring
+//! (`WS_IO_URING=off`, or a kernel that does not allow it) each recipient gets its own `send`.
+//!
 //! Why not a writer thread per session, as the design notes sketch: two threads per session
 //! would be 20,000 threads at the 10,000-client goal, and this machine's `kernel.pid_max` is
 //! 32768 (every thread takes a pid) with `vm.max_map_count` 65530 (each thread is four

@@ -103,6 +103,84 @@ impl Drop for Deferral<'_> {
     }
 }
 
+/// A fan-out's frame, and the queues whose writer token a push took with nothing queued (the
+/// frame's direct writes, done together when the fan-out's pushes are over, `fan_out`).
+type Batch = (Encoded, Vec<(Arc<Outbound>, RawFd)>);
+
+thread_local! {
+    /// The fan-out running on this thread (`fan_out`). At most one entry per recipient of it.
+    static BATCH: RefCell<Option<Batch>> = const { RefCell::new(None) };
+}
+
+/// Runs `push_each`, a fan-out's pushes of `frame` to its `recipients`, with the frame's direct
+/// writes (each recipient whose queue was empty and whose token was free) done together at the
+/// end: one io_uring submission for all of them where the kernel allows it
+/// (`util::uring`), else one `send` each as without a batch. A recipient's token is taken at
+/// its push, as always, so whatever others push to it meanwhile queues behind this frame, and
+/// the write at the end carries on with it (`after_direct`). Dropping the batch writes it too (a
+/// panic in `push_each` included), so a token is never left taken. A push of another frame
+/// inside, or a push while a [`Deferral`] is active, goes its usual way.
+pub fn fan_out<R>(frame: &Encoded, recipients: usize, push_each: impl FnOnce() -> R) -> R {
+    struct Flush;
+    impl Drop for Flush {
+        fn drop(&mut self) {
+            if let Some((frame, outs)) = BATCH.with(|b| b.borrow_mut().take()) {
+                write_batch(&frame, &outs);
+            }
+        }
+    }
+    let nested = BATCH.with(|b| {
+        let mut b = b.borrow_mut();
+        let nested = b.is_some();
+        if !nested {
+            *b = Some((frame.clone(), Vec::with_capacity(recipients)));
+        }
+        nested
+    });
+    if nested {
+        return push_each();
+    }
+    let _flush = Flush;
+    push_each()
+}
+
+/// The direct writes of one fan-out: `frame` to each of `outs` (token held, nothing queued).
+fn write_batch(frame: &Encoded, outs: &[(Arc<Outbound>, RawFd)]) {
+    if outs.len() < 2 {
+        for (out, fd) in outs {
+            out.write_direct(*fd, frame);
+        }
+        return;
+    }
+    crate::util::uring::with_ring(|ring| match ring {
+        Some(ring) => {
+            let fds: Vec<RawFd> = outs.iter().map(|(_, fd)| *fd).collect();
+            let mut results = Vec::with_capacity(fds.len());
+            ring.send_all(&fds, frame, &mut results);
+            for ((out, _), sent) in outs.iter().zip(results) {
+                out.after_direct(frame, sent);
+            }
+        }
+        None => {
+            for (out, fd) in outs {
+                out.write_direct(*fd, frame);
+            }
+        }
+    });
+}
+
+/// If a fan-out of `frame` is batching on this thread, list `out` (whose token the caller took,
+/// with nothing queued) for its write at the end, and say so.
+fn batch_write(out: &Outbound, fd: RawFd, frame: &Encoded) -> bool {
+    BATCH.with(|b| match b.borrow_mut().as_mut() {
+        Some((f, outs)) if Arc::ptr_eq(f, frame) => {
+            outs.push((out.arc(), fd));
+            true
+        }
+        _ => false,
+    })
+}
+
 /// Whether a [`Deferral`] is active on this thread.
 fn deferring() -> bool {
     DEFERRED.with(|d| d.borrow().is_some())
@@ -421,9 +499,16 @@ impl Outbound {
                 sent => break sent,
             }
         };
+        self.after_direct(frame, sent)
+    }
+
+    /// The rest of `write_direct` once `frame`'s write has been tried (here or in a batch,
+    /// `fan_out`): what the socket did not take goes to the front of the queue, and the turn
+    /// goes on with whatever was queued behind it meanwhile.
+    fn after_direct(&self, frame: &Encoded, sent: io::Result<usize>) -> Turn {
         let written = match sent {
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => 0,
             Err(e) => {
                 debug!("ws write failed: {e}");
                 self.kill();
@@ -530,7 +615,9 @@ impl Outbox for Outbound {
             direct.then_some(st.fd)
         };
         if let Some(fd) = direct {
-            self.write_direct(fd, frame);
+            if !batch_write(self, fd, frame) {
+                self.write_direct(fd, frame);
+            }
         } else if defer {
             defer_write(self);
         } else {
@@ -1340,20 +1427,20 @@ mod tests {
     /// idle writes its frame itself (outside the lock), the others queue behind it, and a frame
     /// the socket takes only in part goes back to the front. Every frame must arrive whole, and
     /// each thread's frames in the order it pushed them.
-    #[test]
-    fn concurrent_pushers_keep_each_ones_order_and_every_frame_whole() {
-        const THREADS: usize = 4;
-        const EACH: usize = 600;
-        let pad_of = |i: usize| if i % 4 == 1 { 20_000 + 997 * (i % 40) } else { i % 300 };
-        // A small send buffer and a client that reads in small bites with pauses: the socket
-        // keeps filling and draining, and writes keep ending part-way through a frame. (Not a
-        // small receive buffer: set after the handshake, it can close the window for seconds.)
-        let (server, mut client) = pair();
-        socket2::SockRef::from(&server).set_send_buffer_size(16 * 1024).unwrap();
-        let out = Outbound::new(&settings(1_000_000, 1 << 30), Flusher::start().unwrap());
-        out.attach(Arc::new(server));
-        out.start();
-        let reader = std::thread::spawn(move || {
+    /// Frame `i` of a pusher: its padding (every fourth a big one that writes end part-way
+    /// through).
+    fn pad_of(i: usize) -> usize {
+        if i % 4 == 1 {
+            20_000 + 997 * (i % 40)
+        } else {
+            i % 300
+        }
+    }
+
+    /// A client that reads in small bites with pauses (the socket keeps filling and draining)
+    /// until it has `want` whole frames; everything it read.
+    fn slow_reader(mut client: TcpStream, want: usize) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
             client.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
             let (mut all, mut tmp) = (Vec::new(), [0u8; 8192]);
             // Whole frames seen so far, and where the next one starts.
@@ -1366,7 +1453,7 @@ mod tests {
                     pos += len;
                     frames += 1;
                 }
-                if frames == THREADS * EACH {
+                if frames == want {
                     break;
                 }
                 if reads % 4 == 0 {
@@ -1374,23 +1461,13 @@ mod tests {
                 }
             }
             all
-        });
-        let pushers: Vec<_> = (0..THREADS)
-            .map(|t| {
-                let out = out.clone();
-                std::thread::spawn(move || {
-                    for i in 0..EACH {
-                        let text = format!("{t}:{i}:{}", "p".repeat(pad_of(i)));
-                        assert_eq!(out.push(&protocol::encode_text(text)), Pushed::Queued);
-                    }
-                })
-            })
-            .collect();
-        for p in pushers {
-            p.join().unwrap();
-        }
-        let all = reader.join().unwrap();
-        let mut next = [0usize; THREADS];
+        })
+    }
+
+    /// `all` holds, for each of `threads` pushers, its frames `t:i:padding` for i in 0..each,
+    /// in order and whole (interleaved between pushers in any way).
+    fn assert_each_pushers_order(all: &[u8], threads: usize, each: usize) {
+        let mut next = vec![0usize; threads];
         let mut pos = 0;
         while pos < all.len() {
             let len = protocol::frame_len(&all[pos..]).expect("a broken frame");
@@ -1405,7 +1482,108 @@ mod tests {
             assert_eq!(parts.next().unwrap().len(), pad_of(i), "thread {t}: frame {i} is not whole");
             next[t] += 1;
         }
-        assert_eq!(next, [EACH; THREADS]);
+        assert_eq!(next, vec![each; threads]);
+    }
+
+    /// A started queue on a fresh connection with a small send buffer (not a small receive
+    /// buffer: set after the handshake, it can close the window for seconds), and its client.
+    fn small_buffered() -> (Arc<Outbound>, TcpStream) {
+        let (server, client) = pair();
+        socket2::SockRef::from(&server).set_send_buffer_size(16 * 1024).unwrap();
+        let out = Outbound::new(&settings(1_000_000, 1 << 30), Flusher::start().unwrap());
+        out.attach(Arc::new(server));
+        out.start();
+        (out, client)
+    }
+
+    #[test]
+    fn concurrent_pushers_keep_each_ones_order_and_every_frame_whole() {
+        const THREADS: usize = 4;
+        const EACH: usize = 600;
+        let (out, client) = small_buffered();
+        let reader = slow_reader(client, THREADS * EACH);
+        let pushers: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let out = out.clone();
+                std::thread::spawn(move || {
+                    for i in 0..EACH {
+                        let text = format!("{t}:{i}:{}", "p".repeat(pad_of(i)));
+                        assert_eq!(out.push(&protocol::encode_text(text)), Pushed::Queued);
+                    }
+                })
+            })
+            .collect();
+        for p in pushers {
+            p.join().unwrap();
+        }
+        assert_each_pushers_order(&reader.join().unwrap(), THREADS, EACH);
+    }
+
+    #[test]
+    fn a_batched_write_the_socket_only_partly_takes_stays_ahead_of_what_queued_behind_it() {
+        // Inside a fan-out a push takes the writer token and leaves the write for the end; a
+        // frame pushed to that client meanwhile queues behind. The batch's write of a frame too
+        // big for the socket ends part-way: the rest must go out before the frame behind it.
+        let _ = crate::util::uring::configure(true);
+        let (out, mut client) = small_buffered();
+        let (other, mut other_client) = small_buffered();
+        let big = protocol::encode_text("b".repeat(300_000));
+        let behind = protocol::encode_text("behind".to_string());
+        fan_out(&big, 2, || {
+            assert_eq!(out.push(&big), Pushed::Queued);
+            assert_eq!(other.push(&big), Pushed::Queued);
+            assert_eq!(out.push(&behind), Pushed::Queued);
+        });
+        let frames = read_frames(&mut client, 2);
+        assert_eq!(frames[0], (1, "b".repeat(300_000).into_bytes()), "the big frame, whole and first");
+        assert_eq!(frames[1], (1, b"behind".to_vec()));
+        assert_eq!(read_frames(&mut other_client, 1)[0].1.len(), 300_000);
+    }
+
+    #[test]
+    fn batched_fan_outs_keep_each_recipients_order_and_every_frame_whole() {
+        // Several threads each fan frames out to the same clients at once, through `fan_out`
+        // (one io_uring submission per fan-out where the kernel allows it): every client gets
+        // each pusher's frames in order and whole, while its socket keeps filling (small send
+        // buffer, slow reader) and the batch's writes end part-way or find no room.
+        const THREADS: usize = 3;
+        const EACH: usize = 300;
+        const CLIENTS: usize = 32;
+        let with_ring = crate::util::uring::configure(true).is_ok();
+        let before = crate::util::uring::sends();
+        let (outs, readers): (Vec<_>, Vec<_>) = (0..CLIENTS)
+            .map(|_| {
+                let (out, client) = small_buffered();
+                (out, slow_reader(client, THREADS * EACH))
+            })
+            .unzip();
+        let outs = Arc::new(outs);
+        let pushers: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let outs = outs.clone();
+                std::thread::spawn(move || {
+                    for i in 0..EACH {
+                        let frame = protocol::encode_text(format!("{t}:{i}:{}", "p".repeat(pad_of(i))));
+                        fan_out(&frame, outs.len(), || {
+                            for out in outs.iter() {
+                                assert_eq!(out.push(&frame), Pushed::Queued);
+                            }
+                        });
+                    }
+                })
+            })
+            .collect();
+        for p in pushers {
+            p.join().unwrap();
+        }
+        for reader in readers {
+            assert_each_pushers_order(&reader.join().unwrap(), THREADS, EACH);
+        }
+        if with_ring {
+            assert!(crate::util::uring::sends() > before, "no fan-out went through the ring");
+        } else {
+            eprintln!("no io_uring here: the fan-outs were written one send at a time");
+        }
     }
 
     #[test]
