@@ -6,11 +6,11 @@
 #
 # Usage: scripts/bench/ws-ab.sh [ROUNDS] SIDE SIDE...
 #   SIDE is `ours` (target/release/adcluster), `ours@/path/to/adcluster` (another build), `node`
-#   (scripts/bench/ws-node/server.mjs) or `floor` (target/release/ws-floor: one thread, one send
-#   per delivery and next to nothing else, the floor of CPU per delivery for the flat fan-out
-#   scenarios; see tools/ws-bench/src/bin/ws-floor.rs), with `:setsid` appended to start that
-#   side in a session of its own (a scheduler autogroup of its own when
-#   kernel.sched_autogroup_enabled is 1).
+#   (scripts/bench/ws-node/server.mjs) or `minimal` (target/release/ws-minimal: Node's shape, one
+#   thread and one send per delivery, with next to no work of its own; see
+#   tools/ws-bench/src/bin/ws-minimal.rs). An `ours` side may carry settings after
+#   `~`, comma-separated (`ours~WS_IO_URING=off`). `:setsid` appended starts that side in a
+#   session of its own (a scheduler autogroup of its own when kernel.sched_autogroup_enabled is 1).
 #   Rounds alternate the order of the sides (odd rounds as given, even rounds reversed).
 # Environment: WS_AB_ARGS, the ws-bench arguments after --url/--pid (default: 2,000 clients in 20
 #   groups, flat out, window 8, 8 s); PGHOST/PGPORT/PGUSER as for psql (default 127.0.0.1, 5432,
@@ -37,7 +37,7 @@ ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 WSB="$ROOT/target/release/ws-bench"
 ROUNDS=2
 if [[ "${1:-}" =~ ^[0-9]+$ ]]; then ROUNDS=$1; shift; fi
-[ $# -ge 1 ] || { echo "usage: $0 [ROUNDS] SIDE SIDE... (ours, ours@BIN, node, floor; :setsid)" >&2; exit 2; }
+[ $# -ge 1 ] || { echo "usage: $0 [ROUNDS] SIDE SIDE... (ours, ours@BIN, ours~VAR=VALUE, node, minimal; :setsid)" >&2; exit 2; }
 [ -x "$WSB" ] || { echo "error: no $WSB: run cargo build --release --workspace" >&2; exit 1; }
 read -r -a WS_ARGS <<<"${WS_AB_ARGS:---clients 2000 --groups 20 --mode flat --window 8 --seconds 8}"
 export PGHOST="${PGHOST:-127.0.0.1}" PGPORT="${PGPORT:-5432}" PGUSER="${PGUSER:-postgres}"
@@ -47,9 +47,10 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 
 # measure SIDE: start it, run ws-bench against it, print the line, stop it.
 measure() {
-    local side=$1 how="" kind bin port pid dir db="" out
+    local side=$1 how="" kind bin port pid dir db="" out extra=()
     case "$side" in *:setsid) how=setsid ;; esac
     kind=${side%%:*}
+    case "$kind" in *~*) IFS=, read -r -a extra <<<"${kind#*~}"; kind=${kind%%~*} ;; esac
     port=$(free_port)
     dir=$(mktemp -d)
     case "$kind" in
@@ -60,15 +61,14 @@ measure() {
             psql -q -c "CREATE DATABASE $db" postgres >/dev/null
             (cd "$dir" && exec $how env DB_HOST="$PGHOST" DB_PORT="$PGPORT" DB_USER="$PGUSER" DB_NAME="$db" \
                 SECRET_KEY=ws-ab-secret-0123456789abcdefghijklmnop LOG_LEVEL=warn WS_MAX_CLIENTS=10100 \
-                WS_MAX_CLIENTS_PER_ADDR=0 DATA_DIR="$dir/data" UPLOAD_DIR="$dir/uploads" \
+                WS_MAX_CLIENTS_PER_ADDR=0 DATA_DIR="$dir/data" UPLOAD_DIR="$dir/uploads" "${extra[@]}" \
                 "$bin" serve --host 127.0.0.1 --port "$port") >"$dir/log" 2>&1 &
             ;;
         node)
             (cd "$ROOT/scripts/bench/ws-node" && exec $how node server.mjs --host 127.0.0.1 --port "$port") >"$dir/log" 2>&1 &
             ;;
-        floor)
-            exec_floor=("$ROOT/target/release/ws-floor" --host 127.0.0.1 --port "$port")
-            (exec $how "${exec_floor[@]}") >"$dir/log" 2>&1 &
+        minimal)
+            (exec $how "$ROOT/target/release/ws-minimal" --host 127.0.0.1 --port "$port") >"$dir/log" 2>&1 &
             ;;
         *) echo "error: unknown side $side" >&2; exit 2 ;;
     esac

@@ -1,13 +1,14 @@
-//! ws-floor: the least a WebSocket server can do for ws-bench's `/group` fan-out, as a yardstick
-//! for `scripts/bench/ws-ab.sh` (side `floor`). Bench-only: it is no server for anyone, speaks
-//! only what the fan-out scenarios use, and must never grow into a second implementation.
+//! ws-minimal: a WebSocket server for ws-bench's `/group` fan-out with next to no work of its
+//! own, as a yardstick for `scripts/bench/ws-ab.sh` (side `minimal`). Bench-only: it is no server
+//! for anyone, speaks only what the fan-out scenarios use, and must never grow into a second
+//! implementation.
 //!
-//! What it measures: a server's CPU per delivery has a floor, the kernel's cost of the one
-//! `send` that each delivery needs when no recipient has two frames waiting (ws-bench's
-//! `fanout20` and `fanout10k` flat phases). This program pays that and next to nothing else: one
-//! thread, one `epoll` set, every frame built once per message and written to each member with
-//! one non-blocking `send`, no allocation per delivery, no locks. Its CPU per delivery beside
-//! Node's in the same run says how far under Node's any server of that shape can go here.
+//! What it shows: how much of a delivery's CPU is the kernel's. It has Node's shape (one thread,
+//! one `epoll` set) without Node's user-space work: each frame built once per message and
+//! written to each member with one non-blocking `send`, no allocation per delivery, no locks.
+//! Beside Node in the same run, its CPU per delivery is what that shape costs with nothing of
+//! its own on top; it is not a floor for every server (ours, with other threads doing the
+//! sends, measured below it: `BENCHMARKS.md`, notes).
 //!
 //! Speaks: the upgrade of `/ws/{id}` and `/ws/{id}/{group}` (no checks of names or headers
 //! beyond `Sec-WebSocket-Key`), a `welcome` frame, `/group <text>` to every member of the
@@ -16,7 +17,7 @@
 //! fragmented messages, limits beyond a 64 KiB message. A frame a socket cannot take at once
 //! waits in that connection's buffer (unbounded: the scenarios keep it small) until `EPOLLOUT`.
 //!
-//! Run: ws-floor [--host H] [--port N] (default 127.0.0.1, any free port); prints
+//! Run: ws-minimal [--host H] [--port N] (default 127.0.0.1, any free port); prints
 //! "listening on http://HOST:PORT" once it listens.
 
 use std::collections::HashMap;
@@ -97,12 +98,12 @@ fn main() {
 }
 
 fn usage(why: &str) -> ! {
-    eprintln!("ws-floor: {why}\nusage: ws-floor [--host H] [--port N]");
+    eprintln!("ws-minimal: {why}\nusage: ws-minimal [--host H] [--port N]");
     std::process::exit(2);
 }
 
 fn fail(why: &str) -> ! {
-    eprintln!("ws-floor: error: {why}");
+    eprintln!("ws-minimal: error: {why}");
     std::process::exit(1);
 }
 
