@@ -924,6 +924,52 @@ fn a_sender_flooding_its_own_group_is_slowed_not_closed() {
 }
 
 #[test]
+fn members_that_never_read_do_not_hold_their_group_up() {
+    // Found by a probe: with a dozen members of a group not reading, the sender's fan-out was
+    // counted once per queue holding it, passed WS_QUEUE_KB while each of those queues was far
+    // from its own limit, and the sender (so the whole group) was held to one message a second
+    // until the queues filled at that pace. The contract: a client that is not reading never
+    // holds up delivery to the others; it is closed 1008 when its queue is full.
+    let srv = TestServer::start_with(Opts::default().env("WS_QUEUE_FRAMES", "64"));
+    let silent: Vec<_> = (0..12).map(|i| raw_handshake(&srv, &format!("/ws/quiet{i}/room"))).collect();
+    let (mut reader, _) = WsClient::join(&srv, "/ws/reader/room");
+    let stream = raw_handshake(&srv, "/ws/sender/room");
+    let mut writer = stream.try_clone().unwrap();
+    const N: usize = 600;
+    let flood = std::thread::spawn(move || {
+        for i in 0..N {
+            let text = format!("/group {i:04} {}", "x".repeat(16 * 1024));
+            writer.write_all(&masked_frame(0x1, text.as_bytes())).expect("the sender's connection was closed");
+        }
+    });
+    // The sender reads its own copies as they come (else its own queue would pace it).
+    let copies = std::thread::spawn(move || {
+        let mut sender = WsClient::from_raw(stream);
+        (0..N).map(|_| group_number(&mut sender)).collect::<Vec<_>>()
+    });
+    let got: Vec<usize> = (0..N).map(|_| group_number(&mut reader)).collect();
+    assert_eq!(got, (0..N).collect::<Vec<_>>(), "the reader gets every message, in order");
+    flood.join().unwrap();
+    assert_eq!(copies.join().unwrap(), (0..N).collect::<Vec<_>>());
+    for raw in silent {
+        let (code, reason) = WsClient::from_raw(raw).expect_close();
+        assert_eq!(code, 1008, "{reason}");
+    }
+}
+
+/// The number at the front of the next `group` message (`join` and `leave` notices skipped).
+fn group_number(c: &mut WsClient) -> usize {
+    loop {
+        let v = c.recv();
+        match v["type"].as_str() {
+            Some("join") | Some("leave") | Some("welcome") => continue,
+            Some("group") => return v["message"].as_str().unwrap()[..4].parse().unwrap(),
+            _ => panic!("unexpected {}", &v.to_string()[..v.to_string().len().min(200)]),
+        }
+    }
+}
+
+#[test]
 fn a_sender_that_reads_slowly_behind_a_full_socket_is_slowed_not_closed() {
     // Found by a probe: a client sending `/group` messages flat out and reading its copies at a
     // few KB/s was dropped at the ping timeout as "not reading". Progress was only our queue

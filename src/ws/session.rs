@@ -997,15 +997,25 @@ const FANOUT_MAX_PAUSE: Duration = Duration::from_secs(1);
 /// Most fan-out frames a session keeps track of.
 const FANOUT_TRACKED: usize = 1024;
 
-/// The bytes of a session's fan-out still in some recipient's queue (each frame counts once per
-/// queue holding it); forgets the frames no queue holds any more, and keeps the newest
-/// `FANOUT_TRACKED`.
+/// What a queue entry costs beside the frame it points to (the frame is shared, not copied).
+const QUEUE_ENTRY_BYTES: usize = std::mem::size_of::<Encoded>();
+
+/// The memory a session's fan-out still holds in recipients' queues: each frame once (the
+/// queues share it) and one entry per queue holding it. Forgets the frames no queue holds any
+/// more, and keeps the newest `FANOUT_TRACKED`.
+///
+/// Once it counted each frame's bytes once per queue holding it. With a dozen members of a
+/// group not reading, that passed `queue_bytes` while each of their queues was still far from its
+/// own limit, so the sender was held to one message per `FANOUT_MAX_PAUSE` and so was everyone
+/// in the group, for as long as those queues took to fill at that pace: about 1,000 s at the
+/// default limits (a probe found the readers of such a group getting a message a second, tens
+/// of seconds late).
 fn fanout_bytes(f: &mut VecDeque<Encoded>) -> usize {
     f.retain(|frame| Arc::strong_count(frame) > 1);
     while f.len() > FANOUT_TRACKED {
         f.pop_front();
     }
-    f.iter().map(|frame| frame.len() * (Arc::strong_count(frame) - 1)).sum::<usize>()
+    f.iter().map(|frame| frame.len() + QUEUE_ENTRY_BYTES * (Arc::strong_count(frame) - 1)).sum::<usize>()
 }
 
 /// Back-pressure, before the next frame is read from the client:
@@ -1020,11 +1030,14 @@ fn fanout_bytes(f: &mut VecDeque<Encoded>) -> usize {
 ///   ours moves only once the socket has room: after a third of its send buffer, megabytes, has
 ///   been read.
 /// - **Its fan-out.** The frames its commands sent to others (`fanout`, the `Arc`s handed back
-///   by `Hub::handle`) count for as long as some queue still holds them (the `Arc`'s count):
-///   above `queue_bytes` in all, it is not read until that falls under half, or at most
-///   `FANOUT_MAX_PAUSE` per frame read (one stuck recipient must not stall a sender for long;
-///   that recipient is evicted by its own full queue). So one client's broadcast to every other
-///   cannot queue more than about one queue's worth at a time.
+///   by `Hub::handle`) count for as long as some queue still holds them (the `Arc`'s count), as
+///   the memory they hold (`fanout_bytes`): above `queue_bytes` in all, it is not read until
+///   that falls under half, or for at most `FANOUT_MAX_PAUSE`. A pause that ends with nothing
+///   drained means the recipients holding those frames do not read at all: the frames are
+///   forgotten, so the sender (and with it its group) is not held up by them again; their
+///   own queue limits bound what they hold and close them when full. So one client's broadcast
+///   cannot hold more than about one queue's worth of memory at a time, and clients that do
+///   not read cost the others at most one pause.
 ///
 /// Returns how the session ends when the client has to go.
 fn pace_reading(
@@ -1063,10 +1076,17 @@ fn pace_reading(
         // It reads: it is alive, however long it was not read.
         *last_seen = Instant::now();
     }
-    if fanout_bytes(fanout) > s.queue_bytes {
+    let held = fanout_bytes(fanout);
+    if held > s.queue_bytes {
         let until = Instant::now() + FANOUT_MAX_PAUSE;
-        while fanout_bytes(fanout) > s.queue_bytes / 2 && Instant::now() < until && !out.is_closing() {
+        let mut now_held = held;
+        while now_held > s.queue_bytes / 2 && Instant::now() < until && !out.is_closing() {
             std::thread::sleep(Duration::from_millis(2));
+            now_held = fanout_bytes(fanout);
+        }
+        if now_held >= held {
+            // Nothing drained in a whole pause: whoever holds these frames is not reading.
+            fanout.clear();
         }
         *last_seen = Instant::now();
     }
