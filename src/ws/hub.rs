@@ -383,10 +383,12 @@ impl Hub {
     /// group — whose members may turn out slow in turn, hence the work list (no recursion).
     fn evict(&self, mut slow: Vec<Target>) {
         while let Some(t) = slow.pop() {
-            self.stats.slow_consumer_closes.fetch_add(1, Ordering::Relaxed);
             let mut outgoing = Outgoing::default();
             let m = Member { id: t.id.clone(), serial: t.serial };
+            // Counted once per client: a client can be listed by several full pushes (each
+            // `leave` of a cascade, fan-outs on other threads), and only the first removes it.
             if self.remove(&m, &mut outgoing) {
+                self.stats.slow_consumer_closes.fetch_add(1, Ordering::Relaxed);
                 crate::info!("ws client {} is not reading: outbound queue full, disconnecting (1008)", t.id);
             }
             t.out.close(1008, "slow consumer: outbound queue full", true);
@@ -1022,6 +1024,27 @@ mod tests {
         }
         assert!(slows.iter().all(|f| f.closed().map(|c| c.0) == Some(1008)));
         assert_eq!(hub.members("g").unwrap(), ["a"]);
+        assert_eq!(hub.stats.slow_consumer_closes.load(Ordering::Relaxed), 50);
+    }
+
+    #[test]
+    fn a_slow_consumer_is_counted_once_however_many_full_pushes_list_it() {
+        // Ten clients that fill up at the same message: each eviction's `leave` finds the rest
+        // full again and lists them again. A probe saw the counter at 4,503 after 100 closes.
+        let hub = Hub::new();
+        let (a, _out_a) = connect(&hub, Some("a"), Some("g"));
+        let slows: Vec<Arc<Fake>> = (0..10).map(|_| Fake::with_capacity(5)).collect();
+        for (i, f) in slows.iter().enumerate() {
+            hub.connect(Some(&format!("s{i}")), Some("g"), false, f.clone());
+        }
+        for f in &slows {
+            f.take();
+        }
+        for _ in 0..6 {
+            run(&hub, &a, "/group x");
+        }
+        assert!(slows.iter().all(|f| f.closed().map(|c| c.0) == Some(1008)));
+        assert_eq!(hub.stats.slow_consumer_closes.load(Ordering::Relaxed), 10);
     }
 
     #[test]
