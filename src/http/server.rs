@@ -574,9 +574,9 @@ impl Stats {
 const BACKLOG_MAX: usize = 4096;
 
 /// A listening socket on `addr` whose backlog holds a burst of up to `max_connections` new
-/// connections (at most `BACKLOG_MAX`). The standard library listens with 128: a probe's burst of
-/// 3,000 reconnecting WebSocket clients overflowed it 1,751 times, each overflow a dropped SYN
-/// that the client only sends again after a second.
+/// connections (at most `BACKLOG_MAX`). The standard library listens with 128, which a probe's
+/// burst of thousands of reconnecting WebSocket clients overflowed: each overflow is a dropped
+/// SYN that the client only sends again after a second.
 fn listen(addr: &str, max_connections: usize) -> io::Result<TcpListener> {
     let listener = TcpListener::bind(addr)?;
     // listen(2) again on a listening socket only changes its backlog.
