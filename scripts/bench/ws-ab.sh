@@ -26,7 +26,7 @@
 #   in %. The CPU figures of a profiled run carry perf's own cost; take them from unprofiled runs.
 #   WS_AB_PERF_KEEP=DIR keeps each profile as DIR/ROUND-SIDE.perf.data for `perf report -i`.
 # Output: one line per measurement, `SIDE key value ...` with ws-bench's CPU per delivery, its
-#   kernel part, deliveries/s, last-receiver p99 and its teardown figures (how long until the
+#   kernel part, deliveries/s, first- and last-receiver p99 and its teardown figures (how long until the
 #   server had ended every connection, how many it had not after 15 s, and the server's CPU
 #   from the first close until it was quiet), and the perf shares with WS_AB_PERF.
 #
@@ -81,7 +81,7 @@ measure() {
     local bench=$!
     [ -z "${WS_AB_PERF:-}" ] || profile "$pid" "$dir" "$bench"
     wait "$bench" || true
-    out=$(grep -E 'server_cpu_us_per_delivery|server_sys_us_per_delivery|deliveries_per_s|last_p99_ms|teardown' "$dir/bench.out" | tr '\n' ' ')
+    out=$(grep -E 'server_cpu_us_per_delivery|server_sys_us_per_delivery|deliveries_per_s|first_p99_ms|last_p99_ms|teardown' "$dir/bench.out" | tr '\n' ' ')
     echo "$side $out$(cat "$dir/perf.out" 2>/dev/null)"
     kill "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true

@@ -56,8 +56,8 @@
 //!
 //! **A fan-out's writes go to the kernel together** (`session::fan_out`): while a fan-out pushes
 //! its frame, each recipient whose queue is empty has its writer token taken as always, but the
-//! write waits for the end of the loop, where all of them are one io_uring submission
-//! (`util::uring`: one system call instead of one per recipient; each send still
+//! write waits until 64 such recipients are listed (or the loop ends), and each 64 are one
+//! io_uring submission (`util::uring`: one system call instead of 64; each send still
 //! `MSG_DONTWAIT`, and the fan-out waits for every completion). Frames pushed to such a
 //! recipient meanwhile queue behind the fan-out's frame and follow it at once. Without io_uring
 //! (`WS_IO_URING=off`, or a kernel that does not allow it) each recipient gets its own `send`.
