@@ -11,7 +11,7 @@
 //! during the submission (a full socket completes with `EAGAIN`, it is never parked).
 //!
 //! Where io_uring is not there (a kernel before 5.6, `kernel.io_uring_disabled`, a seccomp
-//! policy such as a container runtime's, or `WS_IO_URING=off`), `ring` gives `None` and callers
+//! policy such as a container runtime's, or `WS_IO_URING=off`), `with_ring` gives `None` and callers
 //! send one by one as before: the batch is an optimisation, never the only way to write.
 //!
 //! Owners and bounds: the rings live in one pool. A caller holds a ring for the length of one
@@ -38,7 +38,7 @@ const UNKNOWN: u8 = 0;
 const ON: u8 = 1;
 const OFF: u8 = 2;
 
-/// Whether rings are used: unknown until the first `ring` (which tries to make one), or set by
+/// Whether rings are used: unknown until the first `with_ring` (which tries to make one), or set by
 /// `configure`.
 static STATE: AtomicU8 = AtomicU8::new(UNKNOWN);
 /// Sends completed through a ring since the start (`sends`).
