@@ -881,7 +881,7 @@ mod tests {
         let (c, _) = layer(None, &[], &[]).unwrap();
         assert!(!c.cluster && c.instance_id.is_none() && c.cluster_presence_timeout == Duration::from_secs(15));
         assert!(c.ws_io_uring, "io_uring batches are on unless turned off");
-        assert!(!layer(None, &[], &["--ws-io-uring", "OFF"]).unwrap().0.ws_io_uring);
+        assert!(!layer(None, &[], &["--ws-io-uring", "Off"]).unwrap().0.ws_io_uring);
         let err = layer(None, &[("WS_IO_URING", "on")], &[]).err().unwrap().0;
         assert!(err.contains("WS_IO_URING") && err.contains("auto or off"), "{err}");
         let err = layer(None, &[("WS_PING_INTERVAL_SECS", "30"), ("WS_PING_TIMEOUT_SECS", "30")], &[]).unwrap_err().0;
