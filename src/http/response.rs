@@ -658,9 +658,7 @@ mod tests {
 
     /// A connected pair: (client, server side in non-blocking mode, as the layer holds it).
     fn pair() -> (TcpStream, TcpStream) {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (server, _) = listener.accept().unwrap();
+        let (server, client) = crate::util::tcp_pair();
         server.set_nonblocking(true).unwrap();
         (client, server)
     }

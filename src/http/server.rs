@@ -1602,6 +1602,7 @@ mod tests {
         assert_eq!(backlog(&listen("127.0.0.1:0", 4096).unwrap()), 4096.min(somaxconn));
         assert_eq!(backlog(&listen("127.0.0.1:0", 1000).unwrap()), 1000.min(somaxconn), "MAX_CONNECTIONS");
         assert_eq!(backlog(&listen("127.0.0.1:0", 100_000).unwrap()), (BACKLOG_MAX as u32).min(somaxconn));
+        assert_eq!(backlog(&listen("127.0.0.1:0", 10).unwrap()), 128.min(somaxconn), "never under std's");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Batched non-blocking sends: one frame written to many sockets with one `io_uring_enter`
 //! instead of one `send` each. A fan-out to 100 members is 100 system calls; on this project's
 //! machines (a KVM guest with the kernel's speculative-execution mitigations, where a system
-//! call costs about 0.26 µs before it does anything) the batch took 4-13% off the server's CPU
+//! call costs 0.2-0.28 µs before it does anything: `scripts/bench/syscall-cost.sh`) the batch took 4-13% off the server's CPU
 //! per delivery for 20 groups of 100 and 22-26% for 10 groups of 1,000, flat out
 //! (`BENCHMARKS.md`, notes, "io_uring").
 //!
@@ -204,16 +204,9 @@ impl SendRing {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::util::tcp_pair as pair;
     use std::io::{Read, Write};
-    use std::net::{TcpListener, TcpStream};
     use std::os::fd::AsRawFd;
-
-    fn pair() -> (TcpStream, TcpStream) {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let (s, _) = l.accept().unwrap();
-        (s, c)
-    }
 
     /// Whether this machine lets us make a ring (tests that need one say so and pass when not).
     fn ring() -> Option<SendRing> {

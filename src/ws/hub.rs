@@ -1010,19 +1010,31 @@ mod tests {
         assert_eq!(hub.send_from_server("slow", "x"), Err(NotSent::NotConnected));
     }
 
+    /// `n` clients `s0`, `s1`, ... of group `g`, each an outbox with room for `capacity` frames
+    /// (its welcome and the `join` of every later one included).
+    fn slow_members(hub: &Hub, n: usize, capacity: usize) -> Vec<Arc<Fake>> {
+        let slows: Vec<Arc<Fake>> = (0..n).map(|_| Fake::with_capacity(capacity)).collect();
+        for (i, f) in slows.iter().enumerate() {
+            hub.connect(Some(&format!("s{i}")), Some("g"), false, f.clone());
+        }
+        slows
+    }
+
+    /// Whether every one of `slows` was closed as a slow consumer.
+    fn all_closed_1008(slows: &[Arc<Fake>]) -> bool {
+        slows.iter().all(|f| f.closed().map(|c| c.0) == Some(1008))
+    }
+
     #[test]
     fn evictions_cascade_without_recursion() {
         let hub = Hub::new();
         let (a, _out_a) = connect(&hub, Some("a"), Some("g"));
         // Each slow client has room for its welcome and the join notices of the later ones only.
-        let slows: Vec<Arc<Fake>> = (0..50).map(|_| Fake::with_capacity(60)).collect();
-        for (i, f) in slows.iter().enumerate() {
-            hub.connect(Some(&format!("s{i}")), Some("g"), false, f.clone());
-        }
+        let slows = slow_members(&hub, 50, 60);
         for _ in 0..70 {
             run(&hub, &a, "/group x");
         }
-        assert!(slows.iter().all(|f| f.closed().map(|c| c.0) == Some(1008)));
+        assert!(all_closed_1008(&slows));
         assert_eq!(hub.members("g").unwrap(), ["a"]);
         assert_eq!(hub.stats.slow_consumer_closes.load(Ordering::Relaxed), 50);
     }
@@ -1033,17 +1045,14 @@ mod tests {
         // full again and lists them again (a probe saw the counter far above the clients closed).
         let hub = Hub::new();
         let (a, _out_a) = connect(&hub, Some("a"), Some("g"));
-        let slows: Vec<Arc<Fake>> = (0..10).map(|_| Fake::with_capacity(5)).collect();
-        for (i, f) in slows.iter().enumerate() {
-            hub.connect(Some(&format!("s{i}")), Some("g"), false, f.clone());
-        }
+        let slows = slow_members(&hub, 10, 5);
         for f in &slows {
             f.take();
         }
         for _ in 0..6 {
             run(&hub, &a, "/group x");
         }
-        assert!(slows.iter().all(|f| f.closed().map(|c| c.0) == Some(1008)));
+        assert!(all_closed_1008(&slows));
         assert_eq!(hub.stats.slow_consumer_closes.load(Ordering::Relaxed), 10);
     }
 

@@ -1148,19 +1148,12 @@ fn drain(stream: &TcpStream, grace: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::TcpListener;
 
     fn settings(frames: usize, bytes: usize) -> WsSettings {
         WsSettings { queue_frames: frames, queue_bytes: bytes, ..WsSettings::default() }
     }
 
-    /// A connected pair: (server side, client side).
-    fn pair() -> (TcpStream, TcpStream) {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let (s, _) = l.accept().unwrap();
-        (s, c)
-    }
+    use crate::util::tcp_pair as pair;
 
     /// An outbound queue with `frames`/`bytes` limits attached to a fresh connection (not yet
     /// started), and the client's end of it.
@@ -1576,6 +1569,41 @@ mod tests {
         assert_eq!(frames[0], (1, "b".repeat(300_000).into_bytes()), "the big frame, whole and first");
         assert_eq!(frames[1], (1, b"behind".to_vec()));
         assert_eq!(read_frames(&mut other_client, 1)[0].1.len(), 300_000);
+    }
+
+    #[test]
+    fn a_fan_out_past_one_batch_writes_every_batch_and_the_rest() {
+        // BATCH_FLUSH recipients make a batch written mid-loop: 2 full ones and 1 left over (a
+        // single one, written the plain way) for 2 * BATCH_FLUSH + 1; then a frame pushed the
+        // usual way comes after the fan-out's frame everywhere.
+        let _ = crate::util::uring::configure(true);
+        let n = 2 * BATCH_FLUSH + 1;
+        let (outs, mut clients): (Vec<_>, Vec<_>) = (0..n)
+            .map(|_| {
+                let (out, client) = attached(16, 1 << 20);
+                out.start();
+                (out, client)
+            })
+            .unzip();
+        let frame = protocol::encode_text("fan".to_string());
+        let listed = std::cell::Cell::new(0);
+        fan_out(&frame, n, || {
+            for out in &outs {
+                assert_eq!(out.push(&frame), Pushed::Queued);
+                // The batch is written once it holds BATCH_FLUSH, inside the loop.
+                listed.set(BATCH.with(|b| b.borrow().as_ref().map_or(0, |(_, l)| l.len())));
+                assert!(listed.get() < BATCH_FLUSH, "a full batch waited for the loop's end");
+            }
+        });
+        assert_eq!(listed.get(), 1, "one recipient left for the end");
+        let after = protocol::encode_text("after".to_string());
+        for out in &outs {
+            assert_eq!(out.push(&after), Pushed::Queued);
+        }
+        for client in &mut clients {
+            let frames = read_frames(client, 2);
+            assert_eq!((frames[0].1.as_slice(), frames[1].1.as_slice()), (&b"fan"[..], &b"after"[..]));
+        }
     }
 
     #[test]
